@@ -1,0 +1,718 @@
+//! The token cache: per key, the current token, its generation, and the single flight.
+//!
+//! # How one refresh serves a storm
+//!
+//! Every published token set gets a generation number. A request remembers the generation it
+//! sent; when it comes back 401, it asks for a token newer than that generation. If one is
+//! already published, it gets it at once (the 401 was stale). If a refresh is running, it waits
+//! for that refresh. Only otherwise does it start one. A refresh runs in a task of its own and its
+//! outcome is broadcast to every waiter, so dropping any request (even the one that started it)
+//! neither cancels the refresh nor strands the others.
+//!
+//! # Why save before publish
+//!
+//! A rotating provider kills the old refresh token as soon as it issues the new one. The new set is
+//! therefore saved to the store before any request may use it, and the single flight holds the
+//! store's lock (when it has one) from re-reading the store to saving, so processes sharing a
+//! store refresh once between them. A failed save does not stop the new token from being used
+//! (the old refresh token is dead anyway); it is reported and retried until it succeeds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::error::{Error, RefreshError, StoreError};
+use crate::key::TokenKey;
+use crate::source::TokenSource;
+use crate::stats::Counters;
+use crate::store::TokenStore;
+use crate::token::{self, Freshness, TokenSet};
+
+/// OAuth error codes from a refresh that mean the grant is dead for good.
+pub(crate) const DEFAULT_TERMINAL_ERRORS: &[&str] = &["invalid_grant", "invalid_client", "unauthorized_client"];
+
+/// Error codes that, even on a 400, say "try again later".
+const RETRYABLE_ERRORS: &[&str] = &["temporarily_unavailable", "server_error", "slow_down"];
+
+/// Callback on a new token set.
+pub(crate) type RefreshHook = Arc<dyn Fn(&TokenKey, &TokenSet) + Send + Sync>;
+/// Callback when a key needs re-authorization.
+pub(crate) type ReauthorizationHook = Arc<dyn Fn(&TokenKey, &RefreshError) + Send + Sync>;
+/// Callback when the store fails.
+pub(crate) type StoreErrorHook = Arc<dyn Fn(&TokenKey, &StoreError) + Send + Sync>;
+
+/// Everything the cache needs that the builder decides.
+pub(crate) struct CacheConfig {
+    pub(crate) source: Arc<dyn TokenSource>,
+    pub(crate) store: Arc<dyn TokenStore>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) skew: Duration,
+    pub(crate) min_backoff: Duration,
+    pub(crate) max_backoff: Duration,
+    pub(crate) max_retry_after: Duration,
+    pub(crate) terminal_errors: Vec<String>,
+    pub(crate) initial_tokens: Option<TokenSet>,
+    pub(crate) on_refresh: Option<RefreshHook>,
+    pub(crate) on_reauthorization_required: Option<ReauthorizationHook>,
+    pub(crate) on_store_error: Option<StoreErrorHook>,
+}
+
+/// A token set as published, with its generation.
+#[derive(Debug, Clone)]
+pub(crate) struct Lease {
+    pub(crate) tokens: Arc<TokenSet>,
+    pub(crate) generation: u64,
+    /// Why the access token cannot be sent, when it cannot (a garbled token that was still saved
+    /// because it came with a new refresh token).
+    pub(crate) unusable: Option<String>,
+}
+
+impl Lease {
+    fn freshness(&self, skew: Duration, now: SystemTime) -> Freshness {
+        if self.unusable.is_some() {
+            return Freshness::Expired;
+        }
+        token::freshness(self.tokens.expires_at(), skew, now)
+    }
+}
+
+/// What a key's tokens are doing; see [`TokenRefresh::state`](crate::TokenRefresh::state).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum TokenState {
+    /// No token is held for this key (none loaded or set yet).
+    Empty,
+    /// A token is held and no refresh is running.
+    Ready {
+        /// The generation of the held token (1 for the first).
+        generation: u64,
+        /// When it expires, if known.
+        expires_at: Option<SystemTime>,
+    },
+    /// A refresh is running.
+    Refreshing {
+        /// The generation being replaced (0 if none).
+        generation: u64,
+    },
+    /// A refresh failed transiently; no token call is made until the cool-down ends.
+    CoolingDown {
+        /// The generation of the held token (0 if none).
+        generation: u64,
+        /// How long until a refresh may be attempted again.
+        retry_after: Duration,
+    },
+    /// The refresh token is dead; the user must authorize again.
+    ReauthorizationRequired {
+        /// What the token source said.
+        reason: RefreshError,
+    },
+}
+
+type Outcome = Result<Lease, Error>;
+
+struct Flight {
+    id: u64,
+    rx: watch::Receiver<Option<Outcome>>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    current: Option<Lease>,
+    generation: u64,
+    flight: Option<Flight>,
+    terminal: Option<RefreshError>,
+    cooldown_until: Option<SystemTime>,
+    failures: u32,
+    /// The generation whose save failed and is being retried.
+    unsaved: Option<u64>,
+}
+
+struct Slot {
+    key: TokenKey,
+    loaded: tokio::sync::OnceCell<()>,
+    /// Held around every store save and the publish that follows it, so that a retried save of
+    /// an older set can never land after the save of a newer one.
+    save_lock: tokio::sync::Mutex<()>,
+    state: Mutex<SlotState>,
+}
+
+struct Inner {
+    config: CacheConfig,
+    stats: Arc<Counters>,
+    slots: Mutex<HashMap<TokenKey, Arc<Slot>>>,
+    flight_ids: AtomicU64,
+}
+
+/// Per-key tokens, generations and single flights. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct TokenCache {
+    inner: Arc<Inner>,
+}
+
+/// What one flight produced, before it is applied to the slot.
+enum Produced {
+    Fetched(TokenSet, Result<(), StoreError>),
+    Adopted(TokenSet),
+    Failed(Error),
+}
+
+impl TokenCache {
+    pub(crate) fn new(config: CacheConfig, stats: Arc<Counters>) -> Self {
+        Self {
+            inner: Arc::new(Inner { config, stats, slots: Mutex::new(HashMap::new()), flight_ids: AtomicU64::new(0) }),
+        }
+    }
+
+    fn slot(&self, key: &TokenKey) -> Arc<Slot> {
+        self.inner
+            .slots
+            .lock()
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    key: key.clone(),
+                    loaded: tokio::sync::OnceCell::new(),
+                    save_lock: tokio::sync::Mutex::new(()),
+                    state: Mutex::new(SlotState::default()),
+                })
+            })
+            .clone()
+    }
+
+    /// The token a request should send now: the current one if fresh, else the outcome of a
+    /// refresh (started or joined). A token inside the skew window is still used when the refresh
+    /// fails transiently.
+    pub(crate) async fn lease(&self, key: &TokenKey) -> Result<Lease, Error> {
+        let slot = self.slot(key);
+        self.ensure_loaded(&slot).await?;
+        let config = &self.inner.config;
+        let (flight, fallback) = {
+            let mut state = slot.state.lock();
+            if let Some(reason) = &state.terminal {
+                Counters::bump(&self.inner.stats.fail_fast);
+                return Err(reauthorization(key, reason));
+            }
+            let now = config.clock.now();
+            let freshness = state.current.as_ref().map(|lease| lease.freshness(config.skew, now));
+            if freshness == Some(Freshness::Fresh) {
+                if let Some(current) = &state.current {
+                    return Ok(current.clone());
+                }
+            }
+            let fallback = match freshness {
+                Some(Freshness::ExpiresSoon) => state.current.clone(),
+                _ => None,
+            };
+            match self.join_or_start(&slot, &mut state, now) {
+                Ok(flight) => (flight, fallback),
+                Err(cooling) => {
+                    if let Some(fallback) = fallback {
+                        return Ok(fallback);
+                    }
+                    Counters::bump(&self.inner.stats.fail_fast);
+                    return Err(cooling);
+                }
+            }
+        };
+        match self.wait(&slot, flight).await {
+            Err(err @ (Error::Refresh { .. } | Error::Store { .. })) => match fallback {
+                Some(fallback) => {
+                    tracing::debug!(key = %key, error = %err, "proactive refresh failed; the token is still valid and is used");
+                    Ok(fallback)
+                }
+                None => Err(err),
+            },
+            other => other,
+        }
+    }
+
+    /// A token newer than `rejected` (the generation a server just answered 401 to): the already
+    /// published one if there is one, else the outcome of the refresh this starts or joins.
+    pub(crate) async fn renew(&self, key: &TokenKey, rejected: u64) -> Result<Lease, Error> {
+        let slot = self.slot(key);
+        let flight = {
+            let mut state = slot.state.lock();
+            if let Some(reason) = &state.terminal {
+                Counters::bump(&self.inner.stats.fail_fast);
+                return Err(reauthorization(key, reason));
+            }
+            if state.generation > rejected {
+                if let Some(current) = state.current.clone().filter(|lease| lease.unusable.is_none()) {
+                    tracing::debug!(key = %key, rejected, current = current.generation, "stale 401: a newer token is already published");
+                    return Ok(current);
+                }
+            }
+            let now = self.inner.config.clock.now();
+            match self.join_or_start(&slot, &mut state, now) {
+                Ok(flight) => flight,
+                Err(cooling) => {
+                    Counters::bump(&self.inner.stats.fail_fast);
+                    return Err(cooling);
+                }
+            }
+        };
+        self.wait(&slot, flight).await
+    }
+
+    fn join_or_start(&self, slot: &Arc<Slot>, state: &mut SlotState, now: SystemTime) -> Result<Flight, Error> {
+        if let Some(flight) = &state.flight {
+            return Ok(Flight { id: flight.id, rx: flight.rx.clone() });
+        }
+        if let Some(until) = state.cooldown_until {
+            if let Ok(retry_after) = until.duration_since(now) {
+                if !retry_after.is_zero() {
+                    return Err(Error::Refresh { key: slot.key.clone(), source: RefreshError::CoolingDown { retry_after } });
+                }
+            }
+        }
+        let (tx, rx) = watch::channel(None);
+        let id = self.inner.flight_ids.fetch_add(1, Ordering::Relaxed);
+        state.flight = Some(Flight { id, rx: rx.clone() });
+        let base = state.current.clone();
+        let trust_store = state.unsaved.is_none();
+        tracing::debug!(key = %slot.key, generation = state.generation, "refresh started");
+        // The flight runs in its own task, and the refresh inside a second one, so that a panic
+        // in a user's token source or store still ends the flight with an answer.
+        let cache = self.clone();
+        let slot = slot.clone();
+        tokio::spawn(async move {
+            let work = tokio::spawn({
+                let (cache, slot) = (cache.clone(), slot.clone());
+                async move { cache.fly(&slot, base, trust_store, id).await }
+            });
+            let outcome = match work.await {
+                Ok(outcome) => outcome,
+                Err(join_error) => {
+                    tracing::error!(key = %slot.key, panicked = join_error.is_panic(), "refresh task ended without an answer");
+                    cache.apply(&slot, id, Produced::Failed(Error::Refresh { key: slot.key.clone(), source: RefreshError::Aborted }))
+                }
+            };
+            tx.send_replace(Some(outcome));
+        });
+        Ok(Flight { id, rx })
+    }
+
+    async fn wait(&self, slot: &Arc<Slot>, mut flight: Flight) -> Outcome {
+        loop {
+            if let Some(outcome) = flight.rx.borrow_and_update().clone() {
+                return outcome;
+            }
+            if flight.rx.changed().await.is_err() {
+                if let Some(outcome) = flight.rx.borrow().clone() {
+                    return outcome;
+                }
+                // The runtime is shutting down under the flight; make sure the slot is not left
+                // waiting for it forever.
+                let error = Error::Refresh { key: slot.key.clone(), source: RefreshError::Aborted };
+                return self.apply(slot, flight.id, Produced::Failed(error));
+            }
+        }
+    }
+
+    /// One refresh: lock the store, re-read it, fetch, save, publish.
+    async fn fly(&self, slot: &Arc<Slot>, base: Option<Lease>, trust_store: bool, id: u64) -> Outcome {
+        let config = &self.inner.config;
+        let key = &slot.key;
+        let lock = match config.store.lock(key).await {
+            Ok(lock) => lock,
+            Err(source) => {
+                self.report_store_error(key, &source);
+                return self.apply(slot, id, Produced::Failed(Error::Store { key: key.clone(), source }));
+            }
+        };
+        let produced = self.produce(slot, base, trust_store).await;
+        let outcome = match produced {
+            Produced::Fetched(tokens, _) => {
+                // Save and publish under the save lock; see `Slot::save_lock`.
+                let _save = slot.save_lock.lock().await;
+                let saved = config.store.save(key, &tokens).await;
+                self.apply(slot, id, Produced::Fetched(tokens, saved))
+            }
+            other => {
+                let _save = slot.save_lock.lock().await;
+                self.apply(slot, id, other)
+            }
+        };
+        if let Some(lock) = lock {
+            if let Err(err) = lock.unlock().await {
+                self.report_store_error(key, &err);
+            }
+        }
+        outcome
+    }
+
+    /// Decides what the flight brings: tokens another process saved, new tokens, or an error.
+    async fn produce(&self, slot: &Slot, base: Option<Lease>, trust_store: bool) -> Produced {
+        let config = &self.inner.config;
+        let key = &slot.key;
+        let mut base_tokens = base.as_ref().map(|lease| (*lease.tokens).clone());
+        // Another process may have refreshed while this one waited for the lock. A set in the
+        // store that differs from ours is newer: adopt it when fresh, else refresh from it (our
+        // refresh token may already have been rotated away). Not when our own last save failed:
+        // then the store holds an older set than memory does.
+        if trust_store {
+            if let Some(stored) = self.reload(key, base_tokens.as_ref()).await {
+                if token::freshness(stored.expires_at(), config.skew, config.clock.now()) == Freshness::Fresh {
+                    return Produced::Adopted(stored);
+                }
+                base_tokens = Some(stored);
+            }
+        }
+        Counters::bump(&self.inner.stats.refreshes);
+        match config.source.fetch(base_tokens.as_ref()).await {
+            Ok(tokens) => Produced::Fetched(tokens.inherit_refresh_token(base_tokens.as_ref()), Ok(())),
+            Err(reason) if self.is_terminal(&reason) => {
+                // Check before declaring death: another process may have rotated the refresh
+                // token we just spent a stale copy of.
+                if let Some(stored) = self.reload(key, base_tokens.as_ref()).await {
+                    tracing::info!(key = %key, "refresh token was rejected but the store holds newer tokens; adopting them");
+                    return Produced::Adopted(stored);
+                }
+                Produced::Failed(reauthorization(key, &reason))
+            }
+            Err(source) => Produced::Failed(Error::Refresh { key: key.clone(), source }),
+        }
+    }
+
+    /// The stored set for `key` when it differs from `ours`.
+    async fn reload(&self, key: &TokenKey, ours: Option<&TokenSet>) -> Option<TokenSet> {
+        match self.inner.config.store.load(key).await {
+            Ok(Some(stored)) if !same_grant(Some(&stored), ours) => Some(stored),
+            Ok(_) => None,
+            Err(err) => {
+                self.report_store_error(key, &err);
+                None
+            }
+        }
+    }
+
+    fn is_terminal(&self, reason: &RefreshError) -> bool {
+        match reason {
+            RefreshError::NoRefreshToken => true,
+            RefreshError::Protocol { status, error, .. } => {
+                let code = error.as_ref().map(|e| e.error.as_str());
+                if let Some(code) = code {
+                    if DEFAULT_TERMINAL_ERRORS.contains(&code) || self.inner.config.terminal_errors.iter().any(|t| t == code)
+                    {
+                        return true;
+                    }
+                    if RETRYABLE_ERRORS.contains(&code) {
+                        return false;
+                    }
+                }
+                // Any other 400/401 from a token request means the request itself is refused
+                // (Kroger answers a spent refresh token with a plain-text 400): retrying the same
+                // grant cannot succeed, and retrying it in a loop is what revokes token families.
+                *status == http::StatusCode::BAD_REQUEST || *status == http::StatusCode::UNAUTHORIZED
+            }
+            _ => false,
+        }
+    }
+
+    /// Applies a flight's result to its slot (once: a second apply for the same flight is a
+    /// no-op that reports the slot as it is) and returns what the waiters get.
+    fn apply(&self, slot: &Arc<Slot>, id: u64, produced: Produced) -> Outcome {
+        let config = &self.inner.config;
+        let stats = &self.inner.stats;
+        let key = &slot.key;
+        let mut fire_refresh = None;
+        let mut fire_terminal = None;
+        let mut retry_save = None;
+        let outcome = {
+            let mut state = slot.state.lock();
+            if state.flight.as_ref().map(|f| f.id) != Some(id) {
+                // Already applied (a panic after publishing), or overtaken by `set_tokens`.
+                return current_or_state_error(key, &state);
+            }
+            state.flight = None;
+            match produced {
+                Produced::Fetched(tokens, saved) => {
+                    let lease = publish(&mut state, tokens);
+                    if let Err(err) = saved {
+                        Counters::bump(&stats.store_failures);
+                        tracing::error!(key = %key, generation = lease.generation, error = %err, "saving the new tokens failed; they are used from memory and the save is retried");
+                        state.unsaved = Some(lease.generation);
+                        retry_save = Some((lease.generation, err));
+                    } else {
+                        state.unsaved = None;
+                    }
+                    match &lease.unusable {
+                        None => {
+                            tracing::info!(key = %key, generation = lease.generation, "token refreshed");
+                            fire_refresh = Some(lease.tokens.clone());
+                            Ok(lease)
+                        }
+                        Some(problem) => {
+                            let reason = RefreshError::InvalidResponse {
+                                status: http::StatusCode::OK,
+                                reason: problem.clone(),
+                                body: String::new(),
+                            };
+                            Err(self.fail_transiently(&mut state, key, reason))
+                        }
+                    }
+                }
+                Produced::Adopted(tokens) => {
+                    Counters::bump(&stats.adopted);
+                    state.unsaved = None;
+                    let lease = publish(&mut state, tokens);
+                    tracing::info!(key = %key, generation = lease.generation, "adopted tokens another process saved");
+                    fire_refresh = Some(lease.tokens.clone());
+                    Ok(lease)
+                }
+                Produced::Failed(Error::ReauthorizationRequired { key, reason }) => {
+                    Counters::bump(&stats.refresh_failures);
+                    if state.terminal.is_none() {
+                        tracing::warn!(key = %key, reason = %reason, "refresh token is dead: re-authorization required");
+                        fire_terminal = Some(reason.clone());
+                    }
+                    state.terminal = Some(reason.clone());
+                    Err(Error::ReauthorizationRequired { key, reason })
+                }
+                Produced::Failed(Error::Refresh { source, .. }) => Err(self.fail_transiently(&mut state, key, source)),
+                Produced::Failed(other) => {
+                    Counters::bump(&stats.refresh_failures);
+                    Err(other)
+                }
+            }
+        };
+        if let Some(tokens) = fire_refresh {
+            if let Some(hook) = &config.on_refresh {
+                hook(key, &tokens);
+            }
+        }
+        if let (Some(reason), Some(hook)) = (fire_terminal, &config.on_reauthorization_required) {
+            hook(key, &reason);
+        }
+        if let Some((generation, err)) = retry_save {
+            self.report_store_error_hook(key, &err);
+            self.spawn_save_retry(slot.clone(), generation);
+        }
+        outcome
+    }
+
+    /// Records a transient failure: a cool-down with exponential backoff that honours
+    /// `Retry-After`.
+    fn fail_transiently(&self, state: &mut SlotState, key: &TokenKey, source: RefreshError) -> Error {
+        let config = &self.inner.config;
+        Counters::bump(&self.inner.stats.refresh_failures);
+        state.failures = state.failures.saturating_add(1);
+        let exponent = state.failures.saturating_sub(1).min(16);
+        let backoff = config.min_backoff.saturating_mul(1 << exponent).min(config.max_backoff);
+        let asked = source.retry_after().map(|d| d.min(config.max_retry_after)).unwrap_or_default();
+        let wait = backoff.max(asked);
+        state.cooldown_until = config.clock.now().checked_add(wait);
+        tracing::warn!(key = %key, error = %source, cool_down_ms = wait.as_millis() as u64, "refresh failed");
+        Error::Refresh { key: key.clone(), source }
+    }
+
+    async fn ensure_loaded(&self, slot: &Slot) -> Result<(), Error> {
+        slot.loaded
+            .get_or_try_init(|| async {
+                let config = &self.inner.config;
+                let key = &slot.key;
+                let stored = config.store.load(key).await.map_err(|source| {
+                    self.report_store_error(key, &source);
+                    Error::Store { key: key.clone(), source }
+                })?;
+                // Tokens already in the store win over the initial ones, which only seed an empty
+                // store: a restart must never bring back a refresh token that was rotated away.
+                let (tokens, seeded) = match stored {
+                    Some(tokens) => (Some(tokens), false),
+                    None if *key == TokenKey::default() => (config.initial_tokens.clone(), true),
+                    None => (None, false),
+                };
+                let Some(tokens) = tokens else { return Ok(()) };
+                let _save = slot.save_lock.lock().await;
+                let saved = if seeded { config.store.save(key, &tokens).await } else { Ok(()) };
+                let mut state = slot.state.lock();
+                if state.generation == 0 {
+                    let lease = publish(&mut state, tokens);
+                    if let Err(err) = saved {
+                        drop(state);
+                        self.report_store_error(key, &err);
+                        self.spawn_save_retry_arc(key, lease.generation);
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Installs tokens from outside (after the user authorized again): saves them, publishes them
+    /// and clears a terminal state or cool-down.
+    pub(crate) async fn set_tokens(&self, key: &TokenKey, tokens: TokenSet) -> Result<u64, Error> {
+        if let Err(problem) = token::check_header_safe(tokens.access_token().secret()) {
+            return Err(Error::InvalidAccessToken { key: key.clone(), problem: problem.to_string() });
+        }
+        let config = &self.inner.config;
+        let slot = self.slot(key);
+        let lock = config.store.lock(key).await.map_err(|source| Error::Store { key: key.clone(), source })?;
+        let save = slot.save_lock.lock().await;
+        let saved = config.store.save(key, &tokens).await;
+        let generation = {
+            let mut state = slot.state.lock();
+            let lease = publish(&mut state, tokens);
+            state.terminal = None;
+            // A running flight is overtaken: its result will not replace these tokens.
+            state.flight = None;
+            state.unsaved = saved.is_err().then_some(lease.generation);
+            lease.generation
+        };
+        drop(save);
+        let _ = slot.loaded.set(());
+        if let Some(lock) = lock {
+            if let Err(err) = lock.unlock().await {
+                self.report_store_error(key, &err);
+            }
+        }
+        tracing::info!(key = %key, generation, "tokens set");
+        match saved {
+            Ok(()) => Ok(generation),
+            Err(source) => {
+                self.report_store_error(key, &source);
+                self.spawn_save_retry(slot, generation);
+                Err(Error::Store { key: key.clone(), source })
+            }
+        }
+    }
+
+    pub(crate) fn tokens(&self, key: &TokenKey) -> Option<TokenSet> {
+        let slots = self.inner.slots.lock();
+        let slot = slots.get(key)?;
+        let state = slot.state.lock();
+        state.current.as_ref().map(|lease| (*lease.tokens).clone())
+    }
+
+    pub(crate) fn state(&self, key: &TokenKey) -> TokenState {
+        let slot = match self.inner.slots.lock().get(key) {
+            Some(slot) => slot.clone(),
+            None => return TokenState::Empty,
+        };
+        let state = slot.state.lock();
+        let now = self.inner.config.clock.now();
+        if let Some(reason) = &state.terminal {
+            return TokenState::ReauthorizationRequired { reason: reason.clone() };
+        }
+        if state.flight.is_some() {
+            return TokenState::Refreshing { generation: state.generation };
+        }
+        if let Some(retry_after) = state.cooldown_until.and_then(|until| until.duration_since(now).ok()) {
+            if !retry_after.is_zero() {
+                return TokenState::CoolingDown { generation: state.generation, retry_after };
+            }
+        }
+        match &state.current {
+            Some(lease) => TokenState::Ready { generation: lease.generation, expires_at: lease.tokens.expires_at() },
+            None => TokenState::Empty,
+        }
+    }
+
+    fn report_store_error(&self, key: &TokenKey, err: &StoreError) {
+        Counters::bump(&self.inner.stats.store_failures);
+        tracing::error!(key = %key, error = %err, "token store failed");
+        self.report_store_error_hook(key, err);
+    }
+
+    fn report_store_error_hook(&self, key: &TokenKey, err: &StoreError) {
+        if let Some(hook) = &self.inner.config.on_store_error {
+            hook(key, err);
+        }
+    }
+
+    fn spawn_save_retry_arc(&self, key: &TokenKey, generation: u64) {
+        let slot = self.slot(key);
+        self.spawn_save_retry(slot, generation);
+    }
+
+    /// Retries saving `generation` until it is saved or superseded, with capped exponential
+    /// backoff. Stops when the layer is dropped.
+    fn spawn_save_retry(&self, slot: Arc<Slot>, generation: u64) {
+        let inner: Weak<Inner> = Arc::downgrade(&self.inner);
+        let mut delay = self.inner.config.min_backoff.max(Duration::from_millis(50));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(delay).await;
+                let Some(inner) = inner.upgrade() else { return };
+                let cache = TokenCache { inner };
+                let _save = slot.save_lock.lock().await;
+                let tokens = {
+                    let state = slot.state.lock();
+                    match (&state.current, state.unsaved) {
+                        (Some(lease), Some(unsaved)) if unsaved == generation && lease.generation == generation => {
+                            lease.tokens.clone()
+                        }
+                        _ => return,
+                    }
+                };
+                match cache.inner.config.store.save(&slot.key, &tokens).await {
+                    Ok(()) => {
+                        let mut state = slot.state.lock();
+                        if state.unsaved == Some(generation) {
+                            state.unsaved = None;
+                        }
+                        tracing::info!(key = %slot.key, generation, "saving the tokens succeeded on retry");
+                        return;
+                    }
+                    Err(err) => {
+                        cache.report_store_error(&slot.key, &err);
+                        delay = (delay * 2).min(cache.inner.config.max_backoff.max(Duration::from_secs(1)));
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn publish(state: &mut SlotState, tokens: TokenSet) -> Lease {
+    state.generation += 1;
+    let unusable = token::check_header_safe(tokens.access_token().secret()).err().map(|p| p.to_string());
+    let lease = Lease { tokens: Arc::new(tokens), generation: state.generation, unusable };
+    if lease.unusable.is_none() {
+        state.failures = 0;
+        state.cooldown_until = None;
+    }
+    state.current = Some(lease.clone());
+    lease
+}
+
+fn current_or_state_error(key: &TokenKey, state: &SlotState) -> Outcome {
+    if let Some(reason) = &state.terminal {
+        return Err(reauthorization(key, reason));
+    }
+    match &state.current {
+        Some(lease) if lease.unusable.is_none() => Ok(lease.clone()),
+        _ => Err(Error::Refresh { key: key.clone(), source: RefreshError::Aborted }),
+    }
+}
+
+fn reauthorization(key: &TokenKey, reason: &RefreshError) -> Error {
+    Error::ReauthorizationRequired { key: key.clone(), reason: reason.clone() }
+}
+
+/// Whether two sets hold the same grant (same access and refresh token).
+fn same_grant(a: Option<&TokenSet>, b: Option<&TokenSet>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.access_token() == b.access_token() && a.refresh_token() == b.refresh_token(),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_is_send_and_sync() {
+        fn check<T: Send + Sync + Clone + 'static>() {}
+        check::<TokenCache>();
+        check::<TokenState>();
+    }
+}

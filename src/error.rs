@@ -1,0 +1,336 @@
+//! The crate's errors.
+//!
+//! [`Error`] is what reaches the caller (wrapped in `reqwest_middleware::Error::Middleware`);
+//! [`RefreshError`] says why a token endpoint (or any [`TokenSource`](crate::TokenSource)) gave no
+//! token; [`StoreError`] says why a [`TokenStore`](crate::TokenStore) failed. All are `Clone`: one
+//! refresh's outcome is shared by every request that waited for it.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::key::TokenKey;
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the layer reports to the caller.
+///
+/// It reaches the caller as `reqwest_middleware::Error::Middleware`; [`Error::from_middleware`]
+/// gets it back out.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The refresh token is dead (revoked, expired, already used, or never given): the user must
+    /// authorize again. Terminal: every request for this key fails fast with this error, without
+    /// a network call, until [`TokenRefresh::set_tokens`](crate::TokenRefresh::set_tokens) installs
+    /// new tokens.
+    #[error("re-authorization required for token key `{key}`: {reason}")]
+    ReauthorizationRequired {
+        /// Whose tokens are dead.
+        key: TokenKey,
+        /// What the token endpoint (or token source) said.
+        #[source]
+        reason: RefreshError,
+    },
+    /// A refresh failed for a reason that may pass (network, timeout, 5xx, 429, a cool-down).
+    /// A later request may succeed.
+    #[error("token refresh failed for token key `{key}`")]
+    Refresh {
+        /// Whose refresh failed.
+        key: TokenKey,
+        /// Why.
+        #[source]
+        source: RefreshError,
+    },
+    /// Reading tokens from the store failed, so the layer has no token to send.
+    #[error("token store failed for token key `{key}`")]
+    Store {
+        /// Whose tokens could not be read.
+        key: TokenKey,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// The access token cannot be sent in an HTTP header (it is empty or holds a control
+    /// character, a space or a non-ASCII byte). The request was not sent.
+    #[error("the access token for token key `{key}` cannot be sent: {problem}")]
+    InvalidAccessToken {
+        /// Whose token it is.
+        key: TokenKey,
+        /// What is wrong with it (never the token itself).
+        problem: String,
+    },
+    /// The layer was configured wrongly; returned by
+    /// [`TokenRefreshBuilder::build`](crate::TokenRefreshBuilder::build).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Gets this crate's error back out of a `reqwest_middleware::Error`, if it is one.
+    ///
+    /// ```
+    /// # fn handle(err: reqwest_middleware::Error) {
+    /// use reqwest_token_refresh::Error;
+    ///
+    /// match Error::from_middleware(&err) {
+    ///     Some(Error::ReauthorizationRequired { key, .. }) => {
+    ///         println!("user {key} must log in again");
+    ///     }
+    ///     Some(other) => println!("token problem: {other}"),
+    ///     None => println!("HTTP problem: {err}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn from_middleware(err: &reqwest_middleware::Error) -> Option<&Error> {
+        match err {
+            reqwest_middleware::Error::Middleware(inner) => inner.downcast_ref::<Error>(),
+            reqwest_middleware::Error::Reqwest(_) => None,
+        }
+    }
+
+    /// Whether the user has to authorize again (a dead refresh token).
+    pub fn is_reauthorization_required(&self) -> bool {
+        matches!(self, Error::ReauthorizationRequired { .. })
+    }
+
+    /// How long to wait before a new refresh may be attempted, when the layer knows
+    /// (a cool-down after a 429/503 with `Retry-After`, or after a failed refresh).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Refresh { source, .. } => source.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+impl From<Error> for reqwest_middleware::Error {
+    fn from(err: Error) -> Self {
+        reqwest_middleware::Error::middleware(err)
+    }
+}
+
+/// An OAuth 2.0 error response (RFC 6749 §5.2).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[non_exhaustive]
+pub struct OAuthError {
+    /// The error code: `invalid_grant`, `invalid_client`, ...
+    pub error: String,
+    /// The server's human-readable explanation.
+    #[serde(default)]
+    pub error_description: Option<String>,
+    /// A page about the error.
+    #[serde(default)]
+    pub error_uri: Option<String>,
+}
+
+impl OAuthError {
+    /// An error response with only a code.
+    pub fn new(code: impl Into<String>) -> Self {
+        Self { error: code.into(), error_description: None, error_uri: None }
+    }
+
+    /// Adds a description.
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.error_description = Some(description.into());
+        self
+    }
+}
+
+impl fmt::Display for OAuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.error)?;
+        if let Some(description) = &self.error_description {
+            write!(f, " ({description})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a token source produced no token.
+///
+/// A [`Protocol`](Self::Protocol) error is the server saying no; a
+/// [`Transport`](Self::Transport) error is never getting an answer. Which protocol errors are
+/// terminal (re-authorization required) is decided by the layer, see
+/// [`TokenRefreshBuilder::terminal_error`](crate::TokenRefreshBuilder::terminal_error).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefreshError {
+    /// The token endpoint answered with an error status or an OAuth error response.
+    #[error("the token endpoint answered {status}{}", describe_protocol(.error.as_deref(), .body))]
+    Protocol {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The OAuth error response, when the body was one.
+        error: Option<Box<OAuthError>>,
+        /// How long the server asked us to wait (`Retry-After`), if it did.
+        retry_after: Option<Duration>,
+        /// The start of the body when it was not an OAuth error response (capped, secrets removed).
+        body: String,
+    },
+    /// The token endpoint could not be reached, or the answer could not be read (connection
+    /// refused, DNS, TLS, timeout, a dropped connection).
+    #[error("the token endpoint could not be reached")]
+    Transport(#[source] Arc<dyn StdError + Send + Sync>),
+    /// The token endpoint answered with success, but not with a usable token response.
+    #[error("the token endpoint sent an unusable token response ({status}): {reason}")]
+    InvalidResponse {
+        /// The HTTP status.
+        status: StatusCode,
+        /// What is wrong with it.
+        reason: String,
+        /// The start of the body (capped; the values of token fields are replaced by `[redacted]`).
+        body: String,
+    },
+    /// The layer is cooling down after the token endpoint asked it to wait (or after failed
+    /// refreshes); no token call is made until it ends.
+    #[error("token refresh is cooling down; retry in {}s", .retry_after.as_secs_f64().ceil())]
+    CoolingDown {
+        /// How long until a refresh may be attempted again.
+        retry_after: Duration,
+    },
+    /// There is no refresh token to refresh with (and the source cannot get a token without one).
+    #[error("there is no refresh token to refresh with")]
+    NoRefreshToken,
+    /// The token source is misconfigured (for example, its token URL does not parse).
+    #[error("the token source is misconfigured: {0}")]
+    Config(String),
+    /// The refresh ran in a task that ended without an answer (it panicked, or the runtime shut down).
+    #[error("the refresh task ended without an answer")]
+    Aborted,
+    /// Any other failure of a user-written token source. Treated as transient.
+    #[error("the token source failed")]
+    Other(#[source] Arc<dyn StdError + Send + Sync>),
+}
+
+fn describe_protocol(error: Option<&OAuthError>, body: &str) -> String {
+    match error {
+        Some(error) => format!(": {error}"),
+        None if body.is_empty() => String::new(),
+        None => format!(": {body:?}"),
+    }
+}
+
+impl RefreshError {
+    /// A transport failure from any error (for user-written token sources).
+    pub fn transport(err: impl StdError + Send + Sync + 'static) -> Self {
+        RefreshError::Transport(Arc::new(err))
+    }
+
+    /// Any other failure (for user-written token sources); treated as transient.
+    pub fn other(err: impl StdError + Send + Sync + 'static) -> Self {
+        RefreshError::Other(Arc::new(err))
+    }
+
+    /// A protocol error: the server answered `status` with an OAuth error response.
+    pub fn protocol(status: StatusCode, error: OAuthError) -> Self {
+        RefreshError::Protocol { status, error: Some(Box::new(error)), retry_after: None, body: String::new() }
+    }
+
+    /// The OAuth error code, when the server sent one.
+    pub fn oauth_error(&self) -> Option<&OAuthError> {
+        match self {
+            RefreshError::Protocol { error, .. } => error.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// How long the server asked to wait, or how long a cool-down has left.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RefreshError::Protocol { retry_after, .. } => *retry_after,
+            RefreshError::CoolingDown { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// Why a [`TokenStore`](crate::TokenStore) failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// An I/O error (a file store's disk is full, a permission is missing, ...).
+    #[error("token store I/O failed while {action}")]
+    Io {
+        /// What the store was doing.
+        action: String,
+        /// The I/O error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// What the store holds cannot be read as tokens.
+    #[error("the token store holds unreadable data: {0}")]
+    Corrupt(String),
+    /// The cross-process lock could not be taken in time.
+    #[error("timed out waiting for the token store's lock")]
+    LockTimeout,
+    /// Any other backend failure (a Redis or database error, ...).
+    #[error("the token store's backend failed")]
+    Backend(#[source] Arc<dyn StdError + Send + Sync>),
+}
+
+impl StoreError {
+    /// A backend failure from any error (for user-written stores).
+    pub fn backend(err: impl StdError + Send + Sync + 'static) -> Self {
+        StoreError::Backend(Arc::new(err))
+    }
+
+    /// An I/O failure while doing `action`.
+    pub fn io(action: impl Into<String>, err: std::io::Error) -> Self {
+        StoreError::Io { action: action.into(), source: Arc::new(err) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_send_sync_and_static() {
+        fn check<T: Send + Sync + 'static + StdError>() {}
+        check::<Error>();
+        check::<RefreshError>();
+        check::<StoreError>();
+    }
+
+    #[test]
+    fn our_error_comes_back_out_of_reqwest_middleware() {
+        let err: reqwest_middleware::Error = Error::ReauthorizationRequired {
+            key: TokenKey::new("u1"),
+            reason: RefreshError::NoRefreshToken,
+        }
+        .into();
+        let ours = Error::from_middleware(&err).expect("our error");
+        assert!(ours.is_reauthorization_required());
+        assert_eq!(
+            ours.to_string(),
+            "re-authorization required for token key `u1`: there is no refresh token to refresh with"
+        );
+    }
+
+    #[test]
+    fn protocol_error_display_names_code_and_description() {
+        let err = RefreshError::protocol(
+            StatusCode::BAD_REQUEST,
+            OAuthError::new("invalid_grant").with_description("refresh token was revoked"),
+        );
+        assert_eq!(
+            err.to_string(),
+            "the token endpoint answered 400 Bad Request: invalid_grant (refresh token was revoked)"
+        );
+    }
+
+    #[test]
+    fn cooling_down_says_when_to_retry() {
+        let err = Error::Refresh {
+            key: TokenKey::default(),
+            source: RefreshError::CoolingDown { retry_after: Duration::from_millis(1500) },
+        };
+        assert_eq!(err.retry_after(), Some(Duration::from_millis(1500)));
+        assert!(std::error::Error::source(&err).unwrap().to_string().contains("retry in 2s"));
+    }
+}

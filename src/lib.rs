@@ -1,0 +1,137 @@
+//! A [reqwest-middleware] layer that keeps an OAuth 2.0 bearer token fresh for the
+//! `reqwest::Client` you already have.
+//!
+//! It attaches the token, notices when the server rejects it (401 `invalid_token`), refreshes it
+//! **once** however many requests failed at that moment, retries each of them once with the new
+//! token, and stops cleanly with [`Error::ReauthorizationRequired`] when the refresh token itself
+//! is dead (400 `invalid_grant`). It also refreshes ahead of expiry and saves rotated refresh
+//! tokens before using them.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use reqwest_token_refresh::{RefreshTokenGrant, TokenRefresh, TokenSet};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let auth = TokenRefresh::builder(
+//!         RefreshTokenGrant::new("https://provider.example/oauth/token")
+//!             .client_id("id")
+//!             .client_secret("secret"),
+//!     )
+//!     .initial_tokens(
+//!         TokenSet::new("access")
+//!             .with_refresh_token("refresh")
+//!             .with_expires_in(Duration::from_secs(3600)),
+//!     )
+//!     .allow_origin("https://api.provider.example")
+//!     .build()?;
+//!
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(auth.clone())
+//!     .build();
+//!
+//! let response = client.get("https://api.provider.example/v1/me").send().await?;
+//! println!("{} after {} token calls", response.status(), auth.stats().refreshes);
+//! # Ok(()) }
+//! ```
+//!
+//! # One refresh per expiry
+//!
+//! Every published token carries a generation number. When 200 requests come back 401 with the
+//! same expired token, the first starts a refresh and the other 199 wait for it; a 401 that
+//! arrives after the refresh finished (it was sent with the old generation) is retried with the
+//! new token at once. The refresh runs in its own task: dropping any request, even the one that
+//! started it, neither cancels it nor strands the others. Each request is retried at most once; a
+//! second 401 goes back to the caller as the server sent it.
+//!
+//! This matters because a refresh is not idempotent. Providers that rotate refresh tokens accept
+//! each one exactly once, and one that detects reuse revokes the whole token family (RFC 9700
+//! §4.14.2): two parallel refreshes can log the user out of every replica at once.
+//!
+//! # Terminal errors
+//!
+//! A 400 `invalid_grant` (also `invalid_client`, `unauthorized_client`, codes added with
+//! [`TokenRefreshBuilder::terminal_error`], and any other 400 that is not a retryable error) means
+//! the user must authorize again. The layer re-reads the store first (another process may have
+//! rotated the token), then moves the key to [`TokenState::ReauthorizationRequired`]: every
+//! request for it fails fast with [`Error::ReauthorizationRequired`], without a network call,
+//! until [`TokenRefresh::set_tokens`] installs new tokens. Network errors, timeouts, 5xx and 429
+//! are transient: that refresh's waiters get [`Error::Refresh`], and the next refresh waits out
+//! a short backoff or the server's `Retry-After`.
+//!
+//! Errors reach the caller as `reqwest_middleware::Error::Middleware`; get ours back with
+//! [`Error::from_middleware`]:
+//!
+//! ```
+//! # async fn run(client: reqwest_middleware::ClientWithMiddleware) {
+//! use reqwest_token_refresh::Error;
+//!
+//! match client.get("https://api.provider.example/v1/me").send().await {
+//!     Ok(response) => println!("{}", response.status()),
+//!     Err(err) => match Error::from_middleware(&err) {
+//!         Some(Error::ReauthorizationRequired { key, .. }) => println!("send {key} to the login page"),
+//!         Some(other) => println!("try again later: {other}"),
+//!         None => println!("network: {err}"),
+//!     },
+//! }
+//! # }
+//! ```
+//!
+//! # Many users
+//!
+//! Put a [`TokenKey`] on a request to choose whose tokens it uses. Each key has its own token,
+//! generation, single flight and terminal state; requests without a key use
+//! [`TokenKey::default()`].
+//!
+//! # Security
+//!
+//! - With [`TokenRefreshBuilder::allow_origin`], only those origins get the token; requests to
+//!   others pass through untouched and never trigger a refresh.
+//! - The token never goes over plain `http://` except to loopback, unless
+//!   [`TokenRefreshBuilder::allow_insecure_http`] says so.
+//! - A request that already has an `Authorization` header, or carries [`SkipAuth`], is left alone.
+//! - The `Authorization` header is marked sensitive; no token or secret appears in any `Debug`,
+//!   `Display`, error or `tracing` output.
+//! - The token endpoint is called with the crate's own `reqwest::Client`, which never passes
+//!   through this middleware and follows no redirects.
+//!
+//! [reqwest-middleware]: https://docs.rs/reqwest-middleware
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(missing_docs, missing_debug_implementations)]
+#![forbid(unsafe_code)]
+
+mod cache;
+mod challenge;
+mod clock;
+mod error;
+mod key;
+mod middleware;
+mod origin;
+mod peek;
+mod source;
+mod stats;
+mod store;
+mod token;
+
+#[cfg(feature = "testkit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
+pub mod testkit;
+
+pub use cache::TokenState;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, OAuthError, RefreshError, Result, StoreError};
+pub use key::TokenKey;
+pub use middleware::{
+    CLASSIFY_BODY_LIMIT, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_SKEW, RefreshOn,
+    SkipAuth, TokenRefresh, TokenRefreshBuilder,
+};
+pub use source::{
+    BodyEncoding, ClientAuth, ClientCredentials, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, RefreshTokenGrant,
+    TokenSource,
+};
+pub use stats::Stats;
+pub use store::{MemoryStore, StoreLock, TokenStore};
+pub use token::{AccessToken, ClientSecret, RefreshToken, TokenSet};
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,477 @@
+//! [`TokenRefresh`], the middleware, and its builder.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{Extensions, StatusCode, header::AUTHORIZATION};
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next};
+
+use crate::cache::{CacheConfig, Lease, TokenCache, TokenState};
+use crate::challenge::{self, Rejection};
+use crate::clock::{self, Clock};
+use crate::error::{Error, RefreshError, StoreError};
+use crate::key::TokenKey;
+use crate::origin::OriginPolicy;
+use crate::peek::peek_body;
+use crate::source::TokenSource;
+use crate::stats::{Counters, Stats};
+use crate::store::{MemoryStore, TokenStore};
+use crate::token::{self, TokenSet};
+
+/// How long before expiry a token is refreshed proactively, unless set otherwise.
+pub const DEFAULT_REFRESH_SKEW: Duration = Duration::from_secs(30);
+
+/// The first cool-down after a failed refresh, unless set otherwise; it doubles with each
+/// consecutive failure.
+pub const DEFAULT_MIN_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The longest cool-down the backoff grows to, unless set otherwise.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The longest `Retry-After` honoured, unless set otherwise; longer asks are cut to this, so a
+/// broken header cannot stop refreshes for days.
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// How much of a 401's body is read to classify it.
+pub const CLASSIFY_BODY_LIMIT: usize = 4 * 1024;
+
+/// Which 401 answers make the layer refresh the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RefreshOn {
+    /// Only a 401 that says the token is invalid: `WWW-Authenticate: Bearer error="invalid_token"`
+    /// (RFC 6750 §3.1) or a JSON body `{"error":"invalid_token"}`.
+    InvalidToken,
+    /// Those, and a 401 with no error detail at all (WHOOP and Withings answer an expired token
+    /// with a bare 401). The default.
+    #[default]
+    InvalidTokenOrNoDetail,
+}
+
+impl RefreshOn {
+    fn accepts(self, rejection: &Rejection) -> bool {
+        match rejection {
+            Rejection::InvalidToken => true,
+            Rejection::NoDetail => self == RefreshOn::InvalidTokenOrNoDetail,
+            Rejection::OtherError(_) | Rejection::OtherScheme => false,
+        }
+    }
+}
+
+/// A request extension: the request gets no token and never triggers a refresh.
+///
+/// ```no_run
+/// # async fn run(client: reqwest_middleware::ClientWithMiddleware) -> Result<(), reqwest_middleware::Error> {
+/// use reqwest_token_refresh::SkipAuth;
+///
+/// client.get("https://api.provider.example/health").with_extension(SkipAuth).send().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SkipAuth;
+
+/// The middleware: attaches the bearer token, refreshes it once when it dies, retries.
+///
+/// Cheap to clone; clones share tokens, single flights and counters. Build it with
+/// [`TokenRefresh::builder`] and add it to a `reqwest_middleware::ClientBuilder`; see the crate
+/// docs for the whole picture.
+#[derive(Clone)]
+pub struct TokenRefresh {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cache: TokenCache,
+    origins: OriginPolicy,
+    refresh_on: RefreshOn,
+    stats: Arc<Counters>,
+}
+
+impl fmt::Debug for TokenRefresh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRefresh")
+            .field("origins", &self.inner.origins)
+            .field("refresh_on", &self.inner.refresh_on)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenRefresh {
+    /// Starts building a layer that gets new tokens from `source`.
+    pub fn builder(source: impl TokenSource) -> TokenRefreshBuilder {
+        TokenRefreshBuilder::new(Arc::new(source))
+    }
+
+    /// Starts building a layer around a shared token source.
+    pub fn builder_arc(source: Arc<dyn TokenSource>) -> TokenRefreshBuilder {
+        TokenRefreshBuilder::new(source)
+    }
+
+    /// Installs new tokens for the default key, after the user authorized again. Clears a
+    /// re-authorization-required state. Saves them to the store first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidAccessToken`] if the access token cannot be sent in a header (nothing is
+    /// installed); [`Error::Store`] if saving failed — the tokens are in use anyway and the save
+    /// is retried in the background.
+    pub async fn set_tokens(&self, tokens: TokenSet) -> Result<(), Error> {
+        self.set_tokens_for(&TokenKey::default(), tokens).await
+    }
+
+    /// Installs new tokens for `key`; see [`set_tokens`](Self::set_tokens).
+    ///
+    /// # Errors
+    ///
+    /// As [`set_tokens`](Self::set_tokens).
+    pub async fn set_tokens_for(&self, key: &TokenKey, tokens: TokenSet) -> Result<(), Error> {
+        self.inner.cache.set_tokens(key, tokens).await.map(|_| ())
+    }
+
+    /// The tokens the layer holds in memory for the default key (`None` before the first request
+    /// loaded them).
+    pub fn tokens(&self) -> Option<TokenSet> {
+        self.tokens_for(&TokenKey::default())
+    }
+
+    /// The tokens the layer holds in memory for `key`.
+    pub fn tokens_for(&self, key: &TokenKey) -> Option<TokenSet> {
+        self.inner.cache.tokens(key)
+    }
+
+    /// What the default key's tokens are doing.
+    pub fn state(&self) -> TokenState {
+        self.state_for(&TokenKey::default())
+    }
+
+    /// What `key`'s tokens are doing.
+    pub fn state_for(&self, key: &TokenKey) -> TokenState {
+        self.inner.cache.state(key)
+    }
+
+    /// The layer's counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.snapshot()
+    }
+
+    /// A token for `key` as the layer would attach it now: the current one if fresh, else a
+    /// refreshed one. For code that must send the token some other way (a websocket handshake).
+    ///
+    /// # Errors
+    ///
+    /// As a request through the layer would fail: re-authorization required, a failed refresh,
+    /// a store that cannot be read.
+    pub async fn access_token_for(&self, key: &TokenKey) -> Result<crate::AccessToken, Error> {
+        let lease = self.inner.cache.lease(key).await?;
+        Ok(lease.tokens.access_token().clone())
+    }
+
+    fn authorize(&self, request: &mut Request, key: &TokenKey, lease: &Lease) -> Result<(), Error> {
+        let value = token::bearer_header(lease.tokens.access_token())
+            .map_err(|problem| Error::InvalidAccessToken { key: key.clone(), problem: problem.to_string() })?;
+        request.headers_mut().insert(AUTHORIZATION, value);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Middleware for TokenRefresh {
+    async fn handle(
+        &self,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        if extensions.get::<SkipAuth>().is_some() || request.headers().contains_key(AUTHORIZATION) {
+            return next.run(request, extensions).await;
+        }
+        if let Some(why) = self.inner.origins.refuses(request.url()) {
+            tracing::debug!(url = %request.url().origin().ascii_serialization(), why, "no token attached");
+            return next.run(request, extensions).await;
+        }
+        let key = extensions.get::<TokenKey>().cloned().unwrap_or_default();
+        let stats = &self.inner.stats;
+        Counters::bump(&stats.requests);
+
+        let lease = self.inner.cache.lease(&key).await?;
+        // A body that cannot be cloned (a stream) is sent once; see contract point 11.
+        let retry = request.try_clone();
+        self.authorize(&mut request, &key, &lease)?;
+        let response = next.clone().run(request, extensions).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        Counters::bump(&stats.unauthorized);
+
+        let (response, rejection) = classify(response).await;
+        if !self.inner.refresh_on.accepts(&rejection) {
+            tracing::debug!(key = %key, ?rejection, "401 passed through without a refresh");
+            return Ok(response);
+        }
+        tracing::debug!(key = %key, generation = lease.generation, ?rejection, "401: token rejected");
+        let renewed = self.inner.cache.renew(&key, lease.generation).await;
+        let Some(mut retry) = retry else {
+            // The body is gone; the refresh has happened so the caller's own retry will work.
+            return Ok(response);
+        };
+        let renewed = renewed?;
+        self.authorize(&mut retry, &key, &renewed)?;
+        Counters::bump(&stats.retries);
+        let response = next.run(retry, extensions).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            // One retry, no loop: the second 401 goes back as it came.
+            Counters::bump(&stats.unauthorized);
+        }
+        Ok(response)
+    }
+}
+
+async fn classify(response: Response) -> (Response, Rejection) {
+    let from_headers = challenge::classify_unauthorized(response.headers(), &[]);
+    if matches!(from_headers, Rejection::InvalidToken | Rejection::OtherError(_)) {
+        return (response, from_headers);
+    }
+    let (response, head) = peek_body(response, CLASSIFY_BODY_LIMIT).await;
+    let rejection = challenge::classify_unauthorized(response.headers(), &head);
+    (response, rejection)
+}
+
+/// Builds a [`TokenRefresh`]; see [`TokenRefresh::builder`].
+pub struct TokenRefreshBuilder {
+    source: Arc<dyn TokenSource>,
+    store: Arc<dyn TokenStore>,
+    clock: Arc<dyn Clock>,
+    initial_tokens: Option<TokenSet>,
+    skew: Duration,
+    min_backoff: Duration,
+    max_backoff: Duration,
+    max_retry_after: Duration,
+    terminal_errors: Vec<String>,
+    refresh_on: RefreshOn,
+    allowed_origins: Vec<String>,
+    allow_insecure_http: bool,
+    on_refresh: Option<crate::cache::RefreshHook>,
+    on_reauthorization_required: Option<crate::cache::ReauthorizationHook>,
+    on_store_error: Option<crate::cache::StoreErrorHook>,
+}
+
+impl fmt::Debug for TokenRefreshBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRefreshBuilder")
+            .field("source", &self.source)
+            .field("store", &self.store)
+            .field("skew", &self.skew)
+            .field("refresh_on", &self.refresh_on)
+            .field("allowed_origins", &self.allowed_origins)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenRefreshBuilder {
+    fn new(source: Arc<dyn TokenSource>) -> Self {
+        Self {
+            source,
+            store: Arc::new(MemoryStore::new()),
+            clock: clock::system(),
+            initial_tokens: None,
+            skew: DEFAULT_REFRESH_SKEW,
+            min_backoff: DEFAULT_MIN_BACKOFF,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+            terminal_errors: Vec::new(),
+            refresh_on: RefreshOn::default(),
+            allowed_origins: Vec::new(),
+            allow_insecure_http: false,
+            on_refresh: None,
+            on_reauthorization_required: None,
+            on_store_error: None,
+        }
+    }
+
+    /// Tokens for the default key to start from. They only seed an empty store: tokens already in
+    /// the store win, so a restart never brings back a refresh token that was rotated away.
+    pub fn initial_tokens(mut self, tokens: TokenSet) -> Self {
+        self.initial_tokens = Some(tokens);
+        self
+    }
+
+    /// Where tokens are kept (default: [`MemoryStore`]).
+    pub fn store(mut self, store: impl TokenStore) -> Self {
+        self.store = Arc::new(store);
+        self
+    }
+
+    /// Where tokens are kept, shared.
+    pub fn store_arc(mut self, store: Arc<dyn TokenStore>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// How long before expiry a token is refreshed before use (default [`DEFAULT_REFRESH_SKEW`]).
+    pub fn refresh_skew(mut self, skew: Duration) -> Self {
+        self.skew = skew;
+        self
+    }
+
+    /// Which 401 answers trigger a refresh (default [`RefreshOn::InvalidTokenOrNoDetail`]).
+    pub fn refresh_on(mut self, refresh_on: RefreshOn) -> Self {
+        self.refresh_on = refresh_on;
+        self
+    }
+
+    /// Only requests to this origin (and others added the same way) get the token; requests to
+    /// other origins pass through untouched and never trigger a refresh. Without any, every
+    /// `https` origin (and `http` to loopback) gets it.
+    pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
+        self.allowed_origins.push(origin.into());
+        self
+    }
+
+    /// Lets the token go over plain `http://` to hosts that are not loopback (default: never).
+    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
+        self.allow_insecure_http = allow;
+        self
+    }
+
+    /// Adds an OAuth error code that means "re-authorization required", beyond `invalid_grant`,
+    /// `invalid_client` and `unauthorized_client` (for providers with their own codes, such as
+    /// `refresh_token_not_found`).
+    pub fn terminal_error(mut self, code: impl Into<String>) -> Self {
+        self.terminal_errors.push(code.into());
+        self
+    }
+
+    /// The first cool-down after a failed refresh (default [`DEFAULT_MIN_BACKOFF`]); it doubles
+    /// with each consecutive failure up to [`max_backoff`](Self::max_backoff).
+    pub fn min_backoff(mut self, backoff: Duration) -> Self {
+        self.min_backoff = backoff;
+        self
+    }
+
+    /// The longest cool-down from backoff (default [`DEFAULT_MAX_BACKOFF`]).
+    pub fn max_backoff(mut self, backoff: Duration) -> Self {
+        self.max_backoff = backoff;
+        self
+    }
+
+    /// The longest `Retry-After` honoured (default [`DEFAULT_MAX_RETRY_AFTER`]).
+    pub fn max_retry_after(mut self, limit: Duration) -> Self {
+        self.max_retry_after = limit;
+        self
+    }
+
+    /// The clock expiry and cool-downs are measured against (default: the system clock). Give
+    /// the token source the same clock.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Called after each new token set is published (refreshed or adopted from the store).
+    pub fn on_refresh(mut self, hook: impl Fn(&TokenKey, &TokenSet) + Send + Sync + 'static) -> Self {
+        self.on_refresh = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called once each time a key enters the re-authorization-required state.
+    pub fn on_reauthorization_required(mut self, hook: impl Fn(&TokenKey, &RefreshError) + Send + Sync + 'static) -> Self {
+        self.on_reauthorization_required = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called when the store fails to load, save or lock (the layer goes on from memory and
+    /// retries saves).
+    pub fn on_store_error(mut self, hook: impl Fn(&TokenKey, &StoreError) + Send + Sync + 'static) -> Self {
+        self.on_store_error = Some(Arc::new(hook));
+        self
+    }
+
+    /// Builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when an allowed origin does not parse or has no host, when the initial
+    /// access token cannot be sent in a header, or when the minimum backoff exceeds the maximum.
+    pub fn build(self) -> Result<TokenRefresh, Error> {
+        let allowed = if self.allowed_origins.is_empty() {
+            None
+        } else {
+            let parsed: Result<Vec<_>, _> =
+                self.allowed_origins.iter().map(|o| OriginPolicy::parse_origin(o)).collect();
+            Some(parsed.map_err(Error::Config)?)
+        };
+        if let Some(tokens) = &self.initial_tokens {
+            token::check_header_safe(tokens.access_token().secret())
+                .map_err(|problem| Error::Config(format!("initial tokens: {problem}")))?;
+        }
+        if self.min_backoff > self.max_backoff {
+            return Err(Error::Config("min_backoff is larger than max_backoff".into()));
+        }
+        let stats = Arc::new(Counters::default());
+        let cache = TokenCache::new(
+            CacheConfig {
+                source: self.source,
+                store: self.store,
+                clock: self.clock,
+                skew: self.skew,
+                min_backoff: self.min_backoff,
+                max_backoff: self.max_backoff,
+                max_retry_after: self.max_retry_after,
+                terminal_errors: self.terminal_errors,
+                initial_tokens: self.initial_tokens,
+                on_refresh: self.on_refresh,
+                on_reauthorization_required: self.on_reauthorization_required,
+                on_store_error: self.on_store_error,
+            },
+            stats.clone(),
+        );
+        Ok(TokenRefresh {
+            inner: Arc::new(Inner {
+                cache,
+                origins: OriginPolicy { allowed, allow_insecure_http: self.allow_insecure_http },
+                refresh_on: self.refresh_on,
+                stats,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::RefreshTokenGrant;
+
+    #[test]
+    fn middleware_is_send_sync_and_cheap_to_clone() {
+        fn check<T: Send + Sync + Clone + 'static>() {}
+        check::<TokenRefresh>();
+    }
+
+    #[test]
+    fn build_rejects_bad_origins_and_bad_initial_tokens() {
+        let grant = || RefreshTokenGrant::new("https://p.example/token");
+        let err = TokenRefresh::builder(grant()).allow_origin("not a url").build().unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err}");
+        let err = TokenRefresh::builder(grant()).initial_tokens(TokenSet::new("a\r\nb")).build().unwrap_err();
+        assert!(err.to_string().contains("not visible ASCII"), "{err}");
+        let err = TokenRefresh::builder(grant())
+            .min_backoff(Duration::from_secs(10))
+            .max_backoff(Duration::from_secs(1))
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, Error::Config(_)));
+    }
+
+    #[test]
+    fn refresh_on_decides_which_401s_refresh() {
+        assert!(RefreshOn::InvalidToken.accepts(&Rejection::InvalidToken));
+        assert!(!RefreshOn::InvalidToken.accepts(&Rejection::NoDetail));
+        assert!(RefreshOn::InvalidTokenOrNoDetail.accepts(&Rejection::NoDetail));
+        assert!(!RefreshOn::InvalidTokenOrNoDetail.accepts(&Rejection::OtherError("insufficient_scope".into())));
+        assert!(!RefreshOn::InvalidTokenOrNoDetail.accepts(&Rejection::OtherScheme));
+    }
+}

@@ -1,0 +1,94 @@
+//! Which URLs may receive the token.
+
+use url::{Host, Origin, Url};
+
+/// Decides whether a request's URL may carry the bearer token.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OriginPolicy {
+    /// When set, only these origins get the token.
+    pub(crate) allowed: Option<Vec<Origin>>,
+    /// Whether plain `http://` to a host that is not loopback may get the token.
+    pub(crate) allow_insecure_http: bool,
+}
+
+impl OriginPolicy {
+    pub(crate) fn parse_origin(origin: &str) -> Result<Origin, String> {
+        let url = Url::parse(origin).map_err(|e| format!("allowed origin {origin:?} does not parse: {e}"))?;
+        match url.origin() {
+            tuple @ Origin::Tuple(..) => Ok(tuple),
+            Origin::Opaque(_) => Err(format!("allowed origin {origin:?} has no host")),
+        }
+    }
+
+    /// Why `url` must not get the token, or `None` when it may.
+    pub(crate) fn refuses(&self, url: &Url) -> Option<&'static str> {
+        if let Some(allowed) = &self.allowed {
+            if !allowed.contains(&url.origin()) {
+                return Some("origin not in the allowed list");
+            }
+        }
+        match url.scheme() {
+            "https" => None,
+            "http" if self.allow_insecure_http || is_loopback(url) => None,
+            "http" => Some("plain http to a host that is not loopback"),
+            _ => Some("not an http(s) URL"),
+        }
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn https_is_allowed_by_default() {
+        assert_eq!(OriginPolicy::default().refuses(&url("https://api.example/x")), None);
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback_unless_opted_in() {
+        let policy = OriginPolicy::default();
+        assert!(policy.refuses(&url("http://api.example/x")).is_some());
+        assert!(policy.refuses(&url("http://10.0.0.1/x")).is_some());
+        for ok in ["http://127.0.0.1:8080/", "http://[::1]/", "http://localhost/", "http://api.localhost/"] {
+            assert_eq!(policy.refuses(&url(ok)), None, "{ok}");
+        }
+        let opted = OriginPolicy { allow_insecure_http: true, ..OriginPolicy::default() };
+        assert_eq!(opted.refuses(&url("http://api.example/x")), None);
+    }
+
+    #[test]
+    fn allowed_origins_match_scheme_host_and_port() {
+        let policy = OriginPolicy {
+            allowed: Some(vec![OriginPolicy::parse_origin("https://api.example").unwrap()]),
+            ..OriginPolicy::default()
+        };
+        assert_eq!(policy.refuses(&url("https://api.example/v1?q=1")), None);
+        assert_eq!(policy.refuses(&url("https://api.example:443/v1")), None);
+        assert!(policy.refuses(&url("https://api.example:8443/v1")).is_some());
+        assert!(policy.refuses(&url("https://evil.example/v1")).is_some());
+        assert!(policy.refuses(&url("https://api.example.evil.example/")).is_some());
+    }
+
+    #[test]
+    fn origins_without_host_are_rejected() {
+        assert!(OriginPolicy::parse_origin("data:text/plain,x").is_err());
+        assert!(OriginPolicy::parse_origin("not a url").is_err());
+    }
+}

@@ -1,0 +1,88 @@
+//! Reading the start of a response body without taking it from the caller.
+//!
+//! To tell a dead-token 401 from another 401, the layer may need the body (Kroger puts
+//! `{"error":"invalid_token"}` there). It reads at most a few KiB and hands back a response with
+//! the same status, headers, URL, extensions and body bytes: the bytes it read, then the rest of
+//! the original stream.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::BodyExt;
+use reqwest::ResponseBuilderExt;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Reads up to `limit` bytes of the body; returns them and a response equivalent to `response`.
+pub(crate) async fn peek_body(response: reqwest::Response, limit: usize) -> (reqwest::Response, Bytes) {
+    let url = response.url().clone();
+    let (mut parts, mut body) = http::Response::<reqwest::Body>::from(response).into_parts();
+    let mut head = BytesMut::new();
+    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
+    let mut failure: Option<BoxError> = None;
+    let mut finished = false;
+    while head.len() < limit {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    head.extend_from_slice(data);
+                }
+                frames.push_back(frame);
+            }
+            Some(Err(err)) => {
+                failure = Some(err.into());
+                break;
+            }
+            None => {
+                finished = true;
+                break;
+            }
+        }
+    }
+    let head = head.freeze();
+    let replay = if finished && failure.is_none() && frames.iter().all(Frame::is_data) {
+        // The whole body was read: hand it back as a plain, reusable body.
+        reqwest::Body::from(head.clone())
+    } else {
+        reqwest::Body::wrap(Replay { frames, failure, rest: (!finished).then_some(body) })
+    };
+    // `reqwest::Response::from(http::Response)` takes the URL from an extension that only
+    // `ResponseBuilderExt::url` can set.
+    if let Ok(carrier) = http::Response::builder().url(url).body(()) {
+        parts.extensions.extend(carrier.into_parts().0.extensions);
+    }
+    (reqwest::Response::from(http::Response::from_parts(parts, replay)), head)
+}
+
+/// The frames already read, then the read error if there was one, then the rest of the body.
+struct Replay {
+    frames: VecDeque<Frame<Bytes>>,
+    failure: Option<BoxError>,
+    rest: Option<reqwest::Body>,
+}
+
+impl HttpBody for Replay {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(frame) = self.frames.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if let Some(err) = self.failure.take() {
+            self.rest = None;
+            return Poll::Ready(Some(Err(err)));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx).map_err(Into::into),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && self.failure.is_none() && self.rest.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+}

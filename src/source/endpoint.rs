@@ -1,0 +1,301 @@
+//! The token endpoint call shared by every grant: client authentication, body encoding, its own
+//! HTTP client, a capped read of the answer.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::HeaderValue;
+use serde_json::Value;
+
+use super::response::{self, ResponseMapper};
+use crate::clock::{self, Clock};
+use crate::error::RefreshError;
+use crate::token::{ClientSecret, TokenSet};
+
+/// How long a token call may take, connection to last byte, unless set otherwise.
+pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest token-endpoint answer read, unless set otherwise. Real token responses are a few
+/// hundred bytes; a bigger answer is an error page or an attack, and is not buffered whole.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// HTTP Basic with the form-encoded client id and secret; the method every server must
+    /// support, and the default.
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` as fields of the request body (WHOOP, Withings).
+    RequestBody,
+}
+
+/// How the token request's body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum BodyEncoding {
+    /// `application/x-www-form-urlencoded`, as RFC 6749 specifies; the default.
+    #[default]
+    Form,
+    /// `application/json` (the WHOOP Partner API).
+    Json,
+}
+
+/// Everything about calling one token endpoint, whatever the grant.
+#[derive(Clone)]
+pub(crate) struct TokenEndpoint {
+    pub(crate) url: String,
+    pub(crate) client_id: Option<String>,
+    pub(crate) client_secret: Option<ClientSecret>,
+    pub(crate) client_auth: ClientAuth,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) params: Vec<(String, String)>,
+    pub(crate) encoding: BodyEncoding,
+    pub(crate) mapper: Option<Arc<ResponseMapper>>,
+    pub(crate) http: Option<reqwest::Client>,
+    pub(crate) timeout: Duration,
+    pub(crate) max_response_bytes: usize,
+    pub(crate) clock: Arc<dyn Clock>,
+    own_http: Arc<OnceLock<Result<reqwest::Client, String>>>,
+}
+
+impl fmt::Debug for TokenEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenEndpoint")
+            .field("url", &self.url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("client_auth", &self.client_auth)
+            .field("scopes", &self.scopes)
+            .field("params", &self.params.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+            .field("encoding", &self.encoding)
+            .field("maps_response", &self.mapper.is_some())
+            .field("custom_http_client", &self.http.is_some())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenEndpoint {
+    pub(crate) fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            client_id: None,
+            client_secret: None,
+            client_auth: ClientAuth::default(),
+            scopes: Vec::new(),
+            params: Vec::new(),
+            encoding: BodyEncoding::default(),
+            mapper: None,
+            http: None,
+            timeout: DEFAULT_TOKEN_TIMEOUT,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            clock: clock::system(),
+            own_http: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The client the token call goes through: the user's, or our own, which never passes through
+    /// any middleware (so a refresh cannot recurse into this layer) and follows no redirects
+    /// (so a client secret or refresh token is never replayed to another host).
+    fn http(&self) -> Result<reqwest::Client, RefreshError> {
+        if let Some(http) = &self.http {
+            return Ok(http.clone());
+        }
+        self.own_http
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(|e| format!("the token endpoint's HTTP client cannot be built: {e}"))
+            })
+            .clone()
+            .map_err(RefreshError::Config)
+    }
+
+    /// Posts a grant and reads the answer. `grant` holds the grant's own fields, in order.
+    pub(crate) async fn exchange(&self, grant: &[(&str, &str)]) -> Result<TokenSet, RefreshError> {
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| RefreshError::Config(format!("the token URL {:?} does not parse: {e}", self.url)))?;
+        let mut fields: Vec<(&str, &str)> = grant.to_vec();
+        let scope = self.scopes.join(" ");
+        if !scope.is_empty() {
+            fields.push(("scope", &scope));
+        }
+        let mut request = self.http()?.post(url).timeout(self.timeout).header(ACCEPT, "application/json");
+        match (&self.client_id, &self.client_secret, self.client_auth) {
+            (Some(id), Some(secret), ClientAuth::Basic) => {
+                request = request.header(AUTHORIZATION, basic_auth(id, secret)?);
+            }
+            (Some(id), secret, _) => {
+                // A public client (no secret) identifies itself in the body whatever the method.
+                fields.push(("client_id", id));
+                if let Some(secret) = secret {
+                    fields.push(("client_secret", secret.secret()));
+                }
+            }
+            (None, _, _) => {}
+        }
+        fields.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        request = match self.encoding {
+            BodyEncoding::Form => {
+                let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(&fields).finish();
+                request.header(CONTENT_TYPE, "application/x-www-form-urlencoded").body(body)
+            }
+            BodyEncoding::Json => {
+                let object: serde_json::Map<String, Value> =
+                    fields.iter().map(|(k, v)| ((*k).to_owned(), Value::from(*v))).collect();
+                request.header(CONTENT_TYPE, "application/json").body(Value::Object(object).to_string())
+            }
+        };
+
+        let mut answer = request.send().await.map_err(transport)?;
+        let status = answer.status();
+        let headers = answer.headers().clone();
+        let mut body = Vec::new();
+        while let Some(chunk) = answer.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > self.max_response_bytes {
+                body.extend_from_slice(&chunk[..self.max_response_bytes.saturating_sub(body.len())]);
+                return Err(RefreshError::InvalidResponse {
+                    status,
+                    reason: format!("the answer is larger than {} bytes", self.max_response_bytes),
+                    body: response::excerpt(&body),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let now = self.clock.now();
+        if status.is_success() {
+            response::parse_success(status, &body, self.mapper.as_deref(), now)
+        } else {
+            Err(response::parse_failure(status, &headers, &body, now))
+        }
+    }
+}
+
+fn transport(err: reqwest::Error) -> RefreshError {
+    // reqwest's error may carry the token URL, never a secret: the body is not part of it.
+    RefreshError::Transport(Arc::new(err.without_url()))
+}
+
+/// `Basic base64(urlencode(id) ":" urlencode(secret))`, RFC 6749 §2.3.1; marked sensitive.
+fn basic_auth(id: &str, secret: &ClientSecret) -> Result<HeaderValue, RefreshError> {
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let credentials = format!("{}:{}", encode(id), encode(secret.secret()));
+    let mut value = HeaderValue::try_from(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    ))
+    .map_err(|_| RefreshError::Config("the client credentials cannot form a header".into()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Builder methods shared by every grant that calls a [`TokenEndpoint`] held in `self.endpoint`.
+macro_rules! endpoint_options {
+    () => {
+        /// Sets the client id.
+        pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+            self.endpoint.client_id = Some(client_id.into());
+            self
+        }
+
+        /// Sets the client secret.
+        pub fn client_secret(mut self, client_secret: impl Into<$crate::ClientSecret>) -> Self {
+            self.endpoint.client_secret = Some(client_secret.into());
+            self
+        }
+
+        /// Sets how the client id and secret are sent (default: HTTP Basic).
+        pub fn client_auth(mut self, client_auth: $crate::ClientAuth) -> Self {
+            self.endpoint.client_auth = client_auth;
+            self
+        }
+
+        /// Adds a scope to request; several are joined with spaces.
+        pub fn scope(mut self, scope: impl Into<String>) -> Self {
+            self.endpoint.scopes.push(scope.into());
+            self
+        }
+
+        /// Adds an extra body field (`action=requesttoken`, `audience=...`).
+        pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+            self.endpoint.params.push((name.into(), value.into()));
+            self
+        }
+
+        /// Sets the body encoding (default: form).
+        pub fn encoding(mut self, encoding: $crate::BodyEncoding) -> Self {
+            self.endpoint.encoding = encoding;
+            self
+        }
+
+        /// Maps a successful answer before it is read as a token response: unwrap a provider's
+        /// envelope (`{"status":0,"body":{...}}`), or turn an error carried in a 200 into an
+        /// [`OAuthError`](crate::OAuthError).
+        pub fn map_response<F>(mut self, map: F) -> Self
+        where
+            F: Fn(serde_json::Value) -> Result<serde_json::Value, $crate::OAuthError> + Send + Sync + 'static,
+        {
+            self.endpoint.mapper = Some(std::sync::Arc::new(map));
+            self
+        }
+
+        /// Sends token requests through this client instead of the crate's own.
+        ///
+        /// The crate's own client follows no redirects; give yours the same policy
+        /// (`redirect::Policy::none()`), so a refresh token is never replayed to another host. Never
+        /// pass a client that goes through this middleware.
+        pub fn http_client(mut self, client: reqwest::Client) -> Self {
+            self.endpoint.http = Some(client);
+            self
+        }
+
+        /// Sets how long a token call may take (default [`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT)).
+        pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.endpoint.timeout = timeout;
+            self
+        }
+
+        /// Sets the largest answer read (default [`DEFAULT_MAX_RESPONSE_BYTES`](crate::DEFAULT_MAX_RESPONSE_BYTES)).
+        pub fn max_response_bytes(mut self, limit: usize) -> Self {
+            self.endpoint.max_response_bytes = limit;
+            self
+        }
+
+        /// Sets the clock that turns `expires_in` into an absolute expiry (default: the system
+        /// clock). Give it the same clock as the layer.
+        pub fn clock(mut self, clock: impl $crate::Clock) -> Self {
+            self.endpoint.clock = std::sync::Arc::new(clock);
+            self
+        }
+    };
+}
+pub(crate) use endpoint_options;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_form_encodes_the_parts() {
+        let value = basic_auth("my id:1", &ClientSecret::new("s&cret é")).unwrap();
+        let encoded = value.to_str().unwrap().strip_prefix("Basic ").unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
+        assert_eq!(String::from_utf8(decoded).unwrap(), "my+id%3A1:s%26cret+%C3%A9");
+        assert!(value.is_sensitive());
+    }
+
+    #[test]
+    fn debug_hides_the_client_secret_and_param_values() {
+        let mut endpoint = TokenEndpoint::new("https://p.example/token");
+        endpoint.client_secret = Some(ClientSecret::new("hush"));
+        endpoint.params.push(("assertion".into(), "signed-secret".into()));
+        let shown = format!("{endpoint:?}");
+        assert!(!shown.contains("hush") && !shown.contains("signed-secret"), "{shown}");
+    }
+}

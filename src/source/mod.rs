@@ -1,0 +1,64 @@
+//! Where new tokens come from: the [`TokenSource`] trait and the OAuth 2.0 grants that implement it.
+
+mod client_credentials;
+mod endpoint;
+mod refresh_token;
+mod response;
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::error::RefreshError;
+use crate::token::TokenSet;
+
+pub use client_credentials::ClientCredentials;
+pub use endpoint::{BodyEncoding, ClientAuth, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT};
+pub use refresh_token::RefreshTokenGrant;
+
+/// Gets a new token set.
+///
+/// Implemented by [`RefreshTokenGrant`] and [`ClientCredentials`]; implement it yourself for
+/// anything else (a signed JWT assertion, a vault, another service). The layer calls it from a
+/// single flight: at most one call per token key at a time, in a task of its own.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use reqwest_token_refresh::{RefreshError, TokenSet, TokenSource};
+///
+/// #[derive(Debug)]
+/// struct FromVault;
+///
+/// #[async_trait]
+/// impl TokenSource for FromVault {
+///     async fn fetch(&self, _current: Option<&TokenSet>) -> Result<TokenSet, RefreshError> {
+///         Ok(TokenSet::new("token-from-vault"))
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait TokenSource: fmt::Debug + Send + Sync + 'static {
+    /// Fetches a new token set. `current` is the set being replaced, if any (its refresh token is
+    /// what a refresh-token grant spends).
+    ///
+    /// Return [`RefreshError::Protocol`] when the server refused (the layer decides whether that
+    /// is terminal), [`RefreshError::NoRefreshToken`] when a token cannot be had without user
+    /// interaction, and a transport or other error for anything that may pass.
+    async fn fetch(&self, current: Option<&TokenSet>) -> Result<TokenSet, RefreshError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn token_source_is_object_safe() {
+        let sources: Vec<Arc<dyn TokenSource>> = vec![
+            Arc::new(RefreshTokenGrant::new("https://provider.example/token")),
+            Arc::new(ClientCredentials::new("https://provider.example/token")),
+        ];
+        assert_eq!(sources.len(), 2);
+    }
+}

@@ -1,0 +1,49 @@
+//! [`RefreshTokenGrant`]: RFC 6749 §6.
+
+use async_trait::async_trait;
+
+use super::TokenSource;
+use super::endpoint::{TokenEndpoint, endpoint_options};
+use crate::error::RefreshError;
+use crate::token::TokenSet;
+
+/// Refreshes with the refresh-token grant (RFC 6749 §6): posts `grant_type=refresh_token` and the
+/// current refresh token to the token endpoint.
+///
+/// When the answer carries no new refresh token, the old one is kept (RFC 6749 §6). A refresh
+/// token is spent by the call: on providers that rotate (Kroger, Withings) the old one is dead as
+/// soon as the answer is issued, which is why the layer saves the new set before using it.
+///
+/// ```
+/// use reqwest_token_refresh::{ClientAuth, RefreshTokenGrant};
+///
+/// // WHOOP: client credentials in the form body, `scope=offline` to get a new refresh token.
+/// let whoop = RefreshTokenGrant::new("https://api.prod.whoop.com/oauth/oauth2/token")
+///     .client_id("id")
+///     .client_secret("secret")
+///     .client_auth(ClientAuth::RequestBody)
+///     .scope("offline");
+/// ```
+#[derive(Debug, Clone)]
+pub struct RefreshTokenGrant {
+    endpoint: TokenEndpoint,
+}
+
+impl RefreshTokenGrant {
+    /// A refresh-token grant against the token endpoint at `token_url`.
+    pub fn new(token_url: impl Into<String>) -> Self {
+        Self { endpoint: TokenEndpoint::new(token_url) }
+    }
+
+    endpoint_options!();
+}
+
+#[async_trait]
+impl TokenSource for RefreshTokenGrant {
+    async fn fetch(&self, current: Option<&TokenSet>) -> Result<TokenSet, RefreshError> {
+        let refresh_token = current.and_then(TokenSet::refresh_token).ok_or(RefreshError::NoRefreshToken)?;
+        let grant = [("grant_type", "refresh_token"), ("refresh_token", refresh_token.secret())];
+        let tokens = self.endpoint.exchange(&grant).await?;
+        Ok(tokens.inherit_refresh_token(current))
+    }
+}

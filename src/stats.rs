@@ -1,0 +1,58 @@
+//! Counters of what the layer did, for dashboards and tests.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of the layer's counters, over all token keys, since it was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Requests that went through the layer with a token attached.
+    pub requests: u64,
+    /// 401 answers seen on those requests (before and after retries).
+    pub unauthorized: u64,
+    /// Calls to the token source (token endpoint calls).
+    pub refreshes: u64,
+    /// Refreshes that failed, transiently or terminally.
+    pub refresh_failures: u64,
+    /// Requests sent a second time with a new token after a 401.
+    pub retries: u64,
+    /// Requests failed without a network call: re-authorization required, or a cool-down with no
+    /// usable token.
+    pub fail_fast: u64,
+    /// Token-store saves or reads that failed.
+    pub store_failures: u64,
+    /// Token sets adopted from the store because another process or layer refreshed first.
+    pub adopted: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) requests: AtomicU64,
+    pub(crate) unauthorized: AtomicU64,
+    pub(crate) refreshes: AtomicU64,
+    pub(crate) refresh_failures: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) fail_fast: AtomicU64,
+    pub(crate) store_failures: AtomicU64,
+    pub(crate) adopted: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            requests: read(&self.requests),
+            unauthorized: read(&self.unauthorized),
+            refreshes: read(&self.refreshes),
+            refresh_failures: read(&self.refresh_failures),
+            retries: read(&self.retries),
+            fail_fast: read(&self.fail_fast),
+            store_failures: read(&self.store_failures),
+            adopted: read(&self.adopted),
+        }
+    }
+}
