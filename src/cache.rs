@@ -113,6 +113,13 @@ pub enum TokenState {
     },
 }
 
+impl TokenState {
+    /// Whether the user must authorize again before this key's requests can succeed.
+    pub fn is_reauthorization_required(&self) -> bool {
+        matches!(self, TokenState::ReauthorizationRequired { .. })
+    }
+}
+
 type Outcome = Result<Lease, Error>;
 
 struct Flight {
@@ -266,7 +273,10 @@ impl TokenCache {
         if let Some(until) = state.cooldown_until {
             if let Ok(retry_after) = until.duration_since(now) {
                 if !retry_after.is_zero() {
-                    return Err(Error::Refresh { key: slot.key.clone(), source: RefreshError::CoolingDown { retry_after } });
+                    return Err(Error::Refresh {
+                        key: slot.key.clone(),
+                        source: RefreshError::CoolingDown { retry_after },
+                    });
                 }
             }
         }
@@ -289,7 +299,11 @@ impl TokenCache {
                 Ok(outcome) => outcome,
                 Err(join_error) => {
                     tracing::error!(key = %slot.key, panicked = join_error.is_panic(), "refresh task ended without an answer");
-                    cache.apply(&slot, id, Produced::Failed(Error::Refresh { key: slot.key.clone(), source: RefreshError::Aborted }))
+                    cache.apply(
+                        &slot,
+                        id,
+                        Produced::Failed(Error::Refresh { key: slot.key.clone(), source: RefreshError::Aborted }),
+                    )
                 }
             };
             tx.send_replace(Some(outcome));
@@ -397,7 +411,8 @@ impl TokenCache {
             RefreshError::Protocol { status, error, .. } => {
                 let code = error.as_ref().map(|e| e.error.as_str());
                 if let Some(code) = code {
-                    if DEFAULT_TERMINAL_ERRORS.contains(&code) || self.inner.config.terminal_errors.iter().any(|t| t == code)
+                    if DEFAULT_TERMINAL_ERRORS.contains(&code)
+                        || self.inner.config.terminal_errors.iter().any(|t| t == code)
                     {
                         return true;
                     }

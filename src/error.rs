@@ -299,11 +299,8 @@ mod tests {
 
     #[test]
     fn our_error_comes_back_out_of_reqwest_middleware() {
-        let err: reqwest_middleware::Error = Error::ReauthorizationRequired {
-            key: TokenKey::new("u1"),
-            reason: RefreshError::NoRefreshToken,
-        }
-        .into();
+        let err: reqwest_middleware::Error =
+            Error::ReauthorizationRequired { key: TokenKey::new("u1"), reason: RefreshError::NoRefreshToken }.into();
         let ours = Error::from_middleware(&err).expect("our error");
         assert!(ours.is_reauthorization_required());
         assert_eq!(

@@ -378,7 +378,10 @@ impl TokenRefreshBuilder {
     }
 
     /// Called once each time a key enters the re-authorization-required state.
-    pub fn on_reauthorization_required(mut self, hook: impl Fn(&TokenKey, &RefreshError) + Send + Sync + 'static) -> Self {
+    pub fn on_reauthorization_required(
+        mut self,
+        hook: impl Fn(&TokenKey, &RefreshError) + Send + Sync + 'static,
+    ) -> Self {
         self.on_reauthorization_required = Some(Arc::new(hook));
         self
     }

@@ -6,8 +6,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::HeaderValue;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
 
 use super::response::{self, ResponseMapper};
@@ -186,11 +186,9 @@ fn transport(err: reqwest::Error) -> RefreshError {
 fn basic_auth(id: &str, secret: &ClientSecret) -> Result<HeaderValue, RefreshError> {
     let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     let credentials = format!("{}:{}", encode(id), encode(secret.secret()));
-    let mut value = HeaderValue::try_from(format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(credentials)
-    ))
-    .map_err(|_| RefreshError::Config("the client credentials cannot form a header".into()))?;
+    let mut value =
+        HeaderValue::try_from(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials)))
+            .map_err(|_| RefreshError::Config("the client credentials cannot form a header".into()))?;
     value.set_sensitive(true);
     Ok(value)
 }

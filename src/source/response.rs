@@ -64,7 +64,8 @@ pub(crate) fn parse_success(
     if let Some(expires_in) = fields.remove("expires_in") {
         let lifetime = parse_expires_in(&expires_in).map_err(invalid)?;
         if let Some(lifetime) = lifetime {
-            let expires_at = now.checked_add(lifetime).ok_or_else(|| invalid("`expires_in` overflows the clock".into()))?;
+            let expires_at =
+                now.checked_add(lifetime).ok_or_else(|| invalid("`expires_in` overflows the clock".into()))?;
             tokens = tokens.with_expires_at(expires_at);
         }
     }
@@ -90,10 +91,9 @@ fn parse_expires_in(value: &Value) -> Result<Option<Duration>, String> {
     let seconds = match value {
         Value::Null => return Ok(None),
         Value::Number(n) => n.as_f64().ok_or_else(|| "`expires_in` is not a number".to_owned())?,
-        Value::String(s) => s
-            .trim()
-            .parse::<f64>()
-            .map_err(|_| format!("`expires_in` is the string {s:?}, not a number"))?,
+        Value::String(s) => {
+            s.trim().parse::<f64>().map_err(|_| format!("`expires_in` is the string {s:?}, not a number"))?
+        }
         _ => return Err("`expires_in` is not a number".into()),
     };
     if !seconds.is_finite() {
@@ -127,7 +127,11 @@ pub(crate) fn oauth_error(value: &Value) -> Option<OAuthError> {
     let object = value.as_object()?;
     let code = object.get("error")?.as_str()?;
     let text = |name: &str| object.get(name).and_then(Value::as_str).map(str::to_owned);
-    Some(OAuthError { error: code.to_owned(), error_description: text("error_description"), error_uri: text("error_uri") })
+    Some(OAuthError {
+        error: code.to_owned(),
+        error_description: text("error_description"),
+        error_uri: text("error_uri"),
+    })
 }
 
 /// `Retry-After` (RFC 9110 §10.2.3): delay-seconds or an HTTP date.
@@ -197,7 +201,8 @@ mod tests {
 
     #[test]
     fn kroger_token_response_parses() {
-        let tokens = ok(r#"{"refresh_token":"FN20","expires_in":172800,"access_token":"B2ei","token_type":"bearer"}"#).unwrap();
+        let tokens =
+            ok(r#"{"refresh_token":"FN20","expires_in":172800,"access_token":"B2ei","token_type":"bearer"}"#).unwrap();
         assert_eq!(tokens.access_token().secret(), "B2ei");
         assert_eq!(tokens.refresh_token().unwrap().secret(), "FN20");
         assert_eq!(tokens.expires_at(), Some(now() + Duration::from_secs(172_800)));
@@ -213,8 +218,14 @@ mod tests {
 
     #[test]
     fn expires_in_as_string_or_float_is_accepted() {
-        assert_eq!(ok(r#"{"access_token":"a","expires_in":"3600"}"#).unwrap().expires_at(), Some(now() + Duration::from_secs(3600)));
-        assert_eq!(ok(r#"{"access_token":"a","expires_in":1.5}"#).unwrap().expires_at(), Some(now() + Duration::from_millis(1500)));
+        assert_eq!(
+            ok(r#"{"access_token":"a","expires_in":"3600"}"#).unwrap().expires_at(),
+            Some(now() + Duration::from_secs(3600))
+        );
+        assert_eq!(
+            ok(r#"{"access_token":"a","expires_in":1.5}"#).unwrap().expires_at(),
+            Some(now() + Duration::from_millis(1500))
+        );
         assert_eq!(ok(r#"{"access_token":"a","expires_in":null}"#).unwrap().expires_at(), None);
     }
 
@@ -304,7 +315,9 @@ mod tests {
                 None => Err(OAuthError::new("no_status")),
             }
         };
-        let tokens = parse_success(StatusCode::OK, br#"{"status":0,"body":{"access_token":"a"}}"#, Some(&unwrap_body), now()).unwrap();
+        let tokens =
+            parse_success(StatusCode::OK, br#"{"status":0,"body":{"access_token":"a"}}"#, Some(&unwrap_body), now())
+                .unwrap();
         assert_eq!(tokens.access_token().secret(), "a");
         let err = parse_success(StatusCode::OK, br#"{"status":601}"#, Some(&unwrap_body), now()).unwrap_err();
         assert_eq!(err.oauth_error().unwrap().error, "status_601");

@@ -1,0 +1,68 @@
+//! What the integration tests share: building a client around the layer and firing storms.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use reqwest_token_refresh::testkit::MockProvider;
+use reqwest_token_refresh::{RefreshTokenGrant, TokenKey, TokenRefresh, TokenRefreshBuilder, TokenSet};
+
+/// A client with the layer in it.
+pub fn client_with(auth: &TokenRefresh) -> ClientWithMiddleware {
+    ClientBuilder::new(reqwest::Client::new()).with(auth.clone()).build()
+}
+
+/// A refresh-token grant against the mock provider's token endpoint.
+pub fn grant(provider: &MockProvider) -> RefreshTokenGrant {
+    RefreshTokenGrant::new(provider.token_url()).client_id("client").client_secret("secret")
+}
+
+/// A layer builder for the mock provider, starting from `tokens`.
+pub fn layer(provider: &MockProvider, tokens: TokenSet) -> TokenRefreshBuilder {
+    TokenRefresh::builder(grant(provider)).initial_tokens(tokens)
+}
+
+/// Sends `n` concurrent GETs to `url` (optionally as `key`) and returns their statuses; a request
+/// that failed in the middleware counts as status 0.
+pub async fn storm(client: &ClientWithMiddleware, url: &str, n: usize, key: Option<TokenKey>) -> Vec<u16> {
+    let requests = (0..n).map(|_| {
+        let mut request = client.get(url);
+        if let Some(key) = &key {
+            request = request.with_extension(key.clone());
+        }
+        async move {
+            match request.send().await {
+                Ok(response) => response.status().as_u16(),
+                Err(_) => 0,
+            }
+        }
+    });
+    join_all(requests).await
+}
+
+/// How many of `statuses` equal `status`.
+pub fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+/// Waits (bounded) until `condition` holds; for background work such as a retried save.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// A counter a hook can bump.
+pub fn counter() -> (Arc<std::sync::atomic::AtomicUsize>, impl Fn() -> usize) {
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let read = {
+        let count = count.clone();
+        move || count.load(std::sync::atomic::Ordering::SeqCst)
+    };
+    (count, read)
+}

@@ -1,0 +1,13 @@
+//! Integration tests: real HTTP over loopback, against wiremock servers and the crate's mock
+//! provider (`testkit::MockProvider`). One binary, one module per area.
+
+mod bad_input;
+mod cancellation;
+mod grant;
+mod helpers;
+mod origins;
+mod passthrough;
+mod secrets;
+mod storm;
+mod terminal;
+mod transient;

@@ -1,0 +1,188 @@
+//! Contract points 1-3, 12 and 17: one refresh per expiry, generations, one retry, proactive
+//! refresh, independent keys.
+
+use std::time::Duration;
+
+use reqwest_token_refresh::testkit::MockProvider;
+use reqwest_token_refresh::{Error, ManualClock, RefreshTokenGrant, TokenKey, TokenRefresh, TokenSet};
+use wiremock::matchers::{body_string_contains, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::{client_with, count, grant, layer, storm};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_of_500_with_a_dead_token_causes_one_refresh() {
+    let provider = MockProvider::start().await;
+    let tokens = provider.issue_tokens();
+    provider.expire_access_tokens();
+    let auth = layer(&provider, tokens).build().unwrap();
+    let client = client_with(&auth);
+
+    let statuses = storm(&client, &provider.api_url("me"), 500, None).await;
+
+    assert_eq!(count(&statuses, 200), 500, "every request succeeds: {statuses:?}");
+    assert_eq!(provider.stats().token_calls, 1, "one token call for the whole storm");
+    let stats = auth.stats();
+    assert_eq!(stats.refreshes, 1);
+    assert_eq!(stats.requests, 500);
+    assert!(stats.retries <= 500, "each request is retried at most once: {stats:?}");
+    assert_eq!(stats.retries, stats.unauthorized, "every 401 was retried once and no retry failed");
+    assert_eq!(provider.stats().invalid_grants, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_with_a_token_known_to_be_expired_refreshes_once_before_sending() {
+    let provider = MockProvider::start().await;
+    let auth = layer(&provider, provider.issue_expired_tokens()).build().unwrap();
+    let client = client_with(&auth);
+
+    let statuses = storm(&client, &provider.api_url("me"), 200, None).await;
+
+    assert_eq!(count(&statuses, 200), 200);
+    assert_eq!(provider.stats().token_calls, 1);
+    assert_eq!(provider.stats().api_unauthorized, 0, "no request went out with the expired token");
+}
+
+#[tokio::test]
+async fn a_401_that_arrives_after_the_refresh_is_retried_without_a_second_refresh() {
+    let server = MockServer::start().await;
+    // The slow request is answered 401 long after the fast one has triggered and finished the
+    // refresh: it was sent with generation 1 while generation 2 is published.
+    Mock::given(path("/slow"))
+        .and(header("authorization", "Bearer old"))
+        .respond_with(ResponseTemplate::new(401).set_delay(Duration::from_millis(400)))
+        .mount(&server)
+        .await;
+    Mock::given(path("/fast"))
+        .and(header("authorization", "Bearer old"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&server)
+        .await;
+    Mock::given(header("authorization", "Bearer new")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("refresh_token=r1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": "new", "refresh_token": "r2", "expires_in": 3600
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let auth = TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", server.uri())))
+        .initial_tokens(TokenSet::new("old").with_refresh_token("r1"))
+        .build()
+        .unwrap();
+    let client = client_with(&auth);
+
+    let slow = tokio::spawn({
+        let client = client.clone();
+        let url = format!("{}/slow", server.uri());
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fast = client.get(format!("{}/fast", server.uri())).send().await.unwrap();
+    assert_eq!(fast.status(), 200);
+    assert_eq!(slow.await.unwrap().unwrap(), 200);
+    assert_eq!(auth.stats().refreshes, 1);
+    assert_eq!(auth.stats().retries, 2);
+}
+
+#[tokio::test]
+async fn an_api_that_always_answers_401_gets_one_refresh_one_retry_and_no_loop() {
+    let server = MockServer::start().await;
+    Mock::given(path("/api"))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .insert_header("www-authenticate", r#"Bearer error="invalid_token""#)
+                .set_body_string("still no"),
+        )
+        .expect(2)
+        .mount(&server)
+        .await;
+    Mock::given(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"access_token": "a2"})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let auth = TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", server.uri())))
+        .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+        .build()
+        .unwrap();
+
+    let response = client_with(&auth).get(format!("{}/api", server.uri())).send().await.unwrap();
+
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.text().await.unwrap(), "still no", "the second 401 reaches the caller unchanged");
+    let stats = auth.stats();
+    assert_eq!((stats.refreshes, stats.retries, stats.unauthorized), (1, 1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_in_one_storm_get_one_token_call_each() {
+    let provider = MockProvider::start().await;
+    let auth = TokenRefresh::builder(grant(&provider)).build().unwrap();
+    let (alice, bob) = (TokenKey::new("alice"), TokenKey::new("bob"));
+    auth.set_tokens_for(&alice, provider.issue_tokens()).await.unwrap();
+    auth.set_tokens_for(&bob, provider.issue_tokens()).await.unwrap();
+    provider.expire_access_tokens();
+    let client = client_with(&auth);
+    let url = provider.api_url("me");
+
+    let (a, b) =
+        tokio::join!(storm(&client, &url, 150, Some(alice.clone())), storm(&client, &url, 150, Some(bob.clone())));
+
+    assert_eq!(count(&a, 200) + count(&b, 200), 300);
+    assert_eq!(provider.stats().token_calls, 2, "one token call per user");
+    let alice_tokens = auth.tokens_for(&alice).unwrap();
+    let bob_tokens = auth.tokens_for(&bob).unwrap();
+    assert_ne!(alice_tokens.access_token(), bob_tokens.access_token());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_dead_refresh_token_leaves_the_other_users_requests_untouched() {
+    let provider = MockProvider::start().await;
+    let auth = TokenRefresh::builder(grant(&provider)).build().unwrap();
+    let (dead, alive) = (TokenKey::new("dead"), TokenKey::new("alive"));
+    auth.set_tokens_for(&dead, TokenSet::new("never-issued").with_refresh_token("never-issued")).await.unwrap();
+    auth.set_tokens_for(&alive, provider.issue_tokens()).await.unwrap();
+    provider.expire_access_tokens();
+    let client = client_with(&auth);
+    let url = provider.api_url("me");
+
+    let (d, a) =
+        tokio::join!(storm(&client, &url, 100, Some(dead.clone())), storm(&client, &url, 100, Some(alive.clone())));
+
+    assert_eq!(count(&d, 0), 100, "the dead user's requests fail: {d:?}");
+    assert_eq!(count(&a, 200), 100, "the other user's requests all succeed: {a:?}");
+    assert!(auth.state_for(&dead).is_reauthorization_required());
+    assert!(!auth.state_for(&alive).is_reauthorization_required());
+    let err = client.get(&url).with_extension(dead).send().await.unwrap_err();
+    assert!(Error::from_middleware(&err).unwrap().is_reauthorization_required());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_inside_the_skew_window_is_refreshed_before_sending_once_for_a_burst() {
+    let clock = ManualClock::starting_now();
+    let provider =
+        MockProvider::builder().clock(clock.clone()).access_token_lifetime(Duration::from_secs(3600)).start().await;
+    let tokens = provider.issue_tokens();
+    let auth = TokenRefresh::builder(grant(&provider).clock(clock.clone()))
+        .initial_tokens(tokens.clone())
+        .refresh_skew(Duration::from_secs(60))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let client = client_with(&auth);
+    let url = provider.api_url("me");
+
+    assert_eq!(count(&storm(&client, &url, 20, None).await, 200), 20);
+    assert_eq!(provider.stats().token_calls, 0, "a fresh token is used as is");
+
+    clock.advance(Duration::from_secs(3600 - 30));
+    let statuses = storm(&client, &url, 100, None).await;
+
+    assert_eq!(count(&statuses, 200), 100);
+    assert_eq!(provider.stats().token_calls, 1, "one proactive refresh for the burst");
+    assert_eq!(provider.stats().api_unauthorized, 0, "no request needed a 401 to notice");
+    assert_ne!(auth.tokens().unwrap().access_token(), tokens.access_token());
+}
