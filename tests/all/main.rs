@@ -5,6 +5,7 @@ mod bad_input;
 mod cancellation;
 mod grant;
 mod helpers;
+mod nothing_lost;
 mod origins;
 mod passthrough;
 mod secrets;
