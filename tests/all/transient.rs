@@ -73,7 +73,11 @@ async fn a_dead_token_endpoint_is_a_transport_error_not_a_terminal_one() {
 #[tokio::test]
 async fn a_token_endpoint_timeout_is_transient_and_the_next_request_refreshes() {
     let server = MockServer::start().await;
-    Mock::given(path("/api")).and(header("authorization", "Bearer a2")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+    Mock::given(path("/api"))
+        .and(header("authorization", "Bearer a2"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
     Mock::given(path("/api")).respond_with(ResponseTemplate::new(401)).mount(&server).await;
     Mock::given(path("/token"))
         .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(5)))
