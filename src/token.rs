@@ -220,6 +220,16 @@ pub(crate) fn freshness(expires_at: Option<SystemTime>, skew: Duration, now: Sys
     }
 }
 
+/// The skew window actually used for a token: the configured one, but never more than half the
+/// token's lifetime as it was published. Without this bound a provider that issues tokens shorter
+/// than the window (20 s tokens, 30 s skew) would make every request start a refresh.
+pub(crate) fn effective_skew(skew: Duration, published_at: SystemTime, expires_at: Option<SystemTime>) -> Duration {
+    match expires_at.and_then(|expires_at| expires_at.duration_since(published_at).ok()) {
+        Some(lifetime) => skew.min(lifetime / 2),
+        None => skew,
+    }
+}
+
 /// Why an access token cannot be put in an `Authorization` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HeaderProblem {
@@ -340,6 +350,18 @@ mod tests {
     fn zero_skew_refreshes_only_at_expiry() {
         assert_eq!(freshness(Some(at(100)), Duration::ZERO, at(99)), Freshness::Fresh);
         assert_eq!(freshness(Some(at(100)), Duration::ZERO, at(100)), Freshness::Expired);
+    }
+
+    #[test]
+    fn the_skew_window_is_at_most_half_the_tokens_lifetime() {
+        assert_eq!(effective_skew(SKEW, at(0), Some(at(3600))), SKEW);
+        assert_eq!(effective_skew(SKEW, at(0), Some(at(20))), Duration::from_secs(10));
+        assert_eq!(effective_skew(SKEW, at(100), Some(at(50))), Duration::ZERO);
+        assert_eq!(effective_skew(SKEW, at(0), None), SKEW);
+        // A 20 s token published at 0 is fresh until 10 s, not refreshed on every request.
+        let skew = effective_skew(SKEW, at(0), Some(at(20)));
+        assert_eq!(freshness(Some(at(20)), skew, at(5)), Freshness::Fresh);
+        assert_eq!(freshness(Some(at(20)), skew, at(10)), Freshness::ExpiresSoon);
     }
 
     #[test]

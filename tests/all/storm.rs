@@ -186,3 +186,28 @@ async fn a_token_inside_the_skew_window_is_refreshed_before_sending_once_for_a_b
     assert_eq!(provider.stats().api_unauthorized, 0, "no request needed a 401 to notice");
     assert_ne!(auth.tokens().unwrap().access_token(), tokens.access_token());
 }
+
+#[tokio::test]
+async fn tokens_shorter_than_the_skew_window_are_not_refreshed_on_every_request() {
+    let clock = ManualClock::starting_now();
+    let provider =
+        MockProvider::builder().clock(clock.clone()).access_token_lifetime(Duration::from_secs(20)).start().await;
+    let auth = TokenRefresh::builder(grant(&provider).clock(clock.clone()))
+        .initial_tokens(provider.issue_tokens())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let client = client_with(&auth);
+    let url = provider.api_url("me");
+
+    for _ in 0..20 {
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(provider.stats().token_calls, 0, "a 20 s token is not refreshed at once under a 30 s skew");
+
+    clock.advance(Duration::from_secs(12));
+    for _ in 0..20 {
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(provider.stats().token_calls, 1, "refreshed once in the second half of its life, then fresh");
+}
