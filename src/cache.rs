@@ -70,8 +70,9 @@ pub(crate) struct Lease {
     /// Why the access token cannot be sent, when it cannot (a garbled token that was still saved
     /// because it came with a new refresh token).
     pub(crate) unusable: Option<String>,
-    /// When this layer published it; bounds the skew window for short-lived tokens.
-    pub(crate) published_at: SystemTime,
+    /// When it was fetched, if this layer fetched it: the token's lifetime is then known, and
+    /// bounds the skew window for short-lived tokens. Unknown for loaded or installed tokens.
+    pub(crate) fetched_at: Option<SystemTime>,
 }
 
 impl Lease {
@@ -80,7 +81,11 @@ impl Lease {
             return Freshness::Expired;
         }
         let expires_at = self.tokens.expires_at();
-        token::freshness(expires_at, token::effective_skew(skew, self.published_at, expires_at), now)
+        let skew = match self.fetched_at {
+            Some(fetched_at) => token::effective_skew(skew, fetched_at, expires_at),
+            None => skew,
+        };
+        token::freshness(expires_at, skew, now)
     }
 }
 
@@ -450,7 +455,7 @@ impl TokenCache {
             state.flight = None;
             match produced {
                 Produced::Fetched(tokens, saved) => {
-                    let lease = publish(&mut state, tokens, self.inner.config.clock.now());
+                    let lease = publish(&mut state, tokens, Some(config.clock.now()));
                     if let Err(err) = saved {
                         Counters::bump(&stats.store_failures);
                         tracing::error!(key = %key, generation = lease.generation, error = %err, "saving the new tokens failed; they are used from memory and the save is retried");
@@ -478,7 +483,7 @@ impl TokenCache {
                 Produced::Adopted(tokens) => {
                     Counters::bump(&stats.adopted);
                     state.unsaved = None;
-                    let lease = publish(&mut state, tokens, self.inner.config.clock.now());
+                    let lease = publish(&mut state, tokens, None);
                     tracing::info!(key = %key, generation = lease.generation, "adopted tokens another process saved");
                     fire_refresh = Some(lease.tokens.clone());
                     Ok(lease)
@@ -550,7 +555,7 @@ impl TokenCache {
                 let saved = if seeded { config.store.save(key, &tokens).await } else { Ok(()) };
                 let mut state = slot.state.lock();
                 if state.generation == 0 {
-                    let lease = publish(&mut state, tokens, self.inner.config.clock.now());
+                    let lease = publish(&mut state, tokens, None);
                     if let Err(err) = saved {
                         drop(state);
                         self.report_store_error(key, &err);
@@ -576,7 +581,7 @@ impl TokenCache {
         let saved = config.store.save(key, &tokens).await;
         let generation = {
             let mut state = slot.state.lock();
-            let lease = publish(&mut state, tokens, self.inner.config.clock.now());
+            let lease = publish(&mut state, tokens, None);
             state.terminal = None;
             // A running flight is overtaken: its result will not replace these tokens.
             state.flight = None;
@@ -688,10 +693,10 @@ impl TokenCache {
     }
 }
 
-fn publish(state: &mut SlotState, tokens: TokenSet, now: SystemTime) -> Lease {
+fn publish(state: &mut SlotState, tokens: TokenSet, fetched_at: Option<SystemTime>) -> Lease {
     state.generation += 1;
     let unusable = token::check_header_safe(tokens.access_token().secret()).err().map(|p| p.to_string());
-    let lease = Lease { tokens: Arc::new(tokens), generation: state.generation, unusable, published_at: now };
+    let lease = Lease { tokens: Arc::new(tokens), generation: state.generation, unusable, fetched_at };
     if lease.unusable.is_none() {
         state.failures = 0;
         state.cooldown_until = None;

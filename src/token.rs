@@ -221,10 +221,10 @@ pub(crate) fn freshness(expires_at: Option<SystemTime>, skew: Duration, now: Sys
 }
 
 /// The skew window actually used for a token: the configured one, but never more than half the
-/// token's lifetime as it was published. Without this bound a provider that issues tokens shorter
+/// token's lifetime as it was fetched. Without this bound a provider that issues tokens shorter
 /// than the window (20 s tokens, 30 s skew) would make every request start a refresh.
-pub(crate) fn effective_skew(skew: Duration, published_at: SystemTime, expires_at: Option<SystemTime>) -> Duration {
-    match expires_at.and_then(|expires_at| expires_at.duration_since(published_at).ok()) {
+pub(crate) fn effective_skew(skew: Duration, fetched_at: SystemTime, expires_at: Option<SystemTime>) -> Duration {
+    match expires_at.and_then(|expires_at| expires_at.duration_since(fetched_at).ok()) {
         Some(lifetime) => skew.min(lifetime / 2),
         None => skew,
     }

@@ -66,3 +66,30 @@ pub fn counter() -> (Arc<std::sync::atomic::AtomicUsize>, impl Fn() -> usize) {
     };
     (count, read)
 }
+
+/// Mounts `/api` on `server`: 200 for `Bearer <token>`, a bare 401 for anything else.
+pub async fn mount_api_accepting(server: &wiremock::MockServer, token: &str) {
+    use wiremock::matchers::{header, path};
+    use wiremock::{Mock, ResponseTemplate};
+    Mock::given(path("/api"))
+        .and(header("authorization", format!("Bearer {token}").as_str()))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(server)
+        .await;
+    Mock::given(path("/api")).respond_with(ResponseTemplate::new(401)).mount(server).await;
+}
+
+/// A provider, a layer (default options) and a client that all run on one driven clock.
+pub async fn on_a_driven_clock(
+    provider: reqwest_token_refresh::testkit::MockProviderBuilder,
+) -> (reqwest_token_refresh::ManualClock, MockProvider, TokenRefresh, ClientWithMiddleware) {
+    let clock = reqwest_token_refresh::ManualClock::starting_now();
+    let provider = provider.clock(clock.clone()).start().await;
+    let auth = TokenRefresh::builder(grant(&provider).clock(clock.clone()))
+        .initial_tokens(provider.issue_tokens())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let client = client_with(&auth);
+    (clock, provider, auth, client)
+}

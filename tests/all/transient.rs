@@ -5,23 +5,10 @@ use std::time::Duration;
 
 use reqwest_token_refresh::testkit::{Fault, MockProvider};
 use reqwest_token_refresh::{Error, ManualClock, RefreshError, RefreshTokenGrant, TokenRefresh, TokenSet, TokenState};
-use wiremock::matchers::{header, path};
+use wiremock::matchers::path;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{client_with, grant};
-
-/// A provider, a layer and a client that all run on one driven clock.
-async fn on_a_driven_clock() -> (ManualClock, MockProvider, TokenRefresh, reqwest_middleware::ClientWithMiddleware) {
-    let clock = ManualClock::starting_now();
-    let provider = MockProvider::builder().clock(clock.clone()).start().await;
-    let auth = TokenRefresh::builder(grant(&provider).clock(clock.clone()))
-        .initial_tokens(provider.issue_tokens())
-        .clock(clock.clone())
-        .build()
-        .unwrap();
-    let client = client_with(&auth);
-    (clock, provider, auth, client)
-}
+use crate::helpers::{client_with, mount_api_accepting, on_a_driven_clock};
 
 fn refresh_error(err: &reqwest_middleware::Error) -> &RefreshError {
     match Error::from_middleware(err) {
@@ -32,7 +19,7 @@ fn refresh_error(err: &reqwest_middleware::Error) -> &RefreshError {
 
 #[tokio::test]
 async fn a_500_from_the_token_endpoint_is_transient_and_the_next_request_refreshes() {
-    let (clock, provider, auth, client) = on_a_driven_clock().await;
+    let (clock, provider, auth, client) = on_a_driven_clock(MockProvider::builder()).await;
     provider.expire_access_tokens();
     provider.fail_next_token_calls(1, Fault::Status(500));
     let url = provider.api_url("me");
@@ -73,12 +60,7 @@ async fn a_dead_token_endpoint_is_a_transport_error_not_a_terminal_one() {
 #[tokio::test]
 async fn a_token_endpoint_timeout_is_transient_and_the_next_request_refreshes() {
     let server = MockServer::start().await;
-    Mock::given(path("/api"))
-        .and(header("authorization", "Bearer a2"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&server)
-        .await;
-    Mock::given(path("/api")).respond_with(ResponseTemplate::new(401)).mount(&server).await;
+    mount_api_accepting(&server, "a2").await;
     Mock::given(path("/token"))
         .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(5)))
         .up_to_n_times(1)
@@ -108,7 +90,7 @@ async fn a_token_endpoint_timeout_is_transient_and_the_next_request_refreshes() 
 
 #[tokio::test]
 async fn a_429_with_retry_after_2_means_no_token_call_during_the_cool_down() {
-    let (clock, provider, auth, client) = on_a_driven_clock().await;
+    let (clock, provider, auth, client) = on_a_driven_clock(MockProvider::builder()).await;
     provider.expire_access_tokens();
     provider.fail_next_token_calls(1, Fault::RateLimited { retry_after: Duration::from_secs(2) });
     let url = provider.api_url("me");
@@ -135,7 +117,7 @@ async fn a_429_with_retry_after_2_means_no_token_call_during_the_cool_down() {
 
 #[tokio::test]
 async fn a_still_valid_token_keeps_being_used_when_the_proactive_refresh_is_rate_limited() {
-    let (clock, provider, auth, client) = on_a_driven_clock().await;
+    let (clock, provider, auth, client) = on_a_driven_clock(MockProvider::builder()).await;
     let url = provider.api_url("me");
     // Inside the 30 s skew window, but still valid for the API.
     clock.advance(Duration::from_secs(3600 - 10));
@@ -152,7 +134,7 @@ async fn a_still_valid_token_keeps_being_used_when_the_proactive_refresh_is_rate
 
 #[tokio::test]
 async fn consecutive_failures_back_off_exponentially_and_a_success_resets_it() {
-    let (clock, provider, auth, client) = on_a_driven_clock().await;
+    let (clock, provider, auth, client) = on_a_driven_clock(MockProvider::builder()).await;
     provider.expire_access_tokens();
     provider.fail_next_token_calls(3, Fault::Status(503));
     let url = provider.api_url("me");
