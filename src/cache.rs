@@ -171,7 +171,9 @@ pub(crate) struct TokenCache {
 
 /// What one flight produced, before it is applied to the slot.
 enum Produced {
-    Fetched(TokenSet, Result<(), StoreError>),
+    /// New tokens, the result of saving them, and, for tokens salvaged from an otherwise unusable
+    /// answer (a new refresh token beside a garbled access token), why the refresh still failed.
+    Fetched(TokenSet, Result<(), StoreError>, Option<RefreshError>),
     Adopted(TokenSet),
     Failed(Error),
 }
@@ -349,11 +351,11 @@ impl TokenCache {
         };
         let produced = self.produce(slot, base, trust_store).await;
         let outcome = match produced {
-            Produced::Fetched(tokens, _) => {
+            Produced::Fetched(tokens, _, failure) => {
                 // Save and publish under the save lock; see `Slot::save_lock`.
                 let _save = slot.save_lock.lock().await;
                 let saved = config.store.save(key, &tokens).await;
-                self.apply(slot, id, Produced::Fetched(tokens, saved))
+                self.apply(slot, id, Produced::Fetched(tokens, saved, failure))
             }
             other => {
                 let _save = slot.save_lock.lock().await;
@@ -387,7 +389,20 @@ impl TokenCache {
         }
         Counters::bump(&self.inner.stats.refreshes);
         match config.source.fetch(base_tokens.as_ref()).await {
-            Ok(tokens) => Produced::Fetched(tokens.inherit_refresh_token(base_tokens.as_ref()), Ok(())),
+            Ok(tokens) => Produced::Fetched(tokens.inherit_refresh_token(base_tokens.as_ref()), Ok(()), None),
+            Err(RefreshError::InvalidResponse { status, reason, body, rotated_refresh_token: Some(rotated) }) => {
+                // The answer is unusable but carries a new refresh token, and a rotating provider
+                // has already spent ours: keep the new one (saved like any new set), with the old
+                // access token marked expired so that the next refresh, after the cool-down,
+                // spends the new refresh token.
+                tracing::warn!(key = %key, reason = %reason, "unusable token answer carried a new refresh token; keeping it");
+                let salvaged = base_tokens
+                    .unwrap_or_else(|| TokenSet::new(String::new()))
+                    .with_refresh_token(rotated)
+                    .with_expires_at(config.clock.now());
+                let failure = RefreshError::InvalidResponse { status, reason, body, rotated_refresh_token: None };
+                Produced::Fetched(salvaged, Ok(()), Some(failure))
+            }
             Err(reason) if self.is_terminal(&reason) => {
                 // Check before declaring death: another process may have rotated the refresh
                 // token we just spent a stale copy of.
@@ -454,8 +469,9 @@ impl TokenCache {
             }
             state.flight = None;
             match produced {
-                Produced::Fetched(tokens, saved) => {
-                    let lease = publish(&mut state, tokens, Some(config.clock.now()));
+                Produced::Fetched(tokens, saved, failure) => {
+                    let fetched_at = failure.is_none().then(|| config.clock.now());
+                    let lease = publish(&mut state, tokens, fetched_at);
                     if let Err(err) = saved {
                         Counters::bump(&stats.store_failures);
                         tracing::error!(key = %key, generation = lease.generation, error = %err, "saving the new tokens failed; they are used from memory and the save is retried");
@@ -464,17 +480,19 @@ impl TokenCache {
                     } else {
                         state.unsaved = None;
                     }
-                    match &lease.unusable {
-                        None => {
+                    match (&lease.unusable, failure) {
+                        (_, Some(failure)) => Err(self.fail_transiently(&mut state, key, failure)),
+                        (None, None) => {
                             tracing::info!(key = %key, generation = lease.generation, "token refreshed");
                             fire_refresh = Some(lease.tokens.clone());
                             Ok(lease)
                         }
-                        Some(problem) => {
+                        (Some(problem), None) => {
                             let reason = RefreshError::InvalidResponse {
                                 status: http::StatusCode::OK,
                                 reason: problem.clone(),
                                 body: String::new(),
+                                rotated_refresh_token: None,
                             };
                             Err(self.fail_transiently(&mut state, key, reason))
                         }

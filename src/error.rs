@@ -185,6 +185,10 @@ pub enum RefreshError {
         reason: String,
         /// The start of the body (capped; the values of token fields are replaced by `[redacted]`).
         body: String,
+        /// A new refresh token the answer carried despite being unusable otherwise. A rotating
+        /// provider has already spent the old one, so the layer saves this one rather than lose
+        /// the user's authorization.
+        rotated_refresh_token: Option<crate::token::RefreshToken>,
     },
     /// The layer is cooling down after the token endpoint asked it to wait (or after failed
     /// refreshes); no token call is made until it ends.

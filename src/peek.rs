@@ -82,6 +82,21 @@ impl HttpBody for Replay {
         }
     }
 
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.failure.is_some() {
+            return http_body::SizeHint::default();
+        }
+        let buffered: u64 = self.frames.iter().filter_map(|f| f.data_ref()).map(|d| d.len() as u64).sum();
+        let rest = self.rest.as_ref().map(HttpBody::size_hint).unwrap_or_else(|| http_body::SizeHint::with_exact(0));
+        let mut hint = http_body::SizeHint::new();
+        // The upper bound first: `set_lower` panics if it would exceed the upper bound.
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(buffered + upper);
+        }
+        hint.set_lower(buffered + rest.lower());
+        hint
+    }
+
     fn is_end_stream(&self) -> bool {
         self.frames.is_empty() && self.failure.is_none() && self.rest.as_ref().is_none_or(HttpBody::is_end_stream)
     }

@@ -119,6 +119,16 @@ impl TokenEndpoint {
 
     /// Posts a grant and reads the answer. `grant` holds the grant's own fields, in order.
     pub(crate) async fn exchange(&self, grant: &[(&str, &str)]) -> Result<TokenSet, RefreshError> {
+        let sent_secrets: Vec<&str> = grant
+            .iter()
+            .filter(|(name, _)| *name == "refresh_token")
+            .map(|(_, value)| *value)
+            .chain(self.client_secret.as_ref().map(ClientSecret::secret))
+            .collect();
+        self.exchange_unscrubbed(grant).await.map_err(|err| response::scrub(err, &sent_secrets))
+    }
+
+    async fn exchange_unscrubbed(&self, grant: &[(&str, &str)]) -> Result<TokenSet, RefreshError> {
         let url = reqwest::Url::parse(&self.url)
             .map_err(|e| RefreshError::Config(format!("the token URL {:?} does not parse: {e}", self.url)))?;
         let mut fields: Vec<(&str, &str)> = grant.to_vec();
@@ -164,6 +174,7 @@ impl TokenEndpoint {
                     status,
                     reason: format!("the answer is larger than {} bytes", self.max_response_bytes),
                     body: response::excerpt(&body),
+                    rotated_refresh_token: None,
                 });
             }
             body.extend_from_slice(&chunk);

@@ -10,7 +10,7 @@ use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::error::{OAuthError, RefreshError};
-use crate::token::TokenSet;
+use crate::token::{RefreshToken, TokenSet};
 
 /// The longest `expires_in` accepted: ten years. Anything longer is a unit mix-up (milliseconds
 /// sent as seconds) or garbage, and trusting it would keep a dead token for good.
@@ -33,8 +33,13 @@ pub(crate) fn parse_success(
     mapper: Option<&ResponseMapper>,
     now: SystemTime,
 ) -> Result<TokenSet, RefreshError> {
-    let invalid = |reason: String| RefreshError::InvalidResponse { status, reason, body: excerpt(body) };
-    let value: Value = serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON ({e})")))?;
+    let unreadable = |reason: String| RefreshError::InvalidResponse {
+        status,
+        reason,
+        body: excerpt(body),
+        rotated_refresh_token: None,
+    };
+    let value: Value = serde_json::from_slice(body).map_err(|e| unreadable(format!("the body is not JSON ({e})")))?;
     let value = match mapper {
         Some(map) => map(value).map_err(|error| RefreshError::Protocol {
             status,
@@ -45,7 +50,19 @@ pub(crate) fn parse_success(
         None => value,
     };
     let Value::Object(mut fields) = value else {
-        return Err(invalid("the body is not a JSON object".into()));
+        return Err(unreadable("the body is not a JSON object".into()));
+    };
+    // Whatever else is wrong with the answer, a new refresh token in it must not be lost: the
+    // provider may already have spent the old one.
+    let rotated = match fields.get("refresh_token") {
+        Some(Value::String(token)) if !token.is_empty() => Some(RefreshToken::new(token.clone())),
+        _ => None,
+    };
+    let invalid = |reason: String| RefreshError::InvalidResponse {
+        status,
+        reason,
+        body: excerpt(body),
+        rotated_refresh_token: rotated.clone(),
     };
 
     let access_token = match fields.remove("access_token") {
@@ -151,7 +168,50 @@ pub(crate) fn excerpt(body: &[u8]) -> String {
         redact(&mut value);
         return cap(&value.to_string());
     }
-    cap(&String::from_utf8_lossy(&body[..body.len().min(EXCERPT_BYTES * 4)]))
+    cap(&redact_text(&String::from_utf8_lossy(&body[..body.len().min(EXCERPT_BYTES * 4)])))
+}
+
+/// Redacts secret fields in text that is not JSON: a form-encoded answer, a truncated JSON
+/// document, an error page that echoes the request. After each secret field's name, the value
+/// (past any quote, colon, equals sign or space) is replaced up to the next delimiter.
+fn redact_text(text: &str) -> String {
+    let mut out = text.to_owned();
+    for name in SECRET_FIELDS {
+        let mut from = 0;
+        while let Some(found) = out[from..].find(name) {
+            let mut start = from + found + name.len();
+            let bytes = out.as_bytes();
+            while start < bytes.len() && matches!(bytes[start], b'"' | b'\'' | b':' | b'=' | b' ' | b'\t' | b'\\') {
+                start += 1;
+            }
+            let end = out[start..]
+                .find(|c: char| matches!(c, '"' | '\'' | '&' | ',' | '}' | '\\') || c.is_whitespace())
+                .map_or(out.len(), |i| start + i);
+            if end > start {
+                out.replace_range(start..end, "[redacted]");
+            }
+            from = start + if end > start { "[redacted]".len() } else { 0 };
+            if from >= out.len() {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Replaces every occurrence of the secrets that were just sent (the refresh token, the client
+/// secret) in an error's body excerpt: a server may echo the request in any format.
+pub(crate) fn scrub(mut err: RefreshError, secrets: &[&str]) -> RefreshError {
+    let body = match &mut err {
+        RefreshError::Protocol { body, .. } | RefreshError::InvalidResponse { body, .. } => body,
+        _ => return err,
+    };
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        if body.contains(secret) {
+            *body = body.replace(secret, "[redacted]");
+        }
+    }
+    err
 }
 
 fn redact(value: &mut Value) {
@@ -262,6 +322,35 @@ mod tests {
             Err(RefreshError::InvalidResponse { body, .. }) => {
                 assert!(!body.contains("SECRET"), "{body}");
                 assert!(body.contains("[redacted]"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn text_excerpts_redact_secret_fields_too() {
+        for body in [
+            "access_token=SECRET-A&refresh_token=SECRET-R&expires_in=3600",
+            r#"{"access_token":"SECRET-A","refresh_token":"SECRET-R","expi"#,
+            "<pre>grant_type=refresh_token&refresh_token=SECRET-R&client_secret=SECRET-C</pre>",
+        ] {
+            let shown = excerpt(body.as_bytes());
+            assert!(!shown.contains("SECRET"), "{shown}");
+            assert!(shown.contains("[redacted]"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn sent_secrets_are_scrubbed_from_error_bodies() {
+        let err = parse_failure(StatusCode::BAD_GATEWAY, &HeaderMap::new(), b"upstream said: xyzzy-token", now());
+        assert!(!scrub(err, &["xyzzy-token"]).to_string().contains("xyzzy"));
+    }
+
+    #[test]
+    fn an_invalid_answer_still_carries_its_new_refresh_token() {
+        match ok(r#"{"access_token":"a","refresh_token":"r2","expires_in":-1}"#) {
+            Err(RefreshError::InvalidResponse { rotated_refresh_token: Some(token), .. }) => {
+                assert_eq!(token.secret(), "r2")
             }
             other => panic!("{other:?}"),
         }

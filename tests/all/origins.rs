@@ -1,1 +1,203 @@
+//! Contract point 8, where the token goes: only allowed origins, never plain `http://` to a host
+//! that is not loopback unless the user opts in, never over a request's own `Authorization`
+//! header, never with `SkipAuth`; and none of those requests ever triggers a refresh.
 
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use reqwest_token_refresh::{RefreshTokenGrant, SkipAuth, TokenRefresh, TokenRefreshBuilder, TokenSet};
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::client_with;
+
+/// A host name that is not loopback; the test client resolves it to a local wiremock server.
+const FOREIGN_HOST: &str = "api.example.test";
+
+/// A 401 that says the token is dead: it would trigger a refresh if the layer had sent a token.
+fn dead_token_401() -> ResponseTemplate {
+    ResponseTemplate::new(401).insert_header("www-authenticate", r#"Bearer error="invalid_token""#)
+}
+
+/// A token endpoint on `server` that must never be called.
+async fn token_endpoint_never_called(server: &MockServer) {
+    Mock::given(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"access_token": "fresh"})))
+        .named("token endpoint")
+        .expect(0)
+        .mount(server)
+        .await;
+}
+
+/// A layer with a fresh token `a1` whose token endpoint is `token_server`'s `/token`.
+fn layer(token_server: &MockServer) -> TokenRefreshBuilder {
+    TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", token_server.uri())))
+        .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+}
+
+/// A client that sends `http://api.example.test:PORT/...` to `server` without leaving loopback.
+fn client_resolving_foreign_host_to(server: &MockServer, auth: &TokenRefresh) -> ClientWithMiddleware {
+    let inner = reqwest::Client::builder().no_proxy().resolve(FOREIGN_HOST, *server.address()).build().unwrap();
+    ClientBuilder::new(inner).with(auth.clone()).build()
+}
+
+fn foreign_url(server: &MockServer, path: &str) -> String {
+    format!("http://{FOREIGN_HOST}:{}{path}", server.address().port())
+}
+
+/// The `Authorization` headers `server` received, in order (`None` where there was none).
+async fn authorizations(server: &MockServer) -> Vec<Option<String>> {
+    server
+        .received_requests()
+        .await
+        .expect("request recording is on")
+        .iter()
+        .map(|r| r.headers.get("authorization").map(|v| v.to_str().unwrap().to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn token_is_not_sent_to_an_origin_outside_the_allowed_list() {
+    let (allowed, other) = (MockServer::start().await, MockServer::start().await);
+    Mock::given(path("/v1/me")).respond_with(ResponseTemplate::new(200)).expect(1).mount(&allowed).await;
+    Mock::given(path("/v1/me")).respond_with(ResponseTemplate::new(200)).expect(1).mount(&other).await;
+    token_endpoint_never_called(&allowed).await;
+    let auth = layer(&allowed).allow_origin(allowed.uri()).build().unwrap();
+    let client = client_with(&auth);
+
+    assert_eq!(client.get(format!("{}/v1/me", allowed.uri())).send().await.unwrap().status(), 200);
+    assert_eq!(client.get(format!("{}/v1/me", other.uri())).send().await.unwrap().status(), 200);
+
+    assert_eq!(authorizations(&allowed).await, [Some("Bearer a1".to_owned())], "the allowed origin gets the token");
+    assert_eq!(authorizations(&other).await, [None], "another port on the same host is another origin");
+    assert_eq!(auth.stats().requests, 1, "only the allowed request went through the layer's token path");
+    allowed.verify().await;
+    other.verify().await;
+}
+
+#[tokio::test]
+async fn a_401_from_an_origin_outside_the_allowed_list_triggers_no_refresh() {
+    let (allowed, other) = (MockServer::start().await, MockServer::start().await);
+    Mock::given(path("/v1/me"))
+        .respond_with(dead_token_401().set_body_string("not yours"))
+        .expect(1)
+        .mount(&other)
+        .await;
+    token_endpoint_never_called(&allowed).await;
+    let auth = layer(&allowed).allow_origin(allowed.uri()).build().unwrap();
+
+    let response = client_with(&auth).get(format!("{}/v1/me", other.uri())).send().await.unwrap();
+
+    assert_eq!(response.status(), 401, "the 401 goes back to the caller as it came");
+    assert_eq!(response.text().await.unwrap(), "not yours");
+    let stats = auth.stats();
+    assert_eq!((stats.refreshes, stats.retries, stats.unauthorized), (0, 0, 0), "{stats:?}");
+    assert_eq!(authorizations(&other).await, [None]);
+    allowed.verify().await;
+    other.verify().await;
+}
+
+#[tokio::test]
+async fn plain_http_to_a_host_that_is_not_loopback_gets_no_token_and_no_refresh() {
+    let server = MockServer::start().await;
+    Mock::given(path("/v1/me")).respond_with(dead_token_401()).expect(1).mount(&server).await;
+    token_endpoint_never_called(&server).await;
+    let auth = layer(&server).build().unwrap();
+    let client = client_resolving_foreign_host_to(&server, &auth);
+
+    let response = client.get(foreign_url(&server, "/v1/me")).send().await.unwrap();
+
+    assert_eq!(response.status(), 401);
+    assert_eq!(authorizations(&server).await, [None], "no bearer token over plain http to {FOREIGN_HOST}");
+    let request = &server.received_requests().await.unwrap()[0];
+    assert_eq!(
+        request.headers.get("host").unwrap().to_str().unwrap(),
+        format!("{FOREIGN_HOST}:{}", server.address().port()),
+        "the request really was addressed to the non-loopback host name"
+    );
+    assert_eq!(auth.stats().refreshes, 0);
+    server.verify().await;
+}
+
+#[tokio::test]
+async fn an_allowed_origin_over_plain_http_still_gets_no_token_without_the_opt_in() {
+    let server = MockServer::start().await;
+    Mock::given(path("/v1/me")).respond_with(ResponseTemplate::new(200)).expect(1).mount(&server).await;
+    token_endpoint_never_called(&server).await;
+    let auth =
+        layer(&server).allow_origin(format!("http://{FOREIGN_HOST}:{}", server.address().port())).build().unwrap();
+
+    let response =
+        client_resolving_foreign_host_to(&server, &auth).get(foreign_url(&server, "/v1/me")).send().await.unwrap();
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(authorizations(&server).await, [None], "listing an http origin is not opting in to plain http");
+    server.verify().await;
+}
+
+#[tokio::test]
+async fn plain_http_to_a_host_that_is_not_loopback_gets_the_token_when_the_user_opts_in() {
+    let server = MockServer::start().await;
+    Mock::given(path("/v1/me"))
+        .and(header("authorization", "Bearer a2"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/v1/me")).respond_with(dead_token_401()).expect(1).mount(&server).await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"access_token": "a2"})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let auth = layer(&server).allow_insecure_http(true).build().unwrap();
+
+    let response =
+        client_resolving_foreign_host_to(&server, &auth).get(foreign_url(&server, "/v1/me")).send().await.unwrap();
+
+    assert_eq!(response.status(), 200);
+    let api_calls: Vec<_> = authorizations(&server).await.into_iter().filter(|a| a.is_some()).collect();
+    // The token call itself carries no Authorization header (no client credentials configured).
+    assert_eq!(api_calls, [Some("Bearer a1".to_owned()), Some("Bearer a2".to_owned())]);
+    assert_eq!(auth.stats().refreshes, 1, "opted in, the host's 401 is handled like any other");
+    server.verify().await;
+}
+
+#[tokio::test]
+async fn a_request_with_its_own_authorization_header_is_sent_unchanged_and_never_refreshed() {
+    let server = MockServer::start().await;
+    Mock::given(path("/v1/me")).respond_with(dead_token_401()).expect(2).mount(&server).await;
+    token_endpoint_never_called(&server).await;
+    let auth = layer(&server).build().unwrap();
+    let client = client_with(&auth);
+    let url = format!("{}/v1/me", server.uri());
+
+    let bearer = client.get(&url).header("authorization", "Bearer users-own").send().await.unwrap();
+    let basic = client.get(&url).basic_auth("user", Some("pass")).send().await.unwrap();
+
+    assert_eq!((bearer.status().as_u16(), basic.status().as_u16()), (401, 401));
+    assert_eq!(
+        authorizations(&server).await,
+        [Some("Bearer users-own".to_owned()), Some("Basic dXNlcjpwYXNz".to_owned())],
+        "the caller's own header is sent as it was set"
+    );
+    let stats = auth.stats();
+    assert_eq!((stats.requests, stats.refreshes, stats.retries), (0, 0, 0), "{stats:?}");
+    server.verify().await;
+}
+
+#[tokio::test]
+async fn a_request_marked_skip_auth_gets_no_token_and_never_triggers_a_refresh() {
+    let server = MockServer::start().await;
+    Mock::given(path("/health")).respond_with(dead_token_401()).expect(1).mount(&server).await;
+    token_endpoint_never_called(&server).await;
+    let auth = layer(&server).build().unwrap();
+
+    let response =
+        client_with(&auth).get(format!("{}/health", server.uri())).with_extension(SkipAuth).send().await.unwrap();
+
+    assert_eq!(response.status(), 401);
+    assert_eq!(authorizations(&server).await, [None]);
+    let stats = auth.stats();
+    assert_eq!((stats.requests, stats.refreshes, stats.unauthorized), (0, 0, 0), "{stats:?}");
+    server.verify().await;
+}

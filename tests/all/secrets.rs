@@ -1,1 +1,264 @@
+//! Contract point 9, secrets stay secret: across a whole scenario (a refresh, a transient 500, a
+//! dead refresh token, `set_tokens`), no access token, refresh token or client secret appears in
+//! the crate's `tracing` output at TRACE level, in any `Debug` of the layer, grant, store, state or
+//! tokens, or in any error's `Display` / `Debug` down its `source()` chain.
 
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use reqwest_token_refresh::{
+    ClientCredentials, Error, ManualClock, MemoryStore, RefreshTokenGrant, TokenRefresh, TokenSet,
+};
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use wiremock::matchers::{body_string_contains, header, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::client_with;
+
+/// Every secret in the scenario. They share no prefix, so each is searched for on its own.
+const SECRETS: &[&str] = &[
+    "SECRET-ACCESS-1",
+    "SECRET-ACCESS-2",
+    "SECRET-ACCESS-4",
+    "SECRET-REFRESH-1",
+    "SECRET-REFRESH-2",
+    "SECRET-REFRESH-4",
+    "SECRET-ID-TOKEN",
+    "SECRET-CLIENT-1",
+    "SECRET-PARAM-1",
+];
+
+/// A `tracing` writer that keeps everything written to it.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock()).into_owned()
+    }
+}
+
+/// Captures this crate's `tracing` events at TRACE level, on this thread, until the guard drops.
+/// With a current-thread runtime that covers the refresh tasks the layer spawns too.
+fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer({
+                    let captured = captured.clone();
+                    move || captured.clone()
+                })
+                .with_ansi(false)
+                .with_target(true),
+        )
+        // wiremock logs request bodies under its own targets; what is checked here is this crate.
+        .with(Targets::new().with_target("reqwest_token_refresh", Level::TRACE));
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+/// Collects every text the scenario produces, and checks none holds a secret.
+#[derive(Default)]
+struct Shown(Vec<(String, String)>);
+
+impl Shown {
+    fn debug(&mut self, what: &str, value: &impl std::fmt::Debug) {
+        self.0.push((what.to_owned(), format!("{value:?}\n{value:#?}")));
+    }
+
+    fn error(&mut self, what: &str, err: &(dyn std::error::Error + 'static)) {
+        let mut next = Some(err);
+        let mut depth = 0;
+        while let Some(err) = next {
+            self.0.push((format!("{what} (source {depth})"), format!("{err}\n{err:?}\n{err:#?}")));
+            next = err.source();
+            depth += 1;
+        }
+    }
+
+    fn assert_no_secret(&self) {
+        for (what, text) in &self.0 {
+            for secret in SECRETS {
+                assert!(!text.contains(secret), "{secret} leaked in {what}:\n{text}");
+            }
+        }
+    }
+}
+
+fn dead_token_401() -> ResponseTemplate {
+    ResponseTemplate::new(401).insert_header("www-authenticate", r#"Bearer error="invalid_token""#)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn no_secret_reaches_logs_debug_output_or_errors_across_refresh_failure_and_reauthorization() {
+    let (captured, _guard) = capture_logs();
+
+    let server = MockServer::start().await;
+    // /api/one accepts the first refreshed token; /api/two and /api/three reject everything.
+    Mock::given(path("/api/one"))
+        .and(header("authorization", "Bearer SECRET-ACCESS-2"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    Mock::given(path("/api/four"))
+        .and(header("authorization", "Bearer SECRET-ACCESS-4"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    Mock::given(path("/api/one")).respond_with(dead_token_401()).mount(&server).await;
+    Mock::given(path("/api/two")).respond_with(dead_token_401()).mount(&server).await;
+    Mock::given(path("/api/three")).respond_with(dead_token_401()).mount(&server).await;
+    // Refresh 1 succeeds; refresh 2 is a transient 500; refresh 3 finds the refresh token dead.
+    Mock::given(path("/token"))
+        .and(body_string_contains("refresh_token=SECRET-REFRESH-1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": "SECRET-ACCESS-2",
+            "refresh_token": "SECRET-REFRESH-2",
+            "id_token": "SECRET-ID-TOKEN",
+            "expires_in": 3600,
+            "token_type": "Bearer",
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/token"))
+        .and(body_string_contains("refresh_token=SECRET-REFRESH-2"))
+        .respond_with(ResponseTemplate::new(500).set_body_json(serde_json::json!({"error": "server_error"})))
+        .up_to_n_times(1)
+        .expect(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/token"))
+        .and(body_string_contains("refresh_token=SECRET-REFRESH-2"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(serde_json::json!({
+            "error": "invalid_grant", "error_description": "refresh token revoked"
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let clock = ManualClock::new(SystemTime::now());
+    let grant = RefreshTokenGrant::new(format!("{}/token", server.uri()))
+        .client_id("client")
+        .client_secret("SECRET-CLIENT-1")
+        .client_auth(reqwest_token_refresh::ClientAuth::RequestBody)
+        .param("assertion", "SECRET-PARAM-1")
+        .clock(clock.clone());
+    let store = MemoryStore::new();
+    let initial = TokenSet::new("SECRET-ACCESS-1")
+        .with_refresh_token("SECRET-REFRESH-1")
+        .with_expires_at(SystemTime::now() + Duration::from_secs(3600));
+    let builder = TokenRefresh::builder(grant.clone())
+        .initial_tokens(initial.clone())
+        .store(store.clone())
+        .clock(clock.clone())
+        .on_refresh(|key, tokens| tracing::info!(target: "reqwest_token_refresh::test_hook", %key, ?tokens, "hook"));
+    let mut shown = Shown::default();
+    shown.debug("the builder", &builder);
+    let auth = builder.build().unwrap();
+    let client = client_with(&auth);
+    let url = |route: &str| format!("{}/api/{route}", server.uri());
+
+    // A refresh that succeeds.
+    assert_eq!(client.get(url("one")).send().await.unwrap().status(), 200);
+    shown.debug("auth.tokens()", &auth.tokens());
+    shown.debug("auth.state() when ready", &auth.state());
+    shown.debug("the layer", &auth);
+
+    // A transient 500 from the token endpoint.
+    let transient = client.get(url("two")).send().await.unwrap_err();
+    assert!(matches!(Error::from_middleware(&transient), Some(Error::Refresh { .. })), "{transient}");
+    shown.error("the transient error", &transient);
+    shown.debug("auth.state() cooling down", &auth.state());
+
+    // After the cool-down, the refresh token is dead.
+    clock.advance(Duration::from_secs(120));
+    let terminal = client.get(url("three")).send().await.unwrap_err();
+    assert!(Error::from_middleware(&terminal).unwrap().is_reauthorization_required(), "{terminal}");
+    shown.error("the terminal error", &terminal);
+    shown.error("our terminal error", Error::from_middleware(&terminal).unwrap());
+    let fail_fast = client.get(url("three")).send().await.unwrap_err();
+    shown.error("the fail-fast error", &fail_fast);
+    shown.debug("auth.state() terminal", &auth.state());
+
+    // The user authorizes again.
+    auth.set_tokens(TokenSet::new("SECRET-ACCESS-4").with_refresh_token("SECRET-REFRESH-4")).await.unwrap();
+    assert_eq!(client.get(url("four")).send().await.unwrap().status(), 200);
+    let rejected = auth.set_tokens(TokenSet::new("SECRET-ACCESS-4\n").with_refresh_token("SECRET-REFRESH-4")).await;
+    shown.error("set_tokens's error", &rejected.unwrap_err());
+
+    shown.debug("the layer at the end", &auth);
+    shown.debug("the grant", &grant);
+    shown.debug(
+        "a client-credentials source",
+        &ClientCredentials::new("https://p.example/token").client_secret("SECRET-CLIENT-1"),
+    );
+    shown.debug("the store", &store);
+    shown.debug("the initial tokens", &initial);
+    shown.debug("auth.tokens() at the end", &auth.tokens());
+    shown.debug("the stats", &auth.stats());
+    shown.assert_no_secret();
+    server.verify().await;
+
+    let logs = captured.text();
+    // The capture worked: each step of the scenario left a line.
+    for expected in ["token refreshed", "refresh failed", "re-authorization required", "tokens set", "hook"] {
+        assert!(logs.contains(expected), "no {expected:?} line in the captured logs:\n{logs}");
+    }
+    assert!(logs.lines().all(|line| line.contains("reqwest_token_refresh")), "only this crate's events:\n{logs}");
+    for secret in SECRETS {
+        assert!(!logs.contains(secret), "{secret} leaked in the logs:\n{logs}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_token_endpoint_error_page_that_echoes_the_request_puts_no_secret_in_logs_or_errors() {
+    let (captured, _guard) = capture_logs();
+
+    let server = MockServer::start().await;
+    Mock::given(path("/api")).respond_with(dead_token_401()).mount(&server).await;
+    // A gateway's debug page that echoes the request it could not forward, form body included.
+    Mock::given(path("/token"))
+        .respond_with(|request: &wiremock::Request| {
+            let echoed = String::from_utf8_lossy(&request.body).into_owned();
+            ResponseTemplate::new(502).set_body_raw(format!("upstream timed out; request was: {echoed}"), "text/plain")
+        })
+        .expect(1)
+        .mount(&server)
+        .await;
+    let grant = RefreshTokenGrant::new(format!("{}/token", server.uri()))
+        .client_id("client")
+        .client_secret("SECRET-CLIENT-1")
+        .client_auth(reqwest_token_refresh::ClientAuth::RequestBody);
+    let auth = TokenRefresh::builder(grant)
+        .initial_tokens(TokenSet::new("SECRET-ACCESS-1").with_refresh_token("SECRET-REFRESH-1"))
+        .build()
+        .unwrap();
+
+    let err = client_with(&auth).get(format!("{}/api", server.uri())).send().await.unwrap_err();
+
+    let mut shown = Shown::default();
+    shown.error("the transient error", &err);
+    shown.debug("auth.state()", &auth.state());
+    let logs = captured.text();
+    assert!(logs.contains("refresh failed"), "the failure was logged:\n{logs}");
+    shown.0.push(("the logs".to_owned(), logs));
+    shown.assert_no_secret();
+    server.verify().await;
+}
