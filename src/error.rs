@@ -86,9 +86,14 @@ impl Error {
     /// }
     /// # }
     /// ```
+    ///
+    /// Our error is also found inside another middleware's error when that error names it as its
+    /// `source()`. reqwest-retry's `RetryError` does not (it is transparent): match
+    /// `RetryError::Error(inner)` first, or put the retry layer inside this one, as the README
+    /// recommends.
     pub fn from_middleware(err: &reqwest_middleware::Error) -> Option<&Error> {
         match err {
-            reqwest_middleware::Error::Middleware(inner) => inner.downcast_ref::<Error>(),
+            reqwest_middleware::Error::Middleware(inner) => inner.chain().find_map(find_in),
             reqwest_middleware::Error::Reqwest(_) => None,
         }
     }
@@ -106,6 +111,14 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// Our error, in one link of an error chain or in a `reqwest_middleware::Error` it holds.
+fn find_in<'a>(link: &'a (dyn StdError + 'static)) -> Option<&'a Error> {
+    if let Some(ours) = link.downcast_ref::<Error>() {
+        return Some(ours);
+    }
+    link.downcast_ref::<reqwest_middleware::Error>().and_then(Error::from_middleware)
 }
 
 impl From<Error> for reqwest_middleware::Error {

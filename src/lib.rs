@@ -124,6 +124,7 @@ pub use middleware::{
     CLASSIFY_BODY_LIMIT, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_SKEW,
     RefreshOn, SkipAuth, TokenRefresh, TokenRefreshBuilder,
 };
+pub use source::providers;
 pub use source::{
     BodyEncoding, ClientAuth, ClientCredentials, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, RefreshTokenGrant,
     TokenSource,

@@ -207,6 +207,12 @@ fn basic_auth(id: &str, secret: &ClientSecret) -> Result<HeaderValue, RefreshErr
 /// Builder methods shared by every grant that calls a [`TokenEndpoint`] held in `self.endpoint`.
 macro_rules! endpoint_options {
     () => {
+        /// Replaces the token URL (to point a provider preset at a test server, say).
+        pub fn token_url(mut self, token_url: impl Into<String>) -> Self {
+            self.endpoint.url = token_url.into();
+            self
+        }
+
         /// Sets the client id.
         pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
             self.endpoint.client_id = Some(client_id.into());

@@ -2,6 +2,7 @@
 
 mod client_credentials;
 mod endpoint;
+pub mod providers;
 mod refresh_token;
 mod response;
 

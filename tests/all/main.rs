@@ -3,11 +3,13 @@
 
 mod bad_input;
 mod cancellation;
+mod chain;
 mod grant;
 mod helpers;
 mod nothing_lost;
 mod origins;
 mod passthrough;
+mod reuse;
 mod secrets;
 mod storm;
 mod terminal;

@@ -1,0 +1,146 @@
+//! Ready-made token sources for the providers in the crate's test suite, each set up the way its
+//! own documentation says.
+//!
+//! Every function returns an ordinary [`RefreshTokenGrant`] or [`ClientCredentials`], so anything
+//! can still be changed: `.token_url(..)` to point it at a test server, `.scope(..)` for more
+//! scopes, `.timeout(..)`.
+//!
+//! ```
+//! use reqwest_token_refresh::{TokenRefresh, providers};
+//!
+//! let auth = TokenRefresh::builder(providers::kroger("client-id", "client-secret")).build()?;
+//! # Ok::<(), reqwest_token_refresh::Error>(())
+//! ```
+
+use serde_json::Value;
+
+use super::{ClientCredentials, RefreshTokenGrant};
+use crate::error::OAuthError;
+use crate::token::ClientSecret;
+
+/// WHOOP's token endpoint (user OAuth).
+pub const WHOOP_TOKEN_URL: &str = "https://api.prod.whoop.com/oauth/oauth2/token";
+/// WHOOP's Partner API token endpoint (client credentials).
+pub const WHOOP_PARTNER_TOKEN_URL: &str = "https://api.prod.whoop.com/developer/v2/partner/token";
+/// Kroger's token endpoint.
+pub const KROGER_TOKEN_URL: &str = "https://api.kroger.com/v1/connect/oauth2/token";
+/// Withings' token endpoint (the `requesttoken` action).
+pub const WITHINGS_TOKEN_URL: &str = "https://wbsapi.withings.net/v2/oauth2";
+
+/// WHOOP (user OAuth): a form body carrying `client_id` and `client_secret`, and `scope=offline`,
+/// without which WHOOP returns no new refresh token.
+pub fn whoop(client_id: impl Into<String>, client_secret: impl Into<ClientSecret>) -> RefreshTokenGrant {
+    RefreshTokenGrant::new(WHOOP_TOKEN_URL)
+        .client_id(client_id)
+        .client_secret(client_secret)
+        .client_auth(crate::ClientAuth::RequestBody)
+        .scope("offline")
+}
+
+/// The WHOOP Partner API: the client-credentials grant as a JSON body with the credentials and
+/// the `whoop-partner/token` scope in it. No refresh token; a 401 simply fetches a new token.
+pub fn whoop_partner(client_id: impl Into<String>, client_secret: impl Into<ClientSecret>) -> ClientCredentials {
+    ClientCredentials::new(WHOOP_PARTNER_TOKEN_URL)
+        .client_id(client_id)
+        .client_secret(client_secret)
+        .client_auth(crate::ClientAuth::RequestBody)
+        .encoding(crate::BodyEncoding::Json)
+        .scope("whoop-partner/token")
+}
+
+/// Kroger: the client id and secret in HTTP Basic, a form body. Refresh tokens are single-use; a
+/// spent one is answered with a plain-text 400, which the layer treats as terminal.
+pub fn kroger(client_id: impl Into<String>, client_secret: impl Into<ClientSecret>) -> RefreshTokenGrant {
+    RefreshTokenGrant::new(KROGER_TOKEN_URL).client_id(client_id).client_secret(client_secret)
+}
+
+/// Withings: `action=requesttoken` and the credentials in the form body; every answer is an HTTP
+/// 200 whose `status` field says how it went, with the token response inside `body`. Every
+/// refresh rotates the refresh token.
+pub fn withings(client_id: impl Into<String>, client_secret: impl Into<ClientSecret>) -> RefreshTokenGrant {
+    RefreshTokenGrant::new(WITHINGS_TOKEN_URL)
+        .client_id(client_id)
+        .client_secret(client_secret)
+        .client_auth(crate::ClientAuth::RequestBody)
+        .param("action", "requesttoken")
+        .map_response(withings_envelope)
+}
+
+/// Unwraps Withings' `{"status":0,"body":{...}}` envelope, and turns a non-zero `status` into an
+/// OAuth error: an invalid refresh token into `invalid_grant` (terminal), status 601 ("too many
+/// requests") into `slow_down` (transient), anything else into `withings_status_<n>`.
+pub fn withings_envelope(answer: Value) -> Result<Value, OAuthError> {
+    let Some(status) = answer.get("status") else {
+        // Not enveloped: read it as a plain token response.
+        return Ok(answer);
+    };
+    let text = answer.get("error").and_then(Value::as_str).unwrap_or_default();
+    match status.as_i64() {
+        Some(0) => match answer.get("body") {
+            Some(body @ Value::Object(_)) => Ok(body.clone()),
+            _ => Err(OAuthError::new("invalid_response").with_description("Withings status 0 without a body object")),
+        },
+        Some(code) => {
+            let error = if text.contains("refresh_token") {
+                "invalid_grant".to_owned()
+            } else if code == 601 {
+                "slow_down".to_owned()
+            } else {
+                format!("withings_status_{code}")
+            };
+            Err(OAuthError::new(error).with_description(format!("Withings status {code}: {text}")))
+        }
+        None => Err(OAuthError::new("invalid_response").with_description("Withings `status` is not a number")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn withings_success_envelope_is_unwrapped() {
+        let body = json!({"access_token": "a", "refresh_token": "r", "userid": "42"});
+        assert_eq!(withings_envelope(json!({"status": 0, "body": body.clone()})), Ok(body));
+    }
+
+    #[test]
+    fn withings_invalid_refresh_token_is_invalid_grant() {
+        let err =
+            withings_envelope(json!({"status": 503, "body": {}, "error": "Invalid Params: invalid refresh_token"}))
+                .unwrap_err();
+        assert_eq!(err.error, "invalid_grant");
+        assert_eq!(
+            err.error_description.as_deref(),
+            Some("Withings status 503: Invalid Params: invalid refresh_token")
+        );
+    }
+
+    #[test]
+    fn withings_rate_limit_is_retryable_and_other_codes_keep_their_number() {
+        assert_eq!(withings_envelope(json!({"status": 601, "body": {}})).unwrap_err().error, "slow_down");
+        assert_eq!(withings_envelope(json!({"status": 2554, "body": {}})).unwrap_err().error, "withings_status_2554");
+        assert!(withings_envelope(json!({"status": "0"})).is_err());
+        assert!(withings_envelope(json!({"status": 0})).is_err());
+    }
+
+    #[test]
+    fn an_answer_without_an_envelope_passes_as_is() {
+        let plain = json!({"access_token": "a"});
+        assert_eq!(withings_envelope(plain.clone()), Ok(plain));
+    }
+
+    #[test]
+    fn presets_point_at_the_real_endpoints() {
+        for shown in [
+            format!("{:?}", whoop("id", "s")),
+            format!("{:?}", kroger("id", "s")),
+            format!("{:?}", withings("id", "s")),
+            format!("{:?}", whoop_partner("id", "s")),
+        ] {
+            assert!(shown.contains("https://"), "{shown}");
+        }
+    }
+}
