@@ -76,6 +76,11 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
+    /// Whether sending this token can succeed at all: usable, and not past its expiry.
+    fn is_sendable(&self, now: SystemTime) -> bool {
+        self.freshness(Duration::ZERO, now) != Freshness::Expired
+    }
+
     fn freshness(&self, skew: Duration, now: SystemTime) -> Freshness {
         if self.unusable.is_some() {
             return Freshness::Expired;
@@ -176,6 +181,34 @@ enum Produced {
     Fetched(TokenSet, Result<(), StoreError>, Option<RefreshError>),
     Adopted(TokenSet),
     Failed(Error),
+    /// `set_tokens` replaced the slot's tokens while the flight ran; its result is dropped.
+    Overtaken,
+}
+
+/// What applying a flight's result leaves to do once no lock is held: hooks, a save retry.
+#[derive(Default)]
+#[must_use]
+struct Effects {
+    refreshed: Option<Arc<TokenSet>>,
+    terminal: Option<RefreshError>,
+    retry_save: Option<(u64, StoreError)>,
+}
+
+impl Effects {
+    fn run(self, cache: &TokenCache, slot: &Arc<Slot>) {
+        let config = &cache.inner.config;
+        // The save retry first: a panicking hook must not cost a rotated refresh token.
+        if let Some((generation, err)) = self.retry_save {
+            cache.report_store_error_hook(&slot.key, &err);
+            cache.spawn_save_retry(slot.clone(), generation);
+        }
+        if let (Some(tokens), Some(hook)) = (self.refreshed, &config.on_refresh) {
+            hook(&slot.key, &tokens);
+        }
+        if let (Some(reason), Some(hook)) = (self.terminal, &config.on_reauthorization_required) {
+            hook(&slot.key, &reason);
+        }
+    }
 }
 
 impl TokenCache {
@@ -259,7 +292,8 @@ impl TokenCache {
                 return Err(reauthorization(key, reason));
             }
             if state.generation > rejected {
-                if let Some(current) = state.current.clone().filter(|lease| lease.unusable.is_none()) {
+                let now = self.inner.config.clock.now();
+                if let Some(current) = state.current.clone().filter(|lease| lease.is_sendable(now)) {
                     tracing::debug!(key = %key, rejected, current = current.generation, "stale 401: a newer token is already published");
                     return Ok(current);
                 }
@@ -309,11 +343,10 @@ impl TokenCache {
                 Ok(outcome) => outcome,
                 Err(join_error) => {
                     tracing::error!(key = %slot.key, panicked = join_error.is_panic(), "refresh task ended without an answer");
-                    cache.apply(
-                        &slot,
-                        id,
-                        Produced::Failed(Error::Refresh { key: slot.key.clone(), source: RefreshError::Aborted }),
-                    )
+                    let aborted = Error::Refresh { key: slot.key.clone(), source: RefreshError::Aborted };
+                    let (outcome, effects) = cache.apply(&slot, id, Produced::Failed(aborted));
+                    effects.run(&cache, &slot);
+                    outcome
                 }
             };
             tx.send_replace(Some(outcome));
@@ -333,7 +366,9 @@ impl TokenCache {
                 // The runtime is shutting down under the flight; make sure the slot is not left
                 // waiting for it forever.
                 let error = Error::Refresh { key: slot.key.clone(), source: RefreshError::Aborted };
-                return self.apply(slot, flight.id, Produced::Failed(error));
+                let (outcome, effects) = self.apply(slot, flight.id, Produced::Failed(error));
+                effects.run(self, slot);
+                return outcome;
             }
         }
     }
@@ -346,27 +381,35 @@ impl TokenCache {
             Ok(lock) => lock,
             Err(source) => {
                 self.report_store_error(key, &source);
-                return self.apply(slot, id, Produced::Failed(Error::Store { key: key.clone(), source }));
+                let (outcome, effects) =
+                    self.apply(slot, id, Produced::Failed(Error::Store { key: key.clone(), source }));
+                effects.run(self, slot);
+                return outcome;
             }
         };
         let produced = self.produce(slot, base, trust_store).await;
-        let outcome = match produced {
-            Produced::Fetched(tokens, _, failure) => {
-                // Save and publish under the save lock; see `Slot::save_lock`.
-                let _save = slot.save_lock.lock().await;
-                let saved = config.store.save(key, &tokens).await;
-                self.apply(slot, id, Produced::Fetched(tokens, saved, failure))
-            }
-            other => {
-                let _save = slot.save_lock.lock().await;
-                self.apply(slot, id, other)
-            }
+        let (outcome, effects) = {
+            // Save and publish as one step under the save lock (see `Slot::save_lock`), and only
+            // while this flight is still the slot's own: `set_tokens` may have overtaken it, and
+            // then its tokens must not replace the user's, in memory or in the store.
+            let _save = slot.save_lock.lock().await;
+            let produced = match produced {
+                Produced::Fetched(tokens, _, failure) if self.is_current_flight(slot, id) => {
+                    let saved = config.store.save(key, &tokens).await;
+                    Produced::Fetched(tokens, saved, failure)
+                }
+                Produced::Fetched(..) => Produced::Overtaken,
+                other => other,
+            };
+            self.apply(slot, id, produced)
         };
         if let Some(lock) = lock {
             if let Err(err) = lock.unlock().await {
                 self.report_store_error(key, &err);
             }
         }
+        // Hooks and follow-up work run with no lock held.
+        effects.run(self, slot);
         outcome
     }
 
@@ -406,9 +449,16 @@ impl TokenCache {
             Err(reason) if self.is_terminal(&reason) => {
                 // Check before declaring death: another process may have rotated the refresh
                 // token we just spent a stale copy of.
-                if let Some(stored) = self.reload(key, base_tokens.as_ref()).await {
-                    tracing::info!(key = %key, "refresh token was rejected but the store holds newer tokens; adopting them");
-                    return Produced::Adopted(stored);
+                // Not when our own last save failed: the store then holds an older set, whose
+                // refresh token was rotated away.
+                if trust_store {
+                    if let Some(stored) = self.reload(key, base_tokens.as_ref()).await {
+                        let now = config.clock.now();
+                        if token::freshness(stored.expires_at(), Duration::ZERO, now) != Freshness::Expired {
+                            tracing::info!(key = %key, "refresh token was rejected but the store holds newer tokens; adopting them");
+                            return Produced::Adopted(stored);
+                        }
+                    }
                 }
                 Produced::Failed(reauthorization(key, &reason))
             }
@@ -454,21 +504,20 @@ impl TokenCache {
 
     /// Applies a flight's result to its slot (once: a second apply for the same flight is a
     /// no-op that reports the slot as it is) and returns what the waiters get.
-    fn apply(&self, slot: &Arc<Slot>, id: u64, produced: Produced) -> Outcome {
+    fn apply(&self, slot: &Arc<Slot>, id: u64, produced: Produced) -> (Outcome, Effects) {
         let config = &self.inner.config;
         let stats = &self.inner.stats;
         let key = &slot.key;
-        let mut fire_refresh = None;
-        let mut fire_terminal = None;
-        let mut retry_save = None;
+        let mut effects = Effects::default();
         let outcome = {
             let mut state = slot.state.lock();
             if state.flight.as_ref().map(|f| f.id) != Some(id) {
                 // Already applied (a panic after publishing), or overtaken by `set_tokens`.
-                return current_or_state_error(key, &state);
+                return (current_or_state_error(key, &state, config), effects);
             }
             state.flight = None;
             match produced {
+                Produced::Overtaken => current_or_state_error(key, &state, config),
                 Produced::Fetched(tokens, saved, failure) => {
                     let fetched_at = failure.is_none().then(|| config.clock.now());
                     let lease = publish(&mut state, tokens, fetched_at);
@@ -476,7 +525,7 @@ impl TokenCache {
                         Counters::bump(&stats.store_failures);
                         tracing::error!(key = %key, generation = lease.generation, error = %err, "saving the new tokens failed; they are used from memory and the save is retried");
                         state.unsaved = Some(lease.generation);
-                        retry_save = Some((lease.generation, err));
+                        effects.retry_save = Some((lease.generation, err));
                     } else {
                         state.unsaved = None;
                     }
@@ -484,7 +533,8 @@ impl TokenCache {
                         (_, Some(failure)) => Err(self.fail_transiently(&mut state, key, failure)),
                         (None, None) => {
                             tracing::info!(key = %key, generation = lease.generation, "token refreshed");
-                            fire_refresh = Some(lease.tokens.clone());
+                            recovered(&mut state);
+                            effects.refreshed = Some(lease.tokens.clone());
                             Ok(lease)
                         }
                         (Some(problem), None) => {
@@ -502,57 +552,59 @@ impl TokenCache {
                     Counters::bump(&stats.adopted);
                     state.unsaved = None;
                     let lease = publish(&mut state, tokens, None);
+                    recovered(&mut state);
                     tracing::info!(key = %key, generation = lease.generation, "adopted tokens another process saved");
-                    fire_refresh = Some(lease.tokens.clone());
+                    effects.refreshed = Some(lease.tokens.clone());
                     Ok(lease)
                 }
                 Produced::Failed(Error::ReauthorizationRequired { key, reason }) => {
                     Counters::bump(&stats.refresh_failures);
                     if state.terminal.is_none() {
                         tracing::warn!(key = %key, reason = %reason, "refresh token is dead: re-authorization required");
-                        fire_terminal = Some(reason.clone());
+                        effects.terminal = Some(reason.clone());
                     }
                     state.terminal = Some(reason.clone());
                     Err(Error::ReauthorizationRequired { key, reason })
                 }
                 Produced::Failed(Error::Refresh { source, .. }) => Err(self.fail_transiently(&mut state, key, source)),
                 Produced::Failed(other) => {
+                    // A store that cannot be locked backs off like a token endpoint that fails.
                     Counters::bump(&stats.refresh_failures);
+                    let wait = self.cool_down(&mut state, None);
+                    tracing::warn!(key = %key, error = %other, cool_down_ms = wait.as_millis() as u64, "refresh could not start");
                     Err(other)
                 }
             }
         };
-        if let Some(tokens) = fire_refresh {
-            if let Some(hook) = &config.on_refresh {
-                hook(key, &tokens);
-            }
-        }
-        if let (Some(reason), Some(hook)) = (fire_terminal, &config.on_reauthorization_required) {
-            hook(key, &reason);
-        }
-        if let Some((generation, err)) = retry_save {
-            self.report_store_error_hook(key, &err);
-            self.spawn_save_retry(slot.clone(), generation);
-        }
-        outcome
+        (outcome, effects)
     }
 
     /// Records a transient failure: a cool-down with exponential backoff that honours
     /// `Retry-After`.
     fn fail_transiently(&self, state: &mut SlotState, key: &TokenKey, source: RefreshError) -> Error {
-        let config = &self.inner.config;
         Counters::bump(&self.inner.stats.refresh_failures);
-        state.failures = state.failures.saturating_add(1);
-        let exponent = state.failures.saturating_sub(1).min(16);
-        let backoff = config.min_backoff.saturating_mul(1 << exponent).min(config.max_backoff);
-        let asked = source.retry_after().map(|d| d.min(config.max_retry_after)).unwrap_or_default();
-        let wait = backoff.max(asked);
-        state.cooldown_until = config.clock.now().checked_add(wait);
+        let wait = self.cool_down(state, source.retry_after());
         tracing::warn!(key = %key, error = %source, cool_down_ms = wait.as_millis() as u64, "refresh failed");
         Error::Refresh { key: key.clone(), source }
     }
 
-    async fn ensure_loaded(&self, slot: &Slot) -> Result<(), Error> {
+    /// Starts the cool-down after a failure: the backoff doubles with each consecutive failure,
+    /// and a server's `Retry-After` (capped) wins when longer. Returns its length.
+    fn cool_down(&self, state: &mut SlotState, asked: Option<Duration>) -> Duration {
+        let config = &self.inner.config;
+        state.failures = state.failures.saturating_add(1);
+        let exponent = state.failures.saturating_sub(1).min(16);
+        let backoff = config.min_backoff.saturating_mul(1 << exponent).min(config.max_backoff);
+        let wait = backoff.max(asked.map(|d| d.min(config.max_retry_after)).unwrap_or_default());
+        state.cooldown_until = config.clock.now().checked_add(wait);
+        wait
+    }
+
+    fn is_current_flight(&self, slot: &Slot, id: u64) -> bool {
+        slot.state.lock().flight.as_ref().is_some_and(|flight| flight.id == id)
+    }
+
+    async fn ensure_loaded(&self, slot: &Arc<Slot>) -> Result<(), Error> {
         slot.loaded
             .get_or_try_init(|| async {
                 let config = &self.inner.config;
@@ -570,15 +622,21 @@ impl TokenCache {
                 };
                 let Some(tokens) = tokens else { return Ok(()) };
                 let _save = slot.save_lock.lock().await;
+                // Decide under the save lock, before writing anything: tokens installed by
+                // `set_tokens` meanwhile must win, in the store as in memory.
+                if slot.state.lock().generation != 0 {
+                    return Ok(());
+                }
                 let saved = if seeded { config.store.save(key, &tokens).await } else { Ok(()) };
-                let mut state = slot.state.lock();
-                if state.generation == 0 {
+                let generation = {
+                    let mut state = slot.state.lock();
                     let lease = publish(&mut state, tokens, None);
-                    if let Err(err) = saved {
-                        drop(state);
-                        self.report_store_error(key, &err);
-                        self.spawn_save_retry_arc(key, lease.generation);
-                    }
+                    state.unsaved = saved.is_err().then_some(lease.generation);
+                    lease.generation
+                };
+                if let Err(err) = saved {
+                    self.report_store_error(key, &err);
+                    self.spawn_save_retry(slot.clone(), generation);
                 }
                 Ok(())
             })
@@ -594,12 +652,18 @@ impl TokenCache {
         }
         let config = &self.inner.config;
         let slot = self.slot(key);
-        let lock = config.store.lock(key).await.map_err(|source| Error::Store { key: key.clone(), source })?;
+        // Without the cross-process lock the tokens are still installed: the user has just
+        // authorized, and dropping their tokens would be worse than a save another process races.
+        let lock = config.store.lock(key).await.unwrap_or_else(|err| {
+            self.report_store_error(key, &err);
+            None
+        });
         let save = slot.save_lock.lock().await;
         let saved = config.store.save(key, &tokens).await;
         let generation = {
             let mut state = slot.state.lock();
             let lease = publish(&mut state, tokens, None);
+            recovered(&mut state);
             state.terminal = None;
             // A running flight is overtaken: its result will not replace these tokens.
             state.flight = None;
@@ -667,11 +731,6 @@ impl TokenCache {
         }
     }
 
-    fn spawn_save_retry_arc(&self, key: &TokenKey, generation: u64) {
-        let slot = self.slot(key);
-        self.spawn_save_retry(slot, generation);
-    }
-
     /// Retries saving `generation` until it is saved or superseded, with capped exponential
     /// backoff. Stops when the layer is dropped.
     fn spawn_save_retry(&self, slot: Arc<Slot>, generation: u64) {
@@ -715,21 +774,23 @@ fn publish(state: &mut SlotState, tokens: TokenSet, fetched_at: Option<SystemTim
     state.generation += 1;
     let unusable = token::check_header_safe(tokens.access_token().secret()).err().map(|p| p.to_string());
     let lease = Lease { tokens: Arc::new(tokens), generation: state.generation, unusable, fetched_at };
-    if lease.unusable.is_none() {
-        state.failures = 0;
-        state.cooldown_until = None;
-    }
     state.current = Some(lease.clone());
     lease
 }
 
-fn current_or_state_error(key: &TokenKey, state: &SlotState) -> Outcome {
+/// Ends the backoff after a success.
+fn recovered(state: &mut SlotState) {
+    state.failures = 0;
+    state.cooldown_until = None;
+}
+
+fn current_or_state_error(key: &TokenKey, state: &SlotState, config: &CacheConfig) -> Outcome {
     if let Some(reason) = &state.terminal {
         return Err(reauthorization(key, reason));
     }
-    match &state.current {
-        Some(lease) if lease.unusable.is_none() => Ok(lease.clone()),
-        _ => Err(Error::Refresh { key: key.clone(), source: RefreshError::Aborted }),
+    match state.current.as_ref().filter(|lease| lease.is_sendable(config.clock.now())) {
+        Some(lease) => Ok(lease.clone()),
+        None => Err(Error::Refresh { key: key.clone(), source: RefreshError::Aborted }),
     }
 }
 

@@ -1,0 +1,416 @@
+//! Interleavings that once broke the contract (points 2, 4, 14 and 15): first load against
+//! `set_tokens`, a flight overtaken by `set_tokens`, a failed save followed by `invalid_grant`, a
+//! stale 401 after a salvaged refresh, a store that cannot be locked. Every wait is bounded, so a
+//! hang shows up as a failure, and every ordering is forced with gates, never decided by sleeps.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest_token_refresh::testkit::{Fault, MockProvider};
+use reqwest_token_refresh::{
+    Error, MemoryStore, RefreshError, RefreshTokenGrant, StoreError, StoreLock, TokenKey, TokenRefresh, TokenSet,
+    TokenSource, TokenStore,
+};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::Notify;
+use tokio::time::timeout;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::{client_with, counter, eventually, grant, layer};
+
+const BOUND: Duration = Duration::from_secs(10);
+
+fn stored(store: &MemoryStore) -> Option<TokenSet> {
+    futures::executor::block_on(store.load(&TokenKey::default())).unwrap()
+}
+
+/// A store over memory (with its lock) whose saves fail while `fail_all` is set, and whose next
+/// `fail_next` saves fail.
+#[derive(Debug, Clone, Default)]
+struct FlakyStore {
+    tokens: MemoryStore,
+    fail_all: Arc<AtomicBool>,
+    fail_next: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl TokenStore for FlakyStore {
+    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
+        self.tokens.load(key).await
+    }
+
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
+        let once = self.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if once || self.fail_all.load(Ordering::SeqCst) {
+            return Err(StoreError::io("writing tokens", std::io::Error::from_raw_os_error(28)));
+        }
+        self.tokens.save(key, tokens).await
+    }
+
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreLock>>, StoreError> {
+        self.tokens.lock(key).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bug 1: cache.rs ensure_loaded — a failed seed save of the initial tokens is "retried" by a task
+// that exits at once, because `state.unsaved` is never set; the failure is silently dropped.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_seed_save_of_initial_tokens_is_retried_until_saved() {
+    let provider = MockProvider::start().await;
+    let initial = provider.issue_tokens();
+    let store = FlakyStore::default();
+    store.fail_next.store(1, Ordering::SeqCst);
+    let (errors, store_errors) = counter();
+    let auth = layer(&provider, initial.clone())
+        .store(store.clone())
+        .min_backoff(Duration::from_millis(20))
+        .on_store_error(move |_, _| {
+            errors.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    let client = client_with(&auth);
+
+    let status = timeout(BOUND, client.get(provider.api_url("me")).send()).await.unwrap().unwrap().status();
+    assert_eq!(status, 200);
+    assert_eq!(store_errors(), 1, "the failed seed save is reported");
+    assert_eq!(store.fail_next.load(Ordering::SeqCst), 0);
+
+    // Contract 4: "saving is retried; it is never silently dropped". The store works again, so a
+    // retry would succeed at once.
+    eventually("the initial tokens were saved by the retry", || stored(&store.tokens).as_ref() == Some(&initial)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bug 2: cache.rs ensure_loaded vs set_tokens — ensure_loaded read an empty store, then
+// set_tokens saved the user's new tokens; ensure_loaded then seeds the store with the stale
+// initial tokens (it saves before checking `generation == 0`), overwriting the user's tokens.
+// ---------------------------------------------------------------------------------------------
+
+/// A store over memory whose first `load` reads, then waits at a gate before answering.
+#[derive(Debug, Clone, Default)]
+struct GatedLoad {
+    tokens: MemoryStore,
+    gate_armed: Arc<AtomicBool>,
+    entered: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+#[async_trait]
+impl TokenStore for GatedLoad {
+    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
+        let read = self.tokens.load(key).await;
+        if self.gate_armed.swap(false, Ordering::SeqCst) {
+            // The store has been read; the answer travels back slowly (a network round trip).
+            self.entered.notify_one();
+            self.release.notified().await;
+        }
+        read
+    }
+
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
+        self.tokens.save(key, tokens).await
+    }
+
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreLock>>, StoreError> {
+        self.tokens.lock(key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_tokens_during_first_load_is_not_overwritten_by_initial_tokens() {
+    let provider = MockProvider::start().await;
+    let initial = provider.issue_tokens();
+    let user = provider.issue_tokens();
+    let store = GatedLoad::default();
+    store.gate_armed.store(true, Ordering::SeqCst);
+    let auth = layer(&provider, initial.clone()).store(store.clone()).build().unwrap();
+    let client = client_with(&auth);
+
+    // A first request starts loading the (empty) store...
+    let first = tokio::spawn({
+        let (client, url) = (client.clone(), provider.api_url("me"));
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    timeout(BOUND, store.entered.notified()).await.expect("the first load started");
+    // ...while the user re-authorizes.
+    timeout(BOUND, auth.set_tokens(user.clone())).await.expect("set_tokens hung").unwrap();
+    assert_eq!(stored(&store.tokens).as_ref(), Some(&user));
+    store.release.notify_one();
+    assert_eq!(timeout(BOUND, first).await.expect("request hung").unwrap().unwrap(), 200);
+
+    assert_eq!(auth.tokens().as_ref(), Some(&user), "memory holds the user's tokens");
+    assert_eq!(
+        stored(&store.tokens).as_ref().map(|t| t.access_token().secret().to_owned()),
+        Some(user.access_token().secret().to_owned()),
+        "the store must hold what set_tokens saved, not the initial tokens (a restart would bring them back, \
+         and the next refresh adopts them as 'newer')"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bug 3: cache.rs fly vs set_tokens with a store without a lock — set_tokens overtakes a running
+// flight ("its result will not replace these tokens"), but the flight still saves its result to
+// the store afterwards: memory holds the user's tokens, the store the flight's.
+// ---------------------------------------------------------------------------------------------
+
+/// A store over memory that does not implement `lock` (the trait's default: no lock).
+#[derive(Debug, Clone, Default)]
+struct Lockless(MemoryStore);
+
+#[async_trait]
+impl TokenStore for Lockless {
+    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
+        self.0.load(key).await
+    }
+
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
+        self.0.save(key, tokens).await
+    }
+}
+
+/// A refresh-token grant that waits at a gate before calling the token endpoint.
+#[derive(Debug)]
+struct GatedSource {
+    inner: RefreshTokenGrant,
+    entered: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+#[async_trait]
+impl TokenSource for GatedSource {
+    async fn fetch(&self, current: Option<&TokenSet>) -> Result<TokenSet, RefreshError> {
+        self.entered.notify_one();
+        self.release.notified().await;
+        self.inner.fetch(current).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overtaken_flight_does_not_overwrite_set_tokens_in_the_store() {
+    let provider = MockProvider::start().await;
+    let expired = provider.issue_expired_tokens();
+    let user = provider.issue_tokens();
+    let store = Lockless::default();
+    let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let source = GatedSource { inner: grant(&provider), entered: entered.clone(), release: release.clone() };
+    let auth = TokenRefresh::builder(source).initial_tokens(expired).store(store.clone()).build().unwrap();
+    let client = client_with(&auth);
+
+    let starter = tokio::spawn({
+        let (client, url) = (client.clone(), provider.api_url("me"));
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    timeout(BOUND, entered.notified()).await.expect("the flight started");
+    timeout(BOUND, auth.set_tokens(user.clone())).await.expect("set_tokens hung").unwrap();
+    assert_eq!(stored(&store.0).as_ref(), Some(&user));
+    release.notify_one();
+    assert_eq!(timeout(BOUND, starter).await.expect("request hung").unwrap().unwrap(), 200);
+    assert_eq!(provider.stats().token_calls, 1);
+
+    assert_eq!(auth.tokens().as_ref(), Some(&user), "memory holds the user's tokens");
+    assert_eq!(
+        stored(&store.0).as_ref().map(|t| t.access_token().secret().to_owned()),
+        Some(user.access_token().secret().to_owned()),
+        "the overtaken flight overwrote the tokens set_tokens saved"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bug 4: cache.rs produce, terminal branch — "check before declaring death" re-reads the store
+// even when our own last save failed (trust_store == false), so it adopts the *older* set in the
+// store, resurrecting a refresh token that was rotated away; the next refresh spends it again.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_grant_after_a_failed_save_does_not_resurrect_the_older_stored_set() {
+    let provider = MockProvider::start().await;
+    let s1 = provider.issue_tokens();
+    let store = FlakyStore::default();
+    let auth = layer(&provider, s1.clone()).store(store.clone()).build().unwrap();
+    let client = client_with(&auth);
+    let url = provider.api_url("me");
+    let send = || timeout(BOUND, client.get(&url).send());
+
+    assert_eq!(send().await.unwrap().unwrap().status(), 200, "seeds the store with s1");
+    // The disk fills up; the next refresh rotates s1 -> s2, used from memory, unsaved.
+    store.fail_all.store(true, Ordering::SeqCst);
+    provider.expire_access_tokens();
+    assert_eq!(send().await.unwrap().unwrap().status(), 200);
+    assert_eq!(provider.stats().token_calls, 1);
+    let s2 = auth.tokens().unwrap();
+    assert_ne!(s2.refresh_token(), s1.refresh_token());
+    assert_eq!(stored(&store.tokens).as_ref(), Some(&s1), "the store still holds the older s1");
+
+    // s2's refresh token is now refused for good.
+    provider.fail_next_token_calls(1, Fault::InvalidGrant);
+    provider.expire_access_tokens();
+    let first = send().await.unwrap();
+    let second = send().await.unwrap();
+
+    assert_eq!(
+        provider.stats().reuse_detected,
+        0,
+        "s1's refresh token, rotated away, was spent a second time (tokens now: {:?})",
+        auth.tokens()
+    );
+    let first = first.expect_err("the dead grant must be reported, not a 401 from a resurrected token");
+    assert!(Error::from_middleware(&first).is_some_and(Error::is_reauthorization_required), "{first}");
+    assert!(second.is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bug 5: cache.rs renew + salvage — a garbled token answer that carried a new refresh token is
+// published as a new generation holding the *old, rejected* access token (marked expired, but not
+// `unusable`). A stale 401 for the previous generation is then "retried with g+1", i.e. with the
+// very token the server just rejected, instead of getting the typed cool-down error.
+// ---------------------------------------------------------------------------------------------
+
+/// A bare-bones HTTP/1.1 server on loopback that answers every request `401` (no detail), holds
+/// the first request until released, and records each request's `Authorization` header.
+async fn gated_401_server(
+    arrived: Arc<Notify>,
+    release: Arc<Notify>,
+) -> (String, Arc<parking_lot::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/api", listener.local_addr().unwrap());
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let first = Arc::new(AtomicBool::new(true));
+    tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let (seen, first, arrived, release) = (seen.clone(), first.clone(), arrived.clone(), release.clone());
+                tokio::spawn(async move {
+                    let (read, mut write) = socket.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    loop {
+                        let mut authorization = String::new();
+                        let mut got_any = false;
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            got_any = true;
+                            if line.is_empty() {
+                                break;
+                            }
+                            if let Some((name, value)) = line.split_once(':') {
+                                if name.eq_ignore_ascii_case("authorization") {
+                                    authorization = value.trim().to_owned();
+                                }
+                            }
+                        }
+                        if !got_any {
+                            return;
+                        }
+                        seen.lock().push(authorization);
+                        if first.swap(false, Ordering::SeqCst) {
+                            arrived.notify_one();
+                            release.notified().await;
+                        }
+                        let answer = "HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n";
+                        if write.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_401_is_not_retried_with_the_salvaged_copy_of_the_rejected_token() {
+    // Token endpoint: a garbled answer (empty access token) that carries a new refresh token.
+    let token_server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": "", "refresh_token": "rt-2", "expires_in": 3600
+        })))
+        .mount(&token_server)
+        .await;
+    let api = MockServer::start().await;
+    Mock::given(path("/api")).respond_with(ResponseTemplate::new(401)).mount(&api).await;
+    let (arrived, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (slow_api, seen) = gated_401_server(arrived.clone(), release.clone()).await;
+
+    let auth = TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", token_server.uri())))
+        .initial_tokens(TokenSet::new("a1").with_refresh_token("rt-1"))
+        .min_backoff(Duration::from_secs(60))
+        .max_backoff(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let client = client_with(&auth);
+
+    // R2 is sent with generation 1 ("a1") and its answer is held back.
+    let r2 = tokio::spawn({
+        let client = client.clone();
+        async move { client.get(slow_api).send().await.map(|r| r.status().as_u16()) }
+    });
+    timeout(BOUND, arrived.notified()).await.expect("R2 reached the API");
+
+    // R1 gets a 401 for "a1"; its refresh salvages rt-2 and fails transiently.
+    let r1 = timeout(BOUND, client.get(format!("{}/api", api.uri())).send()).await.unwrap();
+    assert!(r1.is_err(), "the garbled answer fails the refresh: {r1:?}");
+    assert_eq!(token_server.received_requests().await.unwrap().len(), 1);
+
+    // Now R2's 401 for "a1" (generation 1) arrives.
+    release.notify_one();
+    let r2 = timeout(BOUND, r2).await.expect("R2 hung").unwrap();
+
+    assert_eq!(
+        seen.lock().clone(),
+        vec!["Bearer a1".to_owned()],
+        "R2 was retried with the access token the server had just rejected (R2 got {r2:?})"
+    );
+    let err = r2.expect_err("R2 needs a new token during a cool-down: a typed transient error");
+    assert!(Error::from_middleware(&err).and_then(Error::retry_after).is_some(), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bug 6: cache.rs set_tokens — a failure to take the store's lock returns `Error::Store` before
+// anything is installed, while the documented meaning of `Error::Store` from `set_tokens` is
+// "saving failed — the tokens are in use anyway and the save is retried". The caller cannot tell
+// the two apart, and the tokens (passed by value) are dropped: a terminal key stays terminal.
+// ---------------------------------------------------------------------------------------------
+
+/// A store over memory whose lock cannot be taken (a busy Redis lease, say).
+#[derive(Debug, Clone, Default)]
+struct LockTimesOut(MemoryStore);
+
+#[async_trait]
+impl TokenStore for LockTimesOut {
+    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
+        self.0.load(key).await
+    }
+
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
+        self.0.save(key, tokens).await
+    }
+
+    async fn lock(&self, _key: &TokenKey) -> Result<Option<Box<dyn StoreLock>>, StoreError> {
+        Err(StoreError::LockTimeout)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_tokens_store_error_means_the_tokens_are_in_use() {
+    let provider = MockProvider::start().await;
+    let user = provider.issue_tokens();
+    let auth = TokenRefresh::builder(grant(&provider)).store(LockTimesOut::default()).build().unwrap();
+
+    let result = timeout(BOUND, auth.set_tokens(user.clone())).await.expect("set_tokens hung");
+    if let Err(err) = &result {
+        assert!(matches!(err, Error::Store { .. }), "{err}");
+        // Documented: "Error::Store if saving failed — the tokens are in use anyway".
+        assert_eq!(auth.tokens().as_ref(), Some(&user), "Error::Store returned, yet the tokens were not installed");
+    }
+    let status = timeout(BOUND, client_with(&auth).get(provider.api_url("me")).send()).await.unwrap();
+    assert_eq!(status.unwrap().status(), 200);
+}
