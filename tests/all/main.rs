@@ -9,6 +9,8 @@ mod helpers;
 mod nothing_lost;
 mod origins;
 mod passthrough;
+mod providers;
+mod races;
 mod reuse;
 mod secrets;
 mod storm;

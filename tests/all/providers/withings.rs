@@ -1,0 +1,94 @@
+//! Withings (`004_…`): `action=requesttoken` and the credentials in the form body, answers in a
+//! `{"status":0,"body":{...}}` envelope, a new refresh token on every refresh, and the old one
+//! valid only until the new access token is used.
+
+use std::time::Duration;
+
+use reqwest_token_refresh::testkit::{Fault, MOCK_CLIENT_ID, MOCK_CLIENT_SECRET, MockProvider};
+use reqwest_token_refresh::{Error, MemoryStore, TokenKey, TokenRefresh, TokenSet, TokenStore, providers};
+use wiremock::matchers::{header, method};
+
+use super::{assert_matches, form, token_requests};
+use crate::helpers::{client_with, count, storm};
+
+fn withings(provider: &MockProvider, tokens: TokenSet, store: &MemoryStore) -> TokenRefresh {
+    TokenRefresh::builder(providers::withings(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url()))
+        .initial_tokens(tokens)
+        .store(store.clone())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withings_storm_of_200_refreshes_once_through_the_envelope_and_stores_the_rotation() {
+    let provider = MockProvider::withings().await;
+    let store = MemoryStore::new();
+    let first = provider.issue_tokens();
+    let auth = withings(&provider, first.clone(), &store);
+    provider.expire_access_tokens();
+
+    let statuses = storm(&client_with(&auth), &provider.api_url("measure"), 200, None).await;
+
+    assert_eq!(count(&statuses, 200), 200);
+    let request = &token_requests(&provider, 1)[0];
+    assert_matches(
+        request,
+        &[("POST", &method("POST")), ("a form body", &header("content-type", "application/x-www-form-urlencoded"))],
+    );
+    let fields = form(request);
+    let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    assert_eq!(field("action"), Some("requesttoken"));
+    assert_eq!(field("grant_type"), Some("refresh_token"));
+    assert_eq!(field("client_id"), Some(MOCK_CLIENT_ID));
+    assert_eq!(field("client_secret"), Some(MOCK_CLIENT_SECRET));
+    assert_eq!(field("refresh_token"), first.refresh_token().map(|t| t.secret()));
+
+    let stored = store.load(&TokenKey::default()).await.unwrap().unwrap();
+    assert_ne!(stored.refresh_token(), first.refresh_token(), "every refresh rotates; the new one is stored");
+    assert!(stored.extra().contains_key("userid"), "Withings' own fields are kept: {stored:?}");
+}
+
+#[tokio::test]
+async fn withings_invalid_refresh_token_in_a_200_envelope_is_terminal() {
+    let provider = MockProvider::withings().await;
+    let auth = withings(&provider, provider.issue_tokens(), &MemoryStore::new());
+    provider.revoke_all();
+    provider.expire_access_tokens();
+
+    let err = client_with(&auth).get(provider.api_url("measure")).send().await.unwrap_err();
+
+    match Error::from_middleware(&err) {
+        Some(Error::ReauthorizationRequired { reason, .. }) => {
+            assert_eq!(reason.oauth_error().map(|e| e.error.as_str()), Some("invalid_grant"), "{reason}");
+        }
+        other => panic!("expected re-authorization, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn withings_grace_recovers_a_refresh_whose_answer_was_lost() {
+    let provider = MockProvider::withings().await;
+    let store = MemoryStore::new();
+    let first = provider.issue_tokens();
+    let grant = providers::withings(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET)
+        .token_url(provider.token_url())
+        .timeout(Duration::from_millis(300));
+    let auth = TokenRefresh::builder(grant)
+        .initial_tokens(first)
+        .store(store.clone())
+        .min_backoff(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let client = client_with(&auth);
+    provider.expire_access_tokens();
+    // Withings rotates, but the answer never arrives: the layer still holds the old refresh token.
+    provider.fail_next_token_calls(1, Fault::LoseAnswer);
+
+    assert!(client.get(provider.api_url("measure")).send().await.is_err(), "the lost answer is a transport error");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let response = client.get(provider.api_url("measure")).send().await.unwrap();
+
+    assert_eq!(response.status(), 200, "the old refresh token was still valid: the new access token was never used");
+    assert_eq!(provider.stats().token_calls, 2);
+    assert_eq!(provider.stats().reuse_detected, 0);
+}
