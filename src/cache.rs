@@ -395,8 +395,22 @@ impl TokenCache {
             let _save = slot.save_lock.lock().await;
             let produced = match produced {
                 Produced::Fetched(tokens, _, failure) if self.is_current_flight(slot, id) => {
-                    let saved = config.store.save(key, &tokens).await;
-                    Produced::Fetched(tokens, saved, failure)
+                    match config.store.save(key, &tokens).await {
+                        // A fenced store says another process saved newer tokens while this one
+                        // refreshed (its lease expired): those win, ours are dropped.
+                        Err(StoreError::Superseded) => match config.store.load(key).await {
+                            Ok(Some(stored)) => {
+                                tracing::warn!(key = %key, "save superseded by another process; adopting its tokens");
+                                Produced::Adopted(stored)
+                            }
+                            Ok(None) => Produced::Fetched(tokens, Err(StoreError::Superseded), failure),
+                            Err(source) => {
+                                self.report_store_error(key, &source);
+                                Produced::Failed(Error::Store { key: key.clone(), source })
+                            }
+                        },
+                        saved => Produced::Fetched(tokens, saved, failure),
+                    }
                 }
                 Produced::Fetched(..) => Produced::Overtaken,
                 other => other,
@@ -758,6 +772,12 @@ impl TokenCache {
                             state.unsaved = None;
                         }
                         tracing::info!(key = %slot.key, generation, "saving the tokens succeeded on retry");
+                        return;
+                    }
+                    Err(StoreError::Superseded) => {
+                        // Newer tokens are in the store; the next refresh adopts them.
+                        slot.state.lock().unsaved = None;
+                        tracing::warn!(key = %slot.key, generation, "retried save superseded by newer tokens in the store");
                         return;
                     }
                     Err(err) => {

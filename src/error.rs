@@ -285,6 +285,11 @@ pub enum StoreError {
     /// The cross-process lock could not be taken in time.
     #[error("timed out waiting for the token store's lock")]
     LockTimeout,
+    /// The save was refused because the store already holds newer tokens: this process's lock
+    /// (lease) expired and another process refreshed meanwhile. The layer adopts the stored tokens
+    /// instead of retrying the save.
+    #[error("the token store holds newer tokens than the ones being saved")]
+    Superseded,
     /// Any other backend failure (a Redis or database error, ...).
     #[error("the token store's backend failed")]
     Backend(#[source] Arc<dyn StdError + Send + Sync>),
