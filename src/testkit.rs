@@ -428,15 +428,36 @@ impl MockProviderBuilder {
             .named("mock provider: protected API")
             .mount(&server)
             .await;
-        MockProvider { server, shared }
+        MockProvider { server: Some(server), shared }
     }
 }
 
 /// A mock rotating OAuth 2.0 provider and protected API on `127.0.0.1`; see the
 /// [module documentation](self). The server stops when this is dropped.
 pub struct MockProvider {
-    server: MockServer,
+    /// Always `Some` until dropped; see the `Drop` impl for why it is taken out there.
+    server: Option<MockServer>,
     shared: Arc<Shared>,
+}
+
+impl Drop for MockProvider {
+    /// Drops the wiremock server on a thread of its own.
+    ///
+    /// `wiremock::MockServer`'s `Drop` blocks on an async `RwLock` with `futures::executor::block_on`.
+    /// Dropped inside a tokio task that has used up its cooperative-scheduling budget (a test that
+    /// just ran a storm of requests), every poll of that lock returns `Pending` and wakes itself
+    /// at once, and the thread spins forever. A fresh thread has no tokio context and no budget.
+    fn drop(&mut self) {
+        let Some(server) = self.server.take() else { return };
+        let dropped = std::thread::spawn(move || drop(server)).join();
+        // The server's drop verifies `expect(..)` counts and panics when one is unmet: pass that
+        // on to the test, unless it is already failing.
+        if let Err(panic) = dropped {
+            if !std::thread::panicking() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
 }
 
 impl fmt::Debug for MockProvider {
@@ -500,7 +521,7 @@ impl MockProvider {
 
     /// The server's base URI, `http://127.0.0.1:PORT`.
     pub fn uri(&self) -> String {
-        self.server.uri()
+        self.server().uri()
     }
 
     /// The token endpoint: `{uri}/oauth/token`, or the dialect's path (`{uri}/v2/oauth2` for
@@ -516,7 +537,7 @@ impl MockProvider {
 
     /// The underlying server, to mount more mocks or read `received_requests()`.
     pub fn server(&self) -> &MockServer {
-        &self.server
+        self.server.as_ref().expect("the server lives as long as the provider")
     }
 
     /// The requests the token endpoint received, oldest first, faulted ones included: to assert
