@@ -249,11 +249,10 @@ impl TokenCache {
             }
             let now = config.clock.now();
             let freshness = state.current.as_ref().map(|lease| lease.freshness(config.skew, now));
-            if freshness == Some(Freshness::Fresh) {
-                if let Some(current) = &state.current {
+            if freshness == Some(Freshness::Fresh)
+                && let Some(current) = &state.current {
                     return Ok(current.clone());
                 }
-            }
             let fallback = match freshness {
                 Some(Freshness::ExpiresSoon) => state.current.clone(),
                 _ => None,
@@ -314,16 +313,14 @@ impl TokenCache {
         if let Some(flight) = &state.flight {
             return Ok(Flight { id: flight.id, rx: flight.rx.clone() });
         }
-        if let Some(until) = state.cooldown_until {
-            if let Ok(retry_after) = until.duration_since(now) {
-                if !retry_after.is_zero() {
+        if let Some(until) = state.cooldown_until
+            && let Ok(retry_after) = until.duration_since(now)
+                && !retry_after.is_zero() {
                     return Err(Error::Refresh {
                         key: slot.key.clone(),
                         source: RefreshError::CoolingDown { retry_after },
                     });
                 }
-            }
-        }
         let (tx, rx) = watch::channel(None);
         let id = self.inner.flight_ids.fetch_add(1, Ordering::Relaxed);
         state.flight = Some(Flight { id, rx: rx.clone() });
@@ -417,11 +414,10 @@ impl TokenCache {
             };
             self.apply(slot, id, produced)
         };
-        if let Some(lock) = lock {
-            if let Err(err) = lock.unlock().await {
+        if let Some(lock) = lock
+            && let Err(err) = lock.unlock().await {
                 self.report_store_error(key, &err);
             }
-        }
         // Hooks and follow-up work run with no lock held.
         effects.run(self, slot);
         outcome
@@ -436,14 +432,13 @@ impl TokenCache {
         // store that differs from ours is newer: adopt it when fresh, else refresh from it (our
         // refresh token may already have been rotated away). Not when our own last save failed:
         // then the store holds an older set than memory does.
-        if trust_store {
-            if let Some(stored) = self.reload(key, base_tokens.as_ref()).await {
+        if trust_store
+            && let Some(stored) = self.reload(key, base_tokens.as_ref()).await {
                 if token::freshness(stored.expires_at(), config.skew, config.clock.now()) == Freshness::Fresh {
                     return Produced::Adopted(stored);
                 }
                 base_tokens = Some(stored);
             }
-        }
         Counters::bump(&self.inner.stats.refreshes);
         match config.source.fetch(base_tokens.as_ref()).await {
             Ok(tokens) => Produced::Fetched(tokens.inherit_refresh_token(base_tokens.as_ref()), Ok(()), None),
@@ -465,15 +460,14 @@ impl TokenCache {
                 // token we just spent a stale copy of.
                 // Not when our own last save failed: the store then holds an older set, whose
                 // refresh token was rotated away.
-                if trust_store {
-                    if let Some(stored) = self.reload(key, base_tokens.as_ref()).await {
+                if trust_store
+                    && let Some(stored) = self.reload(key, base_tokens.as_ref()).await {
                         let now = config.clock.now();
                         if token::freshness(stored.expires_at(), Duration::ZERO, now) != Freshness::Expired {
                             tracing::info!(key = %key, "refresh token was rejected but the store holds newer tokens; adopting them");
                             return Produced::Adopted(stored);
                         }
                     }
-                }
                 Produced::Failed(reauthorization(key, &reason))
             }
             Err(source) => Produced::Failed(Error::Refresh { key: key.clone(), source }),
@@ -686,11 +680,10 @@ impl TokenCache {
         };
         drop(save);
         let _ = slot.loaded.set(());
-        if let Some(lock) = lock {
-            if let Err(err) = lock.unlock().await {
+        if let Some(lock) = lock
+            && let Err(err) = lock.unlock().await {
                 self.report_store_error(key, &err);
             }
-        }
         tracing::info!(key = %key, generation, "tokens set");
         match saved {
             Ok(()) => Ok(generation),
@@ -722,11 +715,10 @@ impl TokenCache {
         if state.flight.is_some() {
             return TokenState::Refreshing { generation: state.generation };
         }
-        if let Some(retry_after) = state.cooldown_until.and_then(|until| until.duration_since(now).ok()) {
-            if !retry_after.is_zero() {
+        if let Some(retry_after) = state.cooldown_until.and_then(|until| until.duration_since(now).ok())
+            && !retry_after.is_zero() {
                 return TokenState::CoolingDown { generation: state.generation, retry_after };
             }
-        }
         match &state.current {
             Some(lease) => TokenState::Ready { generation: lease.generation, expires_at: lease.tokens.expires_at() },
             None => TokenState::Empty,

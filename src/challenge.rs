@@ -206,11 +206,10 @@ pub(crate) fn parse_challenges(value: &str) -> Vec<Challenge> {
             // `realm=` read as a token68 ends the challenge early. It most likely belongs to the
             // challenge before it. With no challenge before it, there is nothing to attach it to.
             cursor.pos = start;
-            if let Some(param) = cursor.auth_param() {
-                if let Some(last) = challenges.last_mut() {
+            if let Some(param) = cursor.auth_param()
+                && let Some(last) = challenges.last_mut() {
                     last.params.push(param);
                 }
-            }
             cursor.skip_rest_of_element();
             continue;
         }

@@ -130,7 +130,9 @@ pub use source::{
     TokenSource,
 };
 pub use stats::Stats;
-pub use store::{MemoryStore, StoreLock, TokenStore};
+#[cfg(feature = "redis")]
+pub use store::RedisStore;
+pub use store::{FileStore, MemoryStore, StoreLock, TokenStore};
 pub use token::{AccessToken, ClientSecret, RefreshToken, TokenSet};
 
 #[doc = include_str!("../README.md")]

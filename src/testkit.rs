@@ -452,11 +452,10 @@ impl Drop for MockProvider {
         let dropped = std::thread::spawn(move || drop(server)).join();
         // The server's drop verifies `expect(..)` counts and panics when one is unmet: pass that
         // on to the test, unless it is already failing.
-        if let Err(panic) = dropped {
-            if !std::thread::panicking() {
+        if let Err(panic) = dropped
+            && !std::thread::panicking() {
                 std::panic::resume_unwind(panic);
             }
-        }
     }
 }
 

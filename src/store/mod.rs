@@ -1,6 +1,9 @@
 //! Where tokens live between refreshes: the [`TokenStore`] trait and [`MemoryStore`].
 
+mod file;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::fmt;
 
@@ -10,7 +13,11 @@ use crate::error::StoreError;
 use crate::key::TokenKey;
 use crate::token::TokenSet;
 
+pub use file::FileStore;
 pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::RedisStore;
 
 /// Keeps token sets, per [`TokenKey`], and optionally lets processes share one refresh.
 ///

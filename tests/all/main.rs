@@ -4,11 +4,13 @@
 mod bad_input;
 mod cancellation;
 mod chain;
+mod file_store;
 mod grant;
 mod helpers;
 mod nothing_lost;
 mod origins;
 mod passthrough;
+mod processes;
 mod providers;
 mod races;
 mod reuse;

@@ -298,10 +298,10 @@ async fn gated_401_server(
                             if line.is_empty() {
                                 break;
                             }
-                            if let Some((name, value)) = line.split_once(':') {
-                                if name.eq_ignore_ascii_case("authorization") {
-                                    authorization = value.trim().to_owned();
-                                }
+                            if let Some((name, value)) = line.split_once(':')
+                                && name.eq_ignore_ascii_case("authorization")
+                            {
+                                authorization = value.trim().to_owned();
                             }
                         }
                         if !got_any {
