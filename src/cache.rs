@@ -57,6 +57,8 @@ pub(crate) struct CacheConfig {
     pub(crate) max_retry_after: Duration,
     pub(crate) terminal_errors: Vec<String>,
     pub(crate) initial_tokens: Option<TokenSet>,
+    /// How many keys to keep in memory; idle ones beyond it are evicted (the store keeps them).
+    pub(crate) max_cached_keys: Option<usize>,
     pub(crate) on_refresh: Option<RefreshHook>,
     pub(crate) on_reauthorization_required: Option<ReauthorizationHook>,
     pub(crate) on_store_error: Option<StoreErrorHook>,
@@ -154,6 +156,8 @@ struct SlotState {
 
 struct Slot {
     key: TokenKey,
+    /// When a request last asked for this key, on the cache's own tick counter; for eviction.
+    last_used: AtomicU64,
     loaded: tokio::sync::OnceCell<()>,
     /// Held around every store save and the publish that follows it, so that a retried save of
     /// an older set can never land after the save of a newer one.
@@ -166,6 +170,14 @@ struct Inner {
     stats: Arc<Counters>,
     slots: Mutex<HashMap<TokenKey, Arc<Slot>>>,
     flight_ids: AtomicU64,
+    ticks: AtomicU64,
+}
+
+/// A request's hold on a key: the token it sends and the slot it came from. Holding the slot
+/// keeps the key in memory (not evicted) until the request is done with it.
+pub(crate) struct Ticket {
+    pub(crate) lease: Lease,
+    slot: Arc<Slot>,
 }
 
 /// Per-key tokens, generations and single flights. Cheap to clone.
@@ -214,32 +226,58 @@ impl Effects {
 impl TokenCache {
     pub(crate) fn new(config: CacheConfig, stats: Arc<Counters>) -> Self {
         Self {
-            inner: Arc::new(Inner { config, stats, slots: Mutex::new(HashMap::new()), flight_ids: AtomicU64::new(0) }),
+            inner: Arc::new(Inner {
+                config,
+                stats,
+                slots: Mutex::new(HashMap::new()),
+                flight_ids: AtomicU64::new(0),
+                ticks: AtomicU64::new(0),
+            }),
         }
     }
 
     fn slot(&self, key: &TokenKey) -> Arc<Slot> {
-        self.inner
-            .slots
-            .lock()
+        let tick = self.inner.ticks.fetch_add(1, Ordering::Relaxed);
+        let mut slots = self.inner.slots.lock();
+        let slot = slots
             .entry(key.clone())
             .or_insert_with(|| {
                 Arc::new(Slot {
                     key: key.clone(),
+                    last_used: AtomicU64::new(tick),
                     loaded: tokio::sync::OnceCell::new(),
                     save_lock: tokio::sync::Mutex::new(()),
                     state: Mutex::new(SlotState::default()),
                 })
             })
-            .clone()
+            .clone();
+        slot.last_used.store(tick, Ordering::Relaxed);
+        if let Some(capacity) = self.inner.config.max_cached_keys {
+            // Evict in batches (an eighth of the capacity over it) so that the scan is amortised.
+            if slots.len() > capacity + (capacity / 8).max(16) {
+                evict_idle(&mut slots, capacity);
+            }
+        }
+        slot
+    }
+
+    /// How many keys are held in memory.
+    pub(crate) fn cached_keys(&self) -> usize {
+        self.inner.slots.lock().len()
     }
 
     /// The token a request should send now: the current one if fresh, else the outcome of a
     /// refresh (started or joined). A token inside the skew window is still used when the refresh
     /// fails transiently.
-    pub(crate) async fn lease(&self, key: &TokenKey) -> Result<Lease, Error> {
+    pub(crate) async fn lease(&self, key: &TokenKey) -> Result<Ticket, Error> {
         let slot = self.slot(key);
-        self.ensure_loaded(&slot).await?;
+        let lease = self.lease_in(&slot).await?;
+        Ok(Ticket { lease, slot })
+    }
+
+    async fn lease_in(&self, slot: &Arc<Slot>) -> Result<Lease, Error> {
+        let key = &slot.key;
+        self.ensure_loaded(slot).await?;
         let config = &self.inner.config;
         let (flight, fallback) = {
             let mut state = slot.state.lock();
@@ -257,7 +295,7 @@ impl TokenCache {
                 Some(Freshness::ExpiresSoon) => state.current.clone(),
                 _ => None,
             };
-            match self.join_or_start(&slot, &mut state, now) {
+            match self.join_or_start(slot, &mut state, now) {
                 Ok(flight) => (flight, fallback),
                 Err(cooling) => {
                     if let Some(fallback) = fallback {
@@ -268,7 +306,7 @@ impl TokenCache {
                 }
             }
         };
-        match self.wait(&slot, flight).await {
+        match self.wait(slot, flight).await {
             Err(err @ (Error::Refresh { .. } | Error::Store { .. })) => match fallback {
                 Some(fallback) => {
                     tracing::debug!(key = %key, error = %err, "proactive refresh failed; the token is still valid and is used");
@@ -282,8 +320,10 @@ impl TokenCache {
 
     /// A token newer than `rejected` (the generation a server just answered 401 to): the already
     /// published one if there is one, else the outcome of the refresh this starts or joins.
-    pub(crate) async fn renew(&self, key: &TokenKey, rejected: u64) -> Result<Lease, Error> {
-        let slot = self.slot(key);
+    pub(crate) async fn renew(&self, ticket: &Ticket) -> Result<Ticket, Error> {
+        let slot = &ticket.slot;
+        let (key, rejected) = (&slot.key, ticket.lease.generation);
+        let ticket = |lease: Lease| Ticket { lease, slot: slot.clone() };
         let flight = {
             let mut state = slot.state.lock();
             if let Some(reason) = &state.terminal {
@@ -294,11 +334,11 @@ impl TokenCache {
                 let now = self.inner.config.clock.now();
                 if let Some(current) = state.current.clone().filter(|lease| lease.is_sendable(now)) {
                     tracing::debug!(key = %key, rejected, current = current.generation, "stale 401: a newer token is already published");
-                    return Ok(current);
+                    return Ok(ticket(current));
                 }
             }
             let now = self.inner.config.clock.now();
-            match self.join_or_start(&slot, &mut state, now) {
+            match self.join_or_start(slot, &mut state, now) {
                 Ok(flight) => flight,
                 Err(cooling) => {
                     Counters::bump(&self.inner.stats.fail_fast);
@@ -306,7 +346,7 @@ impl TokenCache {
                 }
             }
         };
-        self.wait(&slot, flight).await
+        self.wait(slot, flight).await.map(ticket)
     }
 
     fn join_or_start(&self, slot: &Arc<Slot>, state: &mut SlotState, now: SystemTime) -> Result<Flight, Error> {
@@ -780,6 +820,29 @@ impl TokenCache {
             }
         });
     }
+}
+
+/// Evicts the least recently used idle keys until `capacity` remain (or no idle key is left).
+///
+/// Idle means nothing else holds the slot (no request, no refresh task, no save retry: each of
+/// those keeps a clone) and it is neither terminal nor waiting for a save. The store stays the
+/// source of truth: an evicted key is loaded again on its next request.
+fn evict_idle(slots: &mut HashMap<TokenKey, Arc<Slot>>, capacity: usize) {
+    let mut idle: Vec<(u64, TokenKey)> = slots
+        .iter()
+        .filter(|(_, slot)| Arc::strong_count(slot) == 1)
+        .filter(|(_, slot)| {
+            let state = slot.state.lock();
+            state.flight.is_none() && state.terminal.is_none() && state.unsaved.is_none()
+        })
+        .map(|(key, slot)| (slot.last_used.load(Ordering::Relaxed), key.clone()))
+        .collect();
+    let excess = slots.len().saturating_sub(capacity);
+    idle.sort_unstable_by_key(|(tick, _)| *tick);
+    for (_, key) in idle.into_iter().take(excess) {
+        slots.remove(&key);
+    }
+    tracing::debug!(remaining = slots.len(), capacity, "evicted idle token keys");
 }
 
 fn publish(state: &mut SlotState, tokens: TokenSet, fetched_at: Option<SystemTime>) -> Lease {

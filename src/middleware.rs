@@ -153,6 +153,11 @@ impl TokenRefresh {
         self.inner.cache.state(key)
     }
 
+    /// How many token keys the layer holds in memory.
+    pub fn cached_keys(&self) -> usize {
+        self.inner.cache.cached_keys()
+    }
+
     /// The layer's counters.
     pub fn stats(&self) -> Stats {
         self.inner.stats.snapshot()
@@ -166,8 +171,8 @@ impl TokenRefresh {
     /// As a request through the layer would fail: re-authorization required, a failed refresh,
     /// a store that cannot be read.
     pub async fn access_token_for(&self, key: &TokenKey) -> Result<crate::AccessToken, Error> {
-        let lease = self.inner.cache.lease(key).await?;
-        Ok(lease.tokens.access_token().clone())
+        let ticket = self.inner.cache.lease(key).await?;
+        Ok(ticket.lease.tokens.access_token().clone())
     }
 
     fn authorize(&self, request: &mut Request, key: &TokenKey, lease: &Lease) -> Result<(), Error> {
@@ -197,10 +202,11 @@ impl Middleware for TokenRefresh {
         let stats = &self.inner.stats;
         Counters::bump(&stats.requests);
 
-        let lease = self.inner.cache.lease(&key).await?;
+        let ticket = self.inner.cache.lease(&key).await?;
+        let lease = &ticket.lease;
         // A body that cannot be cloned (a stream) is sent once; see contract point 11.
         let retry = request.try_clone();
-        self.authorize(&mut request, &key, &lease)?;
+        self.authorize(&mut request, &key, lease)?;
         let response = next.clone().run(request, extensions).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
@@ -213,13 +219,13 @@ impl Middleware for TokenRefresh {
             return Ok(response);
         }
         tracing::debug!(key = %key, generation = lease.generation, ?rejection, "401: token rejected");
-        let renewed = self.inner.cache.renew(&key, lease.generation).await;
+        let renewed = self.inner.cache.renew(&ticket).await;
         let Some(mut retry) = retry else {
             // The body is gone; the refresh has happened so the caller's own retry will work.
             return Ok(response);
         };
         let renewed = renewed?;
-        self.authorize(&mut retry, &key, &renewed)?;
+        self.authorize(&mut retry, &key, &renewed.lease)?;
         Counters::bump(&stats.retries);
         let response = next.run(retry, extensions).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
@@ -257,6 +263,7 @@ pub struct TokenRefreshBuilder {
     on_refresh: Option<crate::cache::RefreshHook>,
     on_reauthorization_required: Option<crate::cache::ReauthorizationHook>,
     on_store_error: Option<crate::cache::StoreErrorHook>,
+    max_cached_keys: Option<usize>,
 }
 
 impl fmt::Debug for TokenRefreshBuilder {
@@ -289,6 +296,7 @@ impl TokenRefreshBuilder {
             on_refresh: None,
             on_reauthorization_required: None,
             on_store_error: None,
+            max_cached_keys: None,
         }
     }
 
@@ -393,6 +401,15 @@ impl TokenRefreshBuilder {
         self
     }
 
+    /// Keeps at most about this many keys in memory (default: no limit). Beyond it, the least
+    /// recently used idle keys are evicted; the store keeps their tokens and an evicted key is
+    /// loaded again on its next request. Keys with a refresh in flight, a failed save being
+    /// retried, a request in progress, or a re-authorization-required state are never evicted.
+    pub fn max_cached_keys(mut self, capacity: usize) -> Self {
+        self.max_cached_keys = Some(capacity);
+        self
+    }
+
     /// Builds the layer.
     ///
     /// # Errors
@@ -426,6 +443,7 @@ impl TokenRefreshBuilder {
                 max_retry_after: self.max_retry_after,
                 terminal_errors: self.terminal_errors,
                 initial_tokens: self.initial_tokens,
+                max_cached_keys: self.max_cached_keys,
                 on_refresh: self.on_refresh,
                 on_reauthorization_required: self.on_reauthorization_required,
                 on_store_error: self.on_store_error,

@@ -1,0 +1,106 @@
+//! Many users through one client (contract point 17 at scale): each key refreshes once per
+//! expiry, loads from the store once, and survives eviction from a bounded cache.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use reqwest_token_refresh::testkit::MockProvider;
+use reqwest_token_refresh::{MemoryStore, StoreError, StoreLock, TokenKey, TokenRefresh, TokenSet, TokenStore};
+
+use crate::helpers::{client_with, grant};
+
+/// A memory store that counts its loads: what a database would see.
+#[derive(Debug, Clone, Default)]
+struct CountingStore {
+    tokens: MemoryStore,
+    loads: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl TokenStore for CountingStore {
+    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        self.tokens.load(key).await
+    }
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
+        self.tokens.save(key, tokens).await
+    }
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreLock>>, StoreError> {
+        self.tokens.lock(key).await
+    }
+}
+
+/// Sends `per_user` concurrent requests for every user at once; returns how many succeeded.
+async fn storm_across(
+    client: &reqwest_middleware::ClientWithMiddleware,
+    url: &str,
+    users: &[TokenKey],
+    per_user: usize,
+) -> usize {
+    let requests = users.iter().flat_map(|user| {
+        (0..per_user).map(move |_| {
+            let request = client.get(url).with_extension(user.clone());
+            async move { request.send().await.is_ok_and(|r| r.status() == 200) }
+        })
+    });
+    join_all(requests).await.into_iter().filter(|ok| *ok).count()
+}
+
+async fn seeded_store(provider: &MockProvider, users: &[TokenKey]) -> CountingStore {
+    let store = CountingStore::default();
+    for user in users {
+        store.tokens.save(user, &provider.issue_tokens()).await.unwrap();
+    }
+    store
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_across_1000_users_makes_1000_token_calls_and_loads_each_user_once() {
+    let provider = MockProvider::start().await;
+    let users: Vec<TokenKey> = (0..1000).map(|i| TokenKey::new(format!("user-{i}"))).collect();
+    let store = seeded_store(&provider, &users).await;
+    provider.expire_access_tokens();
+    let auth = TokenRefresh::builder(grant(&provider)).store(store.clone()).build().unwrap();
+
+    let ok = storm_across(&client_with(&auth), &provider.api_url("me"), &users, 5).await;
+
+    assert_eq!(ok, 5000);
+    assert_eq!(provider.stats().token_calls, 1000, "one token call per user");
+    assert_eq!(provider.stats().reuse_detected, 0);
+    // One load per user on first use (bursts of 5 share it), plus the re-read under the lock in
+    // each user's single refresh.
+    assert_eq!(store.loads.load(Ordering::SeqCst), 2000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_smaller_than_the_working_set_still_refreshes_once_per_user_per_expiry() {
+    let provider = MockProvider::start().await;
+    let users: Vec<TokenKey> = (0..600).map(|i| TokenKey::new(format!("user-{i}"))).collect();
+    let store = seeded_store(&provider, &users).await;
+    let auth = TokenRefresh::builder(grant(&provider)).store(store.clone()).max_cached_keys(100).build().unwrap();
+    let client = client_with(&auth);
+    let url = provider.api_url("me");
+
+    for round in 1..=2u64 {
+        provider.expire_access_tokens();
+        // Fifty users at a time, so that earlier ones go idle and are evicted as others arrive,
+        // and come back from the store in the next round.
+        let mut ok = 0;
+        for batch in users.chunks(50) {
+            ok += storm_across(&client, &url, batch, 3).await;
+            assert!(auth.cached_keys() <= 100 + 16 + 50, "the cache stays bounded: {}", auth.cached_keys());
+        }
+        assert_eq!(ok, 1800, "round {round}");
+        assert_eq!(provider.stats().token_calls, 600 * round, "one token call per user per expiry, round {round}");
+    }
+    assert_eq!(provider.stats().reuse_detected, 0, "an evicted user's rotated token was never lost");
+    let evicted_and_reloaded = store.loads.load(Ordering::SeqCst);
+    assert!(evicted_and_reloaded > 2 * 600, "users were evicted and loaded again: {evicted_and_reloaded} loads");
+    // Keys in use during a storm are pinned; once idle they make room for the next new key.
+    let newcomer = TokenKey::new("newcomer");
+    store.tokens.save(&newcomer, &provider.issue_tokens()).await.unwrap();
+    assert_eq!(client.get(&url).with_extension(newcomer).send().await.unwrap().status(), 200);
+    assert!(auth.cached_keys() <= 100 + 16 + 1, "idle keys were evicted near the capacity: {}", auth.cached_keys());
+}
