@@ -33,6 +33,17 @@ use crate::stats::Counters;
 use crate::store::TokenStore;
 use crate::token::{self, Freshness, TokenSet};
 
+tokio::task_local! {
+    /// Set while a refresh runs. A token source that sends its token request through a client
+    /// wrapped in this same layer would otherwise wait for its own refresh forever.
+    static REFRESHING: ();
+}
+
+/// Whether the current task is a refresh (see `REFRESHING`).
+pub(crate) fn in_refresh() -> bool {
+    REFRESHING.try_with(|_| ()).is_ok()
+}
+
 /// OAuth error codes from a refresh that mean the grant is dead for good.
 pub(crate) const DEFAULT_TERMINAL_ERRORS: &[&str] = &["invalid_grant", "invalid_client", "unauthorized_client"];
 
@@ -374,7 +385,7 @@ impl TokenCache {
         tokio::spawn(async move {
             let work = tokio::spawn({
                 let (cache, slot) = (cache.clone(), slot.clone());
-                async move { cache.fly(&slot, base, trust_store, id).await }
+                async move { REFRESHING.scope((), cache.fly(&slot, base, trust_store, id)).await }
             });
             let outcome = match work.await {
                 Ok(outcome) => outcome,

@@ -130,6 +130,8 @@ pub use source::{
     TokenSource,
 };
 pub use stats::Stats;
+#[cfg(feature = "postgres")]
+pub use store::PostgresStore;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 pub use store::{FileStore, MemoryStore, StoreLock, TokenStore};

@@ -194,6 +194,12 @@ impl Middleware for TokenRefresh {
         if extensions.get::<SkipAuth>().is_some() || request.headers().contains_key(AUTHORIZATION) {
             return next.run(request, extensions).await;
         }
+        if crate::cache::in_refresh() {
+            // A token source calling its token endpoint through this very layer: the request
+            // must not wait for the refresh it is part of.
+            tracing::debug!("request from inside a refresh passed through without a token");
+            return next.run(request, extensions).await;
+        }
         if let Some(why) = self.inner.origins.refuses(request.url()) {
             tracing::debug!(url = %request.url().origin().ascii_serialization(), why, "no token attached");
             return next.run(request, extensions).await;

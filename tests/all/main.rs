@@ -7,6 +7,7 @@ mod chain;
 mod file_store;
 mod grant;
 mod helpers;
+mod hostile;
 mod many_users;
 mod nothing_lost;
 mod origins;

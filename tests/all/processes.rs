@@ -24,6 +24,9 @@ pub enum StoreSpec {
     /// A `RedisStore` at this URL.
     #[cfg(feature = "redis")]
     Redis(String),
+    /// A `PostgresStore` with this connection string.
+    #[cfg(feature = "postgres")]
+    Postgres(String),
 }
 
 impl StoreSpec {
@@ -32,6 +35,10 @@ impl StoreSpec {
             StoreSpec::File(path) => std::sync::Arc::new(FileStore::new(path)),
             #[cfg(feature = "redis")]
             StoreSpec::Redis(url) => std::sync::Arc::new(reqwest_token_refresh::RedisStore::new(url.as_str()).unwrap()),
+            #[cfg(feature = "postgres")]
+            StoreSpec::Postgres(config) => {
+                std::sync::Arc::new(reqwest_token_refresh::PostgresStore::connect(config).await.unwrap())
+            }
         }
     }
 }
