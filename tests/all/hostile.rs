@@ -120,7 +120,7 @@ async fn a_storm_where_half_the_callers_give_up_at_random_points_refreshes_once_
         order.swap(i, (xorshift(&mut seed) % (i as u64 + 1)) as usize);
     }
     for &victim in &order[..handles.len() / 2] {
-        if xorshift(&mut seed) % 4 == 0 {
+        if xorshift(&mut seed).is_multiple_of(4) {
             tokio::time::sleep(Duration::from_millis(xorshift(&mut seed) % 3)).await;
         }
         handles[victim].abort();
