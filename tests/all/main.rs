@@ -17,6 +17,7 @@ mod providers;
 mod races;
 mod reuse;
 mod secrets;
+mod soak;
 mod storm;
 mod terminal;
 mod transient;
