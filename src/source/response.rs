@@ -119,6 +119,11 @@ fn parse_expires_in(value: &Value) -> Result<Option<Duration>, String> {
     if seconds < 0.0 {
         return Err(format!("`expires_in` is negative ({seconds})"));
     }
+    if seconds == 0.0 {
+        // Some providers send 0 for "no fixed lifetime". Taken literally it would make every
+        // request refresh first; as "unknown", the token is used until a server rejects it.
+        return Ok(None);
+    }
     if seconds > MAX_EXPIRES_IN.as_secs_f64() {
         return Err(format!(
             "`expires_in` of {seconds} seconds is beyond {} seconds (ten years)",
@@ -287,6 +292,12 @@ mod tests {
             Some(now() + Duration::from_millis(1500))
         );
         assert_eq!(ok(r#"{"access_token":"a","expires_in":null}"#).unwrap().expires_at(), None);
+    }
+
+    #[test]
+    fn expires_in_zero_means_no_known_expiry() {
+        assert_eq!(ok(r#"{"access_token":"a","expires_in":0}"#).unwrap().expires_at(), None);
+        assert_eq!(ok(r#"{"access_token":"a","expires_in":"0"}"#).unwrap().expires_at(), None);
     }
 
     #[test]
