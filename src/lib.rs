@@ -82,6 +82,24 @@
 //! generation, single flight and terminal state; requests without a key use
 //! [`TokenKey::default()`].
 //!
+//! # Stores
+//!
+//! Every new token set is saved to the layer's [`TokenStore`] before any request uses it, and
+//! tokens already in the store win over [`TokenRefreshBuilder::initial_tokens`] at start-up.
+//! [`MemoryStore`] is the default; [`FileStore`] keeps tokens in a file (atomic writes, mode
+//! 0600) and shares one refresh between the processes of a machine through an OS lock. A store
+//! with a lock ([`TokenStore::lock`]) is re-read under it before each refresh, so a process adopts
+//! tokens another one saved instead of spending a rotated refresh token twice. If a save fails,
+//! the new tokens are used anyway (the old refresh token is already spent), the failure is
+//! reported through [`TokenRefreshBuilder::on_store_error`] and [`Stats::store_failures`], and
+//! the save is retried.
+//!
+//! # Providers
+//!
+//! [`providers`] has grants set up for WHOOP, the WHOOP Partner API, Kroger and Withings
+//! (Withings' `{"status":0,"body":{..}}` envelope included). With the `testkit` feature,
+//! `testkit::MockProvider` is a rotating mock provider to test your own code against.
+//!
 //! # Security
 //!
 //! - With [`TokenRefreshBuilder::allow_origin`], only those origins get the token; requests to
