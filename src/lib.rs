@@ -152,7 +152,7 @@ pub use stats::Stats;
 pub use store::PostgresStore;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
-pub use store::{FileStore, MemoryStore, StoreLock, TokenStore};
+pub use store::{DEFAULT_FILE_LOCK_TIMEOUT, FileStore, MemoryStore, StoreLock, TokenStore};
 pub use token::{AccessToken, ClientSecret, RefreshToken, TokenSet};
 
 #[doc = include_str!("../README.md")]

@@ -15,7 +15,7 @@ use crate::error::StoreError;
 use crate::key::TokenKey;
 use crate::token::TokenSet;
 
-pub use file::FileStore;
+pub use file::{DEFAULT_FILE_LOCK_TIMEOUT, FileStore};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
