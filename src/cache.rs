@@ -679,14 +679,57 @@ impl TokenCache {
                     None if *key == TokenKey::default() => (config.initial_tokens.clone(), true),
                     None => (None, false),
                 };
-                let Some(tokens) = tokens else { return Ok(()) };
+                let Some(mut tokens) = tokens else { return Ok(()) };
+                let mut seeded = seeded;
+                // Seeding races with other processes' refreshes: take the store's lock and re-read
+                // under it, so that initial tokens never overwrite tokens another process has
+                // rotated meanwhile.
+                let lock = if seeded {
+                    let lock = config.store.lock(key).await.unwrap_or_else(|err| {
+                        self.report_store_error(key, &err);
+                        None
+                    });
+                    if lock.is_some() {
+                        match config.store.load(key).await {
+                            Ok(Some(stored)) => {
+                                tokens = stored;
+                                seeded = false;
+                            }
+                            Ok(None) => {}
+                            Err(source) => {
+                                if let Some(lock) = lock {
+                                    let _ = lock.unlock().await;
+                                }
+                                self.report_store_error(key, &source);
+                                return Err(Error::Store { key: key.clone(), source });
+                            }
+                        }
+                    }
+                    lock
+                } else {
+                    None
+                };
                 let _save = slot.save_lock.lock().await;
                 // Decide under the save lock, before writing anything: tokens installed by
                 // `set_tokens` meanwhile must win, in the store as in memory.
                 if slot.state.lock().generation != 0 {
+                    if let Some(lock) = lock {
+                        let _ = lock.unlock().await;
+                    }
                     return Ok(());
                 }
-                let saved = if seeded { config.store.save(key, &tokens).await } else { Ok(()) };
+                let mut saved = if seeded { config.store.save(key, &tokens).await } else { Ok(()) };
+                if let Err(StoreError::Superseded) = saved
+                    && let Ok(Some(stored)) = config.store.load(key).await
+                {
+                    tokens = stored;
+                    saved = Ok(());
+                }
+                if let Some(lock) = lock
+                    && let Err(err) = lock.unlock().await
+                {
+                    self.report_store_error(key, &err);
+                }
                 let generation = {
                     let mut state = slot.state.lock();
                     let lease = publish(&mut state, tokens, None);

@@ -21,3 +21,5 @@ mod soak;
 mod storm;
 mod terminal;
 mod transient;
+mod redis_server;
+mod redis_store;

@@ -1,0 +1,801 @@
+//! [`RedisStore`]: tokens in Redis, with a lease lock so that the replicas of a service share one
+//! refresh.
+//!
+//! # Layout
+//!
+//! Each [`TokenKey`] has two Redis keys (with the default prefix):
+//!
+//! - `reqwest-token-refresh:tokens:<key>` holds the token set as JSON,
+//!   `{"generation": n, "tokens": {...}}`. The generation starts at 1 and grows by one with every
+//!   save.
+//! - `reqwest-token-refresh:lock:<key>` exists while one replica refreshes that key's tokens. Its
+//!   value is the holder's random owner id, and it expires on its own after the lease time.
+//!
+//! # The lease
+//!
+//! [`TokenStore::lock`] takes the lease with `SET <lock key> <owner id> NX PX <lease ttl>`. A
+//! replica that finds it taken polls until it is free (every
+//! [`poll_interval`](RedisStore::poll_interval)) or gives up with [`StoreError::LockTimeout`]
+//! after [`lock_timeout`](RedisStore::lock_timeout). The layer re-reads the tokens once it holds
+//! the lease, so every replica but the first adopts the tokens the first one saved instead of
+//! spending the refresh token again. The lease is released with a Lua compare-and-delete, so a
+//! holder never deletes a lease that has already passed to someone else. A holder that dies never
+//! releases it: the lease expires and the next replica takes over.
+//!
+//! The lease time must be longer than a refresh can take (the token call's timeout,
+//! [`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT) by default, plus two Redis round trips).
+//! If a refresh outlasts its lease, a second replica may start another refresh with the same refresh
+//! token. A provider that rotates refresh tokens then refuses one of the two, and one that detects
+//! reuse revokes both. The fencing below keeps the store consistent when that happens, but it
+//! cannot undo a second token call.
+//!
+//! # Fencing
+//!
+//! A lease with a time limit cannot, on its own, stop a holder that has lost it from writing: the
+//! holder may be paused (a slow token endpoint, a stalled VM) past the lease time and resume
+//! without knowing. Saves are therefore checked inside Redis, atomically, by a Lua script.
+//!
+//! **A save made under the lease** (by the task that holds it, after it has read the tokens under
+//! the lease) succeeds only if the stored generation is still the one that task read. If another
+//! replica saved in the meantime (after this lease expired, or a user installed new tokens with
+//! [`TokenRefresh::set_tokens`](crate::TokenRefresh::set_tokens)), the save returns
+//! [`StoreError::Superseded`] and writes nothing. The layer then adopts the stored tokens instead
+//! of overwriting them. A stale holder therefore never overwrites a newer token.
+//!
+//! The script also compares the lock's value with the holder's owner id, but **a lease that is no
+//! longer held does not by itself reject the save**. The generation decides. Take a holder whose
+//! lease expired during a slow token call, where nobody has saved anything since. Its new token set
+//! is then the only valid one: the provider has already spent the old refresh token. Rejecting
+//! the save would make the layer adopt the stored, spent set, and every replica would lose the
+//! user's authorization. The save therefore lands, and a warning is logged. A replica that took
+//! over the lease meanwhile either fails its own refresh with `invalid_grant` (the layer re-reads
+//! the store before declaring the grant dead and adopts this save) or, with a provider that still
+//! accepted the old refresh token, has its own save rejected by the generation check and adopts
+//! this one. The generation stored with the tokens is the fencing token. The lease only prevents
+//! duplicate token calls.
+//!
+//! **A save made without the lease** writes unconditionally and increments the generation. The
+//! layer saves without the lease when it seeds an empty store with its initial tokens, when
+//! `set_tokens` could not take the lock, and when it retries a save that failed. A save under the
+//! lease with no read before it is unconditional too: `set_tokens` takes the lease and saves
+//! without reading, and tokens a user has just authorized must win.
+//!
+//! [`TokenStore::save`] does not say whether the caller holds the lease. This store therefore
+//! ties each lease to the tokio task that took it ([`tokio::task::try_id`]). The layer takes the
+//! lease, reads, saves and releases within one task, so saves from other tasks are never mistaken
+//! for the holder's, even when several layers share one `RedisStore`. The basis for the
+//! generation check is the first read under the lease, and it advances with each successful save
+//! under it.
+//!
+//! # When Redis is down
+//!
+//! Every Redis command is bounded by [`command_timeout`](RedisStore::command_timeout). A failure
+//! is returned as [`StoreError::Backend`]; nothing panics. The connection is a
+//! [`redis::aio::ConnectionManager`], which reconnects when Redis is back. The layer keeps using a
+//! still-valid access token and needs Redis only to refresh. A refresh that cannot take the lock
+//! fails with that error, and the layer waits out a backoff before the next attempt. New tokens
+//! whose save failed are used from memory and saved again until the save lands.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, ConnectionAddr, ConnectionInfo, RedisError, Script};
+use serde::Deserialize;
+
+use super::{StoreLock, TokenStore};
+use crate::error::StoreError;
+use crate::key::TokenKey;
+use crate::token::TokenSet;
+
+/// Saves a token set; unconditionally, or only if the stored generation is the expected one.
+///
+/// `KEYS[1]`: the tokens key; `KEYS[2]`: the lock key. `ARGV[1]`: the token set as JSON;
+/// `ARGV[2]`: the expected generation (`0` for "no tokens"), or empty for an unconditional save;
+/// `ARGV[3]`: the caller's owner id, or empty without a lease.
+///
+/// Returns `{status, generation, held}`: status `1` saved (generation is the new one), `0`
+/// superseded (generation is the stored one), `-1` the stored value is unreadable (nothing
+/// written). `held` is `1` when the lock still holds `ARGV[3]`. The stored JSON is assembled as a
+/// string, so the token set is kept byte for byte as serde wrote it.
+static SAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local stored = redis.call('GET', KEYS[1])
+local generation = 0
+if stored then
+  local ok, decoded = pcall(cjson.decode, stored)
+  if not ok or type(decoded) ~= 'table' or type(decoded['generation']) ~= 'number' then
+    return {-1, 0, 0}
+  end
+  generation = decoded['generation']
+end
+local held = 0
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
+  held = 1
+end
+if ARGV[2] ~= '' and generation ~= tonumber(ARGV[2]) then
+  return {0, generation, held}
+end
+generation = generation + 1
+redis.call('SET', KEYS[1], '{"generation":' .. string.format('%d', generation) .. ',"tokens":' .. ARGV[1] .. '}')
+return {1, generation, held}
+"#,
+    )
+});
+
+/// Releases a lease only if it is still the caller's. `KEYS[1]`: the lock key; `ARGV[1]`: the
+/// owner id. Returns `1` when released, `0` when the lease had already expired or passed on.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#,
+    )
+});
+
+/// Keeps tokens in Redis, with a lease lock and a fencing check, so that the replicas of a service
+/// share one refresh (feature `redis`).
+///
+/// ```no_run
+/// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use reqwest_token_refresh::{RedisStore, RefreshTokenGrant, TokenRefresh};
+///
+/// let store = RedisStore::new("redis://:password@redis.internal:6379/0")?
+///     .key_prefix("my-service:oauth:")
+///     .lease_ttl(Duration::from_secs(45));
+/// let auth = TokenRefresh::builder(RefreshTokenGrant::new("https://provider.example/oauth/token"))
+///     .store(store)
+///     .build()?;
+/// # Ok(()) }
+/// ```
+///
+/// # Layout
+///
+/// [`tokens_key`](Self::tokens_key) (`<prefix>tokens:<key>`) holds a key's tokens as
+/// `{"generation": n, "tokens": {...}}`; the generation grows by one with every save.
+/// [`lock_key`](Self::lock_key) (`<prefix>lock:<key>`) exists while a replica refreshes that key.
+///
+/// # One refresh across replicas
+///
+/// A refresh holds a lease: `SET <lock key> <random owner id> NX PX <lease ttl>`. Other replicas
+/// poll until it is free, then re-read the tokens and adopt the ones the holder saved. The holder
+/// releases the lease with a Lua compare-and-delete. A holder that dies leaves the lease to expire
+/// after [`lease_ttl`](Self::lease_ttl), which must be longer than a refresh can take.
+///
+/// # Fencing
+///
+/// A save made under the lease succeeds only if the stored generation is still the one the holder
+/// read. Otherwise it returns [`StoreError::Superseded`] and the layer adopts the stored tokens.
+/// This covers a holder whose lease expired while another replica saved, or while a user installed
+/// new tokens. The generation decides, not the lease. A holder whose lease lapsed still saves if
+/// nothing newer was stored, because its tokens are then the only valid ones: the provider has
+/// already spent the old refresh token. Saves outside the lease (seeding an empty store,
+/// retried saves) are unconditional. The source of this module explains the reasoning in detail.
+///
+/// # Operation
+///
+/// The connection is opened on first use, from within the tokio runtime that uses the store, and
+/// is re-established when Redis comes back after an outage. Set the options before the first use.
+/// Clones share one connection. With Redis down, every operation fails within
+/// [`command_timeout`](Self::command_timeout) with [`StoreError::Backend`]. The layer keeps using
+/// a still-valid token, and saves new tokens again until the save lands.
+///
+/// The tokens are stored as plain JSON: protect the Redis server as you would a database of
+/// credentials (ACLs, a password, TLS — `rediss://` URLs need one of the `redis` crate's TLS
+/// features, such as `tokio-rustls-comp`, enabled in your own `Cargo.toml`). The `Debug` output
+/// shows the server's address without its password. Use a single Redis server or primary. Redis
+/// Cluster is not supported. Replication is asynchronous, so a failover can lose the latest lease or
+/// save, as with any lock kept in Redis.
+#[derive(Clone)]
+pub struct RedisStore {
+    options: Options,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Clone)]
+struct Options {
+    prefix: String,
+    lease_ttl: Duration,
+    lock_timeout: Duration,
+    poll_interval: Duration,
+    command_timeout: Duration,
+}
+
+struct Shared {
+    client: Client,
+    /// The server's address, with any password replaced.
+    address: String,
+    /// Created on first use, inside the runtime (it spawns a task).
+    manager: Mutex<Option<ConnectionManager>>,
+    /// The leases this process holds, per key (normally at most one), with the task that holds
+    /// each.
+    leases: Mutex<HashMap<TokenKey, Vec<HeldLease>>>,
+    lease_ids: AtomicU64,
+}
+
+/// A lease this process holds, as remembered for fencing the holder's saves.
+#[derive(Debug, Clone)]
+struct HeldLease {
+    id: u64,
+    owner: Arc<str>,
+    /// The task that took the lease; `None` outside any tokio task (a `block_on`).
+    task: Option<tokio::task::Id>,
+    /// The generation the holder read first under the lease (0: no tokens), advanced by each of
+    /// its saves. `None` until it reads: its saves are then unconditional.
+    basis: Option<u64>,
+}
+
+/// What the tokens key holds.
+#[derive(Deserialize)]
+struct Stored {
+    generation: u64,
+    tokens: TokenSet,
+}
+
+impl RedisStore {
+    /// The prefix of every Redis key this store uses, unless set otherwise.
+    pub const DEFAULT_KEY_PREFIX: &'static str = "reqwest-token-refresh:";
+    /// How long a lease lasts if its holder never releases it, unless set otherwise: longer than
+    /// the token call's default timeout ([`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT),
+    /// 30 s).
+    pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(45);
+    /// How long [`TokenStore::lock`] waits for another replica's lease, unless set otherwise:
+    /// longer than the lease, so that a dead holder's lease expires before waiters give up.
+    pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+    /// How often a replica waiting for the lease tries again, unless set otherwise.
+    pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);
+    /// How long one Redis command (or a connection attempt) may take, unless set otherwise.
+    pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// A store on the Redis server at `url` (`redis://[user][:password@]host[:port][/db]`, or
+    /// `unix:///path/to/redis.sock`).
+    ///
+    /// No connection is made yet: this only checks the URL. The first store operation connects,
+    /// and a server that is down then gives [`StoreError::Backend`]; [`ping`](Self::ping) checks
+    /// the connection up front.
+    pub fn new(url: impl AsRef<str>) -> Result<Self, StoreError> {
+        let client = Client::open(url.as_ref()).map_err(|err| failure("parsing the Redis URL", err))?;
+        Ok(Self::from_client(client))
+    }
+
+    /// A store using a `redis` client built elsewhere (for TLS settings, say).
+    pub fn from_client(client: Client) -> Self {
+        let address = describe(client.get_connection_info());
+        Self {
+            options: Options {
+                prefix: Self::DEFAULT_KEY_PREFIX.to_owned(),
+                lease_ttl: Self::DEFAULT_LEASE_TTL,
+                lock_timeout: Self::DEFAULT_LOCK_TIMEOUT,
+                poll_interval: Self::DEFAULT_POLL_INTERVAL,
+                command_timeout: Self::DEFAULT_COMMAND_TIMEOUT,
+            },
+            shared: Arc::new(Shared {
+                client,
+                address,
+                manager: Mutex::new(None),
+                leases: Mutex::new(HashMap::new()),
+                lease_ids: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Sets the prefix of every Redis key this store uses (default
+    /// [`DEFAULT_KEY_PREFIX`](Self::DEFAULT_KEY_PREFIX)). Services that share one Redis but
+    /// not their tokens need different prefixes.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.options.prefix = prefix.into();
+        self
+    }
+
+    /// Sets how long a lease lasts if its holder never releases it (default
+    /// [`DEFAULT_LEASE_TTL`](Self::DEFAULT_LEASE_TTL); at least 1 ms). Make it longer than a
+    /// refresh can take, the token call's timeout included: a refresh that outlasts its lease lets
+    /// a second replica refresh at the same time.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.options.lease_ttl = ttl.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Sets how long [`TokenStore::lock`] waits for another replica's lease before it fails with
+    /// [`StoreError::LockTimeout`] (default [`DEFAULT_LOCK_TIMEOUT`](Self::DEFAULT_LOCK_TIMEOUT)).
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.options.lock_timeout = timeout;
+        self
+    }
+
+    /// Sets how often a replica waiting for the lease tries to take it (default
+    /// [`DEFAULT_POLL_INTERVAL`](Self::DEFAULT_POLL_INTERVAL); at least 1 ms).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.options.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Sets how long one Redis command, or one attempt to connect, may take before it fails with
+    /// [`StoreError::Backend`] (default
+    /// [`DEFAULT_COMMAND_TIMEOUT`](Self::DEFAULT_COMMAND_TIMEOUT)). Takes effect if set before
+    /// the store is first used.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.options.command_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The Redis key that holds `key`'s tokens: `<prefix>tokens:<key>`.
+    pub fn tokens_key(&self, key: &TokenKey) -> String {
+        format!("{}tokens:{}", self.options.prefix, key.as_str())
+    }
+
+    /// The Redis key of `key`'s lease: `<prefix>lock:<key>`.
+    pub fn lock_key(&self, key: &TokenKey) -> String {
+        format!("{}lock:{}", self.options.prefix, key.as_str())
+    }
+
+    /// Checks that Redis answers (connecting if need be); for a readiness check at start-up.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.connection()?;
+        let _: String = self.run("pinging Redis", redis::cmd("PING").query_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let mut manager = self.shared.manager.lock();
+        if let Some(manager) = &*manager {
+            return Ok(manager.clone());
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(failure_message("connecting to Redis", "RedisStore must be used inside a tokio runtime"));
+        }
+        let timeout = self.options.command_timeout;
+        // Few, quick reconnection attempts: when Redis is down, a store operation should fail fast
+        // (the layer backs off and retries), not hang while the manager retries for seconds.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let created = ConnectionManager::new_lazy_with_config(self.shared.client.clone(), config)
+            .map_err(|err| failure("connecting to Redis", err))?;
+        *manager = Some(created.clone());
+        Ok(created)
+    }
+
+    /// Runs one Redis operation within the command timeout.
+    async fn run<T>(
+        &self,
+        action: &'static str,
+        operation: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.options.command_timeout, operation).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(failure(action, err)),
+            Err(_) => Err(failure_message(action, format!("timed out after {:?}", self.options.command_timeout))),
+        }
+    }
+
+    /// The lease the current task holds for `key`, if any.
+    fn held_lease(&self, key: &TokenKey) -> Option<HeldLease> {
+        let task = tokio::task::try_id();
+        let leases = self.shared.leases.lock();
+        leases.get(key)?.iter().rev().find(|lease| lease.task == task).cloned()
+    }
+
+    /// Records a read under the current task's lease: the first one is the fencing basis.
+    fn note_read(&self, key: &TokenKey, generation: u64) {
+        let task = tokio::task::try_id();
+        let mut leases = self.shared.leases.lock();
+        if let Some(lease) = leases.get_mut(key).and_then(|held| held.iter_mut().rev().find(|lease| lease.task == task))
+        {
+            lease.basis.get_or_insert(generation);
+        }
+    }
+
+    /// Records a save under lease `id`: the holder's next save expects this generation.
+    fn note_write(&self, key: &TokenKey, id: u64, generation: u64) {
+        let mut leases = self.shared.leases.lock();
+        if let Some(lease) = leases.get_mut(key).and_then(|held| held.iter_mut().find(|lease| lease.id == id)) {
+            lease.basis = Some(generation);
+        }
+    }
+
+    fn forget_lease(&self, key: &TokenKey, id: u64) {
+        let mut leases = self.shared.leases.lock();
+        if let Some(held) = leases.get_mut(key) {
+            held.retain(|lease| lease.id != id);
+            if held.is_empty() {
+                leases.remove(key);
+            }
+        }
+    }
+
+    /// Deletes the lease at `lock_key` if `owner` still holds it; `true` if it did.
+    async fn release(&self, lock_key: &str, owner: &str) -> Result<bool, StoreError> {
+        let mut conn = self.connection()?;
+        let mut invocation = RELEASE.prepare_invoke();
+        invocation.key(lock_key).arg(owner);
+        let released: i64 = self.run("releasing the lock", invocation.invoke_async(&mut conn)).await?;
+        Ok(released == 1)
+    }
+
+    /// Releases in the background, where a lease cannot be released in place (a dropped guard, a
+    /// cancelled or failed `lock`). Without a runtime, the lease simply expires.
+    fn release_in_background(&self, lock_key: String, owner: Arc<str>) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.clone();
+            runtime.spawn(async move {
+                if let Err(err) = store.release(&lock_key, &owner).await {
+                    tracing::debug!(lock = %lock_key, error = %err, "releasing an abandoned lease failed; it will expire");
+                }
+            });
+        }
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("address", &self.shared.address)
+            .field("key_prefix", &self.options.prefix)
+            .field("lease_ttl", &self.options.lease_ttl)
+            .field("lock_timeout", &self.options.lock_timeout)
+            .field("poll_interval", &self.options.poll_interval)
+            .field("command_timeout", &self.options.command_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl TokenStore for RedisStore {
+    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
+        let name = self.tokens_key(key);
+        let mut conn = self.connection()?;
+        let raw: Option<Vec<u8>> =
+            self.run("reading tokens", redis::cmd("GET").arg(&name).query_async(&mut conn)).await?;
+        let Some(raw) = raw else {
+            self.note_read(key, 0);
+            return Ok(None);
+        };
+        let stored: Stored = serde_json::from_slice(&raw).map_err(|err| corrupt(&name, &err))?;
+        self.note_read(key, stored.generation);
+        Ok(Some(stored.tokens))
+    }
+
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
+        let name = self.tokens_key(key);
+        let json = serde_json::to_string(tokens)
+            .map_err(|err| failure_message("encoding tokens", format!("{:?} error", err.classify())))?;
+        let lease = self.held_lease(key);
+        let (expected, owner) = match &lease {
+            Some(lease) => (lease.basis.map(|g| g.to_string()).unwrap_or_default(), lease.owner.to_string()),
+            None => (String::new(), String::new()),
+        };
+        let mut conn = self.connection()?;
+        let mut invocation = SAVE.prepare_invoke();
+        invocation.key(&name).key(self.lock_key(key)).arg(json).arg(&expected).arg(&owner);
+        let (status, generation, held): (i64, u64, i64) =
+            self.run("saving tokens", invocation.invoke_async(&mut conn)).await?;
+        match status {
+            1 => {
+                if let Some(lease) = lease {
+                    self.note_write(key, lease.id, generation);
+                    if held == 0 {
+                        tracing::warn!(
+                            key = %key,
+                            generation,
+                            "the lease expired before the new tokens were saved; saved anyway, since nothing newer was stored (raise lease_ttl if refreshes take this long)"
+                        );
+                    }
+                }
+                Ok(())
+            }
+            0 => {
+                tracing::warn!(
+                    key = %key,
+                    expected = %expected,
+                    stored = generation,
+                    lease_held = held == 1,
+                    "save rejected: another replica saved newer tokens while this one refreshed"
+                );
+                Err(StoreError::Superseded)
+            }
+            _ => Err(StoreError::Corrupt(format!(
+                "redis key `{name}` does not hold this store's {{\"generation\", \"tokens\"}} JSON; it was not overwritten"
+            ))),
+        }
+    }
+
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreLock>>, StoreError> {
+        let lock_key = self.lock_key(key);
+        let owner: Arc<str> = Arc::from(owner_id());
+        let ttl_ms = u64::try_from(self.options.lease_ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let deadline = tokio::time::Instant::now() + self.options.lock_timeout;
+        let mut conn = self.connection()?;
+        // Until the lease is handed out, a failure or a cancellation releases whatever a `SET`
+        // that went through may have taken.
+        let mut pending = PendingLease { store: self, lock_key: &lock_key, owner: &owner, armed: true };
+        loop {
+            let taken: Option<String> = self
+                .run(
+                    "taking the lock",
+                    redis::cmd("SET")
+                        .arg(&lock_key)
+                        .arg(&*owner)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl_ms)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            if taken.is_some() {
+                break;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                pending.armed = false;
+                tracing::warn!(key = %key, timeout = ?self.options.lock_timeout, "timed out waiting for another replica's lease");
+                return Err(StoreError::LockTimeout);
+            }
+            tokio::time::sleep(self.options.poll_interval.min(deadline - now)).await;
+        }
+        pending.armed = false;
+        drop(pending);
+        let id = self.shared.lease_ids.fetch_add(1, Ordering::Relaxed);
+        let held = HeldLease { id, owner: owner.clone(), task: tokio::task::try_id(), basis: None };
+        self.shared.leases.lock().entry(key.clone()).or_default().push(held);
+        Ok(Some(Box::new(RedisLock { store: self.clone(), key: key.clone(), lock_key, owner, id, released: false })))
+    }
+}
+
+/// Releases a lease `lock` may have taken when it fails or is cancelled.
+struct PendingLease<'a> {
+    store: &'a RedisStore,
+    lock_key: &'a str,
+    owner: &'a Arc<str>,
+    armed: bool,
+}
+
+impl Drop for PendingLease<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.store.release_in_background(self.lock_key.to_owned(), self.owner.clone());
+        }
+    }
+}
+
+/// A held lease; see [`TokenStore::lock`].
+struct RedisLock {
+    store: RedisStore,
+    key: TokenKey,
+    lock_key: String,
+    owner: Arc<str>,
+    id: u64,
+    released: bool,
+}
+
+impl fmt::Debug for RedisLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLock").field("lock_key", &self.lock_key).field("owner", &self.owner).finish()
+    }
+}
+
+#[async_trait]
+impl StoreLock for RedisLock {
+    async fn unlock(mut self: Box<Self>) -> Result<(), StoreError> {
+        self.released = true;
+        self.store.forget_lease(&self.key, self.id);
+        if !self.store.release(&self.lock_key, &self.owner).await? {
+            tracing::warn!(
+                key = %self.key,
+                "the lease had expired before it was released; another replica may have refreshed meanwhile (raise lease_ttl if refreshes take this long)"
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RedisLock {
+    fn drop(&mut self) {
+        if !self.released {
+            self.store.forget_lease(&self.key, self.id);
+            self.store.release_in_background(std::mem::take(&mut self.lock_key), self.owner.clone());
+        }
+    }
+}
+
+/// A random lease owner id, unique across processes and machines.
+fn owner_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+    let pid = std::process::id();
+    // `RandomState` keys come from the OS's randomness; two of them give 128 random bits.
+    let random = |salt: u64| {
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u64(salt);
+        hasher.write_u64(count);
+        hasher.write_u128(nanos);
+        hasher.write_u32(pid);
+        hasher.finish()
+    };
+    format!("{:016x}{:016x}-{pid}-{count}", random(1), random(2))
+}
+
+/// The server's address for `Debug`, with any password replaced.
+fn describe(info: &ConnectionInfo) -> String {
+    let settings = info.redis_settings();
+    let credentials = match (settings.username(), settings.password()) {
+        (Some(user), Some(_)) => format!("{user}:[redacted]@"),
+        (None, Some(_)) => ":[redacted]@".to_owned(),
+        (Some(user), None) => format!("{user}@"),
+        (None, None) => String::new(),
+    };
+    let db = settings.db();
+    match info.addr() {
+        ConnectionAddr::Tcp(host, port) => format!("redis://{credentials}{host}:{port}/{db}"),
+        ConnectionAddr::TcpTls { host, port, .. } => format!("rediss://{credentials}{host}:{port}/{db}"),
+        ConnectionAddr::Unix(path) => format!("unix://{credentials}{}?db={db}", path.display()),
+        other => format!("{credentials}{other}/{db}"),
+    }
+}
+
+/// A Redis failure, for [`StoreError::Backend`].
+#[derive(Debug)]
+struct RedisFailure {
+    action: &'static str,
+    detail: Detail,
+}
+
+#[derive(Debug)]
+enum Detail {
+    Redis(RedisError),
+    Message(String),
+}
+
+impl fmt::Display for RedisFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.detail {
+            Detail::Redis(_) => write!(f, "redis: {} failed", self.action),
+            Detail::Message(message) => write!(f, "redis: {} failed: {message}", self.action),
+        }
+    }
+}
+
+impl std::error::Error for RedisFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.detail {
+            Detail::Redis(err) => Some(err),
+            Detail::Message(_) => None,
+        }
+    }
+}
+
+fn failure(action: &'static str, err: RedisError) -> StoreError {
+    StoreError::backend(RedisFailure { action, detail: Detail::Redis(err) })
+}
+
+fn failure_message(action: &'static str, message: impl Into<String>) -> StoreError {
+    StoreError::backend(RedisFailure { action, detail: Detail::Message(message.into()) })
+}
+
+/// An unreadable stored value; the message names the key and where parsing stopped, never the
+/// content (it may hold tokens).
+fn corrupt(name: &str, err: &serde_json::Error) -> StoreError {
+    StoreError::Corrupt(format!(
+        "redis key `{name}` is not this store's token JSON ({:?} error at line {} column {})",
+        err.classify(),
+        err.line(),
+        err.column()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_named_after_the_prefix_and_the_token_key() {
+        let store = RedisStore::new("redis://127.0.0.1:6379").unwrap();
+        let key = TokenKey::new("user-42");
+        assert_eq!(store.tokens_key(&key), "reqwest-token-refresh:tokens:user-42");
+        assert_eq!(store.lock_key(&key), "reqwest-token-refresh:lock:user-42");
+        assert_eq!(store.tokens_key(&TokenKey::default()), "reqwest-token-refresh:tokens:default");
+
+        let store = store.key_prefix("svc:");
+        assert_eq!(store.tokens_key(&key), "svc:tokens:user-42");
+        assert_eq!(store.lock_key(&key), "svc:lock:user-42");
+    }
+
+    #[test]
+    fn no_token_key_maps_onto_another_keys_lock_or_tokens() {
+        // The kind comes right after the prefix, so a key that looks like another's Redis key
+        // stays apart from it.
+        let store = RedisStore::new("redis://127.0.0.1").unwrap();
+        let tricky = TokenKey::new("lock:user");
+        let plain = TokenKey::new("user");
+        let names =
+            [store.tokens_key(&tricky), store.lock_key(&tricky), store.tokens_key(&plain), store.lock_key(&plain)];
+        for (i, a) in names.iter().enumerate() {
+            for b in &names[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        for url in [
+            "redis://:hunter2@redis.internal:6380/3",
+            "redis://svc:hunter2@redis.internal:6380/3",
+            "unix:///run/redis.sock?db=2&pass=hunter2",
+        ] {
+            let store = RedisStore::new(url).unwrap();
+            let debug = format!("{store:?}");
+            assert!(!debug.contains("hunter2"), "{debug}");
+            assert!(debug.contains("[redacted]"), "{debug}");
+        }
+        let store = RedisStore::new("redis://svc:hunter2@redis.internal:6380/3").unwrap();
+        assert!(format!("{store:?}").contains("redis://svc:[redacted]@redis.internal:6380/3"));
+        let store = RedisStore::new("redis://127.0.0.1").unwrap();
+        let debug = format!("{store:?}");
+        assert!(debug.contains("redis://127.0.0.1:6379/0") && !debug.contains("redacted"), "{debug}");
+    }
+
+    #[test]
+    fn a_bad_url_is_a_typed_error_that_does_not_echo_it() {
+        let err = RedisStore::new("http://:hunter2@example.com").unwrap_err();
+        assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+        let mut text = format!("{err} {err:?}");
+        let mut source = std::error::Error::source(&err);
+        while let Some(inner) = source {
+            text.push_str(&format!(" {inner} {inner:?}"));
+            source = inner.source();
+        }
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn owner_ids_are_unique() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| owner_id()).collect();
+        assert_eq!(ids.len(), 1000);
+    }
+
+    #[test]
+    fn corrupt_values_are_described_without_their_content() {
+        let err = serde_json::from_slice::<Stored>(br#"{"generation":1,"tokens":{"access_token":42}}"#)
+            .map(|_| ())
+            .unwrap_err();
+        let message = corrupt("p:tokens:u", &err).to_string();
+        assert!(message.contains("p:tokens:u") && !message.contains("42"), "{message}");
+    }
+
+    #[test]
+    fn outside_a_runtime_operations_fail_without_panicking() {
+        let store = RedisStore::new("redis://127.0.0.1:1").unwrap();
+        let err = futures_lite_block_on(store.load(&TokenKey::default())).unwrap_err();
+        assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    }
+
+    /// Polls a future to completion on this thread, with no tokio runtime.
+    fn futures_lite_block_on<F: Future>(future: F) -> F::Output {
+        use std::task::{Context, Poll, Waker};
+        let mut future = std::pin::pin!(future);
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                return output;
+            }
+            std::thread::yield_now();
+        }
+    }
+}
