@@ -299,9 +299,10 @@ impl TokenCache {
             let now = config.clock.now();
             let freshness = state.current.as_ref().map(|lease| lease.freshness(config.skew, now));
             if freshness == Some(Freshness::Fresh)
-                && let Some(current) = &state.current {
-                    return Ok(current.clone());
-                }
+                && let Some(current) = &state.current
+            {
+                return Ok(current.clone());
+            }
             let fallback = match freshness {
                 Some(Freshness::ExpiresSoon) => state.current.clone(),
                 _ => None,
@@ -366,12 +367,10 @@ impl TokenCache {
         }
         if let Some(until) = state.cooldown_until
             && let Ok(retry_after) = until.duration_since(now)
-                && !retry_after.is_zero() {
-                    return Err(Error::Refresh {
-                        key: slot.key.clone(),
-                        source: RefreshError::CoolingDown { retry_after },
-                    });
-                }
+            && !retry_after.is_zero()
+        {
+            return Err(Error::Refresh { key: slot.key.clone(), source: RefreshError::CoolingDown { retry_after } });
+        }
         let (tx, rx) = watch::channel(None);
         let id = self.inner.flight_ids.fetch_add(1, Ordering::Relaxed);
         state.flight = Some(Flight { id, rx: rx.clone() });
@@ -466,9 +465,10 @@ impl TokenCache {
             self.apply(slot, id, produced)
         };
         if let Some(lock) = lock
-            && let Err(err) = lock.unlock().await {
-                self.report_store_error(key, &err);
-            }
+            && let Err(err) = lock.unlock().await
+        {
+            self.report_store_error(key, &err);
+        }
         // Hooks and follow-up work run with no lock held.
         effects.run(self, slot);
         outcome
@@ -483,13 +483,12 @@ impl TokenCache {
         // store that differs from ours is newer: adopt it when fresh, else refresh from it (our
         // refresh token may already have been rotated away). Not when our own last save failed:
         // then the store holds an older set than memory does.
-        if trust_store
-            && let Some(stored) = self.reload(key, base_tokens.as_ref()).await {
-                if token::freshness(stored.expires_at(), config.skew, config.clock.now()) == Freshness::Fresh {
-                    return Produced::Adopted(stored);
-                }
-                base_tokens = Some(stored);
+        if trust_store && let Some(stored) = self.reload(key, base_tokens.as_ref()).await {
+            if token::freshness(stored.expires_at(), config.skew, config.clock.now()) == Freshness::Fresh {
+                return Produced::Adopted(stored);
             }
+            base_tokens = Some(stored);
+        }
         Counters::bump(&self.inner.stats.refreshes);
         match config.source.fetch(base_tokens.as_ref()).await {
             Ok(tokens) => Produced::Fetched(tokens.inherit_refresh_token(base_tokens.as_ref()), Ok(()), None),
@@ -511,14 +510,13 @@ impl TokenCache {
                 // token we just spent a stale copy of.
                 // Not when our own last save failed: the store then holds an older set, whose
                 // refresh token was rotated away.
-                if trust_store
-                    && let Some(stored) = self.reload(key, base_tokens.as_ref()).await {
-                        let now = config.clock.now();
-                        if token::freshness(stored.expires_at(), Duration::ZERO, now) != Freshness::Expired {
-                            tracing::info!(key = %key, "refresh token was rejected but the store holds newer tokens; adopting them");
-                            return Produced::Adopted(stored);
-                        }
+                if trust_store && let Some(stored) = self.reload(key, base_tokens.as_ref()).await {
+                    let now = config.clock.now();
+                    if token::freshness(stored.expires_at(), Duration::ZERO, now) != Freshness::Expired {
+                        tracing::info!(key = %key, "refresh token was rejected but the store holds newer tokens; adopting them");
+                        return Produced::Adopted(stored);
                     }
+                }
                 Produced::Failed(reauthorization(key, &reason))
             }
             Err(source) => Produced::Failed(Error::Refresh { key: key.clone(), source }),
@@ -640,9 +638,13 @@ impl TokenCache {
 
     /// Records a transient failure: a cool-down with exponential backoff that honours
     /// `Retry-After`.
-    fn fail_transiently(&self, state: &mut SlotState, key: &TokenKey, source: RefreshError) -> Error {
+    fn fail_transiently(&self, state: &mut SlotState, key: &TokenKey, mut source: RefreshError) -> Error {
         Counters::bump(&self.inner.stats.refresh_failures);
         let wait = self.cool_down(state, source.retry_after());
+        // The caller is told the wait the layer keeps: a broken `Retry-After` capped.
+        if let RefreshError::Protocol { retry_after: Some(asked), .. } = &mut source {
+            *asked = (*asked).min(self.inner.config.max_retry_after);
+        }
         tracing::warn!(key = %key, error = %source, cool_down_ms = wait.as_millis() as u64, "refresh failed");
         Error::Refresh { key: key.clone(), source }
     }
@@ -762,6 +764,7 @@ impl TokenCache {
         });
         let save = slot.save_lock.lock().await;
         let saved = config.store.save(key, &tokens).await;
+        let tokens_for_retry = tokens.clone();
         let generation = {
             let mut state = slot.state.lock();
             let lease = publish(&mut state, tokens, None);
@@ -775,12 +778,25 @@ impl TokenCache {
         drop(save);
         let _ = slot.loaded.set(());
         if let Some(lock) = lock
-            && let Err(err) = lock.unlock().await {
-                self.report_store_error(key, &err);
-            }
+            && let Err(err) = lock.unlock().await
+        {
+            self.report_store_error(key, &err);
+        }
+        // A fenced store may refuse a save under its lock when a save without the lock landed in
+        // between. The user has just authorized: these tokens win, unconditionally.
+        let saved = match saved {
+            Err(StoreError::Superseded) => config.store.save(key, &tokens_for_retry).await,
+            other => other,
+        };
         tracing::info!(key = %key, generation, "tokens set");
         match saved {
-            Ok(()) => Ok(generation),
+            Ok(()) => {
+                let mut state = slot.state.lock();
+                if state.unsaved == Some(generation) {
+                    state.unsaved = None;
+                }
+                Ok(generation)
+            }
             Err(source) => {
                 self.report_store_error(key, &source);
                 self.spawn_save_retry(slot, generation);
@@ -810,9 +826,10 @@ impl TokenCache {
             return TokenState::Refreshing { generation: state.generation };
         }
         if let Some(retry_after) = state.cooldown_until.and_then(|until| until.duration_since(now).ok())
-            && !retry_after.is_zero() {
-                return TokenState::CoolingDown { generation: state.generation, retry_after };
-            }
+            && !retry_after.is_zero()
+        {
+            return TokenState::CoolingDown { generation: state.generation, retry_after };
+        }
         match &state.current {
             Some(lease) => TokenState::Ready { generation: lease.generation, expires_at: lease.tokens.expires_at() },
             None => TokenState::Empty,

@@ -207,9 +207,10 @@ pub(crate) fn parse_challenges(value: &str) -> Vec<Challenge> {
             // challenge before it. With no challenge before it, there is nothing to attach it to.
             cursor.pos = start;
             if let Some(param) = cursor.auth_param()
-                && let Some(last) = challenges.last_mut() {
-                    last.params.push(param);
-                }
+                && let Some(last) = challenges.last_mut()
+            {
+                last.params.push(param);
+            }
             cursor.skip_rest_of_element();
             continue;
         }

@@ -291,7 +291,7 @@ pub enum StoreError {
     #[error("the token store holds newer tokens than the ones being saved")]
     Superseded,
     /// Any other backend failure (a Redis or database error, ...).
-    #[error("the token store's backend failed")]
+    #[error("the token store's backend failed: {0}")]
     Backend(#[source] Arc<dyn StdError + Send + Sync>),
 }
 

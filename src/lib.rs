@@ -125,11 +125,16 @@ mod key;
 mod middleware;
 mod origin;
 mod peek;
+#[cfg(test)]
+mod proptests;
 mod source;
 mod stats;
 mod store;
 mod token;
 
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "testkit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;

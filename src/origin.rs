@@ -23,9 +23,10 @@ impl OriginPolicy {
     /// Why `url` must not get the token, or `None` when it may.
     pub(crate) fn refuses(&self, url: &Url) -> Option<&'static str> {
         if let Some(allowed) = &self.allowed
-            && !allowed.contains(&url.origin()) {
-                return Some("origin not in the allowed list");
-            }
+            && !allowed.contains(&url.origin())
+        {
+            return Some("origin not in the allowed list");
+        }
         match url.scheme() {
             "https" => None,
             "http" if self.allow_insecure_http || is_loopback(url) => None,

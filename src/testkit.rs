@@ -453,9 +453,10 @@ impl Drop for MockProvider {
         // The server's drop verifies `expect(..)` counts and panics when one is unmet: pass that
         // on to the test, unless it is already failing.
         if let Err(panic) = dropped
-            && !std::thread::panicking() {
-                std::panic::resume_unwind(panic);
-            }
+            && !std::thread::panicking()
+        {
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 

@@ -170,6 +170,10 @@ impl TokenEndpoint {
         while let Some(chunk) = answer.chunk().await.map_err(transport)? {
             if body.len() + chunk.len() > self.max_response_bytes {
                 body.extend_from_slice(&chunk[..self.max_response_bytes.saturating_sub(body.len())]);
+                if !status.is_success() {
+                    // An error is judged by its status and `Retry-After`; the body is only shown.
+                    return Err(response::parse_failure(status, &headers, &body, self.clock.now()));
+                }
                 return Err(RefreshError::InvalidResponse {
                     status,
                     reason: format!("the answer is larger than {} bytes", self.max_response_bytes),

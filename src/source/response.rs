@@ -39,7 +39,8 @@ pub(crate) fn parse_success(
         body: excerpt(body),
         rotated_refresh_token: None,
     };
-    let value: Value = serde_json::from_slice(body).map_err(|e| unreadable(format!("the body is not JSON ({e})")))?;
+    let value: Value =
+        serde_json::from_slice(strip_bom(body)).map_err(|e| unreadable(format!("the body is not JSON ({e})")))?;
     let value = match mapper {
         Some(map) => map(value).map_err(|error| RefreshError::Protocol {
             status,
@@ -130,12 +131,17 @@ fn parse_expires_in(value: &Value) -> Result<Option<Duration>, String> {
             MAX_EXPIRES_IN.as_secs()
         ));
     }
-    Ok(Some(Duration::from_secs_f64(seconds)))
+    match Duration::from_secs_f64(seconds) {
+        // A lifetime that rounds to nothing is read like 0: no known expiry.
+        lifetime if lifetime.is_zero() => Ok(None),
+        lifetime => Ok(Some(lifetime)),
+    }
 }
 
 /// Turns a non-2xx answer into a protocol error.
 pub(crate) fn parse_failure(status: StatusCode, headers: &HeaderMap, body: &[u8], now: SystemTime) -> RefreshError {
-    let error = serde_json::from_slice::<Value>(body).ok().and_then(|value| oauth_error(&value)).map(Box::new);
+    let error =
+        serde_json::from_slice::<Value>(strip_bom(body)).ok().and_then(|value| oauth_error(&value)).map(Box::new);
     RefreshError::Protocol {
         status,
         body: if error.is_some() { String::new() } else { excerpt(body) },
@@ -169,6 +175,7 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Durati
 /// The start of a body for an error message: capped, lossily decoded, and with the values of
 /// token fields replaced so that a half-valid token response never puts a secret in a log.
 pub(crate) fn excerpt(body: &[u8]) -> String {
+    let body = strip_bom(body);
     if let Ok(mut value) = serde_json::from_slice::<Value>(body) {
         redact(&mut value);
         return cap(&value.to_string());
@@ -176,32 +183,16 @@ pub(crate) fn excerpt(body: &[u8]) -> String {
     cap(&redact_text(&String::from_utf8_lossy(&body[..body.len().min(EXCERPT_BYTES * 4)])))
 }
 
-/// Redacts secret fields in text that is not JSON: a form-encoded answer, a truncated JSON
-/// document, an error page that echoes the request. After each secret field's name, the value
-/// (past any quote, colon, equals sign or space) is replaced up to the next delimiter.
+/// Redacts text that is not JSON: a form-encoded answer, a truncated JSON document, an error
+/// page that echoes the request. Finding where a value ends in text of unknown shape is guesswork
+/// (escaped quotes, line breaks, nested encodings), so the text is cut at the first secret field
+/// name instead: what comes before it is shown, nothing after it.
 fn redact_text(text: &str) -> String {
-    let mut out = text.to_owned();
-    for name in SECRET_FIELDS {
-        let mut from = 0;
-        while let Some(found) = out[from..].find(name) {
-            let mut start = from + found + name.len();
-            let bytes = out.as_bytes();
-            while start < bytes.len() && matches!(bytes[start], b'"' | b'\'' | b':' | b'=' | b' ' | b'\t' | b'\\') {
-                start += 1;
-            }
-            let end = out[start..]
-                .find(|c: char| matches!(c, '"' | '\'' | '&' | ',' | '}' | '\\') || c.is_whitespace())
-                .map_or(out.len(), |i| start + i);
-            if end > start {
-                out.replace_range(start..end, "[redacted]");
-            }
-            from = start + if end > start { "[redacted]".len() } else { 0 };
-            if from >= out.len() {
-                break;
-            }
-        }
+    let lowered = text.to_ascii_lowercase();
+    match SECRET_FIELDS.iter().filter_map(|name| lowered.find(name)).min() {
+        Some(first) => format!("{}[redacted]", &text[..first]),
+        None => text.to_owned(),
     }
-    out
 }
 
 /// Replaces every occurrence of the secrets that were just sent (the refresh token, the client
@@ -219,22 +210,35 @@ pub(crate) fn scrub(mut err: RefreshError, secrets: &[&str]) -> RefreshError {
     err
 }
 
+/// Redacts a parsed JSON body: the values of secret fields, and whole strings that name a secret
+/// field (a token response nested as a JSON string, say).
 fn redact(value: &mut Value) {
     match value {
         Value::Object(fields) => redact_fields(fields),
         Value::Array(items) => items.iter_mut().for_each(redact),
+        Value::String(text) => {
+            let lowered = text.to_ascii_lowercase();
+            if SECRET_FIELDS.iter().any(|name| lowered.contains(name)) {
+                *text = "[redacted]".into();
+            }
+        }
         _ => {}
     }
 }
 
 fn redact_fields(fields: &mut Map<String, Value>) {
     for (name, value) in fields.iter_mut() {
-        if SECRET_FIELDS.contains(&name.as_str()) {
+        if SECRET_FIELDS.contains(&name.to_ascii_lowercase().as_str()) {
             *value = Value::String("[redacted]".into());
         } else {
             redact(value);
         }
     }
+}
+
+/// A body without its UTF-8 byte-order mark, which some servers put before JSON.
+fn strip_bom(body: &[u8]) -> &[u8] {
+    body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
 }
 
 fn cap(text: &str) -> String {
