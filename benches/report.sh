@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Regenerates BENCHMARKS.md: runs every bench in full (about six minutes on two cores, after the
+# build) and writes the machine, the headline and the tables from this one run.
+#
+#   bash benches/report.sh              # all benches, then BENCHMARKS.md
+#   RTR_BENCH_QUICK=1 bash benches/report.sh   # a short pass (N up to 1,000); tables not for quoting
+#
+# Everything runs against servers the benches start on 127.0.0.1 and stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+target="${CARGO_TARGET_DIR:-target}"
+out="$target/rtr-bench"
+rm -rf "$out"
+mkdir -p "$out"
+export RTR_BENCH_OUT="$out"
+
+benches=(happy_path storm proactive memory)
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+started="$(date -u +%Y-%m-%dT%H:%MZ)"
+for bench in "${benches[@]}"; do
+    echo "== cargo bench --bench $bench"
+    cargo bench --bench "$bench"
+done
+load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+quick_note=""
+if [[ -n "${RTR_BENCH_QUICK:-}" && "${RTR_BENCH_QUICK}" != "0" ]]; then
+    quick_note="> **Quick mode** (\`RTR_BENCH_QUICK=1\`): small storms and short measurements; these tables only show that the benches run. Regenerate without it before quoting anything."
+fi
+
+{
+    cat <<'EOF'
+# Benchmarks
+
+How `reqwest-token-refresh` behaves under concurrent 401 storms and what it costs on the happy path,
+side by side with what users would pick instead. Every table below comes from one run of
+`bash benches/report.sh` on the machine described under "Machine"; the machine is shared and noisy,
+so the tables quote medians, and each time is compared with a reference measured next to it in the
+same run (a ratio), never with a number from another run.
+
+EOF
+    if [[ -n "$quick_note" ]]; then printf '%s\n\n' "$quick_note"; fi
+    cat <<'EOF'
+## Headline
+
+EOF
+    cat "$out/storm.headline.md"
+    cat "$out/proactive.headline.md"
+    echo
+    cat "$out/happy_path.headline.md"
+    echo
+    cat "$out/memory.headline.md"
+    cat <<'EOF'
+
+## What is compared
+
+- **reqwest-token-refresh**: this crate as a user builds it (`RefreshTokenGrant`, in-memory store,
+  default 30 s skew).
+- **reqwest-chain 2** with a `Chainer` that refreshes on every 401 and retries once (the pattern of
+  that crate's own `reauthorize` test): no single flight.
+- **huskarl 0.11 + huskarl-reqwest**: huskarl's `InMemoryTokenCache` (a single flight behind a mutex
+  with a re-check) and `HttpAuthorizer`, behind a small adapter middleware that follows huskarl's
+  documented request loop (`get_headers`, send, `process_response`, resend once on 401).
+- **mutex for every request**: the hand-written pattern "lock a mutex for every request, refresh
+  under it, compare tokens on 401", written from scratch in `benches/common/designs.rs`.
+- **lower bound**: no middleware; bare reqwest on the same client and server doing the least work
+  any design must do: each of N requests is sent with the rejected token and, on its 401, again
+  with the new token, and the first 401 makes the one token call (2N plain requests + 1 token
+  call). Each storm is paired with a lower-bound run just before it, and "wall / lower bound" is
+  the median of those pairs.
+
+The provider is a lean hyper 1.x server (`benches/common/server.rs`): it rotates refresh tokens
+(each works once), revokes the whole token family when a spent one comes back (RFC 9700 §4.14.2),
+answers its token endpoint after 20 ms, and answers a rejected access token with
+`401 WWW-Authenticate: Bearer error="invalid_token"`. The storms multiplex all N requests as
+HTTP/2 streams on one connection (prior knowledge over plain http to 127.0.0.1, as against an API
+that speaks HTTP/2 over TLS); the happy path uses HTTP/1.1 keep-alive, one connection per
+concurrent request. Server, clients and runtime share one process and the machine's two cores.
+
+Reading the storm tables: a design that refreshes behind a lock held while requests are being sent
+(huskarl's cache, the hand-written mutex) stops sending the dead token as soon as the first 401
+comes back, so at N = 10,000 many of its requests never see a 401 and it does less work than the
+"2N requests" lower bound (a ratio under 1). "Requests answered 401" shows how many did.
+
+## How to run
+
+```sh
+bash benches/report.sh                    # every bench in full, then this file (about 6 minutes)
+cargo bench --bench storm                 # one bench; tables in target/rtr-bench/
+cargo bench --bench storm -- storm/1000   # criterion filters work as usual
+RTR_BENCH_QUICK=1 cargo test --bench happy_path --bench storm --bench memory --bench proactive
+                                          # what CI runs: each bench once, N up to 1,000
+```
+
+| bench | question |
+| --- | --- |
+| `benches/happy_path.rs` | requests/s and CPU per request with a valid token: bare reqwest, reqwest-middleware with no layer, this layer; concurrency 1 and 64; and the layer alone, without the network |
+| `benches/storm.rs` | N = 100, 1,000, 10,000 requests holding a token the provider rejects: token calls, failed requests, wall time, p50/p99, ratio to the lower bound |
+| `benches/proactive.rs` | the same storm with the token inside the skew window: token calls, requests that ever see a 401 |
+| `benches/memory.rs` | peak heap of a 10,000-request storm with every request waiting for the refresh at once, against the same requests through bare reqwest (a counting global allocator) |
+
+`RTR_BENCH_QUICK=1` makes the storms N = 100 and 1,000 and the measurements short. Raw samples of
+the storm benches are written to `target/rtr-bench/*.csv`.
+
+EOF
+    cat <<EOF
+## Machine
+
+| | |
+| --- | --- |
+| CPU | $cpu |
+| cores (\`nproc\`) | $(nproc) |
+| memory | $(free -h | awk '/^Mem:/{print $2}') |
+| kernel | $(uname -sr) |
+| rustc | $(rustc --version) |
+| commit | $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (with local changes in src/)') |
+| run | $started, load average $load_before before and $load_after after |
+
+## Results
+
+EOF
+    for bench in "${benches[@]}"; do
+        cat "$out/$bench.md"
+        echo
+    done
+} > BENCHMARKS.md
+
+echo "== wrote BENCHMARKS.md"
