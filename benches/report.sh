@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates BENCHMARKS.md: runs every bench in full (about six minutes on two cores, after the
+# Regenerates BENCHMARKS.md: runs every bench in full (about five minutes on two cores, after the
 # build) and writes the machine, the headline and the tables from this one run.
 #
 #   bash benches/report.sh              # all benches, then BENCHMARKS.md
@@ -88,7 +88,7 @@ comes back, so at N = 10,000 many of its requests never see a 401 and it does le
 ## How to run
 
 ```sh
-bash benches/report.sh                    # every bench in full, then this file (about 6 minutes)
+bash benches/report.sh                    # every bench in full, then this file (about 5 minutes)
 cargo bench --bench storm                 # one bench; tables in target/rtr-bench/
 cargo bench --bench storm -- storm/1000   # criterion filters work as usual
 RTR_BENCH_QUICK=1 cargo test --bench happy_path --bench storm --bench memory --bench proactive
