@@ -80,9 +80,10 @@ pub(crate) struct CacheConfig {
 pub(crate) struct Lease {
     pub(crate) tokens: Arc<TokenSet>,
     pub(crate) generation: u64,
-    /// Why the access token cannot be sent, when it cannot (a garbled token that was still saved
+    /// The `Authorization` header for this token, built once when it is published rather than on
+    /// every request; or why the token cannot be sent (a garbled token that was still saved
     /// because it came with a new refresh token).
-    pub(crate) unusable: Option<String>,
+    pub(crate) header: Result<http::HeaderValue, String>,
     /// When it was fetched, if this layer fetched it: the token's lifetime is then known, and
     /// bounds the skew window for short-lived tokens. Unknown for loaded or installed tokens.
     pub(crate) fetched_at: Option<SystemTime>,
@@ -95,7 +96,7 @@ impl Lease {
     }
 
     fn freshness(&self, skew: Duration, now: SystemTime) -> Freshness {
-        if self.unusable.is_some() {
+        if self.header.is_err() {
             return Freshness::Expired;
         }
         let expires_at = self.tokens.expires_at();
@@ -586,7 +587,7 @@ impl TokenCache {
                     } else {
                         state.unsaved = None;
                     }
-                    match (&lease.unusable, failure) {
+                    match (lease.header.as_ref().err(), failure) {
                         (_, Some(failure)) => Err(self.fail_transiently(&mut state, key, failure)),
                         (None, None) => {
                             tracing::info!(key = %key, generation = lease.generation, "token refreshed");
@@ -918,8 +919,8 @@ fn evict_idle(slots: &mut HashMap<TokenKey, Arc<Slot>>, capacity: usize) {
 
 fn publish(state: &mut SlotState, tokens: TokenSet, fetched_at: Option<SystemTime>) -> Lease {
     state.generation += 1;
-    let unusable = token::check_header_safe(tokens.access_token().secret()).err().map(|p| p.to_string());
-    let lease = Lease { tokens: Arc::new(tokens), generation: state.generation, unusable, fetched_at };
+    let header = token::bearer_header(tokens.access_token()).map_err(|problem| problem.to_string());
+    let lease = Lease { tokens: Arc::new(tokens), generation: state.generation, header, fetched_at };
     state.current = Some(lease.clone());
     lease
 }

@@ -40,8 +40,10 @@ impl TokenKey {
 }
 
 impl Default for TokenKey {
+    /// The default key. Every request without a key asks for it, so it is built once and shared.
     fn default() -> Self {
-        Self::new(Self::DEFAULT_NAME)
+        static DEFAULT: std::sync::OnceLock<TokenKey> = std::sync::OnceLock::new();
+        DEFAULT.get_or_init(|| Self::new(Self::DEFAULT_NAME)).clone()
     }
 }
 

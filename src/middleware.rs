@@ -176,8 +176,7 @@ impl TokenRefresh {
     }
 
     fn authorize(&self, request: &mut Request, key: &TokenKey, lease: &Lease) -> Result<(), Error> {
-        let value = token::bearer_header(lease.tokens.access_token())
-            .map_err(|problem| Error::InvalidAccessToken { key: key.clone(), problem: problem.to_string() })?;
+        let value = lease.header.clone().map_err(|problem| Error::InvalidAccessToken { key: key.clone(), problem })?;
         request.headers_mut().insert(AUTHORIZATION, value);
         Ok(())
     }
