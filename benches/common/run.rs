@@ -244,3 +244,67 @@ pub fn pairs_csv(pairs: &[Pair]) -> String {
     }
     out
 }
+
+/// The token endpoint's latency in the storm benches.
+pub const STORM_TOKEN_LATENCY: Duration = Duration::from_millis(20);
+
+/// Runs the storm benches for one scenario: every design at every N, each storm paired with a
+/// lower-bound run, under the criterion group `<group>/<n>`. Returns the pairs and the sizes.
+pub fn storm_bench(group: &str, scenario: Scenario) -> (Vec<Pair>, Vec<usize>) {
+    use criterion::{SamplingMode, Throughput};
+
+    let mut criterion = super::storm_criterion();
+    let rt = super::runtime();
+    let server = rt.block_on(Server::start(STORM_TOKEN_LATENCY));
+    // Open the connection and warm both sides before anything is measured.
+    rt.block_on(run_pair(Design::Ours, 1_000, scenario, &server));
+
+    let sizes = super::storm_sizes();
+    let mut pairs = Vec::new();
+    for &n in &sizes {
+        let mut bench = criterion.benchmark_group(format!("{group}/{n}"));
+        bench.sampling_mode(SamplingMode::Flat).throughput(Throughput::Elements(n as u64));
+        bench.measurement_time(super::storm_measurement_time(&rt, n, scenario, &server));
+        for design in Design::ALL {
+            bench.bench_function(design.id(), |b| {
+                b.iter_custom(|iters| {
+                    let mut timed = Duration::ZERO;
+                    for _ in 0..iters {
+                        let pair = rt.block_on(run_pair(design, n, scenario, &server));
+                        timed += pair.wall;
+                        pairs.push(pair);
+                    }
+                    timed
+                })
+            });
+        }
+        bench.finish();
+    }
+    criterion.final_summary();
+    (pairs, sizes)
+}
+
+/// One line per design across every N, each cell rendered by `cell` from that storm's summary.
+pub fn headline_table(title: &str, pairs: &[Pair], sizes: &[usize], cell: impl Fn(&Summary) -> String) -> String {
+    let mut out = format!("{title}\n\n| design |");
+    for &n in sizes {
+        let _ = write!(out, " N = {} |", thousands(n));
+    }
+    out.push_str("\n| --- |");
+    out.push_str(&" ---: |".repeat(sizes.len()));
+    out.push('\n');
+    for design in Design::ALL {
+        let _ = write!(out, "| {} |", design.label());
+        for &n in sizes {
+            match summarise(pairs, design, n) {
+                Some(summary) => {
+                    let _ = write!(out, " {} |", cell(&summary));
+                }
+                None => out.push_str(" |"),
+            }
+        }
+        out.push('\n');
+    }
+    out.push('\n');
+    out
+}
