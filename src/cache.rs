@@ -5,9 +5,11 @@
 //! Every published token set gets a generation number. A request remembers the generation it
 //! sent; when it comes back 401, it asks for a token newer than that generation. If one is
 //! already published, it gets it at once (the 401 was stale). If a refresh is running, it waits
-//! for that refresh. Only otherwise does it start one. A refresh runs in a task of its own and its
-//! outcome is broadcast to every waiter, so dropping any request (even the one that started it)
-//! neither cancels the refresh nor strands the others.
+//! for that refresh. Only otherwise does it start one. While that refresh runs, the rejected token
+//! is not handed out again: requests that start meanwhile wait for the refresh rather than collect
+//! a 401 of their own first. A refresh runs in a task of its own and its outcome is broadcast to
+//! every waiter, so dropping any request (even the one that started it) neither cancels the
+//! refresh nor strands the others.
 //!
 //! # Why save before publish
 //!
@@ -164,6 +166,22 @@ struct SlotState {
     failures: u32,
     /// The generation whose save failed and is being retried.
     unsaved: Option<u64>,
+    /// The newest generation a server answered 401 to. While a refresh replaces it, it is not
+    /// handed out again: new requests wait for the refresh instead of collecting a 401 first.
+    rejected: u64,
+}
+
+impl SlotState {
+    /// The current token if a request may send it without waiting: the key is not dead, the
+    /// token is fresh, and it is not one a server rejected that a running refresh is replacing.
+    fn ready(&self, skew: Duration, now: SystemTime) -> Option<&Lease> {
+        if self.terminal.is_some() {
+            return None;
+        }
+        let current = self.current.as_ref()?;
+        let replaced = self.flight.is_some() && current.generation <= self.rejected;
+        (!replaced && current.freshness(skew, now) == Freshness::Fresh).then_some(current)
+    }
 }
 
 struct Slot {
@@ -183,6 +201,9 @@ struct Inner {
     slots: Mutex<HashMap<TokenKey, Arc<Slot>>>,
     flight_ids: AtomicU64,
     ticks: AtomicU64,
+    /// The default key's slot, once created: most clients use only that key, and their requests
+    /// find it without the map's lock or a hash. Holding it here also keeps it from eviction.
+    default_slot: std::sync::OnceLock<Arc<Slot>>,
 }
 
 /// A request's hold on a key: the token it sends and the slot it came from. Holding the slot
@@ -190,6 +211,27 @@ struct Inner {
 pub(crate) struct Ticket {
     pub(crate) lease: Lease,
     slot: Arc<Slot>,
+}
+
+impl Ticket {
+    /// What is left of the ticket once its token is on the request: all a 401 needs.
+    pub(crate) fn sent(self) -> Sent {
+        Sent { generation: self.lease.generation, slot: self.slot }
+    }
+}
+
+/// A request that went out with a key's token: the token's generation, and the slot (still held
+/// against eviction).
+pub(crate) struct Sent {
+    generation: u64,
+    slot: Arc<Slot>,
+}
+
+impl Sent {
+    /// The generation of the token the request carried.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
 }
 
 /// Per-key tokens, generations and single flights. Cheap to clone.
@@ -244,26 +286,35 @@ impl TokenCache {
                 slots: Mutex::new(HashMap::new()),
                 flight_ids: AtomicU64::new(0),
                 ticks: AtomicU64::new(0),
+                default_slot: std::sync::OnceLock::new(),
             }),
         }
     }
 
     fn slot(&self, key: &TokenKey) -> Arc<Slot> {
-        let tick = self.inner.ticks.fetch_add(1, Ordering::Relaxed);
+        if key.is_default()
+            && let Some(slot) = self.inner.default_slot.get()
+        {
+            self.touch(slot);
+            return slot.clone();
+        }
         let mut slots = self.inner.slots.lock();
         let slot = slots
             .entry(key.clone())
             .or_insert_with(|| {
                 Arc::new(Slot {
                     key: key.clone(),
-                    last_used: AtomicU64::new(tick),
+                    last_used: AtomicU64::new(0),
                     loaded: tokio::sync::OnceCell::new(),
                     save_lock: tokio::sync::Mutex::new(()),
                     state: Mutex::new(SlotState::default()),
                 })
             })
             .clone();
-        slot.last_used.store(tick, Ordering::Relaxed);
+        self.touch(&slot);
+        if key.is_default() {
+            let _ = self.inner.default_slot.set(slot.clone());
+        }
         if let Some(capacity) = self.inner.config.max_cached_keys {
             // Evict in batches (an eighth of the capacity over it) so that the scan is amortised.
             if slots.len() > capacity + (capacity / 8).max(16) {
@@ -273,9 +324,30 @@ impl TokenCache {
         slot
     }
 
+    /// Records a use of the slot, for eviction; nothing to record when the cache is unbounded.
+    fn touch(&self, slot: &Slot) {
+        if self.inner.config.max_cached_keys.is_some() {
+            let tick = self.inner.ticks.fetch_add(1, Ordering::Relaxed);
+            slot.last_used.store(tick, Ordering::Relaxed);
+        }
+    }
+
     /// How many keys are held in memory.
     pub(crate) fn cached_keys(&self) -> usize {
         self.inner.slots.lock().len()
+    }
+
+    /// The fast path of [`lease`](Self::lease): the current token when the key is loaded and its
+    /// token fresh, without waiting (and without the future a wait needs). `None` when
+    /// [`lease`](Self::lease) has work to do.
+    pub(crate) fn lease_ready(&self, key: &TokenKey) -> Option<Ticket> {
+        let slot = self.slot(key);
+        if !slot.loaded.initialized() {
+            return None;
+        }
+        let config = &self.inner.config;
+        let lease = slot.state.lock().ready(config.skew, config.clock.now())?.clone();
+        Some(Ticket { lease, slot })
     }
 
     /// The token a request should send now: the current one if fresh, else the outcome of a
@@ -298,16 +370,15 @@ impl TokenCache {
                 return Err(reauthorization(key, reason));
             }
             let now = config.clock.now();
-            let freshness = state.current.as_ref().map(|lease| lease.freshness(config.skew, now));
-            if freshness == Some(Freshness::Fresh)
-                && let Some(current) = &state.current
-            {
-                return Ok(current.clone());
+            if let Some(ready) = state.ready(config.skew, now) {
+                return Ok(ready.clone());
             }
-            let fallback = match freshness {
-                Some(Freshness::ExpiresSoon) => state.current.clone(),
-                _ => None,
-            };
+            // A token inside the skew window is still sent should its refresh fail.
+            let fallback = state
+                .current
+                .as_ref()
+                .filter(|lease| lease.freshness(config.skew, now) == Freshness::ExpiresSoon)
+                .cloned();
             match self.join_or_start(slot, &mut state, now) {
                 Ok(flight) => (flight, fallback),
                 Err(cooling) => {
@@ -333,21 +404,21 @@ impl TokenCache {
 
     /// A token newer than `rejected` (the generation a server just answered 401 to): the already
     /// published one if there is one, else the outcome of the refresh this starts or joins.
-    pub(crate) async fn renew(&self, ticket: &Ticket) -> Result<Ticket, Error> {
-        let slot = &ticket.slot;
-        let (key, rejected) = (&slot.key, ticket.lease.generation);
-        let ticket = |lease: Lease| Ticket { lease, slot: slot.clone() };
+    pub(crate) async fn renew(&self, sent: &Sent) -> Result<Lease, Error> {
+        let slot = &sent.slot;
+        let (key, rejected) = (&slot.key, sent.generation);
         let flight = {
             let mut state = slot.state.lock();
             if let Some(reason) = &state.terminal {
                 Counters::bump(&self.inner.stats.fail_fast);
                 return Err(reauthorization(key, reason));
             }
+            state.rejected = state.rejected.max(rejected);
             if state.generation > rejected {
                 let now = self.inner.config.clock.now();
                 if let Some(current) = state.current.clone().filter(|lease| lease.is_sendable(now)) {
                     tracing::debug!(key = %key, rejected, current = current.generation, "stale 401: a newer token is already published");
-                    return Ok(ticket(current));
+                    return Ok(current);
                 }
             }
             let now = self.inner.config.clock.now();
@@ -359,7 +430,7 @@ impl TokenCache {
                 }
             }
         };
-        self.wait(slot, flight).await.map(ticket)
+        self.wait(slot, flight).await
     }
 
     fn join_or_start(&self, slot: &Arc<Slot>, state: &mut SlotState, now: SystemTime) -> Result<Flight, Error> {
@@ -679,7 +750,7 @@ impl TokenCache {
                 // store: a restart must never bring back a refresh token that was rotated away.
                 let (tokens, seeded) = match stored {
                     Some(tokens) => (Some(tokens), false),
-                    None if *key == TokenKey::default() => (config.initial_tokens.clone(), true),
+                    None if key.is_default() => (config.initial_tokens.clone(), true),
                     None => (None, false),
                 };
                 let Some(mut tokens) = tokens else { return Ok(()) };

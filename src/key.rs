@@ -37,6 +37,11 @@ impl TokenKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether this is the default key.
+    pub(crate) fn is_default(&self) -> bool {
+        &*self.0 == Self::DEFAULT_NAME
+    }
 }
 
 impl Default for TokenKey {

@@ -1,15 +1,16 @@
 //! [`TokenRefresh`], the middleware, and its builder.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use http::{Extensions, StatusCode, header::AUTHORIZATION};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
-use crate::cache::{CacheConfig, Lease, TokenCache, TokenState};
+use crate::cache::{CacheConfig, Lease, Sent, Ticket, TokenCache, TokenState};
 use crate::challenge::{self, Rejection};
 use crate::clock::{self, Clock};
 use crate::error::{Error, RefreshError, StoreError};
@@ -182,55 +183,106 @@ impl TokenRefresh {
     }
 }
 
-#[async_trait]
+/// Written out rather than with `#[async_trait]`: what can be decided without waiting is decided
+/// before any future exists. A request that passes through gets the next middleware's future
+/// as it is, and a request with a fresh token gets the small future of [`TokenRefresh::send`].
+/// That future is one allocation per request, so it stays within the allocator's per-thread
+/// cache (`tests/all/footprint.rs`); waiting for a token and handling a 401 are boxed futures of
+/// their own, allocated only when needed.
 impl Middleware for TokenRefresh {
-    async fn handle(
-        &self,
-        mut request: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<Response> {
+    fn handle<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        request: Request,
+        extensions: &'life1 mut Extensions,
+        next: Next<'life2>,
+    ) -> Sending<'async_trait>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
         if extensions.get::<SkipAuth>().is_some() || request.headers().contains_key(AUTHORIZATION) {
-            return next.run(request, extensions).await;
+            return next.run(request, extensions);
         }
         if crate::cache::in_refresh() {
             // A token source calling its token endpoint through this very layer: the request
             // must not wait for the refresh it is part of.
             tracing::debug!("request from inside a refresh passed through without a token");
-            return next.run(request, extensions).await;
+            return next.run(request, extensions);
         }
         if let Some(why) = self.inner.origins.refuses(request.url()) {
             tracing::debug!(url = %request.url().origin().ascii_serialization(), why, "no token attached");
-            return next.run(request, extensions).await;
+            return next.run(request, extensions);
         }
         let key = extensions.get::<TokenKey>().cloned().unwrap_or_default();
-        let stats = &self.inner.stats;
-        Counters::bump(&stats.requests);
+        Counters::bump(&self.inner.stats.requests);
+        match self.inner.cache.lease_ready(&key) {
+            Some(ticket) => self.send(request, ticket, key, extensions, next),
+            None => Box::pin(async move {
+                let ticket = self.inner.cache.lease(&key).await?;
+                self.send(request, ticket, key, extensions, next).await
+            }),
+        }
+    }
+}
 
-        let ticket = self.inner.cache.lease(&key).await?;
-        let lease = &ticket.lease;
+type Sending<'a> = Pin<Box<dyn Future<Output = reqwest_middleware::Result<Response>> + Send + 'a>>;
+
+impl TokenRefresh {
+    /// Sends the request with the ticket's token; on a 401, goes on in [`Self::unauthorized`].
+    fn send<'a>(
+        &'a self,
+        mut request: Request,
+        ticket: Ticket,
+        key: TokenKey,
+        extensions: &'a mut Extensions,
+        next: Next<'a>,
+    ) -> Sending<'a> {
         // A body that cannot be cloned (a stream) is sent once; see contract point 11.
         let retry = request.try_clone();
-        self.authorize(&mut request, &key, lease)?;
-        let response = next.clone().run(request, extensions).await?;
-        if response.status() != StatusCode::UNAUTHORIZED {
-            return Ok(response);
+        if let Err(err) = self.authorize(&mut request, &key, &ticket.lease) {
+            return Box::pin(std::future::ready(Err(err.into())));
         }
-        Counters::bump(&stats.unauthorized);
+        let sent = ticket.sent();
+        Box::pin(async move {
+            let response = next.clone().run(request, extensions).await?;
+            if response.status() != StatusCode::UNAUTHORIZED {
+                return Ok(response);
+            }
+            Box::pin(self.unauthorized(response, retry, sent, key, extensions, next)).await
+        })
+    }
+}
 
+impl TokenRefresh {
+    /// A request came back 401: refresh and retry it once if the 401 says the token is invalid.
+    async fn unauthorized(
+        &self,
+        response: Response,
+        retry: Option<Request>,
+        sent: Sent,
+        key: TokenKey,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let stats = &self.inner.stats;
+        Counters::bump(&stats.unauthorized);
         let (response, rejection) = classify(response).await;
         if !self.inner.refresh_on.accepts(&rejection) {
             tracing::debug!(key = %key, ?rejection, "401 passed through without a refresh");
             return Ok(response);
         }
-        tracing::debug!(key = %key, generation = lease.generation, ?rejection, "401: token rejected");
-        let renewed = self.inner.cache.renew(&ticket).await;
+        tracing::debug!(key = %key, generation = sent.generation(), ?rejection, "401: token rejected");
         let Some(mut retry) = retry else {
-            // The body is gone; the refresh has happened so the caller's own retry will work.
+            // The body is gone; the refresh still happens, so that the caller's own retry works.
+            let _ = self.inner.cache.renew(&sent).await;
             return Ok(response);
         };
-        let renewed = renewed?;
-        self.authorize(&mut retry, &key, &renewed.lease)?;
+        // The 401 is not needed any more: let its connection resources go while the refresh runs.
+        drop(response);
+        let renewed = self.inner.cache.renew(&sent).await?;
+        self.authorize(&mut retry, &key, &renewed)?;
         Counters::bump(&stats.retries);
         let response = next.run(retry, extensions).await?;
         if response.status() == StatusCode::UNAUTHORIZED {

@@ -6,6 +6,7 @@ mod cancellation;
 mod chain;
 mod faults;
 mod file_store;
+mod footprint;
 mod grant;
 mod helpers;
 mod hostile;

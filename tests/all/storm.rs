@@ -31,6 +31,37 @@ async fn storm_of_500_with_a_dead_token_causes_one_refresh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_sent_while_a_rejected_token_is_being_replaced_wait_instead_of_collecting_401s() {
+    let provider = MockProvider::builder().token_latency(Duration::from_millis(300)).start().await;
+    let tokens = provider.issue_tokens();
+    provider.expire_access_tokens();
+    let auth = layer(&provider, tokens).build().unwrap();
+    let client = client_with(&auth);
+    let url = provider.api_url("me");
+
+    // The first request's 401 starts the refresh; the token still looks fresh by its expiry.
+    let first = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move { client.get(&url).send().await.map(|r| r.status().as_u16()) }
+    });
+    for _ in 0..200 {
+        if matches!(auth.state(), reqwest_token_refresh::TokenState::Refreshing { .. }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(matches!(auth.state(), reqwest_token_refresh::TokenState::Refreshing { .. }), "{:?}", auth.state());
+    let later = storm(&client, &url, 100, None).await;
+
+    assert_eq!(first.await.unwrap().unwrap(), 200);
+    assert_eq!(count(&later, 200), 100, "{later:?}");
+    let seen = provider.stats();
+    assert_eq!(seen.api_unauthorized, 1, "only the first request sent the rejected token: {seen:?}");
+    assert_eq!(seen.token_calls, 1);
+    assert_eq!(auth.stats().retries, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storm_with_a_token_known_to_be_expired_refreshes_once_before_sending() {
     let provider = MockProvider::start().await;
     let auth = layer(&provider, provider.issue_expired_tokens()).build().unwrap();
