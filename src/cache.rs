@@ -214,9 +214,10 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
-    /// What is left of the ticket once its token is on the request: all a 401 needs.
-    pub(crate) fn sent(self) -> Sent {
-        Sent { generation: self.lease.generation, slot: self.slot }
+    /// The ticket as a request uses it: the header to send (or why the token cannot be sent),
+    /// and what a 401 will need.
+    pub(crate) fn into_parts(self) -> (Result<http::HeaderValue, String>, Sent) {
+        (self.lease.header, Sent { generation: self.lease.generation, slot: self.slot })
     }
 }
 
@@ -337,17 +338,21 @@ impl TokenCache {
         self.inner.slots.lock().len()
     }
 
-    /// The fast path of [`lease`](Self::lease): the current token when the key is loaded and its
-    /// token fresh, without waiting (and without the future a wait needs). `None` when
+    /// The fast path of [`lease`](Self::lease): the current token's header when the key is loaded
+    /// and its token fresh, without waiting (and without the future a wait needs). `None` when
     /// [`lease`](Self::lease) has work to do.
-    pub(crate) fn lease_ready(&self, key: &TokenKey) -> Option<Ticket> {
+    pub(crate) fn lease_ready(&self, key: &TokenKey) -> Option<(http::HeaderValue, Sent)> {
         let slot = self.slot(key);
         if !slot.loaded.initialized() {
             return None;
         }
         let config = &self.inner.config;
-        let lease = slot.state.lock().ready(config.skew, config.clock.now())?.clone();
-        Some(Ticket { lease, slot })
+        let (header, generation) = {
+            let state = slot.state.lock();
+            let ready = state.ready(config.skew, config.clock.now())?;
+            (ready.header.clone().ok()?, ready.generation)
+        };
+        Some((header, Sent { generation, slot }))
     }
 
     /// The token a request should send now: the current one if fresh, else the outcome of a

@@ -6,11 +6,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Extensions, StatusCode, header::AUTHORIZATION};
+use http::{Extensions, HeaderValue, StatusCode, header::AUTHORIZATION};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
-use crate::cache::{CacheConfig, Lease, Sent, Ticket, TokenCache, TokenState};
+use crate::cache::{CacheConfig, Lease, Sent, TokenCache, TokenState};
 use crate::challenge::{self, Rejection};
 use crate::clock::{self, Clock};
 use crate::error::{Error, RefreshError, StoreError};
@@ -218,10 +218,11 @@ impl Middleware for TokenRefresh {
         let key = extensions.get::<TokenKey>().cloned().unwrap_or_default();
         Counters::bump(&self.inner.stats.requests);
         match self.inner.cache.lease_ready(&key) {
-            Some(ticket) => self.send(request, ticket, key, extensions, next),
+            Some((header, sent)) => self.send(request, header, sent, key, extensions, next),
             None => Box::pin(async move {
-                let ticket = self.inner.cache.lease(&key).await?;
-                self.send(request, ticket, key, extensions, next).await
+                let (header, sent) = self.inner.cache.lease(&key).await?.into_parts();
+                let header = header.map_err(|problem| Error::InvalidAccessToken { key: key.clone(), problem })?;
+                self.send(request, header, sent, key, extensions, next).await
             }),
         }
     }
@@ -230,21 +231,19 @@ impl Middleware for TokenRefresh {
 type Sending<'a> = Pin<Box<dyn Future<Output = reqwest_middleware::Result<Response>> + Send + 'a>>;
 
 impl TokenRefresh {
-    /// Sends the request with the ticket's token; on a 401, goes on in [`Self::unauthorized`].
+    /// Sends the request with `header`; on a 401, goes on in [`Self::unauthorized`].
     fn send<'a>(
         &'a self,
         mut request: Request,
-        ticket: Ticket,
+        header: HeaderValue,
+        sent: Sent,
         key: TokenKey,
         extensions: &'a mut Extensions,
         next: Next<'a>,
     ) -> Sending<'a> {
         // A body that cannot be cloned (a stream) is sent once; see contract point 11.
         let retry = request.try_clone();
-        if let Err(err) = self.authorize(&mut request, &key, &ticket.lease) {
-            return Box::pin(std::future::ready(Err(err.into())));
-        }
-        let sent = ticket.sent();
+        request.headers_mut().insert(AUTHORIZATION, header);
         Box::pin(async move {
             let response = next.clone().run(request, extensions).await?;
             if response.status() != StatusCode::UNAUTHORIZED {

@@ -41,7 +41,8 @@ fn is_loopback(url: &Url) -> bool {
         Some(Host::Ipv4(ip)) => ip.is_loopback(),
         Some(Host::Ipv6(ip)) => ip.is_loopback(),
         Some(Host::Domain(name)) => {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            // `Url` has lowercased the host already.
+            let name = name.trim_end_matches('.');
             name == "localhost" || name.ends_with(".localhost")
         }
         None => false,
@@ -66,7 +67,14 @@ mod tests {
         let policy = OriginPolicy::default();
         assert!(policy.refuses(&url("http://api.example/x")).is_some());
         assert!(policy.refuses(&url("http://10.0.0.1/x")).is_some());
-        for ok in ["http://127.0.0.1:8080/", "http://[::1]/", "http://localhost/", "http://api.localhost/"] {
+        for ok in [
+            "http://127.0.0.1:8080/",
+            "http://[::1]/",
+            "http://localhost/",
+            "http://api.localhost/",
+            "http://LOCALHOST./",
+            "http://Api.LocalHost/",
+        ] {
             assert_eq!(policy.refuses(&url(ok)), None, "{ok}");
         }
         let opted = OriginPolicy { allow_insecure_http: true, ..OriginPolicy::default() };
