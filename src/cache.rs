@@ -366,7 +366,10 @@ impl TokenCache {
 
     async fn lease_in(&self, slot: &Arc<Slot>) -> Result<Lease, Error> {
         let key = &slot.key;
-        self.ensure_loaded(slot).await?;
+        if !slot.loaded.initialized() {
+            // Once per key: boxed, so that waiting for a refresh does not carry its size.
+            Box::pin(self.ensure_loaded(slot)).await?;
+        }
         let config = &self.inner.config;
         let (flight, fallback) = {
             let mut state = slot.state.lock();

@@ -218,7 +218,8 @@ impl Middleware for TokenRefresh {
         let key = extensions.get::<TokenKey>().cloned().unwrap_or_default();
         Counters::bump(&self.inner.stats.requests);
         match self.inner.cache.lease_ready(&key) {
-            Some((header, sent)) => self.send(request, header, sent, key, extensions, next),
+            Some((header, sent)) => Box::pin(self.send(request, header, sent, key, extensions, next)),
+            // One allocation on this path too: the wait and the send share it.
             None => Box::pin(async move {
                 let (header, sent) = self.inner.cache.lease(&key).await?.into_parts();
                 let header = header.map_err(|problem| Error::InvalidAccessToken { key: key.clone(), problem })?;
@@ -232,6 +233,8 @@ type Sending<'a> = Pin<Box<dyn Future<Output = reqwest_middleware::Result<Respon
 
 impl TokenRefresh {
     /// Sends the request with `header`; on a 401, goes on in [`Self::unauthorized`].
+    ///
+    /// Not an `async fn`, which would keep a second copy of each argument in its future.
     fn send<'a>(
         &'a self,
         mut request: Request,
@@ -240,17 +243,17 @@ impl TokenRefresh {
         key: TokenKey,
         extensions: &'a mut Extensions,
         next: Next<'a>,
-    ) -> Sending<'a> {
+    ) -> impl Future<Output = reqwest_middleware::Result<Response>> + Send + 'a {
         // A body that cannot be cloned (a stream) is sent once; see contract point 11.
         let retry = request.try_clone();
         request.headers_mut().insert(AUTHORIZATION, header);
-        Box::pin(async move {
+        async move {
             let response = next.clone().run(request, extensions).await?;
             if response.status() != StatusCode::UNAUTHORIZED {
                 return Ok(response);
             }
             Box::pin(self.unauthorized(response, retry, sent, key, extensions, next)).await
-        })
+        }
     }
 }
 
