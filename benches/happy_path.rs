@@ -26,9 +26,28 @@ use reqwest_token_refresh::{RefreshTokenGrant, TokenRefresh, TokenSet};
 enum Client {
     Bare(reqwest::Client, HeaderValue),
     NoLayer(ClientWithMiddleware, HeaderValue),
+    /// reqwest-middleware with [`PassThrough`] in it (the caller sets the header).
+    PassThrough(ClientWithMiddleware, HeaderValue),
     /// reqwest-middleware with [`Minimal`] in it: the least any layer that can retry does.
     Minimal(ClientWithMiddleware),
     Ours(ClientWithMiddleware),
+}
+
+/// A layer that does nothing but pass the request on: what reqwest-middleware costs once it
+/// holds any layer at all (it clones its middleware stack for every request and boxes every
+/// layer's future).
+struct PassThrough;
+
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for PassThrough {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        next.run(request, extensions).await
+    }
 }
 
 /// The least a token layer that can retry a 401 does on the happy path: set a prebuilt header,
@@ -63,6 +82,7 @@ impl Client {
         match self {
             Client::Bare(..) => "bare-reqwest",
             Client::NoLayer(..) => "reqwest-middleware",
+            Client::PassThrough(..) => "pass-through-layer",
             Client::Minimal(..) => "minimal-layer",
             Client::Ours(..) => "ours",
         }
@@ -72,6 +92,7 @@ impl Client {
         match self {
             Client::Bare(..) => "bare reqwest",
             Client::NoLayer(..) => "reqwest-middleware, no layer",
+            Client::PassThrough(..) => "reqwest-middleware + a layer that does nothing (reference)",
             Client::Minimal(..) => "reqwest-middleware + a minimal retrying layer, `#[async_trait]` (reference)",
             Client::Ours(..) => "**reqwest-token-refresh** (valid token)",
         }
@@ -82,7 +103,7 @@ impl Client {
             Client::Bare(client, token) => {
                 client.get(url.clone()).header(AUTHORIZATION, token.clone()).send().await.ok()
             }
-            Client::NoLayer(client, token) => {
+            Client::NoLayer(client, token) | Client::PassThrough(client, token) => {
                 client.get(url.clone()).header(AUTHORIZATION, token.clone()).send().await.ok()
             }
             Client::Minimal(client) | Client::Ours(client) => client.get(url.clone()).send().await.ok(),
@@ -149,6 +170,10 @@ fn main() {
     let clients = [
         Client::Bare(http.clone(), token.clone()),
         Client::NoLayer(reqwest_middleware::ClientBuilder::new(http.clone()).build(), token.clone()),
+        Client::PassThrough(
+            reqwest_middleware::ClientBuilder::new(http.clone()).with(PassThrough).build(),
+            token.clone(),
+        ),
         Client::Minimal(reqwest_middleware::ClientBuilder::new(http.clone()).with(Minimal(token.clone())).build()),
         Client::Ours(ours),
     ];
@@ -205,12 +230,15 @@ fn headline(results: &[(usize, &str, &str, Vec<Sample>)], layer_cost: &str) -> S
     let mut out = String::from("Happy path (valid token), throughput relative to bare reqwest:");
     for concurrency in [1, 64] {
         if let (Some(ours), Some(none)) = (ratio(concurrency, "ours"), ratio(concurrency, "reqwest-middleware")) {
+            let nothing = ratio(concurrency, "pass-through-layer")
+                .map(|m| format!(", with a layer that does nothing {m:.2}x"))
+                .unwrap_or_default();
             let minimal = ratio(concurrency, "minimal-layer")
                 .map(|m| format!(", a minimal retrying layer {m:.2}x"))
                 .unwrap_or_default();
             let _ = write!(
                 out,
-                " concurrency {concurrency}: reqwest-token-refresh {ours:.2}x (reqwest-middleware with no layer {none:.2}x{minimal});"
+                " concurrency {concurrency}: reqwest-token-refresh {ours:.2}x (reqwest-middleware with no layer {none:.2}x{nothing}{minimal});"
             );
         }
     }

@@ -19,6 +19,7 @@
 //! store refresh once between them. A failed save does not stop the new token from being used
 //! (the old refresh token is dead anyway); it is reported and retried until it succeeds.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -216,22 +217,27 @@ pub(crate) struct Ticket {
 impl Ticket {
     /// The ticket as a request uses it: the header to send (or why the token cannot be sent),
     /// and what a 401 will need.
-    pub(crate) fn into_parts(self) -> (Result<http::HeaderValue, String>, Sent) {
-        (self.lease.header, Sent { generation: self.lease.generation, slot: self.slot })
+    pub(crate) fn into_parts(self) -> (Result<http::HeaderValue, String>, Sent<'static>) {
+        (self.lease.header, Sent { generation: self.lease.generation, slot: Cow::Owned(self.slot) })
     }
 }
 
-/// A request that went out with a key's token: the token's generation, and the slot (still held
-/// against eviction).
-pub(crate) struct Sent {
+/// A request that went out with a key's token: the token's generation, and the key's slot (held
+/// against eviction; the default key's, never evicted, is borrowed).
+pub(crate) struct Sent<'a> {
     generation: u64,
-    slot: Arc<Slot>,
+    slot: Cow<'a, Arc<Slot>>,
 }
 
-impl Sent {
+impl Sent<'_> {
     /// The generation of the token the request carried.
     pub(crate) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The key the request used.
+    pub(crate) fn key(&self) -> &TokenKey {
+        &self.slot.key
     }
 }
 
@@ -338,11 +344,17 @@ impl TokenCache {
         self.inner.slots.lock().len()
     }
 
-    /// The fast path of [`lease`](Self::lease): the current token's header when the key is loaded
-    /// and its token fresh, without waiting (and without the future a wait needs). `None` when
-    /// [`lease`](Self::lease) has work to do.
-    pub(crate) fn lease_ready(&self, key: &TokenKey) -> Option<(http::HeaderValue, Sent)> {
-        let slot = self.slot(key);
+    /// The fast path of [`lease`](Self::lease) for `key` (`None`: the default key): the current
+    /// token's header when the key is loaded and its token fresh, without waiting (and without the
+    /// future a wait needs). `None` when [`lease`](Self::lease) has work to do.
+    ///
+    /// The default key's slot is borrowed, not cloned: every request of a client with one token
+    /// set would otherwise bump the same reference count, a cache line the cores pass around.
+    pub(crate) fn lease_ready(&self, key: Option<&TokenKey>) -> Option<(http::HeaderValue, Sent<'_>)> {
+        let slot = match key {
+            Some(key) if !key.is_default() => Cow::Owned(self.slot(key)),
+            _ => Cow::Borrowed(self.inner.default_slot.get()?),
+        };
         if !slot.loaded.initialized() {
             return None;
         }
@@ -412,8 +424,8 @@ impl TokenCache {
 
     /// A token newer than `rejected` (the generation a server just answered 401 to): the already
     /// published one if there is one, else the outcome of the refresh this starts or joins.
-    pub(crate) async fn renew(&self, sent: &Sent) -> Result<Lease, Error> {
-        let slot = &sent.slot;
+    pub(crate) async fn renew(&self, sent: &Sent<'_>) -> Result<Lease, Error> {
+        let slot: &Arc<Slot> = &sent.slot;
         let (key, rejected) = (&slot.key, sent.generation);
         let flight = {
             let mut state = slot.state.lock();

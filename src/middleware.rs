@@ -215,17 +215,18 @@ impl Middleware for TokenRefresh {
             tracing::debug!(url = %request.url().origin().ascii_serialization(), why, "no token attached");
             return next.run(request, extensions);
         }
-        let key = extensions.get::<TokenKey>().cloned().unwrap_or_default();
         Counters::bump(&self.inner.stats.requests);
-        match self.inner.cache.lease_ready(&key) {
-            Some((header, sent)) => Box::pin(self.send(request, header, sent, key, extensions, next)),
-            // One allocation on this path too: the wait and the send share it.
-            None => Box::pin(async move {
-                let (header, sent) = self.inner.cache.lease(&key).await?.into_parts();
-                let header = header.map_err(|problem| Error::InvalidAccessToken { key: key.clone(), problem })?;
-                self.send(request, header, sent, key, extensions, next).await
-            }),
+        let key = extensions.get::<TokenKey>();
+        if let Some((header, sent)) = self.inner.cache.lease_ready(key) {
+            return Box::pin(self.send(request, header, sent, extensions, next));
         }
+        let key = key.cloned().unwrap_or_default();
+        // One allocation on this path too: the wait and the send share it.
+        Box::pin(async move {
+            let (header, sent) = self.inner.cache.lease(&key).await?.into_parts();
+            let header = header.map_err(|problem| Error::InvalidAccessToken { key, problem })?;
+            self.send(request, header, sent, extensions, next).await
+        })
     }
 }
 
@@ -239,8 +240,7 @@ impl TokenRefresh {
         &'a self,
         mut request: Request,
         header: HeaderValue,
-        sent: Sent,
-        key: TokenKey,
+        sent: Sent<'a>,
         extensions: &'a mut Extensions,
         next: Next<'a>,
     ) -> impl Future<Output = reqwest_middleware::Result<Response>> + Send + 'a {
@@ -252,7 +252,7 @@ impl TokenRefresh {
             if response.status() != StatusCode::UNAUTHORIZED {
                 return Ok(response);
             }
-            Box::pin(self.unauthorized(response, retry, sent, key, extensions, next)).await
+            Box::pin(self.unauthorized(response, retry, sent, extensions, next)).await
         }
     }
 }
@@ -263,12 +263,12 @@ impl TokenRefresh {
         &self,
         response: Response,
         retry: Option<Request>,
-        sent: Sent,
-        key: TokenKey,
+        sent: Sent<'_>,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
         let stats = &self.inner.stats;
+        let key = sent.key();
         Counters::bump(&stats.unauthorized);
         let (response, rejection) = classify(response).await;
         if !self.inner.refresh_on.accepts(&rejection) {
@@ -284,7 +284,7 @@ impl TokenRefresh {
         // The 401 is not needed any more: let its connection resources go while the refresh runs.
         drop(response);
         let renewed = self.inner.cache.renew(&sent).await?;
-        self.authorize(&mut retry, &key, &renewed)?;
+        self.authorize(&mut retry, key, &renewed)?;
         Counters::bump(&stats.retries);
         let response = next.run(retry, extensions).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
