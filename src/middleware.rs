@@ -183,12 +183,12 @@ impl TokenRefresh {
     }
 }
 
-/// Written out rather than with `#[async_trait]`: what can be decided without waiting is decided
-/// before any future exists. A request that passes through gets the next middleware's future
-/// as it is, and a request with a fresh token gets the small future of [`TokenRefresh::send`].
-/// That future is one allocation per request, so it stays within the allocator's per-thread
-/// cache (`tests/all/footprint.rs`); waiting for a token and handling a 401 are boxed futures of
-/// their own, allocated only when needed.
+// Written out rather than with `#[async_trait]`: what can be decided without waiting is decided
+// before any future exists. A request that passes through gets the next middleware's future as
+// it is, and a request with a fresh token gets the small future of `TokenRefresh::send`. That
+// future is one allocation per request, so it stays within the allocator's per-thread cache
+// (`tests/all/footprint.rs`); waiting for a token and handling a 401 are boxed futures of their
+// own, allocated only when needed.
 impl Middleware for TokenRefresh {
     fn handle<'life0, 'life1, 'life2, 'async_trait>(
         &'life0 self,
