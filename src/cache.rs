@@ -7,7 +7,7 @@
 //! already published, it gets it at once (the 401 was stale). If a refresh is running, it waits
 //! for that refresh. Only otherwise does it start one. While that refresh runs, the rejected token
 //! is not handed out again: requests that start meanwhile wait for the refresh rather than collect
-//! a 401 of their own first. A refresh runs in a task of its own and its outcome is broadcast to
+//! a 401 of their own first (and are sent with it after all if the refresh fails). A refresh runs in a task of its own and its outcome is broadcast to
 //! every waiter, so dropping any request (even the one that started it) neither cancels the
 //! refresh nor strands the others.
 //!
@@ -167,8 +167,9 @@ struct SlotState {
     failures: u32,
     /// The generation whose save failed and is being retried.
     unsaved: Option<u64>,
-    /// The newest generation a server answered 401 to. While a refresh replaces it, it is not
-    /// handed out again: new requests wait for the refresh instead of collecting a 401 first.
+    /// The newest generation a server answered 401 to (a 401 that `RefreshOn` accepts). While a
+    /// refresh replaces it, it is not handed out again: new requests wait for the refresh instead
+    /// of collecting a 401 first, and are sent with it should the refresh fail.
     rejected: u64,
 }
 
@@ -187,7 +188,8 @@ impl SlotState {
 
 struct Slot {
     key: TokenKey,
-    /// When a request last asked for this key, on the cache's own tick counter; for eviction.
+    /// When a request last asked for this key, on the cache's own tick counter; for eviction, so
+    /// kept only when the cache is bounded (and never for the default key, which stays).
     last_used: AtomicU64,
     loaded: tokio::sync::OnceCell<()>,
     /// Held around every store save and the publish that follows it, so that a retried save of
@@ -345,11 +347,12 @@ impl TokenCache {
     }
 
     /// The fast path of [`lease`](Self::lease) for `key` (`None`: the default key): the current
-    /// token's header when the key is loaded and its token fresh, without waiting (and without the
-    /// future a wait needs). `None` when [`lease`](Self::lease) has work to do.
+    /// token's header when the key is loaded and its token ready (see `SlotState::ready`), without
+    /// waiting (and without the future a wait needs). `None` when [`lease`](Self::lease) has work
+    /// to do.
     ///
-    /// The default key's slot is borrowed, not cloned: every request of a client with one token
-    /// set would otherwise bump the same reference count, a cache line the cores pass around.
+    /// The default key's slot is borrowed, not cloned: every request of a client with one token set
+    /// would otherwise bump the same reference count, a cache line the cores pass around.
     pub(crate) fn lease_ready(&self, key: Option<&TokenKey>) -> Option<(http::HeaderValue, Sent<'_>)> {
         let slot = match key {
             Some(key) if !key.is_default() => Cow::Owned(self.slot(key)),
@@ -393,12 +396,10 @@ impl TokenCache {
             if let Some(ready) = state.ready(config.skew, now) {
                 return Ok(ready.clone());
             }
-            // A token inside the skew window is still sent should its refresh fail.
-            let fallback = state
-                .current
-                .as_ref()
-                .filter(|lease| lease.freshness(config.skew, now) == Freshness::ExpiresSoon)
-                .cloned();
+            // A token held back but not expired (inside the skew window, or rejected by a server
+            // while its refresh runs) is still sent should the refresh fail: the request then
+            // fares as it would have without the hold-back.
+            let fallback = state.current.as_ref().filter(|lease| lease.is_sendable(now)).cloned();
             match self.join_or_start(slot, &mut state, now) {
                 Ok(flight) => (flight, fallback),
                 Err(cooling) => {
@@ -413,7 +414,7 @@ impl TokenCache {
         match self.wait(slot, flight).await {
             Err(err @ (Error::Refresh { .. } | Error::Store { .. })) => match fallback {
                 Some(fallback) => {
-                    tracing::debug!(key = %key, error = %err, "proactive refresh failed; the token is still valid and is used");
+                    tracing::debug!(key = %key, error = %err, "refresh failed; the unexpired token is sent");
                     Ok(fallback)
                 }
                 None => Err(err),
@@ -988,7 +989,8 @@ impl TokenCache {
 /// Evicts the least recently used idle keys until `capacity` remain (or no idle key is left).
 ///
 /// Idle means nothing else holds the slot (no request, no refresh task, no save retry: each of
-/// those keeps a clone) and it is neither terminal nor waiting for a save. The store stays the
+/// those keeps a clone; the default key's slot is held by the cache itself, so never evicted) and
+/// it is neither terminal nor waiting for a save. The store stays the
 /// source of truth: an evicted key is loaded again on its next request.
 fn evict_idle(slots: &mut HashMap<TokenKey, Arc<Slot>>, capacity: usize) {
     let mut idle: Vec<(u64, TokenKey)> = slots

@@ -187,8 +187,9 @@ impl TokenRefresh {
 // before any future exists. A request that passes through gets the next middleware's future as
 // it is, and a request with a fresh token gets the small future of `TokenRefresh::send`. That
 // future is one allocation per request, so it stays within the allocator's per-thread cache
-// (`tests/all/footprint.rs`); waiting for a token and handling a 401 are boxed futures of their
-// own, allocated only when needed.
+// (`tests/all/footprint.rs`). A request that must wait for a token gets one larger future that
+// waits and then sends; a key's first load and the handling of a 401 are boxed apart, allocated
+// only when needed.
 impl Middleware for TokenRefresh {
     fn handle<'life0, 'life1, 'life2, 'async_trait>(
         &'life0 self,
@@ -463,7 +464,8 @@ impl TokenRefreshBuilder {
     /// Keeps at most about this many keys in memory (default: no limit). Beyond it, the least
     /// recently used idle keys are evicted; the store keeps their tokens and an evicted key is
     /// loaded again on its next request. Keys with a refresh in flight, a failed save being
-    /// retried, a request in progress, or a re-authorization-required state are never evicted.
+    /// retried, a request in progress, or a re-authorization-required state are never evicted,
+    /// nor is the default key (it counts toward the capacity once used).
     pub fn max_cached_keys(mut self, capacity: usize) -> Self {
         self.max_cached_keys = Some(capacity);
         self

@@ -151,3 +151,50 @@ async fn consecutive_failures_back_off_exponentially_and_a_success_resets_it() {
     assert_eq!(provider.stats().token_calls, 4);
     assert!(matches!(auth.state(), TokenState::Ready { .. }));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_held_back_behind_a_failing_refresh_are_sent_with_the_unexpired_token() {
+    // One API node answers a valid token 401 once (a lagging replica); the refresh that 401 starts
+    // fails. Requests that started meanwhile were held back from the rejected token; when the
+    // refresh fails they are sent with it after all, and succeed.
+    let server = MockServer::start().await;
+    Mock::given(path("/api"))
+        .respond_with(ResponseTemplate::new(401).insert_header("www-authenticate", "Bearer error=\"invalid_token\""))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    mount_api_accepting(&server, "valid").await;
+    Mock::given(path("/token"))
+        .respond_with(ResponseTemplate::new(503).set_delay(Duration::from_millis(400)))
+        .mount(&server)
+        .await;
+    let auth = TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", server.uri())))
+        .initial_tokens(TokenSet::new("valid").with_refresh_token("r").with_expires_in(Duration::from_secs(3600)))
+        .build()
+        .unwrap();
+    let client = client_with(&auth);
+    let url = format!("{}/api", server.uri());
+
+    let first = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move { client.get(&url).send().await }
+    });
+    for _ in 0..200 {
+        if matches!(auth.state(), TokenState::Refreshing { .. }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(matches!(auth.state(), TokenState::Refreshing { .. }), "{:?}", auth.state());
+    let held_back = futures::future::join_all((0..10).map(|_| client.get(&url).send())).await;
+
+    for response in held_back {
+        assert_eq!(response.expect("sent after the failed refresh").status(), 200);
+    }
+    let first = first.await.unwrap().expect_err("the request that saw the 401 gets the refresh's failure");
+    assert!(!matches!(refresh_error(&first), RefreshError::CoolingDown { .. }), "{first}");
+    assert!(matches!(auth.state(), TokenState::CoolingDown { .. }), "{:?}", auth.state());
+    assert_eq!(auth.stats().refreshes, 1);
+    assert_eq!(auth.stats().unauthorized, 1, "the held-back requests were sent once, with the token, and passed");
+}
