@@ -152,16 +152,26 @@ impl TokenState {
 
 type Outcome = Result<Lease, Error>;
 
+/// A waiter's hold on a flight: its id and a receiver for its outcome.
 struct Flight {
     id: u64,
     rx: watch::Receiver<Option<Outcome>>,
+}
+
+/// The flight a slot is running. The sender is the flight task's; the slot holds it weakly, so
+/// that waiters still learn when the task is gone without an answer (a runtime shutting down),
+/// and `set_tokens` can answer them when it overtakes the flight.
+struct Running {
+    id: u64,
+    rx: watch::Receiver<Option<Outcome>>,
+    tx: Weak<watch::Sender<Option<Outcome>>>,
 }
 
 #[derive(Default)]
 struct SlotState {
     current: Option<Lease>,
     generation: u64,
-    flight: Option<Flight>,
+    flight: Option<Running>,
     terminal: Option<RefreshError>,
     cooldown_until: Option<SystemTime>,
     failures: u32,
@@ -465,8 +475,9 @@ impl TokenCache {
             return Err(Error::Refresh { key: slot.key.clone(), source: RefreshError::CoolingDown { retry_after } });
         }
         let (tx, rx) = watch::channel(None);
+        let tx = Arc::new(tx);
         let id = self.inner.flight_ids.fetch_add(1, Ordering::Relaxed);
-        state.flight = Some(Flight { id, rx: rx.clone() });
+        state.flight = Some(Running { id, rx: rx.clone(), tx: Arc::downgrade(&tx) });
         let base = state.current.clone();
         let trust_store = state.unsaved.is_none();
         tracing::debug!(key = %slot.key, generation = state.generation, "refresh started");
@@ -863,8 +874,13 @@ impl TokenCache {
             let lease = publish(&mut state, tokens, None);
             recovered(&mut state);
             state.terminal = None;
-            // A running flight is overtaken: its result will not replace these tokens.
-            state.flight = None;
+            // A running flight is overtaken: its result will not replace these tokens, and the
+            // requests waiting for it take these now.
+            if let Some(overtaken) = state.flight.take()
+                && let Some(tx) = overtaken.tx.upgrade()
+            {
+                tx.send_replace(Some(Ok(lease.clone())));
+            }
             state.unsaved = saved.is_err().then_some(lease.generation);
             lease.generation
         };

@@ -222,6 +222,35 @@ async fn overtaken_flight_does_not_overwrite_set_tokens_in_the_store() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_an_overtaken_flight_take_the_tokens_set_tokens_installed() {
+    let provider = MockProvider::start().await;
+    let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let source = GatedSource { inner: grant(&provider), entered: entered.clone(), release: release.clone() };
+    let auth = TokenRefresh::builder(source)
+        .initial_tokens(provider.issue_expired_tokens())
+        .store(Lockless::default())
+        .build()
+        .unwrap();
+    let client = client_with(&auth);
+    let waiting = tokio::spawn({
+        let (client, url) = (client.clone(), provider.api_url("me"));
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    timeout(BOUND, entered.notified()).await.expect("the flight started");
+
+    let user = provider.issue_tokens();
+    timeout(BOUND, auth.set_tokens(user.clone())).await.expect("set_tokens hung").unwrap();
+    // The flight is still held at its gate: the waiting request was answered by set_tokens.
+    assert_eq!(
+        timeout(BOUND, waiting).await.expect("the waiting request stayed on the overtaken flight").unwrap().unwrap(),
+        200
+    );
+    assert_eq!(provider.stats().token_calls, 0);
+    release.notify_one();
+    assert_eq!(auth.tokens().as_ref(), Some(&user));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bug 4: cache.rs produce, terminal branch — "check before declaring death" re-reads the store
 // even when our own last save failed (trust_store == false), so it adopts the *older* set in the
