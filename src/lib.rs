@@ -39,7 +39,9 @@
 //! Every published token carries a generation number. When 200 requests come back 401 with the
 //! same expired token, the first starts a refresh and the other 199 wait for it; a 401 that
 //! arrives after the refresh finished (it was sent with the old generation) is retried with the
-//! new token at once. The refresh runs in its own task: dropping any request, even the one that
+//! new token at once. Requests that start while the refresh runs are not sent with the token the
+//! server rejected: they wait for the new one (and go out with the old one after all should the
+//! refresh fail). The refresh runs in its own task: dropping any request, even the one that
 //! started it, neither cancels it nor strands the others. Each request is retried at most once; a
 //! second 401 goes back to the caller as the server sent it.
 //!
