@@ -88,8 +88,13 @@ struct Inner {
     cache: TokenCache,
     origins: OriginPolicy,
     refresh_on: RefreshOn,
+    rejected_when: Option<RejectionRule>,
     stats: Arc<Counters>,
 }
+
+/// A rule that finds a rejected token in an answer that is not a 401; see
+/// [`TokenRefreshBuilder::token_rejected_when`].
+type RejectionRule = Arc<dyn Fn(StatusCode, &[u8]) -> bool + Send + Sync>;
 
 impl fmt::Debug for TokenRefresh {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -250,10 +255,15 @@ impl TokenRefresh {
         request.headers_mut().insert(AUTHORIZATION, header);
         async move {
             let response = next.clone().run(request, extensions).await?;
-            if response.status() != StatusCode::UNAUTHORIZED {
-                return Ok(response);
+            if response.status() == StatusCode::UNAUTHORIZED {
+                return Box::pin(self.unauthorized(response, retry, sent, extensions, next)).await;
             }
-            Box::pin(self.unauthorized(response, retry, sent, extensions, next)).await
+            match &self.inner.rejected_when {
+                Some(rule) if may_carry_a_rejection(&response) => {
+                    Box::pin(self.check_answer(rule, response, retry, sent, extensions, next)).await
+                }
+                _ => Ok(response),
+            }
         }
     }
 }
@@ -268,24 +278,59 @@ impl TokenRefresh {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let stats = &self.inner.stats;
-        let key = sent.key();
-        Counters::bump(&stats.unauthorized);
+        Counters::bump(&self.inner.stats.unauthorized);
         let (response, rejection) = classify(response).await;
         if !self.inner.refresh_on.accepts(&rejection) {
-            tracing::debug!(key = %key, ?rejection, "401 passed through without a refresh");
+            tracing::debug!(key = %sent.key(), ?rejection, "401 passed through without a refresh");
             return Ok(response);
         }
-        tracing::debug!(key = %key, generation = sent.generation(), ?rejection, "401: token rejected");
+        tracing::debug!(key = %sent.key(), generation = sent.generation(), ?rejection, "401: token rejected");
+        self.renew_and_retry(response, retry, sent, extensions, next).await
+    }
+
+    /// A request came back with another status: ask the user's rule whether the answer says the
+    /// token was rejected (Withings answers HTTP 200 with `"status":401`), and if so treat it as
+    /// a 401 that says so.
+    async fn check_answer(
+        &self,
+        rule: &RejectionRule,
+        response: Response,
+        retry: Option<Request>,
+        sent: Sent<'_>,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let status = response.status();
+        let (response, head) = peek_body(response, CLASSIFY_BODY_LIMIT).await;
+        if !rule(status, &head) {
+            return Ok(response);
+        }
+        Counters::bump(&self.inner.stats.unauthorized);
+        tracing::debug!(key = %sent.key(), generation = sent.generation(), %status, "the answer says the token was rejected");
+        self.renew_and_retry(response, retry, sent, extensions, next).await
+    }
+
+    /// The token `sent` carried was rejected: get a newer one (refreshing once for everyone) and
+    /// send the request again with it, once.
+    async fn renew_and_retry(
+        &self,
+        response: Response,
+        retry: Option<Request>,
+        sent: Sent<'_>,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let stats = &self.inner.stats;
         let Some(mut retry) = retry else {
             // The body is gone; the refresh still happens, so that the caller's own retry works.
             let _ = self.inner.cache.renew(&sent).await;
             return Ok(response);
         };
-        // The 401 is not needed any more: let its connection resources go while the refresh runs.
+        // The rejected answer is not needed any more: let its connection resources go while the
+        // refresh runs.
         drop(response);
         let renewed = self.inner.cache.renew(&sent).await?;
-        self.authorize(&mut retry, key, &renewed)?;
+        self.authorize(&mut retry, sent.key(), &renewed)?;
         Counters::bump(&stats.retries);
         let response = next.run(retry, extensions).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
@@ -294,6 +339,13 @@ impl TokenRefresh {
         }
         Ok(response)
     }
+}
+
+/// Whether an answer that is not a 401 is worth a look for a rejected token: one whose body may
+/// fit in [`CLASSIFY_BODY_LIMIT`]. A rejection is a short error document; a long body is data,
+/// and is handed to the caller without being held back.
+fn may_carry_a_rejection(response: &Response) -> bool {
+    response.content_length().is_none_or(|length| length <= CLASSIFY_BODY_LIMIT as u64)
 }
 
 async fn classify(response: Response) -> (Response, Rejection) {
@@ -318,6 +370,7 @@ pub struct TokenRefreshBuilder {
     max_retry_after: Duration,
     terminal_errors: Vec<String>,
     refresh_on: RefreshOn,
+    rejected_when: Option<RejectionRule>,
     allowed_origins: Vec<String>,
     allow_insecure_http: bool,
     on_refresh: Option<crate::cache::RefreshHook>,
@@ -351,6 +404,7 @@ impl TokenRefreshBuilder {
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
             terminal_errors: Vec::new(),
             refresh_on: RefreshOn::default(),
+            rejected_when: None,
             allowed_origins: Vec::new(),
             allow_insecure_http: false,
             on_refresh: None,
@@ -388,6 +442,28 @@ impl TokenRefreshBuilder {
     /// Which 401 answers trigger a refresh (default [`RefreshOn::InvalidTokenOrNoDetail`]).
     pub fn refresh_on(mut self, refresh_on: RefreshOn) -> Self {
         self.refresh_on = refresh_on;
+        self
+    }
+
+    /// For APIs that reject a token without a 401: `rule` is asked about every other answer
+    /// whose body may fit in [`CLASSIFY_BODY_LIMIT`], given its status and the start of its body
+    /// (at most that many bytes); when it says the token was rejected, the answer is handled as a
+    /// 401 that says `invalid_token`: one refresh for everyone, one retry.
+    ///
+    /// Withings' data API answers an expired token with HTTP 200 and `{"status":401, ...}`;
+    /// [`providers::withings_token_rejected`](crate::providers::withings_token_rejected) is that
+    /// rule. Without a rule, no answer body is read unless it is a 401.
+    ///
+    /// ```
+    /// use reqwest_token_refresh::{TokenRefresh, providers};
+    ///
+    /// let auth = TokenRefresh::builder(providers::withings("client-id", "client-secret"))
+    ///     .token_rejected_when(providers::withings_token_rejected)
+    ///     .build()?;
+    /// # Ok::<(), reqwest_token_refresh::Error>(())
+    /// ```
+    pub fn token_rejected_when(mut self, rule: impl Fn(StatusCode, &[u8]) -> bool + Send + Sync + 'static) -> Self {
+        self.rejected_when = Some(Arc::new(rule));
         self
     }
 
@@ -516,6 +592,7 @@ impl TokenRefreshBuilder {
                 cache,
                 origins: OriginPolicy { allowed, allow_insecure_http: self.allow_insecure_http },
                 refresh_on: self.refresh_on,
+                rejected_when: self.rejected_when,
                 stats,
             }),
         })

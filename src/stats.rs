@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Stats {
     /// Requests that went through the layer with a token attached.
     pub requests: u64,
-    /// 401 answers seen on those requests (before and after retries).
+    /// 401 answers seen on those requests (before and after retries), and answers that
+    /// [`token_rejected_when`](crate::TokenRefreshBuilder::token_rejected_when)'s rule found
+    /// rejecting the token.
     pub unauthorized: u64,
     /// Calls to the token source (token endpoint calls).
     pub refreshes: u64,

@@ -71,7 +71,8 @@
 //!   answer `200` with the outcome in an envelope, `{"status":0,"body":{...}}` or
 //!   `{"status":503,"body":{},"error":"Invalid Params: ..."}`; 3-hour access tokens; a rotated
 //!   refresh token stays valid until the new access token is used, 8 hours at most
-//!   ([`MockProviderBuilder::previous_refresh_token_grace`]).
+//!   ([`MockProviderBuilder::previous_refresh_token_grace`]); the API, too, answers `200`, with
+//!   `{"status":401,...}` for a rejected access token.
 //!
 //! [`MockProvider::whoop`], [`whoop_partner`](MockProvider::whoop_partner),
 //! [`kroger`](MockProvider::kroger) and [`withings`](MockProvider::withings) start one with the
@@ -113,6 +114,9 @@ const LOST_ANSWER_DELAY: Duration = Duration::from_secs(60 * 60);
 /// Kroger's answer to a spent or unknown refresh token, as plain text.
 const KROGER_INVALID_REFRESH_TOKEN: &str = "Missing/Invalid Refresh Token";
 /// Kroger's API 401 body, byte for byte as documented (fields in this order).
+/// Withings' data API's answer to a rejected access token.
+const WITHINGS_INVALID_TOKEN: &str = r#"{"status":401,"body":{},"error":"XRequestID: Not provided invalid_token: The access token provided is invalid"}"#;
+
 const KROGER_INVALID_TOKEN: &str =
     r#"{"error_description":"The access token is invalid or has expired","error":"invalid_token"}"#;
 
@@ -170,7 +174,10 @@ pub enum Dialect {
     /// refresh token, `Invalid Params: action` without `action=requesttoken`). Access tokens last
     /// 3 hours; every refresh rotates, with
     /// [`previous_refresh_token_grace`](MockProviderBuilder::previous_refresh_token_grace) on. The
-    /// API's 401 is bare (Withings itself answers HTTP 200 with `"status":401`; not reproduced).
+    /// API answers in the same envelope, always HTTP `200`: `{"status":0,"body":{}}`, or for a
+    /// rejected access token `{"status":401,"body":{},"error":"XRequestID: Not provided
+    /// invalid_token: The access token provided is invalid"}` (see
+    /// [`providers::withings_token_rejected`](crate::providers::withings_token_rejected)).
     Withings,
 }
 
@@ -1240,6 +1247,9 @@ impl Respond for ApiEndpoint {
             verdict
         };
         let template = match (verdict, self.0.shared.config.dialect) {
+            (Ok(()), Dialect::Withings) => {
+                ResponseTemplate::new(200).set_body_raw(r#"{"status":0,"body":{}}"#, "application/json")
+            }
             (Ok(()), _) => ResponseTemplate::new(200).set_body_json(json!({"ok": true})),
             (Err(None), Dialect::Standard) => {
                 ResponseTemplate::new(401).insert_header(header::WWW_AUTHENTICATE, "Bearer realm=\"mock\"")
@@ -1257,7 +1267,11 @@ impl Respond for ApiEndpoint {
                 ResponseTemplate::new(401).set_body_raw(KROGER_INVALID_TOKEN, "application/json")
             }
             // "WHOOP will return a 401 Unauthorized response": that, and nothing more.
-            (Err(_), Dialect::Whoop | Dialect::WhoopPartner | Dialect::Withings) => ResponseTemplate::new(401),
+            (Err(_), Dialect::Whoop | Dialect::WhoopPartner) => ResponseTemplate::new(401),
+            // Withings answers everything with HTTP 200 and the outcome in `status`.
+            (Err(_), Dialect::Withings) => {
+                ResponseTemplate::new(200).set_body_raw(WITHINGS_INVALID_TOKEN, "application/json")
+            }
         };
         template.set_delay(self.0.latency)
     }
@@ -1847,7 +1861,8 @@ mod tests {
         assert!(body["userid"].as_str().is_some_and(|id| id.parse::<u64>().is_ok()), "{body}");
         assert!(body["csrf_token"].as_str().is_some_and(|csrf| !csrf.is_empty()), "{body}");
         let access_token = body["access_token"].as_str().unwrap_or_default();
-        assert_eq!(provider.api(access_token).await.status, 200);
+        let data = provider.api(access_token).await;
+        assert_eq!((data.status, data.text.as_str()), (200, r#"{"status":0,"body":{}}"#));
 
         // Refusals are 200 as well; the envelope's status says what went wrong.
         let envelope = |error: &str| format!(r#"{{"status":503,"body":{{}},"error":"{error}"}}"#);
@@ -1874,12 +1889,15 @@ mod tests {
         assert_eq!(injected.text, envelope("Invalid Params: invalid refresh_token"));
         assert_eq!(provider.stats().invalid_grants, 2);
 
-        // Only the dialect's path is a token endpoint; the API's 401 is bare.
+        // Only the dialect's path is a token endpoint; the API rejects a token with a 200 too.
         let elsewhere = format!("{}/oauth/token", provider.uri());
         let request = reqwest::Client::new().post(elsewhere).header("content-type", FORM).body("action=requesttoken");
         assert_eq!(Answer::read(request.send().await).await.status, 404);
         provider.expire_access_tokens();
-        assert_bare_401(&provider.api(access_token).await);
+        let rejected = provider.api(access_token).await;
+        assert_eq!((rejected.status, rejected.text.as_str()), (200, WITHINGS_INVALID_TOKEN));
+        assert!(crate::providers::withings_token_rejected(http::StatusCode::OK, rejected.text.as_bytes()));
+        assert_eq!(provider.stats().api_unauthorized, 1);
     }
 
     #[tokio::test]
@@ -2001,7 +2019,11 @@ mod tests {
             }
             let garbled = HeaderValue::from_bytes(b"Bearer \xff").expect("obs-text is a valid header value");
             let request = reqwest::Client::new().get(provider.api_url("x")).header("authorization", garbled);
-            assert_eq!(Answer::read(request.send().await).await.status, 401, "{dialect:?}");
+            let rejected = Answer::read(request.send().await).await;
+            match dialect {
+                Dialect::Withings => assert_eq!(rejected.json["status"], 401, "{rejected:?}"),
+                _ => assert_eq!(rejected.status, 401, "{dialect:?}"),
+            }
             assert_eq!(provider.stats().tokens_issued, 0, "{dialect:?}");
         }
     }

@@ -94,6 +94,21 @@ pub fn withings_envelope(answer: Value) -> Result<Value, OAuthError> {
     }
 }
 
+/// Whether a Withings data-API answer says the access token was rejected. Withings answers an
+/// invalid or expired access token with HTTP 200 and `{"status":401,"body":{},"error":"...
+/// invalid_token: ..."}` rather than a 401; give this to
+/// [`TokenRefreshBuilder::token_rejected_when`](crate::TokenRefreshBuilder::token_rejected_when)
+/// so that such answers refresh the token like a 401 would.
+pub fn withings_token_rejected(status: http::StatusCode, body: &[u8]) -> bool {
+    if status != http::StatusCode::OK {
+        return false;
+    }
+    // A rejection is a small JSON object; anything that does not parse (a longer body cut at the
+    // peek limit, another format) is not one.
+    let Ok(answer) = serde_json::from_slice::<Value>(body) else { return false };
+    answer.get("status").and_then(Value::as_i64) == Some(401)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -124,6 +139,26 @@ mod tests {
         assert_eq!(withings_envelope(json!({"status": 2554, "body": {}})).unwrap_err().error, "withings_status_2554");
         assert!(withings_envelope(json!({"status": "0"})).is_err());
         assert!(withings_envelope(json!({"status": 0})).is_err());
+    }
+
+    #[test]
+    fn withings_status_401_in_a_200_is_a_rejected_token_and_nothing_else_is() {
+        let ok = http::StatusCode::OK;
+        let rejected = br#"{"status":401,"body":{},"error":"XRequestID: Not provided invalid_token: The access token provided is invalid"}"#;
+        assert!(withings_token_rejected(ok, rejected));
+        assert!(withings_token_rejected(ok, br#" { "body": {}, "status": 401 } "#));
+        assert!(!withings_token_rejected(http::StatusCode::BAD_GATEWAY, rejected));
+        for other in [
+            &br#"{"status":0,"body":{"measuregrps":[]}}"#[..],
+            br#"{"status":"401"}"#,
+            br#"{"status":503,"body":{},"error":"Invalid Params"}"#,
+            br#"[{"status":401}]"#,
+            br#"{"status":401"#,
+            b"status 401",
+            b"",
+        ] {
+            assert!(!withings_token_rejected(ok, other), "{}", String::from_utf8_lossy(other));
+        }
     }
 
     #[test]

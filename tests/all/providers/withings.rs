@@ -1,6 +1,7 @@
 //! Withings (`004_…`): `action=requesttoken` and the credentials in the form body, answers in a
 //! `{"status":0,"body":{...}}` envelope, a new refresh token on every refresh, and the old one
-//! valid only until the new access token is used.
+//! valid only until the new access token is used. Its data API rejects a token with HTTP 200 and
+//! `"status":401`, which `providers::withings_token_rejected` recognises.
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ fn withings(provider: &MockProvider, tokens: TokenSet, store: &MemoryStore) -> T
     TokenRefresh::builder(providers::withings(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url()))
         .initial_tokens(tokens)
         .store(store.clone())
+        .token_rejected_when(providers::withings_token_rejected)
         .build()
         .unwrap()
 }
@@ -30,6 +32,10 @@ async fn withings_storm_of_200_refreshes_once_through_the_envelope_and_stores_th
     let statuses = storm(&client_with(&auth), &provider.api_url("measure"), 200, None).await;
 
     assert_eq!(count(&statuses, 200), 200);
+    let seen = provider.stats();
+    assert_eq!(seen.api_ok, 200, "every request got data, not a `status: 401` envelope: {seen:?}");
+    assert!(seen.api_unauthorized >= 1, "the expired token was rejected in a 200: {seen:?}");
+    assert_eq!(auth.stats().unauthorized, seen.api_unauthorized, "the layer saw each of those rejections");
     let request = &token_requests(&provider, 1)[0];
     assert_matches(
         request,
@@ -77,6 +83,7 @@ async fn withings_grace_recovers_a_refresh_whose_answer_was_lost() {
         .initial_tokens(first)
         .store(store.clone())
         .min_backoff(Duration::from_millis(1))
+        .token_rejected_when(providers::withings_token_rejected)
         .build()
         .unwrap();
     let client = client_with(&auth);
@@ -88,7 +95,50 @@ async fn withings_grace_recovers_a_refresh_whose_answer_was_lost() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     let response = client.get(provider.api_url("measure")).send().await.unwrap();
 
-    assert_eq!(response.status(), 200, "the old refresh token was still valid: the new access token was never used");
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(answer["status"], 0, "the old refresh token was still valid: the new access token was never used");
     assert_eq!(provider.stats().token_calls, 2);
     assert_eq!(provider.stats().reuse_detected, 0);
+}
+
+#[tokio::test]
+async fn without_the_rule_a_withings_rejection_is_an_ordinary_200_and_nothing_refreshes() {
+    let provider = MockProvider::withings().await;
+    let auth =
+        TokenRefresh::builder(providers::withings(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url()))
+            .initial_tokens(provider.issue_tokens())
+            .build()
+            .unwrap();
+    provider.expire_access_tokens();
+
+    let response = client_with(&auth).get(provider.api_url("measure")).send().await.unwrap();
+
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(answer["status"], 401, "{answer}");
+    assert_eq!(provider.stats().token_calls, 0, "a 200 is not read for a rejection unless a rule is set");
+}
+
+#[tokio::test]
+async fn a_large_withings_answer_is_handed_over_without_being_read() {
+    // The rule only sees answers that may fit in the peek limit; a long data answer (declared by
+    // its length) reaches the caller untouched, and nothing refreshes.
+    let server = wiremock::MockServer::start().await;
+    let data = format!(r#"{{"status":0,"body":{{"series":"{}"}}}}"#, "x".repeat(64 * 1024));
+    wiremock::Mock::given(wiremock::matchers::path("/measure"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_raw(data.clone(), "application/json"))
+        .mount(&server)
+        .await;
+    let auth = TokenRefresh::builder(providers::withings(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET))
+        .initial_tokens(TokenSet::new("at").with_expires_in(Duration::from_secs(3600)))
+        .allow_insecure_http(true)
+        .token_rejected_when(|_, body: &[u8]| panic!("a {}-byte answer was peeked", body.len()))
+        .build()
+        .unwrap();
+
+    let response = client_with(&auth).get(format!("{}/measure", server.uri())).send().await.unwrap();
+
+    assert_eq!(response.text().await.unwrap(), data);
+    assert_eq!(auth.stats().refreshes, 0);
 }
