@@ -36,7 +36,8 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// broken header cannot stop refreshes for days.
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
 
-/// How much of a 401's body is read to classify it.
+/// How much of a 401's body is read to classify it; also how much of another answer a
+/// [`token_rejected_when`](TokenRefreshBuilder::token_rejected_when) rule sees.
 pub const CLASSIFY_BODY_LIMIT: usize = 4 * 1024;
 
 /// Which 401 answers make the layer refresh the token.
@@ -46,8 +47,8 @@ pub enum RefreshOn {
     /// Only a 401 that says the token is invalid: `WWW-Authenticate: Bearer error="invalid_token"`
     /// (RFC 6750 §3.1) or a JSON body `{"error":"invalid_token"}`.
     InvalidToken,
-    /// Those, and a 401 with no error detail at all (WHOOP and Withings answer an expired token
-    /// with a bare 401). The default.
+    /// Those, and a 401 with no error detail at all (WHOOP answers an expired token with a bare
+    /// 401). The default.
     #[default]
     InvalidTokenOrNoDetail,
 }
@@ -101,6 +102,7 @@ impl fmt::Debug for TokenRefresh {
         f.debug_struct("TokenRefresh")
             .field("origins", &self.inner.origins)
             .field("refresh_on", &self.inner.refresh_on)
+            .field("token_rejected_when", &self.inner.rejected_when.as_ref().map(|_| "a rule"))
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
@@ -239,7 +241,8 @@ impl Middleware for TokenRefresh {
 type Sending<'a> = Pin<Box<dyn Future<Output = reqwest_middleware::Result<Response>> + Send + 'a>>;
 
 impl TokenRefresh {
-    /// Sends the request with `header`; on a 401, goes on in [`Self::unauthorized`].
+    /// Sends the request with `header`; on a 401 goes on in [`Self::unauthorized`], and with a
+    /// [`RejectionRule`] in [`Self::check_answer`].
     ///
     /// Not an `async fn`, which would keep a second copy of each argument in its future.
     fn send<'a>(
@@ -300,13 +303,12 @@ impl TokenRefresh {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let status = response.status();
-        let (response, head) = peek_body(response, CLASSIFY_BODY_LIMIT).await;
-        if !rule(status, &head) {
+        let (response, rejected) = apply_rule(rule, response).await;
+        if !rejected {
             return Ok(response);
         }
         Counters::bump(&self.inner.stats.unauthorized);
-        tracing::debug!(key = %sent.key(), generation = sent.generation(), %status, "the answer says the token was rejected");
+        tracing::debug!(key = %sent.key(), generation = sent.generation(), status = %response.status(), "the answer says the token was rejected");
         self.renew_and_retry(response, retry, sent, extensions, next).await
     }
 
@@ -333,12 +335,30 @@ impl TokenRefresh {
         self.authorize(&mut retry, sent.key(), &renewed)?;
         Counters::bump(&stats.retries);
         let response = next.run(retry, extensions).await?;
+        // One retry, no loop: a second rejection goes back as it came, counted.
         if response.status() == StatusCode::UNAUTHORIZED {
-            // One retry, no loop: the second 401 goes back as it came.
             Counters::bump(&stats.unauthorized);
+            return Ok(response);
         }
-        Ok(response)
+        match &self.inner.rejected_when {
+            Some(rule) if may_carry_a_rejection(&response) => {
+                let (response, rejected) = apply_rule(rule, response).await;
+                if rejected {
+                    Counters::bump(&stats.unauthorized);
+                }
+                Ok(response)
+            }
+            _ => Ok(response),
+        }
     }
+}
+
+/// Shows `rule` the answer's status and the start of its body; hands back an equivalent answer.
+async fn apply_rule(rule: &RejectionRule, response: Response) -> (Response, bool) {
+    let status = response.status();
+    let (response, head) = peek_body(response, CLASSIFY_BODY_LIMIT).await;
+    let rejected = rule(status, &head[..head.len().min(CLASSIFY_BODY_LIMIT)]);
+    (response, rejected)
 }
 
 /// Whether an answer that is not a 401 is worth a look for a rejected token: one whose body may
@@ -386,6 +406,7 @@ impl fmt::Debug for TokenRefreshBuilder {
             .field("store", &self.store)
             .field("skew", &self.skew)
             .field("refresh_on", &self.refresh_on)
+            .field("token_rejected_when", &self.rejected_when.as_ref().map(|_| "a rule"))
             .field("allowed_origins", &self.allowed_origins)
             .finish_non_exhaustive()
     }
@@ -445,14 +466,19 @@ impl TokenRefreshBuilder {
         self
     }
 
-    /// For APIs that reject a token without a 401: `rule` is asked about every other answer
-    /// whose body may fit in [`CLASSIFY_BODY_LIMIT`], given its status and the start of its body
-    /// (at most that many bytes); when it says the token was rejected, the answer is handled as a
-    /// 401 that says `invalid_token`: one refresh for everyone, one retry.
+    /// For APIs that reject a token without a 401: `rule` is asked about each answer that is not
+    /// a 401 and whose body may fit in [`CLASSIFY_BODY_LIMIT`] (no `Content-Length`, or one that
+    /// small), given its status and the start of its body (at most that many bytes). When it says
+    /// the token was rejected, the answer is handled as a 401 that says `invalid_token`: one
+    /// refresh for everyone, one retry.
+    ///
+    /// Reading it holds such an answer back until its first 4 KiB or its end has arrived, so set
+    /// a rule only on a client for an API that answers with documents, not streams (server-sent
+    /// events, long polls). Without a rule, no answer body is read unless it is a 401.
     ///
     /// Withings' data API answers an expired token with HTTP 200 and `{"status":401, ...}`;
     /// [`providers::withings_token_rejected`](crate::providers::withings_token_rejected) is that
-    /// rule. Without a rule, no answer body is read unless it is a 401.
+    /// rule.
     ///
     /// ```
     /// use reqwest_token_refresh::{TokenRefresh, providers};

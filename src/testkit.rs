@@ -113,10 +113,9 @@ const PREVIOUS_REFRESH_TOKEN_GRACE: Duration = Duration::from_secs(8 * 60 * 60);
 const LOST_ANSWER_DELAY: Duration = Duration::from_secs(60 * 60);
 /// Kroger's answer to a spent or unknown refresh token, as plain text.
 const KROGER_INVALID_REFRESH_TOKEN: &str = "Missing/Invalid Refresh Token";
-/// Kroger's API 401 body, byte for byte as documented (fields in this order).
-/// Withings' data API's answer to a rejected access token.
+/// Withings' data API's answer to a rejected access token (with HTTP 200).
 const WITHINGS_INVALID_TOKEN: &str = r#"{"status":401,"body":{},"error":"XRequestID: Not provided invalid_token: The access token provided is invalid"}"#;
-
+/// Kroger's API 401 body, byte for byte as documented (fields in this order).
 const KROGER_INVALID_TOKEN: &str =
     r#"{"error_description":"The access token is invalid or has expired","error":"invalid_token"}"#;
 
@@ -254,9 +253,10 @@ pub struct ProviderStats {
     pub answers_lost: u64,
     /// Every request to the API.
     pub api_calls: u64,
-    /// API requests answered `200`.
+    /// API requests whose token was accepted (answered `200`).
     pub api_ok: u64,
-    /// API requests answered `401`.
+    /// API requests whose token was rejected: answered `401`, or in [`Dialect::Withings`] `200`
+    /// with `"status":401`.
     pub api_unauthorized: u64,
 }
 

@@ -142,3 +142,33 @@ async fn a_large_withings_answer_is_handed_over_without_being_read() {
     assert_eq!(response.text().await.unwrap(), data);
     assert_eq!(auth.stats().refreshes, 0);
 }
+
+#[tokio::test]
+async fn a_retry_rejected_again_goes_back_as_it_came_and_both_rejections_are_counted() {
+    let server = wiremock::MockServer::start().await;
+    let rejection = r#"{"status":401,"body":{},"error":"invalid_token: The access token provided is invalid"}"#;
+    wiremock::Mock::given(wiremock::matchers::path("/measure"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_raw(rejection, "application/json"))
+        .expect(2)
+        .mount(&server)
+        .await;
+    wiremock::Mock::given(wiremock::matchers::path("/token"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": "at-2", "refresh_token": "rt-2", "expires_in": 10800, "token_type": "Bearer"
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let auth = TokenRefresh::builder(reqwest_token_refresh::RefreshTokenGrant::new(format!("{}/token", server.uri())))
+        .initial_tokens(TokenSet::new("at-1").with_refresh_token("rt-1").with_expires_in(Duration::from_secs(3600)))
+        .token_rejected_when(providers::withings_token_rejected)
+        .build()
+        .unwrap();
+    assert!(format!("{auth:?}").contains("token_rejected_when: Some"), "{auth:?}");
+
+    let response = client_with(&auth).get(format!("{}/measure", server.uri())).send().await.unwrap();
+
+    assert_eq!(response.text().await.unwrap(), rejection, "one retry, no loop: the second rejection as it came");
+    let stats = auth.stats();
+    assert_eq!((stats.refreshes, stats.retries, stats.unauthorized), (1, 1, 2), "{stats:?}");
+}
