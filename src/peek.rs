@@ -20,6 +20,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) async fn peek_body(response: reqwest::Response, limit: usize) -> (reqwest::Response, Bytes) {
     let url = response.url().clone();
     let (mut parts, mut body) = http::Response::<reqwest::Body>::from(response).into_parts();
+    // Whether the body's length was known: the answer handed back says so exactly when the
+    // original did (`Response::content_length`).
+    let known_length = body.size_hint().exact().is_some();
     let mut head = BytesMut::new();
     let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
     let mut failure: Option<BoxError> = None;
@@ -43,11 +46,11 @@ pub(crate) async fn peek_body(response: reqwest::Response, limit: usize) -> (req
         }
     }
     let head = head.freeze();
-    let replay = if finished && failure.is_none() && frames.iter().all(Frame::is_data) {
+    let replay = if known_length && finished && failure.is_none() && frames.iter().all(Frame::is_data) {
         // The whole body was read: hand it back as a plain, reusable body.
         reqwest::Body::from(head.clone())
     } else {
-        reqwest::Body::wrap(Replay { frames, failure, rest: (!finished).then_some(body) })
+        reqwest::Body::wrap(Replay { frames, failure, rest: (!finished).then_some(body), known_length })
     };
     // `reqwest::Response::from(http::Response)` takes the URL from an extension that only
     // `ResponseBuilderExt::url` can set.
@@ -62,6 +65,8 @@ struct Replay {
     frames: VecDeque<Frame<Bytes>>,
     failure: Option<BoxError>,
     rest: Option<reqwest::Body>,
+    /// Whether the original body's length was known; if not, this one's is not either.
+    known_length: bool,
 }
 
 impl HttpBody for Replay {
@@ -90,7 +95,9 @@ impl HttpBody for Replay {
         let rest = self.rest.as_ref().map(HttpBody::size_hint).unwrap_or_else(|| http_body::SizeHint::with_exact(0));
         let mut hint = http_body::SizeHint::new();
         // The upper bound first: `set_lower` panics if it would exceed the upper bound.
-        if let Some(upper) = rest.upper() {
+        if let Some(upper) = rest.upper()
+            && self.known_length
+        {
             hint.set_upper(buffered + upper);
         }
         hint.set_lower(buffered + rest.lower());
@@ -99,5 +106,40 @@ impl HttpBody for Replay {
 
     fn is_end_stream(&self) -> bool {
         self.frames.is_empty() && self.failure.is_none() && self.rest.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::{BodyExt, StreamBody};
+
+    use super::*;
+
+    fn answer(body: reqwest::Body) -> reqwest::Response {
+        reqwest::Response::from(http::Response::builder().status(200).body(body).unwrap())
+    }
+
+    fn chunked(chunks: &[&'static str]) -> reqwest::Body {
+        let frames = chunks.iter().map(|chunk| Ok::<_, Infallible>(Frame::data(Bytes::from_static(chunk.as_bytes()))));
+        reqwest::Body::wrap(StreamBody::new(futures::stream::iter(frames.collect::<Vec<_>>())))
+    }
+
+    #[tokio::test]
+    async fn a_body_is_handed_back_whole_and_its_length_known_only_if_it_was() {
+        for (body, length, text) in [
+            (reqwest::Body::from("{\"status\":0}"), Some(12), "{\"status\":0}"),
+            (chunked(&["{\"sta", "tus\":0}"]), None, "{\"status\":0}"),
+            (chunked(&["0123", "4567", "89"]), None, "0123456789"),
+            // Read to its end within the limit: still of unknown length, as it came.
+            (chunked(&["ab", "cd"]), None, "abcd"),
+        ] {
+            let (response, head) = peek_body(answer(body), 6).await;
+            assert_eq!(response.content_length(), length, "{text}");
+            assert!(head.len() >= 6.min(text.len()) && text.as_bytes().starts_with(&head), "{head:?}");
+            let bytes = http::Response::<reqwest::Body>::from(response).into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(bytes, text.as_bytes());
+        }
     }
 }
