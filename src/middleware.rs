@@ -241,8 +241,8 @@ impl Middleware for TokenRefresh {
 type Sending<'a> = Pin<Box<dyn Future<Output = reqwest_middleware::Result<Response>> + Send + 'a>>;
 
 impl TokenRefresh {
-    /// Sends the request with `header`; on a 401 goes on in [`Self::unauthorized`], and with a
-    /// [`RejectionRule`] in [`Self::check_answer`].
+    /// Sends the request with `header`; an answer that may say the token was rejected goes on in
+    /// [`Self::after_rejection`].
     ///
     /// Not an `async fn`, which would keep a second copy of each argument in its future.
     fn send<'a>(
@@ -258,22 +258,49 @@ impl TokenRefresh {
         request.headers_mut().insert(AUTHORIZATION, header);
         async move {
             let response = next.clone().run(request, extensions).await?;
-            if response.status() == StatusCode::UNAUTHORIZED {
-                return Box::pin(self.unauthorized(response, retry, sent, extensions, next)).await;
+            if !self.may_reject(&response) {
+                return Ok(response);
             }
-            match &self.inner.rejected_when {
-                Some(rule) if may_carry_a_rejection(&response) => {
-                    Box::pin(self.check_answer(rule, response, retry, sent, extensions, next)).await
-                }
-                _ => Ok(response),
-            }
+            Box::pin(self.after_rejection(response, retry, sent, extensions, next)).await
         }
     }
-}
 
-impl TokenRefresh {
-    /// A request came back 401: refresh and retry it once if the 401 says the token is invalid.
-    async fn unauthorized(
+    /// Whether an answer may say the token was rejected, and is worth reading for it: a 401, or
+    /// with a [`token_rejected_when`](TokenRefreshBuilder::token_rejected_when) rule, any answer
+    /// whose body may fit in [`CLASSIFY_BODY_LIMIT`] (a rejection is a short error document; a
+    /// long body is data, handed to the caller without being held back).
+    fn may_reject(&self, response: &Response) -> bool {
+        response.status() == StatusCode::UNAUTHORIZED
+            || (self.inner.rejected_when.is_some()
+                && response.content_length().is_none_or(|length| length <= CLASSIFY_BODY_LIMIT as u64))
+    }
+
+    /// Reads whether `response` rejects the token it was sent with (`key`'s `generation`), and
+    /// counts it if it does.
+    /// Returns an equivalent answer and whether to refresh: a 401 refreshes when
+    /// [`RefreshOn`] accepts it, another answer when the rule says the token was rejected.
+    async fn rejects(&self, response: Response, key: &TokenKey, generation: u64) -> (Response, bool) {
+        if response.status() == StatusCode::UNAUTHORIZED {
+            Counters::bump(&self.inner.stats.unauthorized);
+            let (response, rejection) = classify(response).await;
+            let refresh = self.inner.refresh_on.accepts(&rejection);
+            tracing::debug!(key = %key, generation, ?rejection, refresh, "401");
+            return (response, refresh);
+        }
+        let Some(rule) = &self.inner.rejected_when else { return (response, false) };
+        let status = response.status();
+        let (response, head) = peek_body(response, CLASSIFY_BODY_LIMIT).await;
+        let rejected = rule(status, &head[..head.len().min(CLASSIFY_BODY_LIMIT)]);
+        if rejected {
+            Counters::bump(&self.inner.stats.unauthorized);
+            tracing::debug!(key = %key, generation, %status, "the answer says the token was rejected");
+        }
+        (response, rejected)
+    }
+
+    /// An answer that may reject the token: if it does, get a newer token (refreshing once for
+    /// everyone) and send the request again with it, once.
+    async fn after_rejection(
         &self,
         response: Response,
         retry: Option<Request>,
@@ -281,48 +308,10 @@ impl TokenRefresh {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        Counters::bump(&self.inner.stats.unauthorized);
-        let (response, rejection) = classify(response).await;
-        if !self.inner.refresh_on.accepts(&rejection) {
-            tracing::debug!(key = %sent.key(), ?rejection, "401 passed through without a refresh");
+        let (response, refresh) = self.rejects(response, sent.key(), sent.generation()).await;
+        if !refresh {
             return Ok(response);
         }
-        tracing::debug!(key = %sent.key(), generation = sent.generation(), ?rejection, "401: token rejected");
-        self.renew_and_retry(response, retry, sent, extensions, next).await
-    }
-
-    /// A request came back with another status: ask the user's rule whether the answer says the
-    /// token was rejected (Withings answers HTTP 200 with `"status":401`), and if so treat it as
-    /// a 401 that says so.
-    async fn check_answer(
-        &self,
-        rule: &RejectionRule,
-        response: Response,
-        retry: Option<Request>,
-        sent: Sent<'_>,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<Response> {
-        let (response, rejected) = apply_rule(rule, response).await;
-        if !rejected {
-            return Ok(response);
-        }
-        Counters::bump(&self.inner.stats.unauthorized);
-        tracing::debug!(key = %sent.key(), generation = sent.generation(), status = %response.status(), "the answer says the token was rejected");
-        self.renew_and_retry(response, retry, sent, extensions, next).await
-    }
-
-    /// The token `sent` carried was rejected: get a newer one (refreshing once for everyone) and
-    /// send the request again with it, once.
-    async fn renew_and_retry(
-        &self,
-        response: Response,
-        retry: Option<Request>,
-        sent: Sent<'_>,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<Response> {
-        let stats = &self.inner.stats;
         let Some(mut retry) = retry else {
             // The body is gone; the refresh still happens, so that the caller's own retry works.
             let _ = self.inner.cache.renew(&sent).await;
@@ -333,39 +322,14 @@ impl TokenRefresh {
         drop(response);
         let renewed = self.inner.cache.renew(&sent).await?;
         self.authorize(&mut retry, sent.key(), &renewed)?;
-        Counters::bump(&stats.retries);
+        Counters::bump(&self.inner.stats.retries);
         let response = next.run(retry, extensions).await?;
         // One retry, no loop: a second rejection goes back as it came, counted.
-        if response.status() == StatusCode::UNAUTHORIZED {
-            Counters::bump(&stats.unauthorized);
+        if !self.may_reject(&response) {
             return Ok(response);
         }
-        match &self.inner.rejected_when {
-            Some(rule) if may_carry_a_rejection(&response) => {
-                let (response, rejected) = apply_rule(rule, response).await;
-                if rejected {
-                    Counters::bump(&stats.unauthorized);
-                }
-                Ok(response)
-            }
-            _ => Ok(response),
-        }
+        Ok(self.rejects(response, sent.key(), renewed.generation).await.0)
     }
-}
-
-/// Shows `rule` the answer's status and the start of its body; hands back an equivalent answer.
-async fn apply_rule(rule: &RejectionRule, response: Response) -> (Response, bool) {
-    let status = response.status();
-    let (response, head) = peek_body(response, CLASSIFY_BODY_LIMIT).await;
-    let rejected = rule(status, &head[..head.len().min(CLASSIFY_BODY_LIMIT)]);
-    (response, rejected)
-}
-
-/// Whether an answer that is not a 401 is worth a look for a rejected token: one whose body may
-/// fit in [`CLASSIFY_BODY_LIMIT`]. A rejection is a short error document; a long body is data,
-/// and is handed to the caller without being held back.
-fn may_carry_a_rejection(response: &Response) -> bool {
-    response.content_length().is_none_or(|length| length <= CLASSIFY_BODY_LIMIT as u64)
 }
 
 async fn classify(response: Response) -> (Response, Rejection) {

@@ -146,14 +146,22 @@ pub async fn storm(client: &ClientWithMiddleware, url: &reqwest::Url, n: usize) 
             })
         })
         .collect();
-    let mut latencies = Vec::with_capacity(n);
-    let mut failed = 0;
-    for task in tasks {
-        let (ok, latency) = task.await.expect("a storm request panicked");
-        failed += usize::from(!ok);
-        latencies.push(latency);
+    StormRun::collect(started, tasks).await
+}
+
+impl StormRun {
+    /// Waits for the storm's request tasks (each answering whether it succeeded, and its
+    /// latency) and sums them up, with the wall time since `started`.
+    async fn collect(started: Instant, tasks: Vec<tokio::task::JoinHandle<(bool, Duration)>>) -> StormRun {
+        let mut latencies = Vec::with_capacity(tasks.len());
+        let mut failed = 0;
+        for task in tasks {
+            let (ok, latency) = task.await.expect("a storm request panicked");
+            failed += usize::from(!ok);
+            latencies.push(latency);
+        }
+        StormRun { wall: started.elapsed(), latencies, failed }
     }
-    StormRun { wall: started.elapsed(), latencies, failed }
 }
 
 /// What the lower-bound choreography does.
@@ -227,14 +235,7 @@ pub async fn lower_bound(
             })
         })
         .collect();
-    let mut latencies = Vec::with_capacity(n);
-    let mut failed = 0;
-    for task in tasks {
-        let (ok, latency) = task.await.expect("a lower-bound request panicked");
-        failed += usize::from(!ok);
-        latencies.push(latency);
-    }
-    StormRun { wall: started.elapsed(), latencies, failed }
+    StormRun::collect(started, tasks).await
 }
 
 pub fn bearer(access_token: &str) -> HeaderValue {

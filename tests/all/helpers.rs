@@ -93,3 +93,19 @@ pub async fn on_a_driven_clock(
     let client = client_with(&auth);
     (clock, provider, auth, client)
 }
+
+/// A store over memory without a cross-process lock (the trait's default), as a user might write
+/// one over their own storage: it lets layers race, and lets `set_tokens` overtake a refresh.
+#[derive(Debug, Clone, Default)]
+pub struct Lockless(pub reqwest_token_refresh::MemoryStore);
+
+#[async_trait::async_trait]
+impl reqwest_token_refresh::TokenStore for Lockless {
+    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, reqwest_token_refresh::StoreError> {
+        self.0.load(key).await
+    }
+
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), reqwest_token_refresh::StoreError> {
+        self.0.save(key, tokens).await
+    }
+}

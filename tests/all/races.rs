@@ -19,7 +19,7 @@ use tokio::time::timeout;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{client_with, counter, eventually, grant, layer};
+use crate::helpers::{Lockless, client_with, counter, eventually, grant, layer};
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -159,21 +159,6 @@ async fn set_tokens_during_first_load_is_not_overwritten_by_initial_tokens() {
 // flight ("its result will not replace these tokens"), but the flight still saves its result to
 // the store afterwards: memory holds the user's tokens, the store the flight's.
 // ---------------------------------------------------------------------------------------------
-
-/// A store over memory that does not implement `lock` (the trait's default: no lock).
-#[derive(Debug, Clone, Default)]
-struct Lockless(MemoryStore);
-
-#[async_trait]
-impl TokenStore for Lockless {
-    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
-        self.0.load(key).await
-    }
-
-    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
-        self.0.save(key, tokens).await
-    }
-}
 
 /// A refresh-token grant that waits at a gate before calling the token endpoint.
 #[derive(Debug)]

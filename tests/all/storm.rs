@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use reqwest_token_refresh::testkit::MockProvider;
-use reqwest_token_refresh::{Error, ManualClock, RefreshTokenGrant, TokenKey, TokenRefresh, TokenSet};
+use reqwest_token_refresh::{Error, ManualClock, RefreshTokenGrant, TokenKey, TokenRefresh, TokenSet, TokenState};
 use wiremock::matchers::{body_string_contains, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{client_with, count, grant, layer, on_a_driven_clock, storm};
+use crate::helpers::{client_with, count, eventually, grant, layer, on_a_driven_clock, storm};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storm_of_500_with_a_dead_token_causes_one_refresh() {
@@ -44,13 +44,7 @@ async fn requests_sent_while_a_rejected_token_is_being_replaced_wait_instead_of_
         let (client, url) = (client.clone(), url.clone());
         async move { client.get(&url).send().await.map(|r| r.status().as_u16()) }
     });
-    for _ in 0..200 {
-        if matches!(auth.state(), reqwest_token_refresh::TokenState::Refreshing { .. }) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(matches!(auth.state(), reqwest_token_refresh::TokenState::Refreshing { .. }), "{:?}", auth.state());
+    eventually("the first 401 started the refresh", || matches!(auth.state(), TokenState::Refreshing { .. })).await;
     let later = storm(&client, &url, 100, None).await;
 
     assert_eq!(first.await.unwrap().unwrap(), 200);

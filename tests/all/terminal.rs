@@ -4,15 +4,14 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use reqwest_token_refresh::testkit::MockProvider;
 use reqwest_token_refresh::{
-    Error, MemoryStore, RefreshError, RefreshTokenGrant, StoreError, TokenKey, TokenRefresh, TokenSet, TokenStore,
+    Error, MemoryStore, RefreshError, RefreshTokenGrant, TokenKey, TokenRefresh, TokenSet, TokenStore,
 };
 use wiremock::matchers::{body_string_contains, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{client_with, count, counter, layer, mount_api_accepting, storm};
+use crate::helpers::{Lockless, client_with, count, counter, layer, mount_api_accepting, storm};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_grant_fails_waiters_then_fails_fast_until_set_tokens() {
@@ -113,21 +112,6 @@ async fn a_providers_own_terminal_code_can_be_configured() {
     assert!(Error::from_middleware(&err).unwrap().is_reauthorization_required());
 }
 
-/// A store without a cross-process lock, as a user might write one over their own storage: it
-/// lets two layers race, which is what "check before declaring death" is for.
-#[derive(Debug, Clone, Default)]
-struct UnlockedStore(MemoryStore);
-
-#[async_trait]
-impl TokenStore for UnlockedStore {
-    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
-        self.0.load(key).await
-    }
-    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
-        self.0.save(key, tokens).await
-    }
-}
-
 #[tokio::test]
 async fn invalid_grant_adopts_tokens_another_process_rotated_instead_of_going_terminal() {
     let server = MockServer::start().await;
@@ -151,7 +135,7 @@ async fn invalid_grant_adopts_tokens_another_process_rotated_instead_of_going_te
         })))
         .mount(&server)
         .await;
-    let store = UnlockedStore::default();
+    let store = Lockless::default();
     let make = || {
         TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", server.uri())))
             .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))

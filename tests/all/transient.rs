@@ -1,14 +1,15 @@
 //! Contract points 6, 12 and 14: transient refresh failures are not terminal, back off, honour
 //! `Retry-After`, and never stop a still-valid token from being used.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest_token_refresh::testkit::{Fault, MockProvider};
 use reqwest_token_refresh::{Error, ManualClock, RefreshError, RefreshTokenGrant, TokenRefresh, TokenSet, TokenState};
-use wiremock::matchers::path;
+use wiremock::matchers::{header, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{client_with, mount_api_accepting, on_a_driven_clock};
+use crate::helpers::{client_with, eventually, mount_api_accepting, on_a_driven_clock};
 
 fn refresh_error(err: &reqwest_middleware::Error) -> &RefreshError {
     match Error::from_middleware(err) {
@@ -164,7 +165,6 @@ async fn requests_held_back_behind_a_failing_refresh_are_sent_with_the_unexpired
         .with_priority(1)
         .mount(&server)
         .await;
-    mount_api_accepting(&server, "valid").await;
     Mock::given(path("/token"))
         .respond_with(ResponseTemplate::new(503).set_delay(Duration::from_millis(400)))
         .mount(&server)
@@ -173,6 +173,19 @@ async fn requests_held_back_behind_a_failing_refresh_are_sent_with_the_unexpired
         .initial_tokens(TokenSet::new("valid").with_refresh_token("r").with_expires_in(Duration::from_secs(3600)))
         .build()
         .unwrap();
+    // What the layer was doing when each accepted request reached the API.
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    Mock::given(path("/api"))
+        .and(header("authorization", "Bearer valid"))
+        .respond_with({
+            let (auth, arrivals) = (auth.clone(), arrivals.clone());
+            move |_: &wiremock::Request| {
+                arrivals.lock().unwrap().push(auth.state());
+                ResponseTemplate::new(200)
+            }
+        })
+        .mount(&server)
+        .await;
     let client = client_with(&auth);
     let url = format!("{}/api", server.uri());
 
@@ -180,18 +193,18 @@ async fn requests_held_back_behind_a_failing_refresh_are_sent_with_the_unexpired
         let (client, url) = (client.clone(), url.clone());
         async move { client.get(&url).send().await }
     });
-    for _ in 0..200 {
-        if matches!(auth.state(), TokenState::Refreshing { .. }) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(matches!(auth.state(), TokenState::Refreshing { .. }), "{:?}", auth.state());
+    eventually("the first 401 started the refresh", || matches!(auth.state(), TokenState::Refreshing { .. })).await;
     let held_back = futures::future::join_all((0..10).map(|_| client.get(&url).send())).await;
 
     for response in held_back {
         assert_eq!(response.expect("sent after the failed refresh").status(), 200);
     }
+    let arrivals = arrivals.lock().unwrap().clone();
+    assert_eq!(arrivals.len(), 10);
+    assert!(
+        arrivals.iter().all(|state| matches!(state, TokenState::CoolingDown { .. })),
+        "held back until the refresh had failed, then sent: {arrivals:?}"
+    );
     let first = first.await.unwrap().expect_err("the request that saw the 401 gets the refresh's failure");
     assert!(!matches!(refresh_error(&first), RefreshError::CoolingDown { .. }), "{first}");
     assert!(matches!(auth.state(), TokenState::CoolingDown { .. }), "{:?}", auth.state());
