@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest_token_refresh::TokenState;
 use reqwest_token_refresh::testkit::MockProvider;
 
-use crate::helpers::{client_with, count, eventually, layer, storm};
+use crate::helpers::{client_with, count, eventually, layer, spawn_get, storm};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_request_that_started_the_refresh_does_not_cancel_it() {
@@ -17,10 +17,7 @@ async fn dropping_the_request_that_started_the_refresh_does_not_cancel_it() {
     let client = client_with(&auth);
     let url = provider.api_url("me");
 
-    let starter = tokio::spawn({
-        let (client, url) = (client.clone(), url.clone());
-        async move { client.get(url).send().await.map(|r| r.status()) }
-    });
+    let starter = spawn_get(&client, &url);
     eventually("the first request has started the refresh", || provider.stats().token_calls == 1).await;
     starter.abort();
     assert!(starter.await.unwrap_err().is_cancelled());

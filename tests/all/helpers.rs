@@ -41,6 +41,16 @@ pub async fn storm(client: &ClientWithMiddleware, url: &str, n: usize, key: Opti
     join_all(requests).await
 }
 
+/// Sends one GET to `url` in a task of its own, for a test to act while it is under way; the
+/// task answers the status.
+pub fn spawn_get(
+    client: &ClientWithMiddleware,
+    url: impl Into<String>,
+) -> tokio::task::JoinHandle<reqwest_middleware::Result<u16>> {
+    let request = client.get(url.into());
+    tokio::spawn(async move { request.send().await.map(|response| response.status().as_u16()) })
+}
+
 /// How many of `statuses` equal `status`.
 pub fn count(statuses: &[u16], status: u16) -> usize {
     statuses.iter().filter(|s| **s == status).count()

@@ -19,7 +19,7 @@ use tokio::time::timeout;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{Lockless, client_with, counter, eventually, grant, layer};
+use crate::helpers::{Lockless, client_with, counter, eventually, grant, layer, spawn_get};
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -134,10 +134,7 @@ async fn set_tokens_during_first_load_is_not_overwritten_by_initial_tokens() {
     let client = client_with(&auth);
 
     // A first request starts loading the (empty) store...
-    let first = tokio::spawn({
-        let (client, url) = (client.clone(), provider.api_url("me"));
-        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
-    });
+    let first = spawn_get(&client, provider.api_url("me"));
     timeout(BOUND, store.entered.notified()).await.expect("the first load started");
     // ...while the user re-authorizes.
     timeout(BOUND, auth.set_tokens(user.clone())).await.expect("set_tokens hung").unwrap();
@@ -188,10 +185,7 @@ async fn overtaken_flight_does_not_overwrite_set_tokens_in_the_store() {
     let auth = TokenRefresh::builder(source).initial_tokens(expired).store(store.clone()).build().unwrap();
     let client = client_with(&auth);
 
-    let starter = tokio::spawn({
-        let (client, url) = (client.clone(), provider.api_url("me"));
-        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
-    });
+    let starter = spawn_get(&client, provider.api_url("me"));
     timeout(BOUND, entered.notified()).await.expect("the flight started");
     timeout(BOUND, auth.set_tokens(user.clone())).await.expect("set_tokens hung").unwrap();
     assert_eq!(stored(&store.0).as_ref(), Some(&user));
@@ -218,10 +212,7 @@ async fn requests_waiting_for_an_overtaken_flight_take_the_tokens_set_tokens_ins
         .build()
         .unwrap();
     let client = client_with(&auth);
-    let waiting = tokio::spawn({
-        let (client, url) = (client.clone(), provider.api_url("me"));
-        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
-    });
+    let waiting = spawn_get(&client, provider.api_url("me"));
     timeout(BOUND, entered.notified()).await.expect("the flight started");
 
     let user = provider.issue_tokens();

@@ -8,7 +8,7 @@ use reqwest_token_refresh::{Error, ManualClock, RefreshTokenGrant, TokenKey, Tok
 use wiremock::matchers::{body_string_contains, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{client_with, count, eventually, grant, layer, on_a_driven_clock, storm};
+use crate::helpers::{client_with, count, eventually, grant, layer, on_a_driven_clock, spawn_get, storm};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storm_of_500_with_a_dead_token_causes_one_refresh() {
@@ -40,10 +40,7 @@ async fn requests_sent_while_a_rejected_token_is_being_replaced_wait_instead_of_
     let url = provider.api_url("me");
 
     // The first request's 401 starts the refresh; the token still looks fresh by its expiry.
-    let first = tokio::spawn({
-        let (client, url) = (client.clone(), url.clone());
-        async move { client.get(&url).send().await.map(|r| r.status().as_u16()) }
-    });
+    let first = spawn_get(&client, &url);
     eventually("the first 401 started the refresh", || matches!(auth.state(), TokenState::Refreshing { .. })).await;
     let later = storm(&client, &url, 100, None).await;
 

@@ -9,7 +9,7 @@ use reqwest_token_refresh::{Error, ManualClock, RefreshError, RefreshTokenGrant,
 use wiremock::matchers::{header, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{client_with, eventually, mount_api_accepting, on_a_driven_clock};
+use crate::helpers::{client_with, eventually, mount_api_accepting, on_a_driven_clock, spawn_get};
 
 fn refresh_error(err: &reqwest_middleware::Error) -> &RefreshError {
     match Error::from_middleware(err) {
@@ -189,10 +189,7 @@ async fn requests_held_back_behind_a_failing_refresh_are_sent_with_the_unexpired
     let client = client_with(&auth);
     let url = format!("{}/api", server.uri());
 
-    let first = tokio::spawn({
-        let (client, url) = (client.clone(), url.clone());
-        async move { client.get(&url).send().await }
-    });
+    let first = spawn_get(&client, &url);
     eventually("the first 401 started the refresh", || matches!(auth.state(), TokenState::Refreshing { .. })).await;
     let held_back = futures::future::join_all((0..10).map(|_| client.get(&url).send())).await;
 
