@@ -38,7 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     provider.expire_access_tokens();
     let failed = common::storm_and_report("withings, token expired", &client, &auth, &provider, &url, 200).await;
-    let stored = store.load(&TokenKey::default()).await?.ok_or("nothing stored")?;
+    let stored = store.load(&TokenKey::default()).await?.ok_or("nothing stored")?.tokens;
     println!(
         "rotated refresh token saved: {}; Withings' extra fields kept: userid = {}",
         stored.refresh_token() != first.refresh_token(),

@@ -28,11 +28,25 @@ pub enum Error {
     /// authorize again. Terminal: every request for this key fails fast with this error, without
     /// a network call, until [`TokenRefresh::set_tokens`](crate::TokenRefresh::set_tokens) installs
     /// new tokens.
-    #[error("re-authorization required for token key `{key}`: {reason}")]
+    #[error("re-authorization required for token key `{key}`")]
     ReauthorizationRequired {
         /// Whose tokens are dead.
         key: TokenKey,
         /// What the token endpoint (or token source) said.
+        #[source]
+        reason: RefreshError,
+    },
+    /// The token endpoint refuses this client (`invalid_client`, `unauthorized_client`): the
+    /// client's own credentials or registration are wrong, which no user can fix. Terminal like
+    /// [`ReauthorizationRequired`](Self::ReauthorizationRequired) (requests for the key fail fast
+    /// until [`set_tokens`](crate::TokenRefresh::set_tokens)), but reported apart, through
+    /// [`on_client_rejected`](crate::TokenRefreshBuilder::on_client_rejected), since sending the
+    /// user to log in again would not help.
+    #[error("the token endpoint refuses this client (token key `{key}`)")]
+    ClientRejected {
+        /// Whose refresh was refused.
+        key: TokenKey,
+        /// What the token endpoint said.
         #[source]
         reason: RefreshError,
     },
@@ -216,6 +230,13 @@ pub enum RefreshError {
     /// The token source is misconfigured (for example, its token URL does not parse).
     #[error("the token source is misconfigured: {0}")]
     Config(String),
+    /// The refresh did not finish before its deadline (a token source or store that never
+    /// answered); see [`flight_deadline`](crate::TokenRefreshBuilder::flight_deadline).
+    #[error("the refresh did not finish within {after:?}")]
+    TimedOut {
+        /// The deadline it had.
+        after: Duration,
+    },
     /// The refresh ran in a task that ended without an answer (it panicked, or the runtime shut down).
     #[error("the refresh task ended without an answer")]
     Aborted,
@@ -325,10 +346,10 @@ mod tests {
             Error::ReauthorizationRequired { key: TokenKey::new("u1"), reason: RefreshError::NoRefreshToken }.into();
         let ours = Error::from_middleware(&err).expect("our error");
         assert!(ours.is_reauthorization_required());
-        assert_eq!(
-            ours.to_string(),
-            "re-authorization required for token key `u1`: there is no refresh token to refresh with"
-        );
+        assert_eq!(ours.to_string(), "re-authorization required for token key `u1`");
+        // The reason is the error's source, said once in the chain, not repeated in its message.
+        let reason = std::error::Error::source(ours).expect("a source").to_string();
+        assert_eq!(reason, "there is no refresh token to refresh with");
     }
 
     #[test]

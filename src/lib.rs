@@ -119,6 +119,7 @@
 #![deny(missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
+mod builder;
 mod cache;
 mod challenge;
 mod clock;
@@ -127,6 +128,7 @@ mod key;
 mod middleware;
 mod origin;
 mod peek;
+mod policy;
 #[cfg(test)]
 mod proptests;
 mod source;
@@ -145,9 +147,11 @@ pub use cache::TokenState;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, OAuthError, RefreshError, Result, StoreError};
 pub use key::TokenKey;
-pub use middleware::{
-    CLASSIFY_BODY_LIMIT, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_SKEW,
-    RefreshOn, SkipAuth, TokenRefresh, TokenRefreshBuilder,
+pub use builder::TokenRefreshBuilder;
+pub use middleware::{CLASSIFY_BODY_LIMIT, RefreshOn, SkipAuth, TokenRefresh};
+pub use policy::{
+    DEFAULT_FLIGHT_DEADLINE, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MIN_BACKOFF,
+    DEFAULT_MIN_REFRESH_INTERVAL, DEFAULT_REFRESH_SKEW, DEFAULT_TERMINAL_RECHECK,
 };
 pub use source::providers;
 pub use source::{
@@ -159,7 +163,9 @@ pub use stats::Stats;
 pub use store::PostgresStore;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
-pub use store::{DEFAULT_FILE_LOCK_TIMEOUT, FileStore, MemoryStore, StoreLock, TokenStore};
+pub use store::{
+    DEFAULT_FILE_LOCK_TIMEOUT, FileStore, MemoryStore, Revision, StoreGuard, Stored, TokenStore, async_trait,
+};
 pub use token::{AccessToken, ClientSecret, RefreshToken, TokenSet};
 
 #[doc = include_str!("../README.md")]

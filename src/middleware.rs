@@ -4,37 +4,21 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{Extensions, HeaderValue, StatusCode, header::AUTHORIZATION};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
+use crate::builder::TokenRefreshBuilder;
 use crate::cache::{CacheConfig, Lease, Sent, TokenCache, TokenState};
 use crate::challenge::{self, Rejection};
-use crate::clock::{self, Clock};
-use crate::error::{Error, RefreshError, StoreError};
+use crate::error::Error;
 use crate::key::TokenKey;
 use crate::origin::OriginPolicy;
 use crate::peek::peek_body;
 use crate::source::TokenSource;
 use crate::stats::{Counters, Stats};
-use crate::store::{MemoryStore, TokenStore};
-use crate::token::{self, TokenSet};
-
-/// How long before expiry a token is refreshed proactively, unless set otherwise.
-pub const DEFAULT_REFRESH_SKEW: Duration = Duration::from_secs(30);
-
-/// The first cool-down after a failed refresh, unless set otherwise; it doubles with each
-/// consecutive failure.
-pub const DEFAULT_MIN_BACKOFF: Duration = Duration::from_millis(500);
-
-/// The longest cool-down the backoff grows to, unless set otherwise.
-pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// The longest `Retry-After` honoured, unless set otherwise; longer asks are cut to this, so a
-/// broken header cannot stop refreshes for days.
-pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
+use crate::token::TokenSet;
 
 /// How much of a 401's body is read to classify it; also how much of another answer a
 /// [`token_rejected_when`](TokenRefreshBuilder::token_rejected_when) rule sees.
@@ -54,7 +38,7 @@ pub enum RefreshOn {
 }
 
 impl RefreshOn {
-    fn accepts(self, rejection: &Rejection) -> bool {
+    pub(crate) fn accepts(self, rejection: &Rejection) -> bool {
         match rejection {
             Rejection::InvalidToken => true,
             Rejection::NoDetail => self == RefreshOn::InvalidTokenOrNoDetail,
@@ -95,7 +79,7 @@ struct Inner {
 
 /// A rule that finds a rejected token in an answer that is not a 401; see
 /// [`TokenRefreshBuilder::token_rejected_when`].
-type RejectionRule = Arc<dyn Fn(StatusCode, &[u8]) -> bool + Send + Sync>;
+pub(crate) type RejectionRule = Arc<dyn Fn(StatusCode, &[u8]) -> bool + Send + Sync>;
 
 impl fmt::Debug for TokenRefresh {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -109,6 +93,18 @@ impl fmt::Debug for TokenRefresh {
 }
 
 impl TokenRefresh {
+    /// The layer from what its builder checked.
+    pub(crate) fn from_parts(
+        cache: CacheConfig,
+        origins: OriginPolicy,
+        refresh_on: RefreshOn,
+        rejected_when: Option<RejectionRule>,
+    ) -> Self {
+        let stats = Arc::new(Counters::default());
+        let cache = TokenCache::new(cache, stats.clone());
+        TokenRefresh { inner: Arc::new(Inner { cache, origins, refresh_on, rejected_when, stats }) }
+    }
+
     /// Starts building a layer that gets new tokens from `source`.
     pub fn builder(source: impl TokenSource) -> TokenRefreshBuilder {
         TokenRefreshBuilder::new(Arc::new(source))
@@ -259,6 +255,7 @@ impl TokenRefresh {
         async move {
             let response = next.clone().run(request, extensions).await?;
             if !self.may_reject(&response) {
+                self.inner.cache.accepted(&sent, sent.generation());
                 return Ok(response);
             }
             Box::pin(self.after_rejection(response, retry, sent, extensions, next)).await
@@ -310,6 +307,12 @@ impl TokenRefresh {
     ) -> reqwest_middleware::Result<Response> {
         let (response, refresh) = self.rejects(response, sent.key(), sent.generation()).await;
         if !refresh {
+            if response.status() != StatusCode::UNAUTHORIZED {
+                self.inner.cache.accepted(&sent, sent.generation());
+            }
+            return Ok(response);
+        }
+        if self.inner.cache.refresh_held_back(&sent) {
             return Ok(response);
         }
         let Some(mut retry) = retry else {
@@ -326,6 +329,7 @@ impl TokenRefresh {
         let response = next.run(retry, extensions).await?;
         // One retry, no loop: a second rejection goes back as it came, counted.
         if !self.may_reject(&response) {
+            self.inner.cache.accepted(&sent, renewed.generation);
             return Ok(response);
         }
         Ok(self.rejects(response, sent.key(), renewed.generation).await.0)
@@ -342,257 +346,13 @@ async fn classify(response: Response) -> (Response, Rejection) {
     (response, rejection)
 }
 
-/// Builds a [`TokenRefresh`]; see [`TokenRefresh::builder`].
-pub struct TokenRefreshBuilder {
-    source: Arc<dyn TokenSource>,
-    store: Arc<dyn TokenStore>,
-    clock: Arc<dyn Clock>,
-    initial_tokens: Option<TokenSet>,
-    skew: Duration,
-    min_backoff: Duration,
-    max_backoff: Duration,
-    max_retry_after: Duration,
-    terminal_errors: Vec<String>,
-    refresh_on: RefreshOn,
-    rejected_when: Option<RejectionRule>,
-    allowed_origins: Vec<String>,
-    allow_insecure_http: bool,
-    on_refresh: Option<crate::cache::RefreshHook>,
-    on_reauthorization_required: Option<crate::cache::ReauthorizationHook>,
-    on_store_error: Option<crate::cache::StoreErrorHook>,
-    max_cached_keys: Option<usize>,
-}
-
-impl fmt::Debug for TokenRefreshBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenRefreshBuilder")
-            .field("source", &self.source)
-            .field("store", &self.store)
-            .field("skew", &self.skew)
-            .field("refresh_on", &self.refresh_on)
-            .field("token_rejected_when", &self.rejected_when.as_ref().map(|_| "a rule"))
-            .field("allowed_origins", &self.allowed_origins)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TokenRefreshBuilder {
-    fn new(source: Arc<dyn TokenSource>) -> Self {
-        Self {
-            source,
-            store: Arc::new(MemoryStore::new()),
-            clock: clock::system(),
-            initial_tokens: None,
-            skew: DEFAULT_REFRESH_SKEW,
-            min_backoff: DEFAULT_MIN_BACKOFF,
-            max_backoff: DEFAULT_MAX_BACKOFF,
-            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
-            terminal_errors: Vec::new(),
-            refresh_on: RefreshOn::default(),
-            rejected_when: None,
-            allowed_origins: Vec::new(),
-            allow_insecure_http: false,
-            on_refresh: None,
-            on_reauthorization_required: None,
-            on_store_error: None,
-            max_cached_keys: None,
-        }
-    }
-
-    /// Tokens for the default key to start from. They only seed an empty store: tokens already in
-    /// the store win, so a restart never brings back a refresh token that was rotated away.
-    pub fn initial_tokens(mut self, tokens: TokenSet) -> Self {
-        self.initial_tokens = Some(tokens);
-        self
-    }
-
-    /// Where tokens are kept (default: [`MemoryStore`]).
-    pub fn store(mut self, store: impl TokenStore) -> Self {
-        self.store = Arc::new(store);
-        self
-    }
-
-    /// Where tokens are kept, shared.
-    pub fn store_arc(mut self, store: Arc<dyn TokenStore>) -> Self {
-        self.store = store;
-        self
-    }
-
-    /// How long before expiry a token is refreshed before use (default [`DEFAULT_REFRESH_SKEW`]).
-    pub fn refresh_skew(mut self, skew: Duration) -> Self {
-        self.skew = skew;
-        self
-    }
-
-    /// Which 401 answers trigger a refresh (default [`RefreshOn::InvalidTokenOrNoDetail`]).
-    pub fn refresh_on(mut self, refresh_on: RefreshOn) -> Self {
-        self.refresh_on = refresh_on;
-        self
-    }
-
-    /// For APIs that reject a token without a 401: `rule` is asked about each answer that is not
-    /// a 401 and whose body may fit in [`CLASSIFY_BODY_LIMIT`] (no `Content-Length`, or one that
-    /// small), given its status and the start of its body (at most that many bytes). When it says
-    /// the token was rejected, the answer is handled as a 401 that says `invalid_token`: one
-    /// refresh for everyone, one retry.
-    ///
-    /// Reading it holds such an answer back until its first 4 KiB or its end has arrived, so set
-    /// a rule only on a client for an API that answers with documents, not streams (server-sent
-    /// events, long polls). Without a rule, no answer body is read unless it is a 401.
-    ///
-    /// Withings' data API answers an expired token with HTTP 200 and `{"status":401, ...}`;
-    /// [`providers::withings_token_rejected`](crate::providers::withings_token_rejected) is that
-    /// rule.
-    ///
-    /// ```
-    /// use reqwest_token_refresh::{TokenRefresh, providers};
-    ///
-    /// let auth = TokenRefresh::builder(providers::withings("client-id", "client-secret"))
-    ///     .token_rejected_when(providers::withings_token_rejected)
-    ///     .build()?;
-    /// # Ok::<(), reqwest_token_refresh::Error>(())
-    /// ```
-    pub fn token_rejected_when(mut self, rule: impl Fn(StatusCode, &[u8]) -> bool + Send + Sync + 'static) -> Self {
-        self.rejected_when = Some(Arc::new(rule));
-        self
-    }
-
-    /// Only requests to this origin (and others added the same way) get the token; requests to
-    /// other origins pass through untouched and never trigger a refresh. Without any, every
-    /// `https` origin (and `http` to loopback) gets it.
-    pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
-        self.allowed_origins.push(origin.into());
-        self
-    }
-
-    /// Lets the token go over plain `http://` to hosts that are not loopback (default: never).
-    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
-        self.allow_insecure_http = allow;
-        self
-    }
-
-    /// Adds an OAuth error code that means "re-authorization required", beyond `invalid_grant`,
-    /// `invalid_client` and `unauthorized_client` (for providers with their own codes, such as
-    /// `refresh_token_not_found`).
-    pub fn terminal_error(mut self, code: impl Into<String>) -> Self {
-        self.terminal_errors.push(code.into());
-        self
-    }
-
-    /// The first cool-down after a failed refresh (default [`DEFAULT_MIN_BACKOFF`]); it doubles
-    /// with each consecutive failure up to [`max_backoff`](Self::max_backoff).
-    pub fn min_backoff(mut self, backoff: Duration) -> Self {
-        self.min_backoff = backoff;
-        self
-    }
-
-    /// The longest cool-down from backoff (default [`DEFAULT_MAX_BACKOFF`]).
-    pub fn max_backoff(mut self, backoff: Duration) -> Self {
-        self.max_backoff = backoff;
-        self
-    }
-
-    /// The longest `Retry-After` honoured (default [`DEFAULT_MAX_RETRY_AFTER`]).
-    pub fn max_retry_after(mut self, limit: Duration) -> Self {
-        self.max_retry_after = limit;
-        self
-    }
-
-    /// The clock expiry and cool-downs are measured against (default: the system clock). Give
-    /// the token source the same clock.
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
-        self
-    }
-
-    /// Called after each new token set is published (refreshed or adopted from the store).
-    pub fn on_refresh(mut self, hook: impl Fn(&TokenKey, &TokenSet) + Send + Sync + 'static) -> Self {
-        self.on_refresh = Some(Arc::new(hook));
-        self
-    }
-
-    /// Called once each time a key enters the re-authorization-required state.
-    pub fn on_reauthorization_required(
-        mut self,
-        hook: impl Fn(&TokenKey, &RefreshError) + Send + Sync + 'static,
-    ) -> Self {
-        self.on_reauthorization_required = Some(Arc::new(hook));
-        self
-    }
-
-    /// Called when the store fails to load, save or lock (the layer goes on from memory and
-    /// retries saves).
-    pub fn on_store_error(mut self, hook: impl Fn(&TokenKey, &StoreError) + Send + Sync + 'static) -> Self {
-        self.on_store_error = Some(Arc::new(hook));
-        self
-    }
-
-    /// Keeps at most about this many keys in memory (default: no limit). Beyond it, the least
-    /// recently used idle keys are evicted; the store keeps their tokens and an evicted key is
-    /// loaded again on its next request. Keys with a refresh in flight, a failed save being
-    /// retried, a request in progress, or a re-authorization-required state are never evicted,
-    /// nor is the default key (it counts toward the capacity once used).
-    pub fn max_cached_keys(mut self, capacity: usize) -> Self {
-        self.max_cached_keys = Some(capacity);
-        self
-    }
-
-    /// Builds the layer.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] when an allowed origin does not parse or has no host, when the initial
-    /// access token cannot be sent in a header, or when the minimum backoff exceeds the maximum.
-    pub fn build(self) -> Result<TokenRefresh, Error> {
-        let allowed = if self.allowed_origins.is_empty() {
-            None
-        } else {
-            let parsed: Result<Vec<_>, _> =
-                self.allowed_origins.iter().map(|o| OriginPolicy::parse_origin(o)).collect();
-            Some(parsed.map_err(Error::Config)?)
-        };
-        if let Some(tokens) = &self.initial_tokens {
-            token::check_header_safe(tokens.access_token().secret())
-                .map_err(|problem| Error::Config(format!("initial tokens: {problem}")))?;
-        }
-        if self.min_backoff > self.max_backoff {
-            return Err(Error::Config("min_backoff is larger than max_backoff".into()));
-        }
-        let stats = Arc::new(Counters::default());
-        let cache = TokenCache::new(
-            CacheConfig {
-                source: self.source,
-                store: self.store,
-                clock: self.clock,
-                skew: self.skew,
-                min_backoff: self.min_backoff,
-                max_backoff: self.max_backoff,
-                max_retry_after: self.max_retry_after,
-                terminal_errors: self.terminal_errors,
-                initial_tokens: self.initial_tokens,
-                max_cached_keys: self.max_cached_keys,
-                on_refresh: self.on_refresh,
-                on_reauthorization_required: self.on_reauthorization_required,
-                on_store_error: self.on_store_error,
-            },
-            stats.clone(),
-        );
-        Ok(TokenRefresh {
-            inner: Arc::new(Inner {
-                cache,
-                origins: OriginPolicy { allowed, allow_insecure_http: self.allow_insecure_http },
-                refresh_on: self.refresh_on,
-                rejected_when: self.rejected_when,
-                stats,
-            }),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
     use crate::source::RefreshTokenGrant;
+    use crate::token::TokenSet;
 
     #[test]
     fn middleware_is_send_sync_and_cheap_to_clone() {

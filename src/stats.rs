@@ -25,6 +25,9 @@ pub struct Stats {
     pub store_failures: u64,
     /// Token sets adopted from the store because another process or layer refreshed first.
     pub adopted: u64,
+    /// Rejections of a token fetched moments before that were not answered with another refresh
+    /// (see [`min_refresh_interval`](crate::TokenRefreshBuilder::min_refresh_interval)).
+    pub refreshes_held_back: u64,
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +40,7 @@ pub(crate) struct Counters {
     pub(crate) fail_fast: AtomicU64,
     pub(crate) store_failures: AtomicU64,
     pub(crate) adopted: AtomicU64,
+    pub(crate) refreshes_held_back: AtomicU64,
 }
 
 impl Counters {
@@ -55,6 +59,7 @@ impl Counters {
             fail_fast: read(&self.fail_fast),
             store_failures: read(&self.store_failures),
             adopted: read(&self.adopted),
+            refreshes_held_back: read(&self.refreshes_held_back),
         }
     }
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{StoreLock, TokenStore};
+use super::{Revision, StoreGuard, Stored, TokenStore};
 use crate::error::StoreError;
 use crate::key::TokenKey;
 use crate::token::TokenSet;
@@ -35,8 +35,11 @@ use crate::token::TokenSet;
 /// How long [`TokenStore::lock`] waits for another process's refresh, unless set otherwise.
 pub const DEFAULT_FILE_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The format version written to the file.
-const FORMAT_VERSION: u32 = 1;
+/// The format version written to the file: 2 keeps a revision beside each key's tokens.
+const FORMAT_VERSION: u32 = 2;
+
+/// The first format, with no revisions; read as revision 1 of every key, rewritten as version 2.
+const FORMAT_VERSION_WITHOUT_REVISIONS: u32 = 1;
 
 /// Keeps tokens in a JSON file: atomic writes, mode 0600, and an OS file lock so that processes
 /// on one machine share one refresh.
@@ -70,10 +73,24 @@ struct Inner {
 }
 
 /// The file's content.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize)]
 struct Contents {
     version: u32,
-    keys: BTreeMap<String, TokenSet>,
+    keys: BTreeMap<String, Entry>,
+}
+
+/// One key's tokens and the revision of their save.
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    revision: u64,
+    tokens: TokenSet,
+}
+
+/// The file as read, in either format.
+#[derive(Deserialize)]
+struct Raw {
+    version: u32,
+    keys: BTreeMap<String, serde_json::Value>,
 }
 
 impl FileStore {
@@ -150,20 +167,32 @@ impl FileStore {
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(err) => return Err(StoreError::io(format!("reading {}", path.display()), err)),
         };
-        let contents: Contents = serde_json::from_slice(&bytes)
-            .map_err(|err| StoreError::Corrupt(format!("{} is not a token file: {err}", path.display())))?;
-        if contents.version != FORMAT_VERSION {
-            return Err(StoreError::Corrupt(format!(
-                "{} has format version {}, this crate reads version {FORMAT_VERSION}",
-                path.display(),
-                contents.version
-            )));
+        let corrupt = |err: serde_json::Error| StoreError::Corrupt(format!("{} is not a token file: {err}", path.display()));
+        let raw: Raw = serde_json::from_slice(&bytes).map_err(corrupt)?;
+        let keys = match raw.version {
+            FORMAT_VERSION => raw
+                .keys
+                .into_iter()
+                .map(|(key, entry)| Ok((key, serde_json::from_value(entry)?)))
+                .collect::<Result<_, serde_json::Error>>(),
+            FORMAT_VERSION_WITHOUT_REVISIONS => raw
+                .keys
+                .into_iter()
+                .map(|(key, tokens)| Ok((key, Entry { revision: 1, tokens: serde_json::from_value(tokens)? })))
+                .collect::<Result<_, serde_json::Error>>(),
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "{} has format version {other}, this crate reads versions {FORMAT_VERSION_WITHOUT_REVISIONS} and {FORMAT_VERSION}",
+                    path.display(),
+                )));
+            }
         }
-        Ok(Some(contents))
+        .map_err(corrupt)?;
+        Ok(Some(Contents { version: FORMAT_VERSION, keys }))
     }
 
-    /// Read-modify-write under the write lock, then an atomic replace.
-    fn write_key(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
+    /// Compare-and-set of one key: read-modify-write under the write lock, then an atomic replace.
+    fn write_key(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
         self.check_directory()?;
         let lock_path = self.sibling(".write-lock");
         let lock = open_lock_file(&lock_path)?;
@@ -173,11 +202,17 @@ impl FileStore {
             Err(StoreError::Corrupt(_)) if self.inner.overwrite_corrupt => Contents::default(),
             Err(err) => return Err(err),
         };
+        let current = contents.keys.get(key.as_str()).map_or(Revision::NONE, |entry| Revision::new(entry.revision));
+        if current != replaces {
+            return Err(StoreError::Superseded);
+        }
+        let revision = current.next();
         contents.version = FORMAT_VERSION;
-        contents.keys.insert(key.as_str().to_owned(), tokens.clone());
+        contents.keys.insert(key.as_str().to_owned(), Entry { revision: revision.get(), tokens: tokens.clone() });
         let bytes = serde_json::to_vec_pretty(&contents)
             .map_err(|err| StoreError::Corrupt(format!("tokens cannot be written as JSON: {err}")))?;
-        self.replace(&bytes)
+        self.replace(&bytes)?;
+        Ok(revision)
         // The write lock is released when `lock` is dropped (closed) here.
     }
 
@@ -210,20 +245,24 @@ impl FileStore {
 
 #[async_trait]
 impl TokenStore for FileStore {
-    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
+    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
         let store = self.clone();
         let key = key.clone();
-        blocking(move || Ok(store.read()?.and_then(|mut contents| contents.keys.remove(key.as_str())))).await
+        blocking(move || {
+            let entry = store.read()?.and_then(|mut contents| contents.keys.remove(key.as_str()));
+            Ok(entry.map(|entry| Stored::new(entry.tokens, Revision::new(entry.revision))))
+        })
+        .await
     }
 
-    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
         let _writing = self.inner.writing.lock().await;
         let store = self.clone();
         let (key, tokens) = (key.clone(), tokens.clone());
-        blocking(move || store.write_key(&key, &tokens)).await
+        blocking(move || store.write_key(&key, &tokens, replaces)).await
     }
 
-    async fn lock(&self, _key: &TokenKey) -> Result<Option<Box<dyn StoreLock>>, StoreError> {
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
         self.check_directory()?;
         let path = self.sibling(".lock");
         let file = {
@@ -231,13 +270,14 @@ impl TokenStore for FileStore {
             blocking(move || open_lock_file(&path)).await?
         };
         // Poll rather than block: a blocked thread cannot be given a deadline, and the wait is
-        // normally one refresh long.
-        let deadline = Instant::now() + self.inner.lock_timeout;
+        // normally one refresh long. A timeout too long to represent has no deadline of its own
+        // (the layer's flight deadline still ends the wait).
+        let deadline = Instant::now().checked_add(self.inner.lock_timeout);
         let mut pause = Duration::from_millis(1);
         loop {
             match file.try_lock() {
-                Ok(()) => return Ok(Some(Box::new(FileLock { _file: file }))),
-                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                Ok(()) => return Ok(Some(Box::new(FileGuard { store: self, key: key.clone(), _file: file }))),
+                Err(TryLockError::WouldBlock) if deadline.is_none_or(|deadline| Instant::now() < deadline) => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(20));
                 }
@@ -253,12 +293,22 @@ impl TokenStore for FileStore {
 /// A held refresh lock: the open lock file. Closing it releases the lock, also when the process
 /// dies.
 #[derive(Debug)]
-struct FileLock {
+struct FileGuard<'a> {
+    store: &'a FileStore,
+    key: TokenKey,
     _file: File,
 }
 
 #[async_trait]
-impl StoreLock for FileLock {
+impl StoreGuard for FileGuard<'_> {
+    async fn load(&mut self) -> Result<Option<Stored>, StoreError> {
+        self.store.load(&self.key).await
+    }
+
+    async fn save(&mut self, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        self.store.save(&self.key, tokens, replaces).await
+    }
+
     async fn unlock(self: Box<Self>) -> Result<(), StoreError> {
         Ok(())
     }
@@ -312,12 +362,16 @@ mod tests {
         let store = FileStore::new(dir.join("tokens.json"));
         let (a, b) = (TokenKey::new("a"), TokenKey::new("b"));
         assert!(store.load(&a).await.unwrap().is_none(), "no file yet");
-        store.save(&a, &TokenSet::new("ta").with_refresh_token("ra")).await.unwrap();
-        store.save(&b, &TokenSet::new("tb")).await.unwrap();
-        store.save(&a, &TokenSet::new("ta2").with_refresh_token("ra2")).await.unwrap();
+        let first = store.save(&a, &TokenSet::new("ta").with_refresh_token("ra"), Revision::NONE).await.unwrap();
+        store.save(&b, &TokenSet::new("tb"), Revision::NONE).await.unwrap();
+        let second = store.save(&a, &TokenSet::new("ta2").with_refresh_token("ra2"), first).await.unwrap();
+        assert_eq!((first, second), (Revision::new(1), Revision::new(2)));
+        let late = store.save(&a, &TokenSet::new("late"), first).await.unwrap_err();
+        assert!(matches!(late, StoreError::Superseded), "{late:?}");
         let reopened = FileStore::new(dir.join("tokens.json"));
-        assert_eq!(reopened.load(&a).await.unwrap().unwrap().access_token().secret(), "ta2");
-        assert_eq!(reopened.load(&b).await.unwrap().unwrap().access_token().secret(), "tb");
+        let stored = reopened.load(&a).await.unwrap().unwrap();
+        assert_eq!((stored.tokens.access_token().secret(), stored.revision), ("ta2", second));
+        assert_eq!(reopened.load(&b).await.unwrap().unwrap().tokens.access_token().secret(), "tb");
         assert!(!dir.join("tokens.json.0.tmp").exists());
     }
 
@@ -327,7 +381,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = temp_dir("mode");
         let store = FileStore::new(dir.join("tokens.json"));
-        store.save(&TokenKey::default(), &TokenSet::new("t")).await.unwrap();
+        store.save(&TokenKey::default(), &TokenSet::new("t"), Revision::NONE).await.unwrap();
         let mode = fs::metadata(dir.join("tokens.json")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
@@ -335,7 +389,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_directory_is_a_clear_io_error() {
         let store = FileStore::new("/nonexistent-rtr-dir/sub/tokens.json");
-        let err = store.save(&TokenKey::default(), &TokenSet::new("t")).await.unwrap_err();
+        let err = store.save(&TokenKey::default(), &TokenSet::new("t"), Revision::NONE).await.unwrap_err();
         assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
         assert!(err.to_string().contains("does not exist"), "{err}");
     }
@@ -344,16 +398,16 @@ mod tests {
     async fn a_corrupt_file_is_reported_with_its_path_and_never_overwritten() {
         let dir = temp_dir("corrupt");
         let path = dir.join("tokens.json");
-        fs::write(&path, b"{\"version\":1,\"keys\":{\"default\":{\"access_tok").unwrap();
+        fs::write(&path, b"{\"version\":2,\"keys\":{\"default\":{\"access_tok").unwrap();
         let store = FileStore::new(&path);
         let err = store.load(&TokenKey::default()).await.unwrap_err();
         assert!(matches!(&err, StoreError::Corrupt(msg) if msg.contains("tokens.json")), "{err:?}");
-        let err = store.save(&TokenKey::default(), &TokenSet::new("t")).await.unwrap_err();
+        let err = store.save(&TokenKey::default(), &TokenSet::new("t"), Revision::NONE).await.unwrap_err();
         assert!(matches!(err, StoreError::Corrupt(_)));
         assert!(fs::read(&path).unwrap().ends_with(b"access_tok"), "the corrupt file was left alone");
 
         let overwriting = FileStore::new(&path).overwrite_corrupt(true);
-        overwriting.save(&TokenKey::default(), &TokenSet::new("t")).await.unwrap();
+        overwriting.save(&TokenKey::default(), &TokenSet::new("t"), Revision::NONE).await.unwrap();
         assert!(overwriting.load(&TokenKey::default()).await.unwrap().is_some());
     }
 
@@ -367,5 +421,32 @@ mod tests {
         assert!(matches!(err, StoreError::LockTimeout), "{err:?}");
         held.unlock().await.unwrap();
         assert!(other.lock(&TokenKey::default()).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_file_in_the_first_format_reads_as_revision_1_and_is_rewritten_in_the_second() {
+        let dir = temp_dir("v1");
+        let path = dir.join("tokens.json");
+        fs::write(&path, br#"{"version":1,"keys":{"default":{"access_token":"a1","refresh_token":"r1"}}}"#).unwrap();
+        let store = FileStore::new(&path);
+        let stored = store.load(&TokenKey::default()).await.unwrap().unwrap();
+        assert_eq!((stored.tokens.access_token().secret(), stored.revision), ("a1", Revision::new(1)));
+        store.save(&TokenKey::default(), &TokenSet::new("a2"), stored.revision).await.unwrap();
+        let written: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(written["version"], 2);
+        assert_eq!(written["keys"]["default"]["revision"], 2);
+    }
+
+    #[tokio::test]
+    async fn a_lock_timeout_too_long_to_represent_waits_without_panicking() {
+        let dir = temp_dir("max");
+        let store = FileStore::new(dir.join("tokens.json")).lock_timeout(Duration::MAX);
+        let held = store.lock(&TokenKey::default()).await.unwrap().unwrap();
+        let other = store.clone();
+        let waiting = tokio::spawn(async move { other.lock(&TokenKey::default()).await.map(|guard| guard.is_some()) });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!waiting.is_finished(), "the second holder waits");
+        held.unlock().await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap().unwrap());
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{StoreLock, TokenStore};
+use super::{Revision, StoreGuard, Stored, TokenStore};
 use crate::error::StoreError;
 use crate::key::TokenKey;
 use crate::token::TokenSet;
@@ -23,7 +23,7 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    tokens: Mutex<HashMap<TokenKey, TokenSet>>,
+    tokens: Mutex<HashMap<TokenKey, Stored>>,
     locks: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -36,28 +36,46 @@ impl MemoryStore {
 
 #[async_trait]
 impl TokenStore for MemoryStore {
-    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
+    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
         Ok(self.inner.tokens.lock().get(key).cloned())
     }
 
-    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
-        self.inner.tokens.lock().insert(key.clone(), tokens.clone());
-        Ok(())
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        let mut map = self.inner.tokens.lock();
+        let current = map.get(key).map_or(Revision::NONE, |stored| stored.revision);
+        if current != replaces {
+            return Err(StoreError::Superseded);
+        }
+        let revision = current.next();
+        map.insert(key.clone(), Stored::new(tokens.clone(), revision));
+        Ok(revision)
     }
 
-    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreLock>>, StoreError> {
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
         let lock = self.inner.locks.lock().entry(key.clone()).or_default().clone();
-        Ok(Some(Box::new(MemoryLock { _guard: lock.lock_owned().await })))
+        let held = lock.lock_owned().await;
+        Ok(Some(Box::new(MemoryGuard { store: self, key: key.clone(), _held: held })))
     }
 }
 
+/// A held per-key lock of a [`MemoryStore`].
 #[derive(Debug)]
-struct MemoryLock {
-    _guard: tokio::sync::OwnedMutexGuard<()>,
+struct MemoryGuard<'a> {
+    store: &'a MemoryStore,
+    key: TokenKey,
+    _held: tokio::sync::OwnedMutexGuard<()>,
 }
 
 #[async_trait]
-impl StoreLock for MemoryLock {
+impl StoreGuard for MemoryGuard<'_> {
+    async fn load(&mut self) -> Result<Option<Stored>, StoreError> {
+        self.store.load(&self.key).await
+    }
+
+    async fn save(&mut self, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        self.store.save(&self.key, tokens, replaces).await
+    }
+
     async fn unlock(self: Box<Self>) -> Result<(), StoreError> {
         Ok(())
     }
@@ -72,21 +90,47 @@ mod tests {
         let a = MemoryStore::new();
         let b = a.clone();
         let key = TokenKey::new("u");
-        a.save(&key, &TokenSet::new("t")).await.unwrap();
-        assert_eq!(b.load(&key).await.unwrap().unwrap().access_token().secret(), "t");
+        a.save(&key, &TokenSet::new("t"), Revision::NONE).await.unwrap();
+        assert_eq!(b.load(&key).await.unwrap().unwrap().tokens.access_token().secret(), "t");
 
         let held = a.lock(&key).await.unwrap().unwrap();
         let waiting = tokio::spawn(async move { b.lock(&TokenKey::new("u")).await.map(|l| l.is_some()) });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished(), "the second lock must wait for the first");
         held.unlock().await.unwrap();
-        assert!(waiting.await.unwrap().unwrap());
+        assert!(tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.unwrap().unwrap().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_save_over_an_older_revision_is_refused_and_writes_nothing() {
+        let store = MemoryStore::new();
+        let key = TokenKey::new("u");
+        let first = store.save(&key, &TokenSet::new("t1"), Revision::NONE).await.unwrap();
+        assert_eq!(first, Revision::new(1));
+        let second = store.save(&key, &TokenSet::new("t2"), first).await.unwrap();
+        assert_eq!(second, Revision::new(2));
+        let late = store.save(&key, &TokenSet::new("late"), first).await.unwrap_err();
+        assert!(matches!(late, StoreError::Superseded), "{late:?}");
+        let stored = store.load(&key).await.unwrap().unwrap();
+        assert_eq!((stored.tokens.access_token().secret(), stored.revision), ("t2", second));
+    }
+
+    #[tokio::test]
+    async fn saves_under_the_guard_are_fenced_too() {
+        let store = MemoryStore::new();
+        let key = TokenKey::new("u");
+        store.save(&key, &TokenSet::new("t1"), Revision::NONE).await.unwrap();
+        let mut guard = store.lock(&key).await.unwrap().unwrap();
+        let read = guard.load().await.unwrap().unwrap();
+        assert!(matches!(guard.save(&TokenSet::new("x"), Revision::NONE).await, Err(StoreError::Superseded)));
+        assert_eq!(guard.save(&TokenSet::new("t2"), read.revision).await.unwrap(), Revision::new(2));
+        guard.unlock().await.unwrap();
     }
 
     #[tokio::test]
     async fn keys_are_independent() {
         let store = MemoryStore::new();
-        store.save(&TokenKey::new("a"), &TokenSet::new("ta")).await.unwrap();
+        store.save(&TokenKey::new("a"), &TokenSet::new("ta"), Revision::NONE).await.unwrap();
         assert!(store.load(&TokenKey::new("b")).await.unwrap().is_none());
         let _a = store.lock(&TokenKey::new("a")).await.unwrap();
         // A held lock on one key never blocks another key.

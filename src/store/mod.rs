@@ -1,4 +1,5 @@
-//! Where tokens live between refreshes: the [`TokenStore`] trait and [`MemoryStore`].
+//! Where tokens live between refreshes: the [`TokenStore`] trait, its lock's [`StoreGuard`], and
+//! the [`Revision`] every save names so that no save overwrites a newer one.
 
 mod file;
 mod memory;
@@ -9,7 +10,7 @@ mod redis;
 
 use std::fmt;
 
-use async_trait::async_trait;
+pub use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::key::TokenKey;
@@ -24,39 +25,151 @@ pub use postgres::PostgresStore;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisStore;
 
+/// Which save of a key's tokens a store holds: 0 before the first, then one more with every save.
+///
+/// A save names the revision it replaces (compare-and-set): if the store holds another one,
+/// somebody saved in between and the save is refused with [`StoreError::Superseded`], so a late
+/// save (a replica that lost its lock, a save retried after an outage) never overwrites a newer
+/// set. Revisions belong to the store, not to a process: every replica sharing it sees the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Revision(u64);
+
+impl Revision {
+    /// The revision of a key with no tokens saved.
+    pub const NONE: Revision = Revision(0);
+
+    /// A revision from the number a store keeps.
+    pub const fn new(number: u64) -> Self {
+        Revision(number)
+    }
+
+    /// The number a store keeps.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The revision a successful save over this one creates.
+    pub const fn next(self) -> Revision {
+        Revision(self.0.saturating_add(1))
+    }
+}
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "r{}", self.0)
+    }
+}
+
+/// A key's tokens as a store holds them: the set, and the revision of that save.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Stored {
+    /// The saved tokens.
+    pub tokens: TokenSet,
+    /// Which save this is.
+    pub revision: Revision,
+}
+
+impl Stored {
+    /// Tokens as saved at `revision`.
+    pub fn new(tokens: TokenSet, revision: Revision) -> Self {
+        Self { tokens, revision }
+    }
+}
+
 /// Keeps token sets, per [`TokenKey`], and optionally lets processes share one refresh.
 ///
 /// The layer saves every new token set **before** any request uses it: with providers that
 /// rotate refresh tokens, the new refresh token is the only one that works, and a crash between
 /// using the access token and saving it would lose the user's authorization for good.
 ///
-/// A store that several processes or replicas share should implement [`lock`](Self::lock): the
-/// layer takes that lock around a refresh, re-reads the store under it, and adopts what another
-/// process already saved instead of spending the refresh token a second time.
+/// Every save is a compare-and-set on the key's [`Revision`]. A store that several processes or
+/// replicas share should also implement [`lock`](Self::lock): the layer takes that lock around a
+/// refresh and makes the re-read and the save through the [`StoreGuard`] it returns, so it adopts
+/// what another process already saved instead of spending the refresh token a second time.
+///
+/// # Writing a store
+///
+/// A complete store that keeps tokens in a map (a database table works the same way: a
+/// `revision` column, and an `UPDATE ... WHERE revision = $replaces`):
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use reqwest_token_refresh::{async_trait, Revision, StoreError, Stored, TokenKey, TokenSet, TokenStore};
+///
+/// #[derive(Debug, Default)]
+/// struct MapStore(Mutex<HashMap<TokenKey, Stored>>);
+///
+/// #[async_trait]
+/// impl TokenStore for MapStore {
+///     async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
+///         Ok(self.0.lock().unwrap().get(key).cloned())
+///     }
+///
+///     async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+///         let mut map = self.0.lock().unwrap();
+///         let current = map.get(key).map_or(Revision::NONE, |stored| stored.revision);
+///         if current != replaces {
+///             return Err(StoreError::Superseded);
+///         }
+///         let revision = current.next();
+///         map.insert(key.clone(), Stored::new(tokens.clone(), revision));
+///         Ok(revision)
+///     }
+///     // No `lock`: the layer's single flight is per process, and the revision still keeps a late
+///     // save from overwriting a newer one.
+/// }
+///
+/// # async fn run() -> Result<(), StoreError> {
+/// let store = MapStore::default();
+/// let key = TokenKey::new("user-42");
+/// let first = store.save(&key, &TokenSet::new("a1"), Revision::NONE).await?;
+/// assert!(matches!(store.save(&key, &TokenSet::new("late"), Revision::NONE).await, Err(StoreError::Superseded)));
+/// store.save(&key, &TokenSet::new("a2"), first).await?;
+/// # Ok(()) }
+/// # tokio_test_block_on(run()).unwrap();
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
 #[async_trait]
 pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
-    /// Reads the token set saved for `key`, if any.
-    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError>;
+    /// Reads the token set saved for `key` and its revision, if any.
+    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError>;
 
-    /// Saves the token set for `key`, durably: when this returns `Ok`, a restart reads it back.
-    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError>;
+    /// Saves the token set for `key` if the key's revision is still `replaces`
+    /// ([`Revision::NONE`]: nothing is saved yet), durably: when this returns the new revision, a
+    /// restart reads the set back. Otherwise it writes nothing and fails with
+    /// [`StoreError::Superseded`].
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError>;
 
     /// Takes this store's lock for `key`, held while one refresh runs, so that processes sharing
     /// the store refresh once between them. Waits until the lock is free (or fails with
-    /// [`StoreError::LockTimeout`]).
+    /// [`StoreError::LockTimeout`]). The re-read and the save made under the lock go through the
+    /// returned guard.
     ///
     /// The default takes no lock (`Ok(None)`): the layer's in-process single flight is then the
-    /// only one.
-    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreLock>>, StoreError> {
+    /// only one, and saves still go through [`save`](Self::save)'s compare-and-set.
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
         let _ = key;
         Ok(None)
     }
 }
 
-/// A held [`TokenStore::lock`]. Dropping it must release it too (a lease may simply expire), but
-/// the layer calls [`unlock`](Self::unlock) so that a failure to release can be reported.
+/// A held [`TokenStore::lock`] for one key, and the store operations that are only valid while it
+/// is held.
+///
+/// Dropping it must release it too (a lease may simply expire), but the layer calls
+/// [`unlock`](Self::unlock) so that a failure to release can be reported.
 #[async_trait]
-pub trait StoreLock: fmt::Debug + Send + Sync {
+pub trait StoreGuard: fmt::Debug + Send {
+    /// Reads the key's tokens under the lock: what another holder saved before it let go.
+    async fn load(&mut self) -> Result<Option<Stored>, StoreError>;
+
+    /// Saves the key's tokens under the lock, as [`TokenStore::save`] does: only over `replaces`.
+    async fn save(&mut self, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError>;
+
     /// Releases the lock.
     async fn unlock(self: Box<Self>) -> Result<(), StoreError>;
 }
@@ -71,5 +184,14 @@ mod tests {
     fn token_store_is_object_safe() {
         let store: Arc<dyn TokenStore> = Arc::new(MemoryStore::new());
         let _ = format!("{store:?}");
+    }
+
+    #[test]
+    fn revisions_count_saves() {
+        assert_eq!(Revision::NONE.next(), Revision::new(1));
+        assert_eq!(Revision::new(41).next().get(), 42);
+        assert_eq!(Revision::new(u64::MAX).next(), Revision::new(u64::MAX));
+        assert!(Revision::new(2) > Revision::new(1));
+        assert_eq!(Revision::new(7).to_string(), "r7");
     }
 }

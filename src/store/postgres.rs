@@ -1,14 +1,12 @@
 //! [`PostgresStore`]: tokens in PostgreSQL, one row per key, an advisory lock per key. How it
 //! works is documented on the type.
 
-use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,7 +19,7 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, NoTls, Socket};
 
-use super::{StoreLock, TokenStore};
+use super::{Revision, StoreGuard, Stored, TokenStore};
 use crate::error::StoreError;
 use crate::key::TokenKey;
 use crate::source::DEFAULT_TOKEN_TIMEOUT;
@@ -107,23 +105,20 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// still on its way to saving. Without a fence the first replica would then overwrite the newer
 /// set with an older one, and the refresh token it writes may already have been rotated away.
 ///
-/// So every save bumps the row's `generation`. Under the lock the store remembers the generation
-/// it last read for the key (when the lock was taken, and again on every `load` while it is held),
-/// and a save under the lock is conditional:
+/// So every save bumps the row's `generation`, which is the key's [`Revision`], and every save
+/// is conditional on the generation it names:
 ///
 /// ```sql
-/// UPDATE ... SET tokens = $2, generation = generation + 1 WHERE key = $1 AND generation = $expected
+/// UPDATE ... SET tokens = $2, generation = generation + 1 WHERE key = $1 AND generation = $replaces
 /// -- or, when there was no row: INSERT ... ON CONFLICT (key) DO NOTHING
 /// ```
 ///
 /// If no row was written, somebody saved in between, and the save fails with
 /// [`StoreError::Superseded`]: the layer then adopts the stored (newer) tokens instead of
-/// retrying. A save that succeeds moves the remembered generation on, so several saves under one
-/// lock each pass the fence. Saves while no lock is held (seeding from the initial tokens,
-/// [`set_tokens`](crate::TokenRefresh::set_tokens) when the lock could not be taken, retries of a
-/// failed save) write unconditionally (an upsert, generation + 1) and so also fence off any holder
-/// that read the row before them. The remembered generations belong to a `PostgresStore` value
-/// and its clones; layers that share one value share them.
+/// overwriting them. That holds for saves under the lock and without it alike (seeding from the
+/// initial tokens, [`set_tokens`](crate::TokenRefresh::set_tokens), retries of a failed save).
+/// Saves under the lock go through the lock's [`StoreGuard`](crate::StoreGuard) on the shared
+/// connection, so they commit at once: the lock's own transaction writes nothing.
 ///
 /// # Connections
 ///
@@ -155,10 +150,8 @@ struct Settings {
 struct Sql {
     create: String,
     load: String,
-    upsert: String,
     update_fenced: String,
     insert_fenced: String,
-    generation: String,
 }
 
 impl Sql {
@@ -173,11 +166,6 @@ impl Sql {
                  updated_at timestamptz NOT NULL DEFAULT now())"
             ),
             load: format!("SELECT tokens::text, generation FROM {t} WHERE key = $1"),
-            upsert: format!(
-                "INSERT INTO {t} AS stored (key, tokens, generation, updated_at) VALUES ($1, $2::jsonb, 1, now()) \
-                 ON CONFLICT (key) DO UPDATE \
-                 SET tokens = excluded.tokens, generation = stored.generation + 1, updated_at = now()"
-            ),
             update_fenced: format!(
                 "UPDATE {t} SET tokens = $2::jsonb, generation = generation + 1, updated_at = now() \
                  WHERE key = $1 AND generation = $3 RETURNING generation"
@@ -186,7 +174,6 @@ impl Sql {
                 "INSERT INTO {t} (key, tokens, generation, updated_at) VALUES ($1, $2::jsonb, 1, now()) \
                  ON CONFLICT (key) DO NOTHING RETURNING generation"
             ),
-            generation: format!("SELECT generation FROM {t} WHERE key = $1"),
         }
     }
 }
@@ -405,11 +392,6 @@ impl PostgresStore {
             }
         }
     }
-
-    /// The generation remembered for `key` under a lock this store holds, with the lock's serial.
-    fn fence(&self, key: &TokenKey) -> Option<(u64, Option<i64>)> {
-        self.locks.held.lock().get(key).map(|held| (held.serial, held.generation))
-    }
 }
 
 impl fmt::Debug for PostgresStore {
@@ -454,7 +436,7 @@ fn describe(config: &Config) -> String {
 
 #[async_trait]
 impl TokenStore for PostgresStore {
-    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
+    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
         let sql = &self.settings.sql.load;
         let name = key.as_str();
         let row = self
@@ -463,68 +445,49 @@ impl TokenStore for PostgresStore {
                 |client| async move { client.query_typed_opt(sql, &[(&name, Type::TEXT)]).await },
             )
             .await?;
-        let (json, generation) = match row {
-            Some(row) => {
-                let json: String = row.try_get(0).map_err(|err| self.corrupt(key, &err))?;
-                let generation: i64 = row.try_get(1).map_err(|err| self.corrupt(key, &err))?;
-                (Some(json), Some(generation))
-            }
-            None => (None, None),
-        };
-        // Under the lock, what was just read is what the next save is fenced against: the layer
-        // refreshes from (or adopts) exactly this row.
-        if let Some(held) = self.locks.held.lock().get_mut(key) {
-            held.generation = generation;
-        }
-        json.map(|json| serde_json::from_str(&json).map_err(|err| self.corrupt(key, &err))).transpose()
+        let Some(row) = row else { return Ok(None) };
+        let json: String = row.try_get(0).map_err(|err| self.corrupt(key, &err))?;
+        let generation: i64 = row.try_get(1).map_err(|err| self.corrupt(key, &err))?;
+        let tokens = serde_json::from_str(&json).map_err(|err| self.corrupt(key, &err))?;
+        Ok(Some(Stored::new(tokens, revision_of(generation))))
     }
 
-    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
         let json = serde_json::to_string(tokens)
             .map_err(|err| StoreError::Corrupt(format!("tokens cannot be written as JSON: {err}")))?;
         let (name, json) = (key.as_str(), json.as_str());
         let action = || format!("saving the tokens of key `{key}`");
-        let Some((serial, expected)) = self.fence(key) else {
-            let sql = &self.settings.sql.upsert;
-            return self
-                .run(action, |client| async move {
-                    client.execute_typed(sql, &[(&name, Type::TEXT), (&json, Type::TEXT)]).await
-                })
-                .await
-                .map(|_| ());
-        };
-        let row = match expected {
-            Some(generation) => {
-                let sql = &self.settings.sql.update_fenced;
-                self.run(action, |client| async move {
-                    client
-                        .query_typed_opt(sql, &[(&name, Type::TEXT), (&json, Type::TEXT), (&generation, Type::INT8)])
-                        .await
-                })
-                .await?
-            }
-            None => {
-                let sql = &self.settings.sql.insert_fenced;
-                self.run(action, |client| async move {
-                    client.query_typed_opt(sql, &[(&name, Type::TEXT), (&json, Type::TEXT)]).await
-                })
-                .await?
-            }
+        let row = if replaces == Revision::NONE {
+            let sql = &self.settings.sql.insert_fenced;
+            self.run(action, |client| async move {
+                client.query_typed_opt(sql, &[(&name, Type::TEXT), (&json, Type::TEXT)]).await
+            })
+            .await?
+        } else {
+            let sql = &self.settings.sql.update_fenced;
+            let expected = i64::try_from(replaces.get()).unwrap_or(i64::MAX);
+            self.run(action, |client| async move {
+                client
+                    .query_typed_opt(sql, &[(&name, Type::TEXT), (&json, Type::TEXT), (&expected, Type::INT8)])
+                    .await
+            })
+            .await?
         };
         let Some(row) = row else {
-            tracing::debug!(key = %key, expected = ?expected, "save refused: another process saved newer tokens since this one read them");
+            tracing::debug!(key = %key, %replaces, "save refused: another process saved newer tokens since this one read them");
             return Err(StoreError::Superseded);
         };
         let written: i64 = row.try_get(0).map_err(|err| self.corrupt(key, &err))?;
-        if let Some(held) = self.locks.held.lock().get_mut(key).filter(|held| held.serial == serial) {
-            held.generation = Some(written);
-        }
-        Ok(())
+        Ok(revision_of(written))
     }
 
-    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreLock>>, StoreError> {
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
         let settings = &self.settings;
-        let deadline = Instant::now() + settings.lock_timeout;
+        // A timeout too long to represent is cut to a day: the layer's flight deadline ends the
+        // wait long before.
+        let deadline = Instant::now()
+            .checked_add(settings.lock_timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(24 * 60 * 60));
         let permit = match tokio::time::timeout_at(deadline, self.locks.permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => permit,
             // The semaphore is never closed; a timeout is the only way out.
@@ -551,28 +514,14 @@ impl TokenStore for PostgresStore {
                  SET LOCAL idle_in_transaction_session_timeout = {hold_ms}; \
                  SELECT pg_advisory_xact_lock({id})"
             );
-            let sql = &settings.sql.generation;
-            let name = key.as_str();
-            let taken = async {
-                client.batch_execute(&begin).await?;
-                // A statement of its own: its snapshot is taken after the lock was granted, so it
-                // sees what the previous holder committed.
-                client.query_typed_opt(sql, &[(&name, Type::TEXT)]).await
-            };
-            match tokio::time::timeout(remaining + settings.query_timeout, taken).await {
-                Ok(Ok(row)) => {
-                    let generation = match row {
-                        Some(row) => Some(row.try_get::<_, i64>(0).map_err(|err| self.corrupt(key, &err))?),
-                        None => None,
-                    };
-                    let serial = self.locks.hold(key, generation);
-                    return Ok(Some(Box::new(PostgresLock {
+            let taken = client.batch_execute(&begin);
+            match tokio::time::timeout(remaining.saturating_add(settings.query_timeout), taken).await {
+                Ok(Ok(())) => {
+                    return Ok(Some(Box::new(PostgresGuard {
+                        store: self,
                         key: key.clone(),
                         id,
-                        serial,
                         client: Some(client),
-                        locks: self.locks.clone(),
-                        query_timeout: settings.query_timeout,
                         _permit: permit,
                     })));
                 }
@@ -687,16 +636,7 @@ struct Locks {
     permits: Arc<Semaphore>,
     /// Lock connections between two locks (their transaction ended, so they hold nothing).
     idle: Mutex<Vec<Client>>,
-    /// Keys whose lock this store holds, with the generation last read under it.
-    held: Mutex<HashMap<TokenKey, Held>>,
-    serials: AtomicU64,
     max_idle: usize,
-}
-
-struct Held {
-    serial: u64,
-    /// The row's generation when last read under the lock; `None`: there was no row.
-    generation: Option<i64>,
 }
 
 impl Locks {
@@ -704,8 +644,6 @@ impl Locks {
         Self {
             permits: Arc::new(Semaphore::new(connections)),
             idle: Mutex::new(Vec::new()),
-            held: Mutex::new(HashMap::new()),
-            serials: AtomicU64::new(0),
             max_idle: connections,
         }
     }
@@ -736,47 +674,44 @@ impl Locks {
             Err(_) => Err(None),
         }
     }
-
-    fn hold(&self, key: &TokenKey, generation: Option<i64>) -> u64 {
-        let serial = self.serials.fetch_add(1, Ordering::Relaxed);
-        self.held.lock().insert(key.clone(), Held { serial, generation });
-        serial
-    }
-
-    fn forget(&self, key: &TokenKey, serial: u64) {
-        let mut held = self.held.lock();
-        if held.get(key).is_some_and(|held| held.serial == serial) {
-            held.remove(key);
-        }
-    }
 }
 
-/// A held per-key advisory lock: an open transaction on a connection of its own.
-struct PostgresLock {
+/// A held per-key advisory lock: an open transaction on a connection of its own. Loads and saves
+/// under it go through the store's shared connection (they commit at once) and are fenced by the
+/// revision they name.
+struct PostgresGuard<'a> {
+    store: &'a PostgresStore,
     key: TokenKey,
     id: i64,
-    serial: u64,
     /// `None` once released.
     client: Option<Client>,
-    locks: Arc<Locks>,
-    query_timeout: Duration,
     _permit: OwnedSemaphorePermit,
 }
 
-impl fmt::Debug for PostgresLock {
+impl fmt::Debug for PostgresGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresLock").field("key", &self.key).field("lock_id", &self.id).finish()
+        f.debug_struct("PostgresGuard").field("key", &self.key).field("lock_id", &self.id).finish()
     }
 }
 
 #[async_trait]
-impl StoreLock for PostgresLock {
+impl StoreGuard for PostgresGuard<'_> {
+    async fn load(&mut self) -> Result<Option<Stored>, StoreError> {
+        // A statement of its own on the shared connection, started after the lock was granted, so
+        // it sees what the previous holder committed.
+        self.store.load(&self.key).await
+    }
+
+    async fn save(&mut self, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        self.store.save(&self.key, tokens, replaces).await
+    }
+
     async fn unlock(mut self: Box<Self>) -> Result<(), StoreError> {
-        self.locks.forget(&self.key, self.serial);
         let Some(client) = self.client.take() else { return Ok(()) };
         // Rolling back ends the transaction and with it the advisory lock (nothing was written in
         // it: saves go through the shared connection and commit at once).
-        self.locks.put_back(client, self.query_timeout).await.map_err(|err| {
+        let query_timeout = self.store.settings.query_timeout;
+        self.store.locks.put_back(client, query_timeout).await.map_err(|err| {
             let action = format!(
                 "releasing the refresh lock of key `{}` (the lock went with its connection: it was held past the \
                  lock-hold limit, or PostgreSQL went away)",
@@ -791,14 +726,17 @@ impl StoreLock for PostgresLock {
     }
 }
 
-impl Drop for PostgresLock {
+impl Drop for PostgresGuard<'_> {
     fn drop(&mut self) {
         // Not released with `unlock` (the refresh was cancelled or panicked): dropping the client
         // closes the connection, and the server releases the lock with the session.
-        if self.client.take().is_some() {
-            self.locks.forget(&self.key, self.serial);
-        }
+        drop(self.client.take());
     }
+}
+
+/// A stored generation as a revision (a negative one, written by hand, reads as none).
+fn revision_of(generation: i64) -> Revision {
+    Revision::new(u64::try_from(generation).unwrap_or(0))
 }
 
 /// The advisory lock id of `key` in `table`: FNV-1a over both, then the SplitMix64 finaliser so

@@ -35,37 +35,26 @@
 //! holder may be paused (a slow token endpoint, a stalled VM) past the lease time and resume
 //! without knowing. Saves are therefore checked inside Redis, atomically, by a Lua script.
 //!
-//! **A save made under the lease** (by the task that holds it, after it has read the tokens under
-//! the lease) succeeds only if the stored generation is still the one that task read. If another
-//! replica saved in the meantime (after this lease expired, or a user installed new tokens with
-//! [`TokenRefresh::set_tokens`](crate::TokenRefresh::set_tokens)), the save returns
-//! [`StoreError::Superseded`] and writes nothing. The layer then adopts the stored tokens instead
-//! of overwriting them. A stale holder therefore never overwrites a newer token.
+//! **Every save is a compare-and-set** on the generation, which is the key's
+//! [`Revision`](crate::Revision): it succeeds only if the stored generation is still the one the
+//! saver read. If another replica saved in the meantime (after this lease expired, or a user
+//! installed new tokens with [`TokenRefresh::set_tokens`](crate::TokenRefresh::set_tokens)), the
+//! save returns [`StoreError::Superseded`] and writes nothing, and the layer adopts the stored
+//! tokens instead. A stale holder therefore never overwrites a newer token, and neither does a save
+//! retried after an outage.
 //!
-//! The script also compares the lock's value with the holder's owner id, but **a lease that is no
-//! longer held does not by itself reject the save**. The generation decides. Take a holder whose
-//! lease expired during a slow token call, where nobody has saved anything since. Its new token set
-//! is then the only valid one: the provider has already spent the old refresh token. Rejecting
-//! the save would make the layer adopt the stored, spent set, and every replica would lose the
-//! user's authorization. The save therefore lands, and a warning is logged. A replica that took
-//! over the lease meanwhile either fails its own refresh with `invalid_grant` (the layer re-reads
-//! the store before declaring the grant dead and adopts this save) or, with a provider that still
-//! accepted the old refresh token, has its own save rejected by the generation check and adopts
-//! this one. The generation stored with the tokens is the fencing token. The lease only prevents
-//! duplicate token calls.
+//! **A lease that is no longer held does not by itself reject the save**; the generation decides.
+//! Take a holder whose lease expired during a slow token call, where nobody has saved anything
+//! since. Its new token set is then the only valid one: the provider has already spent the old
+//! refresh token. Rejecting the save would make the layer adopt the stored, spent set, and every
+//! replica would lose the user's authorization. The save therefore lands, and a warning is logged.
+//! A replica that took over the lease meanwhile either fails its own refresh with `invalid_grant`
+//! (the layer re-reads the store before declaring the grant dead and adopts this save) or, with a
+//! provider that still accepted the old refresh token, has its own save rejected by the generation
+//! check and adopts this one. The lease only prevents duplicate token calls.
 //!
-//! **A save made without the lease** writes unconditionally and increments the generation. The
-//! layer saves without the lease when it seeds an empty store with its initial tokens, when
-//! `set_tokens` could not take the lock, and when it retries a save that failed. A save under the
-//! lease with no read before it is unconditional too: `set_tokens` takes the lease and saves
-//! without reading, and tokens a user has just authorized must win.
-//!
-//! [`TokenStore::save`] does not say whether the caller holds the lease. This store therefore
-//! ties each lease to the tokio task that took it ([`tokio::task::try_id`]). The layer takes the
-//! lease, reads, saves and releases within one task, so saves from other tasks are never mistaken
-//! for the holder's, even when several layers share one `RedisStore`. The basis for the
-//! generation check is the first read under the lease, and it advances with each successful save
-//! under it.
+//! Saves under the lease go through the lease's [`StoreGuard`](crate::StoreGuard), which carries the
+//! owner id, so the store never has to guess whether a save is its holder's.
 //!
 //! # When Redis is down
 //!
@@ -76,7 +65,6 @@
 //! fails with that error, and the layer waits out a backoff before the next attempt. New tokens
 //! whose save failed are used from memory and saved again until the save lands.
 
-use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
@@ -90,16 +78,16 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ConnectionAddr, ConnectionInfo, RedisError, Script};
 use serde::Deserialize;
 
-use super::{StoreLock, TokenStore};
+use super::{Revision, StoreGuard, Stored, TokenStore};
 use crate::error::StoreError;
 use crate::key::TokenKey;
 use crate::token::TokenSet;
 
-/// Saves a token set; unconditionally, or only if the stored generation is the expected one.
+/// Saves a token set only if the stored generation is the expected one.
 ///
 /// `KEYS[1]`: the tokens key; `KEYS[2]`: the lock key. `ARGV[1]`: the token set as JSON;
-/// `ARGV[2]`: the expected generation (`0` for "no tokens"), or empty for an unconditional save;
-/// `ARGV[3]`: the caller's owner id, or empty without a lease.
+/// `ARGV[2]`: the expected generation (`0` for "no tokens"); `ARGV[3]`: the caller's owner id, or
+/// empty without a lease.
 ///
 /// Returns `{status, generation, held}`: status `1` saved (generation is the new one), `0`
 /// superseded (generation is the stored one), `-1` the stored value is unreadable (nothing
@@ -121,7 +109,7 @@ local held = 0
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
   held = 1
 end
-if ARGV[2] ~= '' and generation ~= tonumber(ARGV[2]) then
+if generation ~= tonumber(ARGV[2]) then
   return {0, generation, held}
 end
 generation = generation + 1
@@ -176,13 +164,14 @@ return 0
 ///
 /// # Fencing
 ///
-/// A save made under the lease succeeds only if the stored generation is still the one the holder
-/// read. Otherwise it returns [`StoreError::Superseded`] and the layer adopts the stored tokens.
-/// This covers a holder whose lease expired while another replica saved, or while a user installed
-/// new tokens. The generation decides, not the lease. A holder whose lease lapsed still saves if
-/// nothing newer was stored, because its tokens are then the only valid ones: the provider has
-/// already spent the old refresh token. Saves outside the lease (seeding an empty store,
-/// retried saves) are unconditional. The source of this module explains the reasoning in detail.
+/// The generation is the key's [`Revision`]: every save succeeds only if the stored generation is
+/// still the one it names, inside Redis, atomically (a Lua script). Otherwise it returns
+/// [`StoreError::Superseded`] and the layer adopts the stored tokens. This covers a holder whose
+/// lease expired while another replica saved, a user who installed new tokens meanwhile, and a
+/// save retried after an outage. The generation decides, not the lease: a holder whose lease
+/// lapsed still saves if nothing newer was stored, because its tokens are then the only valid
+/// ones (the provider has already spent the old refresh token). The source of this module explains
+/// the reasoning in detail.
 ///
 /// # Operation
 ///
@@ -219,27 +208,11 @@ struct Shared {
     address: String,
     /// Created on first use, inside the runtime (it spawns a task).
     manager: Mutex<Option<ConnectionManager>>,
-    /// The leases this process holds, per key (normally at most one), with the task that holds
-    /// each.
-    leases: Mutex<HashMap<TokenKey, Vec<HeldLease>>>,
-    lease_ids: AtomicU64,
-}
-
-/// A lease this process holds, as remembered for fencing the holder's saves.
-#[derive(Debug, Clone)]
-struct HeldLease {
-    id: u64,
-    owner: Arc<str>,
-    /// The task that took the lease; `None` outside any tokio task (a `block_on`).
-    task: Option<tokio::task::Id>,
-    /// The generation the holder read first under the lease (0: no tokens), advanced by each of
-    /// its saves. `None` until it reads: its saves are then unconditional.
-    basis: Option<u64>,
 }
 
 /// What the tokens key holds.
 #[derive(Deserialize)]
-struct Stored {
+struct StoredJson {
     generation: u64,
     tokens: TokenSet,
 }
@@ -285,8 +258,6 @@ impl RedisStore {
                 client,
                 address,
                 manager: Mutex::new(None),
-                leases: Mutex::new(HashMap::new()),
-                lease_ids: AtomicU64::new(0),
             }),
         }
     }
@@ -384,38 +355,46 @@ impl RedisStore {
         }
     }
 
-    /// The lease the current task holds for `key`, if any.
-    fn held_lease(&self, key: &TokenKey) -> Option<HeldLease> {
-        let task = tokio::task::try_id();
-        let leases = self.shared.leases.lock();
-        leases.get(key)?.iter().rev().find(|lease| lease.task == task).cloned()
-    }
-
-    /// Records a read under the current task's lease: the first one is the fencing basis.
-    fn note_read(&self, key: &TokenKey, generation: u64) {
-        let task = tokio::task::try_id();
-        let mut leases = self.shared.leases.lock();
-        if let Some(lease) = leases.get_mut(key).and_then(|held| held.iter_mut().rev().find(|lease| lease.task == task))
-        {
-            lease.basis.get_or_insert(generation);
-        }
-    }
-
-    /// Records a save under lease `id`: the holder's next save expects this generation.
-    fn note_write(&self, key: &TokenKey, id: u64, generation: u64) {
-        let mut leases = self.shared.leases.lock();
-        if let Some(lease) = leases.get_mut(key).and_then(|held| held.iter_mut().find(|lease| lease.id == id)) {
-            lease.basis = Some(generation);
-        }
-    }
-
-    fn forget_lease(&self, key: &TokenKey, id: u64) {
-        let mut leases = self.shared.leases.lock();
-        if let Some(held) = leases.get_mut(key) {
-            held.retain(|lease| lease.id != id);
-            if held.is_empty() {
-                leases.remove(key);
+    /// Saves `tokens` over generation `replaces`, as the holder of lease `owner` if there is one.
+    async fn save_fenced(
+        &self,
+        key: &TokenKey,
+        tokens: &TokenSet,
+        replaces: Revision,
+        owner: Option<&str>,
+    ) -> Result<Revision, StoreError> {
+        let name = self.tokens_key(key);
+        let json = serde_json::to_string(tokens)
+            .map_err(|err| failure_message("encoding tokens", format!("{:?} error", err.classify())))?;
+        let mut conn = self.connection()?;
+        let mut invocation = SAVE.prepare_invoke();
+        invocation.key(&name).key(self.lock_key(key)).arg(json).arg(replaces.get()).arg(owner.unwrap_or_default());
+        let (status, generation, held): (i64, u64, i64) =
+            self.run("saving tokens", invocation.invoke_async(&mut conn)).await?;
+        match status {
+            1 => {
+                if owner.is_some() && held == 0 {
+                    tracing::warn!(
+                        key = %key,
+                        generation,
+                        "the lease expired before the new tokens were saved; saved anyway, since nothing newer was stored (raise lease_ttl if refreshes take this long)"
+                    );
+                }
+                Ok(Revision::new(generation))
             }
+            0 => {
+                tracing::debug!(
+                    key = %key,
+                    expected = replaces.get(),
+                    stored = generation,
+                    lease_held = held == 1,
+                    "save refused: another replica saved newer tokens since this one read them"
+                );
+                Err(StoreError::Superseded)
+            }
+            _ => Err(StoreError::Corrupt(format!(
+                "redis key `{name}` does not hold this store's {{\"generation\", \"tokens\"}} JSON; it was not overwritten"
+            ))),
         }
     }
 
@@ -457,69 +436,27 @@ impl fmt::Debug for RedisStore {
 
 #[async_trait]
 impl TokenStore for RedisStore {
-    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
+    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
         let name = self.tokens_key(key);
         let mut conn = self.connection()?;
         let raw: Option<Vec<u8>> =
             self.run("reading tokens", redis::cmd("GET").arg(&name).query_async(&mut conn)).await?;
-        let Some(raw) = raw else {
-            self.note_read(key, 0);
-            return Ok(None);
-        };
-        let stored: Stored = serde_json::from_slice(&raw).map_err(|err| corrupt(&name, &err))?;
-        self.note_read(key, stored.generation);
-        Ok(Some(stored.tokens))
+        let Some(raw) = raw else { return Ok(None) };
+        let stored: StoredJson = serde_json::from_slice(&raw).map_err(|err| corrupt(&name, &err))?;
+        Ok(Some(Stored::new(stored.tokens, Revision::new(stored.generation))))
     }
 
-    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
-        let name = self.tokens_key(key);
-        let json = serde_json::to_string(tokens)
-            .map_err(|err| failure_message("encoding tokens", format!("{:?} error", err.classify())))?;
-        let lease = self.held_lease(key);
-        let (expected, owner) = match &lease {
-            Some(lease) => (lease.basis.map(|g| g.to_string()).unwrap_or_default(), lease.owner.to_string()),
-            None => (String::new(), String::new()),
-        };
-        let mut conn = self.connection()?;
-        let mut invocation = SAVE.prepare_invoke();
-        invocation.key(&name).key(self.lock_key(key)).arg(json).arg(&expected).arg(&owner);
-        let (status, generation, held): (i64, u64, i64) =
-            self.run("saving tokens", invocation.invoke_async(&mut conn)).await?;
-        match status {
-            1 => {
-                if let Some(lease) = lease {
-                    self.note_write(key, lease.id, generation);
-                    if held == 0 {
-                        tracing::warn!(
-                            key = %key,
-                            generation,
-                            "the lease expired before the new tokens were saved; saved anyway, since nothing newer was stored (raise lease_ttl if refreshes take this long)"
-                        );
-                    }
-                }
-                Ok(())
-            }
-            0 => {
-                tracing::warn!(
-                    key = %key,
-                    expected = %expected,
-                    stored = generation,
-                    lease_held = held == 1,
-                    "save rejected: another replica saved newer tokens while this one refreshed"
-                );
-                Err(StoreError::Superseded)
-            }
-            _ => Err(StoreError::Corrupt(format!(
-                "redis key `{name}` does not hold this store's {{\"generation\", \"tokens\"}} JSON; it was not overwritten"
-            ))),
-        }
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        self.save_fenced(key, tokens, replaces, None).await
     }
 
-    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreLock>>, StoreError> {
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
         let lock_key = self.lock_key(key);
         let owner: Arc<str> = Arc::from(owner_id());
         let ttl_ms = u64::try_from(self.options.lease_ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let deadline = tokio::time::Instant::now() + self.options.lock_timeout;
+        // A timeout too long to represent has no deadline of its own (the layer's flight deadline
+        // still ends the wait).
+        let deadline = tokio::time::Instant::now().checked_add(self.options.lock_timeout);
         let mut conn = self.connection()?;
         // Until the lease is handed out, a failure or a cancellation releases whatever a `SET`
         // that went through may have taken.
@@ -541,19 +478,20 @@ impl TokenStore for RedisStore {
                 break;
             }
             let now = tokio::time::Instant::now();
-            if now >= deadline {
-                pending.armed = false;
-                tracing::warn!(key = %key, timeout = ?self.options.lock_timeout, "timed out waiting for another replica's lease");
-                return Err(StoreError::LockTimeout);
-            }
-            tokio::time::sleep(self.options.poll_interval.min(deadline - now)).await;
+            let pause = match deadline {
+                Some(deadline) if now >= deadline => {
+                    pending.armed = false;
+                    tracing::warn!(key = %key, timeout = ?self.options.lock_timeout, "timed out waiting for another replica's lease");
+                    return Err(StoreError::LockTimeout);
+                }
+                Some(deadline) => self.options.poll_interval.min(deadline - now),
+                None => self.options.poll_interval,
+            };
+            tokio::time::sleep(pause).await;
         }
         pending.armed = false;
         drop(pending);
-        let id = self.shared.lease_ids.fetch_add(1, Ordering::Relaxed);
-        let held = HeldLease { id, owner: owner.clone(), task: tokio::task::try_id(), basis: None };
-        self.shared.leases.lock().entry(key.clone()).or_default().push(held);
-        Ok(Some(Box::new(RedisLock { store: self.clone(), key: key.clone(), lock_key, owner, id, released: false })))
+        Ok(Some(Box::new(RedisGuard { store: self, key: key.clone(), lock_key, owner, released: false })))
     }
 }
 
@@ -573,27 +511,33 @@ impl Drop for PendingLease<'_> {
     }
 }
 
-/// A held lease; see [`TokenStore::lock`].
-struct RedisLock {
-    store: RedisStore,
+/// A held lease; see [`TokenStore::lock`]. Saves through it name its owner id.
+struct RedisGuard<'a> {
+    store: &'a RedisStore,
     key: TokenKey,
     lock_key: String,
     owner: Arc<str>,
-    id: u64,
     released: bool,
 }
 
-impl fmt::Debug for RedisLock {
+impl fmt::Debug for RedisGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisLock").field("lock_key", &self.lock_key).field("owner", &self.owner).finish()
+        f.debug_struct("RedisGuard").field("lock_key", &self.lock_key).field("owner", &self.owner).finish()
     }
 }
 
 #[async_trait]
-impl StoreLock for RedisLock {
+impl StoreGuard for RedisGuard<'_> {
+    async fn load(&mut self) -> Result<Option<Stored>, StoreError> {
+        self.store.load(&self.key).await
+    }
+
+    async fn save(&mut self, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        self.store.save_fenced(&self.key, tokens, replaces, Some(&self.owner)).await
+    }
+
     async fn unlock(mut self: Box<Self>) -> Result<(), StoreError> {
         self.released = true;
-        self.store.forget_lease(&self.key, self.id);
         if !self.store.release(&self.lock_key, &self.owner).await? {
             tracing::warn!(
                 key = %self.key,
@@ -604,10 +548,9 @@ impl StoreLock for RedisLock {
     }
 }
 
-impl Drop for RedisLock {
+impl Drop for RedisGuard<'_> {
     fn drop(&mut self) {
         if !self.released {
-            self.store.forget_lease(&self.key, self.id);
             self.store.release_in_background(std::mem::take(&mut self.lock_key), self.owner.clone());
         }
     }
@@ -772,7 +715,7 @@ mod tests {
 
     #[test]
     fn corrupt_values_are_described_without_their_content() {
-        let err = serde_json::from_slice::<Stored>(br#"{"generation":1,"tokens":{"access_token":42}}"#)
+        let err = serde_json::from_slice::<StoredJson>(br#"{"generation":1,"tokens":{"access_token":42}}"#)
             .map(|_| ())
             .unwrap_err();
         let message = corrupt("p:tokens:u", &err).to_string();

@@ -8,11 +8,12 @@
 use std::time::{Duration, SystemTime};
 
 use reqwest_token_refresh::{
-    Error, ManualClock, MemoryStore, RefreshError, RefreshTokenGrant, TokenKey, TokenRefresh, TokenSet, TokenStore,
+    Error, ManualClock, MemoryStore, RefreshError, RefreshTokenGrant, TokenKey, TokenRefresh, TokenSet,
 };
 use wiremock::matchers::{body_string_contains, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::helpers::StoreExt;
 use crate::helpers::client_with;
 
 /// Secrets that must never appear in an error's text.
@@ -193,7 +194,7 @@ async fn assert_new_refresh_token_survives(unusable_answer: &str) {
         Some(Error::Refresh { source: RefreshError::InvalidResponse { .. }, .. }) => {}
         other => panic!("expected an invalid response, got {other:?}"),
     }
-    let stored = store.load(&TokenKey::default()).await.unwrap().expect("something was saved");
+    let stored = store.get(&TokenKey::default()).await.unwrap().expect("something was saved");
     assert_eq!(stored.refresh_token().map(|r| r.secret()), Some("r2"), "the new refresh token was saved");
     assert_eq!(auth.tokens().unwrap().refresh_token().map(|r| r.secret()), Some("r2"));
 
@@ -206,7 +207,7 @@ async fn assert_new_refresh_token_survives(unusable_answer: &str) {
 
     clock.advance(Duration::from_secs(120));
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200, "the next refresh used r2");
-    assert_eq!(store.load(&TokenKey::default()).await.unwrap().unwrap().refresh_token().unwrap().secret(), "r3");
+    assert_eq!(store.get(&TokenKey::default()).await.unwrap().unwrap().refresh_token().unwrap().secret(), "r3");
     server.verify().await;
 }
 
@@ -246,7 +247,7 @@ async fn set_tokens_refuses_an_access_token_with_a_newline_and_installs_nothing(
     }
     assert_no_secret(&all_text(&err));
     assert_eq!(auth.tokens().unwrap().access_token().secret(), "good", "the layer still holds the old tokens");
-    let stored = store.load(&TokenKey::default()).await.unwrap().unwrap();
+    let stored = store.get(&TokenKey::default()).await.unwrap().unwrap();
     assert_eq!(stored.access_token().secret(), "good", "nothing was saved");
     assert_eq!(stored.refresh_token().unwrap().secret(), "r-good");
 }

@@ -10,8 +10,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use reqwest_token_refresh::testkit::MockProvider;
-use reqwest_token_refresh::{Error, FileStore, StoreError, TokenKey, TokenStore};
+use reqwest_token_refresh::{Error, FileStore, StoreError, TokenKey};
 
+use crate::helpers::StoreExt;
 use crate::helpers::{client_with, count, eventually, layer, storm};
 
 /// A 64 KiB tmpfs mounted for one test, unmounted on drop.
@@ -71,7 +72,7 @@ async fn a_full_disk_keeps_the_new_tokens_in_use_and_saves_them_once_space_is_ba
     let provider = MockProvider::start().await;
     let path = disk.path("tokens.json");
     let store = FileStore::new(&path);
-    store.save(&TokenKey::default(), &provider.issue_tokens()).await.unwrap();
+    store.put(&TokenKey::default(), &provider.issue_tokens()).await.unwrap();
     let (errors, seen) = crate::helpers::counter();
     let auth = layer(&provider, provider.issue_tokens())
         .store(store.clone())
@@ -92,14 +93,14 @@ async fn a_full_disk_keeps_the_new_tokens_in_use_and_saves_them_once_space_is_ba
 
     assert_eq!(count(&statuses, 200), 50, "the new tokens are used although the disk is full");
     assert!(seen() >= 1 && auth.stats().store_failures >= 1);
-    let before = store.load(&TokenKey::default()).await.unwrap().unwrap();
+    let before = store.get(&TokenKey::default()).await.unwrap().unwrap();
     assert_ne!(before.refresh_token(), auth.tokens().unwrap().refresh_token(), "not saved yet");
     assert!(!disk.path("tokens.json.0.tmp").exists());
 
     std::fs::remove_file(filler).unwrap();
     let in_use = auth.tokens().unwrap();
     eventually("the retried save reached the disk", || {
-        let saved = futures::executor::block_on(store.load(&TokenKey::default())).ok().flatten();
+        let saved = futures::executor::block_on(store.get(&TokenKey::default())).ok().flatten();
         saved.is_some_and(|saved| saved.refresh_token() == in_use.refresh_token())
     })
     .await;
@@ -113,14 +114,14 @@ async fn a_read_only_file_system_is_a_typed_error_and_the_old_file_survives() {
     let store = FileStore::new(&path);
     let provider = MockProvider::start().await;
     let original = provider.issue_tokens();
-    store.save(&TokenKey::default(), &original).await.unwrap();
+    store.put(&TokenKey::default(), &original).await.unwrap();
     disk.remount("ro");
 
-    let err = store.save(&TokenKey::default(), &provider.issue_tokens()).await.unwrap_err();
+    let err = store.put(&TokenKey::default(), &provider.issue_tokens()).await.unwrap_err();
 
     assert!(is_io_error(&err, "Read-only file system"), "{err:?}");
     assert!(err.to_string().contains("tokens.json"), "the error names the file: {err}");
-    let kept = store.load(&TokenKey::default()).await.unwrap().unwrap();
+    let kept = store.get(&TokenKey::default()).await.unwrap().unwrap();
     assert_eq!((kept.access_token(), kept.refresh_token()), (original.access_token(), original.refresh_token()));
     disk.remount("rw");
 }
@@ -151,7 +152,7 @@ async fn a_layer_holding_a_rotated_away_token_adopts_the_one_another_saved_inste
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("tokens.json");
     let provider = MockProvider::start().await;
-    FileStore::new(&path).save(&TokenKey::default(), &provider.issue_tokens()).await.unwrap();
+    FileStore::new(&path).put(&TokenKey::default(), &provider.issue_tokens()).await.unwrap();
     // Two layers (as in two processes), each with its own handle on the file.
     let first = layer(&provider, provider.issue_tokens()).store(FileStore::new(&path)).build().unwrap();
     let second = layer(&provider, provider.issue_tokens()).store(FileStore::new(&path)).build().unwrap();

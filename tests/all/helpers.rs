@@ -6,7 +6,10 @@ use std::time::Duration;
 use futures::future::join_all;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use reqwest_token_refresh::testkit::MockProvider;
-use reqwest_token_refresh::{RefreshTokenGrant, TokenKey, TokenRefresh, TokenRefreshBuilder, TokenSet};
+use reqwest_token_refresh::{
+    RefreshTokenGrant, Revision, StoreError, StoreGuard, Stored, TokenKey, TokenRefresh, TokenRefreshBuilder, TokenSet,
+    TokenStore,
+};
 
 /// A client with the layer in it.
 pub fn client_with(auth: &TokenRefresh) -> ClientWithMiddleware {
@@ -110,12 +113,67 @@ pub async fn on_a_driven_clock(
 pub struct Lockless(pub reqwest_token_refresh::MemoryStore);
 
 #[async_trait::async_trait]
-impl reqwest_token_refresh::TokenStore for Lockless {
-    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, reqwest_token_refresh::StoreError> {
+impl TokenStore for Lockless {
+    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
         self.0.load(key).await
     }
 
-    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), reqwest_token_refresh::StoreError> {
-        self.0.save(key, tokens).await
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        self.0.save(key, tokens, replaces).await
+    }
+}
+
+/// A test store's lock: `inner`'s real lock held, with the load and the save made under it going
+/// through the test store (`through`), so that the faults it injects apply under the lock too.
+pub async fn lock_through<'a>(
+    through: &'a dyn TokenStore,
+    inner: &'a dyn TokenStore,
+    key: &TokenKey,
+) -> Result<Option<Box<dyn StoreGuard + 'a>>, StoreError> {
+    let Some(held) = inner.lock(key).await? else { return Ok(None) };
+    Ok(Some(Box::new(LockThrough { through, key: key.clone(), held })))
+}
+
+#[derive(Debug)]
+struct LockThrough<'a> {
+    through: &'a dyn TokenStore,
+    key: TokenKey,
+    held: Box<dyn StoreGuard + 'a>,
+}
+
+#[async_trait::async_trait]
+impl StoreGuard for LockThrough<'_> {
+    async fn load(&mut self) -> Result<Option<Stored>, StoreError> {
+        self.through.load(&self.key).await
+    }
+
+    async fn save(&mut self, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        self.through.save(&self.key, tokens, replaces).await
+    }
+
+    async fn unlock(self: Box<Self>) -> Result<(), StoreError> {
+        self.held.unlock().await
+    }
+}
+
+/// Test-side shorthands for a store: what another process would do to it.
+#[async_trait::async_trait]
+pub trait StoreExt {
+    /// Saves `tokens` over whatever the store holds for `key` (as another process that just
+    /// refreshed would), returning the new revision.
+    async fn put(&self, key: &TokenKey, tokens: &TokenSet) -> Result<Revision, StoreError>;
+    /// The tokens stored for `key`, without their revision.
+    async fn get(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl<S: TokenStore + ?Sized> StoreExt for S {
+    async fn put(&self, key: &TokenKey, tokens: &TokenSet) -> Result<Revision, StoreError> {
+        let replaces = self.load(key).await?.map_or(Revision::NONE, |stored| stored.revision);
+        self.save(key, tokens, replaces).await
+    }
+
+    async fn get(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
+        Ok(self.load(key).await?.map(|stored| stored.tokens))
     }
 }

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use futures::future::join_all;
 use reqwest_token_refresh::testkit::MockProvider;
-use reqwest_token_refresh::{MemoryStore, StoreError, StoreLock, TokenKey, TokenRefresh, TokenSet, TokenStore};
+use reqwest_token_refresh::{MemoryStore, StoreError, StoreGuard, Stored, Revision, TokenKey, TokenRefresh, TokenSet, TokenStore};
 
+use crate::helpers::StoreExt;
 use crate::helpers::{client_with, grant};
 
 /// A memory store that counts its loads: what a database would see.
@@ -20,15 +21,15 @@ struct CountingStore {
 
 #[async_trait]
 impl TokenStore for CountingStore {
-    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
+    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
         self.loads.fetch_add(1, Ordering::SeqCst);
         self.tokens.load(key).await
     }
-    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
-        self.tokens.save(key, tokens).await
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        self.tokens.save(key, tokens, replaces).await
     }
-    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreLock>>, StoreError> {
-        self.tokens.lock(key).await
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
+        crate::helpers::lock_through(self, &self.tokens, key).await
     }
 }
 
@@ -51,7 +52,7 @@ async fn storm_across(
 async fn seeded_store(provider: &MockProvider, users: &[TokenKey]) -> CountingStore {
     let store = CountingStore::default();
     for user in users {
-        store.tokens.save(user, &provider.issue_tokens()).await.unwrap();
+        store.tokens.put(user, &provider.issue_tokens()).await.unwrap();
     }
     store
 }
@@ -100,7 +101,7 @@ async fn a_cache_smaller_than_the_working_set_still_refreshes_once_per_user_per_
     assert!(evicted_and_reloaded > 2 * 600, "users were evicted and loaded again: {evicted_and_reloaded} loads");
     // Keys in use during a storm are pinned; once idle they make room for the next new key.
     let newcomer = TokenKey::new("newcomer");
-    store.tokens.save(&newcomer, &provider.issue_tokens()).await.unwrap();
+    store.tokens.put(&newcomer, &provider.issue_tokens()).await.unwrap();
     assert_eq!(client.get(&url).with_extension(newcomer).send().await.unwrap().status(), 200);
     assert!(auth.cached_keys() <= 100 + 16 + 1, "idle keys were evicted near the capacity: {}", auth.cached_keys());
 }

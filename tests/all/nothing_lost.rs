@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest_token_refresh::testkit::MockProvider;
-use reqwest_token_refresh::{MemoryStore, StoreError, StoreLock, TokenKey, TokenSet, TokenStore};
+use reqwest_token_refresh::{MemoryStore, StoreError, StoreGuard, Stored, Revision, TokenKey, TokenSet, TokenStore};
 
+use crate::helpers::StoreExt;
 use crate::helpers::{client_with, count, counter, eventually, layer, storm};
 
 /// A store over memory whose next `failures` saves fail as a full disk would. Stands in for a
@@ -21,20 +22,20 @@ struct FullDisk {
 
 #[async_trait]
 impl TokenStore for FullDisk {
-    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
+    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
         self.tokens.load(key).await
     }
 
-    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
         let failing = self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
         if failing {
             return Err(StoreError::io("writing tokens", std::io::Error::from_raw_os_error(28)));
         }
-        self.tokens.save(key, tokens).await
+        self.tokens.save(key, tokens, replaces).await
     }
 
-    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreLock>>, StoreError> {
-        self.tokens.lock(key).await
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
+        crate::helpers::lock_through(self, &self.tokens, key).await
     }
 }
 
@@ -65,7 +66,7 @@ async fn a_failed_save_keeps_the_new_tokens_in_use_reports_it_and_retries_until_
     let in_use = auth.tokens().unwrap();
     eventually("the save has been retried until it succeeded", || store.failures.load(Ordering::SeqCst) == 0).await;
     eventually("the rotated refresh token is in the store", || {
-        futures::executor::block_on(store.tokens.load(&TokenKey::default())).unwrap().as_ref() == Some(&in_use)
+        futures::executor::block_on(store.tokens.get(&TokenKey::default())).unwrap().as_ref() == Some(&in_use)
     })
     .await;
     assert_eq!(store_errors(), 3, "every failed save was reported");
@@ -86,7 +87,7 @@ async fn new_tokens_are_in_the_store_before_any_request_uses_them() {
             move |key, tokens| {
                 // Runs as the tokens are published, before any waiting request is released.
                 let stored = futures::executor::block_on(store.load(key)).unwrap();
-                seen.lock().push(stored.as_ref() == Some(tokens));
+                seen.lock().push(stored.map(|stored| stored.tokens).as_ref() == Some(tokens));
             }
         })
         .build()

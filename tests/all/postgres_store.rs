@@ -20,6 +20,7 @@ use tokio_postgres::NoTls;
 use async_trait::async_trait;
 use reqwest_middleware::{ClientBuilder, Middleware, Next};
 
+use crate::helpers::StoreExt;
 use crate::helpers::{client_with, grant};
 use crate::postgres_server::{PgServer, Timer};
 
@@ -85,7 +86,7 @@ async fn store_on(server: &PgServer) -> PostgresStore {
 async fn seed(store: &PostgresStore, provider: &MockProvider, users: &[TokenKey]) {
     let saves = users.iter().map(|user| {
         let tokens = provider.issue_tokens();
-        async move { store.save(user, &tokens).await }
+        async move { store.put(user, &tokens).await }
     });
     for saved in join_all(saves).await {
         saved.expect("seeding a user");
@@ -120,7 +121,7 @@ async fn setup_is_idempotent_and_creates_the_documented_table() {
         join_all((0..4).map(|_| PostgresStore::connect(&config))).await.into_iter().map(Result::unwrap).collect();
 
     // Before setup, a store says what is missing.
-    let err = stores[0].load(&TokenKey::default()).await.unwrap_err();
+    let err = stores[0].get(&TokenKey::default()).await.unwrap_err();
     assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
     let message = std::error::Error::source(&err).unwrap().to_string();
     assert!(message.contains("PostgresStore::setup"), "{message}");
@@ -156,9 +157,9 @@ async fn setup_is_idempotent_and_creates_the_documented_table() {
     // One row per key; the tokens readable as JSON by anyone with SQL.
     let key = TokenKey::new("user-1");
     let tokens = TokenSet::new("access-1").with_refresh_token("refresh-1").with_expires_in(Duration::from_secs(3600));
-    stores[2].save(&key, &tokens).await.unwrap();
-    stores[2].save(&key, &tokens).await.unwrap();
-    let loaded = stores[3].load(&key).await.unwrap().unwrap();
+    stores[2].put(&key, &tokens).await.unwrap();
+    stores[2].put(&key, &tokens).await.unwrap();
+    let loaded = stores[3].get(&key).await.unwrap().unwrap();
     assert_eq!(loaded.access_token().secret(), "access-1");
     assert_eq!(refresh_secret(&loaded), "refresh-1");
     let row = sql(&server)
@@ -175,7 +176,7 @@ async fn setup_is_idempotent_and_creates_the_documented_table() {
     sql(&server).await.batch_execute("CREATE SCHEMA auth").await.unwrap();
     let other = PostgresStore::connect(&server.config()).await.unwrap().table("auth.Tokens");
     other.setup().await.unwrap();
-    assert!(other.load(&key).await.unwrap().is_none());
+    assert!(other.get(&key).await.unwrap().is_none());
     assert_ne!(other.lock_id(&key), stores[0].lock_id(&key), "lock ids are per table");
 }
 
@@ -230,7 +231,8 @@ async fn the_lock_excludes_other_replicas_per_key_and_times_out() {
     // A lock that is dropped instead of released (a cancelled refresh) goes with its connection.
     let dropped = a.lock(&other).await.unwrap().unwrap();
     drop(dropped);
-    let relocked = b.clone().lock_timeout(Duration::from_secs(5)).lock(&other).await.unwrap().unwrap();
+    let patient = b.clone().lock_timeout(Duration::from_secs(5));
+    let relocked = patient.lock(&other).await.unwrap().unwrap();
     relocked.unlock().await.unwrap();
 
     // The lock shows in pg_locks under the documented id.
@@ -259,26 +261,26 @@ async fn a_writer_holding_an_old_generation_is_superseded_and_the_newer_tokens_s
     // Replica A may hold its lock for 300 ms only; replica B is patient.
     let a = store_on(&server).await.lock_hold_limit(Duration::from_millis(300));
     let b = PostgresStore::connect(&server.config()).await.unwrap().lock_timeout(Duration::from_secs(5));
-    a.save(&key, &old).await.unwrap();
+    a.put(&key, &old).await.unwrap();
 
     // A takes the lock and reads generation 1, then stalls (a slow token call) past its hold
     // limit: the server ends A's lock session.
     let a_lock = a.lock(&key).await.unwrap().unwrap();
-    assert_eq!(refresh_secret(&a.load(&key).await.unwrap().unwrap()), "refresh-0");
+    assert_eq!(refresh_secret(&a.get(&key).await.unwrap().unwrap()), "refresh-0");
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     // B gets the lock, refreshes and saves generation 2.
     let b_lock = b.lock(&key).await.expect("A's lock was released by the hold limit").unwrap();
-    assert_eq!(refresh_secret(&b.load(&key).await.unwrap().unwrap()), "refresh-0");
-    b.save(&key, &TokenSet::new("access-b").with_refresh_token("refresh-b")).await.unwrap();
+    assert_eq!(refresh_secret(&b.get(&key).await.unwrap().unwrap()), "refresh-0");
+    b.put(&key, &TokenSet::new("access-b").with_refresh_token("refresh-b")).await.unwrap();
     b_lock.unlock().await.unwrap();
 
     // A finally comes back with what it fetched from generation 1: refused.
-    let err = a.save(&key, &TokenSet::new("access-a").with_refresh_token("refresh-a")).await.unwrap_err();
+    let err = a.put(&key, &TokenSet::new("access-a").with_refresh_token("refresh-a")).await.unwrap_err();
     assert!(matches!(err, StoreError::Superseded), "{err:?}");
     let err = a_lock.unlock().await.unwrap_err();
     assert!(matches!(err, StoreError::Backend(_)), "releasing a lock the server ended is reported: {err:?}");
-    assert_eq!(refresh_secret(&a.load(&key).await.unwrap().unwrap()), "refresh-b", "the newer tokens stay");
+    assert_eq!(refresh_secret(&a.get(&key).await.unwrap().unwrap()), "refresh-b", "the newer tokens stay");
     assert_eq!(generations(&server).await, vec![("user-1".to_owned(), 2)]);
 
     // The same fence catches a write without the lock (set_tokens after the user authorized
@@ -286,26 +288,26 @@ async fn a_writer_holding_an_old_generation_is_superseded_and_the_newer_tokens_s
     for (name, seeded) in [("user-2", true), ("user-3", false)] {
         let key = TokenKey::new(name);
         if seeded {
-            b.save(&key, &old).await.unwrap();
+            b.put(&key, &old).await.unwrap();
         }
         let lock = a.lock(&key).await.unwrap().unwrap();
-        a.load(&key).await.unwrap();
-        b.save(&key, &TokenSet::new("access-user").with_refresh_token("refresh-user")).await.unwrap();
-        let err = a.save(&key, &TokenSet::new("access-a").with_refresh_token("refresh-a")).await.unwrap_err();
+        a.get(&key).await.unwrap();
+        b.put(&key, &TokenSet::new("access-user").with_refresh_token("refresh-user")).await.unwrap();
+        let err = a.put(&key, &TokenSet::new("access-a").with_refresh_token("refresh-a")).await.unwrap_err();
         assert!(matches!(err, StoreError::Superseded), "{name}: {err:?}");
         lock.unlock().await.unwrap();
-        assert_eq!(refresh_secret(&b.load(&key).await.unwrap().unwrap()), "refresh-user", "{name}");
+        assert_eq!(refresh_secret(&b.get(&key).await.unwrap().unwrap()), "refresh-user", "{name}");
     }
 
     // A holder that is not overtaken saves as often as it needs to, and without the lock saves
     // always land.
     let key = TokenKey::new("user-4");
     let lock = a.lock(&key).await.unwrap().unwrap();
-    a.save(&key, &TokenSet::new("first").with_refresh_token("r1")).await.unwrap();
-    a.save(&key, &TokenSet::new("second").with_refresh_token("r2")).await.unwrap();
+    a.put(&key, &TokenSet::new("first").with_refresh_token("r1")).await.unwrap();
+    a.put(&key, &TokenSet::new("second").with_refresh_token("r2")).await.unwrap();
     lock.unlock().await.unwrap();
-    a.save(&key, &TokenSet::new("third").with_refresh_token("r3")).await.unwrap();
-    assert_eq!(refresh_secret(&b.load(&key).await.unwrap().unwrap()), "r3");
+    a.put(&key, &TokenSet::new("third").with_refresh_token("r3")).await.unwrap();
+    assert_eq!(refresh_secret(&b.get(&key).await.unwrap().unwrap()), "r3");
     assert!(generations(&server).await.contains(&("user-4".to_owned(), 3)));
 }
 
@@ -316,7 +318,7 @@ async fn a_layer_whose_lock_ran_out_adopts_the_newer_tokens_instead_of_overwriti
     let provider = MockProvider::builder().token_latency(Duration::from_millis(1000)).start().await;
     let key = TokenKey::new("user-1");
     let store_a = store_on(&server).await.lock_hold_limit(Duration::from_millis(200));
-    store_a.save(&key, &provider.issue_tokens()).await.unwrap();
+    store_a.put(&key, &provider.issue_tokens()).await.unwrap();
     provider.expire_access_tokens();
     let a = TokenRefresh::builder(grant(&provider)).store(store_a.clone()).build().unwrap();
     let b = TokenRefresh::builder(grant(&provider))
@@ -340,7 +342,7 @@ async fn a_layer_whose_lock_ran_out_adopts_the_newer_tokens_instead_of_overwriti
     assert_eq!(provider.stats().token_calls, 1);
     let adopted = a.tokens_for(&key).unwrap();
     assert_eq!(adopted.access_token().secret(), consented.access_token().secret());
-    assert_eq!(refresh_secret(&store_a.load(&key).await.unwrap().unwrap()), refresh_secret(&consented));
+    assert_eq!(refresh_secret(&store_a.get(&key).await.unwrap().unwrap()), refresh_secret(&consented));
     assert_eq!(a.stats().store_failures, 1, "releasing the lost lock was reported");
 }
 
@@ -472,7 +474,7 @@ async fn one_users_invalid_grant_leaves_every_other_user_untouched() {
     let dead = TokenKey::new("user-13");
     let alive: Vec<TokenKey> = users.iter().filter(|user| **user != dead).cloned().collect();
     seed(&store, &provider, &alive).await;
-    store.save(&dead, &TokenSet::new("revoked-access").with_refresh_token("revoked-refresh")).await.unwrap();
+    store.put(&dead, &TokenSet::new("revoked-access").with_refresh_token("revoked-refresh")).await.unwrap();
     provider.expire_access_tokens();
     let told = Arc::new(Mutex::new(Vec::new()));
     let auth = TokenRefresh::builder(grant(&provider))
@@ -514,7 +516,7 @@ async fn one_users_invalid_grant_leaves_every_other_user_untouched() {
     let rows = generations(&server).await;
     assert!(rows.contains(&("user-13".to_owned(), 1)), "the dead user's row was not touched");
     assert_eq!(rows.iter().filter(|(_, generation)| *generation == 2).count(), 99, "every other user refreshed once");
-    assert_eq!(refresh_secret(&store.load(&dead).await.unwrap().unwrap()), "revoked-refresh");
+    assert_eq!(refresh_secret(&store.get(&dead).await.unwrap().unwrap()), "revoked-refresh");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -599,7 +601,7 @@ async fn postgres_stopped_mid_storm_gives_typed_transient_errors_and_loses_no_to
         let mut behind = 0;
         for user in &users {
             let Some(memory) = auth.tokens_for(user) else { continue };
-            match store.load(user).await {
+            match store.get(user).await {
                 Ok(Some(stored)) if refresh_secret(&stored) == refresh_secret(&memory) => {}
                 _ => behind += 1,
             }

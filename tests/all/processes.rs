@@ -14,6 +14,7 @@ use reqwest_token_refresh::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::helpers::StoreExt;
 use crate::helpers::{client_with, count, storm};
 
 /// Where the children keep their tokens.
@@ -162,7 +163,7 @@ async fn four_processes_sharing_a_file_store_make_one_token_call_for_800_request
     let provider = MockProvider::start().await;
     let dir = temp_dir("file-storm");
     let path = dir.join("tokens.json");
-    FileStore::new(&path).save(&TokenKey::default(), &provider.issue_tokens()).await.unwrap();
+    FileStore::new(&path).put(&TokenKey::default(), &provider.issue_tokens()).await.unwrap();
     provider.expire_access_tokens();
 
     let (ok, failed) = four_process_storm(&provider, StoreSpec::File(path.clone())).await;
@@ -196,7 +197,7 @@ async fn a_child_killed_at_random_points_during_refresh_and_save_never_loses_the
     let dir = temp_dir("kill");
     let path = dir.join("tokens.json");
     let store = FileStore::new(&path);
-    store.save(&TokenKey::default(), &provider.issue_tokens()).await.unwrap();
+    store.put(&TokenKey::default(), &provider.issue_tokens()).await.unwrap();
     let grant = RefreshTokenGrant::new(provider.token_url()).client_id("client").client_secret("secret");
     let spec = ChildSpec {
         store: StoreSpec::File(path.clone()),
@@ -215,12 +216,12 @@ async fn a_child_killed_at_random_points_during_refresh_and_save_never_loses_the
         child.wait().unwrap();
 
         // Whatever the child was doing, the stored set must still refresh.
-        let stored: TokenSet = store.load(&TokenKey::default()).await.unwrap().expect("tokens in the store");
+        let stored: TokenSet = store.get(&TokenKey::default()).await.unwrap().expect("tokens in the store");
         let fresh = grant
             .fetch(Some(&stored))
             .await
             .unwrap_or_else(|err| panic!("kill {kill} (seed {seed:#x}) left a set that no longer refreshes: {err}"));
-        store.save(&TokenKey::default(), &fresh).await.unwrap();
+        store.put(&TokenKey::default(), &fresh).await.unwrap();
         let status = api.get(provider.api_url("me")).bearer_auth(fresh.access_token().secret()).send().await.unwrap();
         assert_eq!(status.status(), 200, "kill {kill}: the recovered token works");
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reqwest_token_refresh::testkit::{Fault, MockProvider};
 use reqwest_token_refresh::{
-    Error, MemoryStore, RefreshError, RefreshTokenGrant, StoreError, StoreLock, TokenKey, TokenRefresh, TokenSet,
+    Error, MemoryStore, RefreshError, RefreshTokenGrant, StoreError, StoreGuard, Stored, Revision, TokenKey, TokenRefresh, TokenSet,
     TokenSource, TokenStore,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -19,12 +19,13 @@ use tokio::time::timeout;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::helpers::StoreExt;
 use crate::helpers::{Lockless, client_with, counter, eventually, grant, layer, spawn_get};
 
 const BOUND: Duration = Duration::from_secs(10);
 
 fn stored(store: &MemoryStore) -> Option<TokenSet> {
-    futures::executor::block_on(store.load(&TokenKey::default())).unwrap()
+    futures::executor::block_on(store.get(&TokenKey::default())).unwrap()
 }
 
 /// A store over memory (with its lock) whose saves fail while `fail_all` is set, and whose next
@@ -38,20 +39,20 @@ struct FlakyStore {
 
 #[async_trait]
 impl TokenStore for FlakyStore {
-    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
+    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
         self.tokens.load(key).await
     }
 
-    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
         let once = self.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
         if once || self.fail_all.load(Ordering::SeqCst) {
             return Err(StoreError::io("writing tokens", std::io::Error::from_raw_os_error(28)));
         }
-        self.tokens.save(key, tokens).await
+        self.tokens.save(key, tokens, replaces).await
     }
 
-    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreLock>>, StoreError> {
-        self.tokens.lock(key).await
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
+        crate::helpers::lock_through(self, &self.tokens, key).await
     }
 }
 
@@ -104,7 +105,7 @@ struct GatedLoad {
 
 #[async_trait]
 impl TokenStore for GatedLoad {
-    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
+    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
         let read = self.tokens.load(key).await;
         if self.gate_armed.swap(false, Ordering::SeqCst) {
             // The store has been read; the answer travels back slowly (a network round trip).
@@ -114,12 +115,12 @@ impl TokenStore for GatedLoad {
         read
     }
 
-    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
-        self.tokens.save(key, tokens).await
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        self.tokens.save(key, tokens, replaces).await
     }
 
-    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreLock>>, StoreError> {
-        self.tokens.lock(key).await
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
+        crate::helpers::lock_through(self, &self.tokens, key).await
     }
 }
 
@@ -391,15 +392,15 @@ struct LockTimesOut(MemoryStore);
 
 #[async_trait]
 impl TokenStore for LockTimesOut {
-    async fn load(&self, key: &TokenKey) -> Result<Option<TokenSet>, StoreError> {
+    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
         self.0.load(key).await
     }
 
-    async fn save(&self, key: &TokenKey, tokens: &TokenSet) -> Result<(), StoreError> {
-        self.0.save(key, tokens).await
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        self.0.save(key, tokens, replaces).await
     }
 
-    async fn lock(&self, _key: &TokenKey) -> Result<Option<Box<dyn StoreLock>>, StoreError> {
+    async fn lock(&self, _key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
         Err(StoreError::LockTimeout)
     }
 }

@@ -14,6 +14,7 @@ use futures::future::join_all;
 use reqwest_token_refresh::testkit::MockProvider;
 use reqwest_token_refresh::{Error, RedisStore, StoreError, TokenKey, TokenRefresh, TokenSet, TokenStore};
 
+use crate::helpers::StoreExt;
 use crate::helpers::{client_with, count, layer, storm};
 use crate::redis_server::RedisServer;
 
@@ -26,7 +27,7 @@ fn access(tokens: &TokenSet) -> &str {
 }
 
 async fn stored(store: &RedisStore) -> Option<TokenSet> {
-    store.load(&key()).await.unwrap()
+    store.get(&key()).await.unwrap()
 }
 
 /// Waits (bounded, asynchronously) until `check` holds.
@@ -52,7 +53,7 @@ async fn four_replicas_with_one_expired_token_make_one_token_call() {
     let provider = MockProvider::builder().token_latency(Duration::from_millis(200)).start().await;
     let tokens = provider.issue_expired_tokens();
     // The tokens are already in Redis, as in a deployment that has run before.
-    RedisStore::new(redis.url()).unwrap().save(&key(), &tokens).await.unwrap();
+    RedisStore::new(redis.url()).unwrap().put(&key(), &tokens).await.unwrap();
     let replicas: Vec<TokenRefresh> = (0..4)
         .map(|_| layer(&provider, tokens.clone()).store(RedisStore::new(redis.url()).unwrap()).build().unwrap())
         .collect();
@@ -155,7 +156,7 @@ async fn a_stale_flight_adopts_the_tokens_saved_while_its_lease_had_expired() {
     let provider = MockProvider::builder().token_latency(Duration::from_millis(800)).start().await;
     let expired = provider.issue_expired_tokens();
     let seed = RedisStore::new(redis.url()).unwrap();
-    seed.save(&key(), &expired).await.unwrap();
+    seed.put(&key(), &expired).await.unwrap();
     let auth = layer(&provider, expired.clone())
         .store(RedisStore::new(redis.url()).unwrap().lease_ttl(Duration::from_millis(200)))
         .build()
@@ -172,8 +173,8 @@ async fn a_stale_flight_adopts_the_tokens_saved_while_its_lease_had_expired() {
     let newer = provider.issue_tokens();
     let other = RedisStore::new(redis.url()).unwrap();
     let lease = other.lock(&key()).await.unwrap().expect("the first lease has expired");
-    assert_eq!(access(&other.load(&key()).await.unwrap().unwrap()), access(&expired), "not saved yet");
-    other.save(&key(), &newer).await.unwrap();
+    assert_eq!(access(&other.get(&key()).await.unwrap().unwrap()), access(&expired), "not saved yet");
+    other.put(&key(), &newer).await.unwrap();
     lease.unlock().await.unwrap();
 
     assert_eq!(stale.await.unwrap().unwrap(), 200, "the stale flight's request succeeds with the adopted tokens");
@@ -191,7 +192,7 @@ async fn invalid_grant_after_another_replica_rotated_is_adopted_not_terminal() {
     let provider =
         MockProvider::builder().reuse_revokes_family(false).token_latency(Duration::from_millis(800)).start().await;
     let tokens = provider.issue_tokens();
-    RedisStore::new(redis.url()).unwrap().save(&key(), &tokens).await.unwrap();
+    RedisStore::new(redis.url()).unwrap().put(&key(), &tokens).await.unwrap();
     let replica = || {
         layer(&provider, tokens.clone())
             .store(RedisStore::new(redis.url()).unwrap().lease_ttl(Duration::from_millis(200)))
@@ -229,7 +230,7 @@ async fn redis_killed_mid_storm_keeps_valid_tokens_working_and_saves_them_once_b
     let mut redis = RedisServer::start();
     let provider = MockProvider::builder().token_latency(Duration::from_millis(600)).start().await;
     let store = RedisStore::new(redis.url()).unwrap().command_timeout(Duration::from_millis(500));
-    store.save(&key(), &provider.issue_tokens()).await.unwrap();
+    store.put(&key(), &provider.issue_tokens()).await.unwrap();
     let errors = Arc::new(parking_lot::Mutex::new(Vec::<StoreError>::new()));
     let auth = layer(&provider, provider.issue_tokens())
         .store(store.clone())
@@ -276,7 +277,7 @@ async fn redis_killed_mid_storm_keeps_valid_tokens_working_and_saves_them_once_b
     // Redis is back (empty: nothing was persisted). The retried save lands...
     redis.restart();
     until("the retried save reached Redis", Duration::from_secs(10), || async {
-        store.load(&key()).await.ok().flatten().is_some_and(|saved| access(&saved) == access(&in_use))
+        store.get(&key()).await.ok().flatten().is_some_and(|saved| access(&saved) == access(&in_use))
     })
     .await;
     // ...and the next refresh works again.
@@ -311,19 +312,19 @@ async fn set_tokens_goes_to_redis() {
 async fn tokens_are_one_json_value_with_a_generation_that_grows_with_each_save() {
     let redis = RedisServer::start();
     let store = RedisStore::new(redis.url()).unwrap().key_prefix("test:");
-    assert_eq!(store.load(&key()).await.unwrap(), None);
+    assert_eq!(store.get(&key()).await.unwrap(), None);
     let first = TokenSet::new("a1").with_refresh_token("r1").with_expires_in(Duration::from_secs(60));
     let second = TokenSet::new("a2").with_refresh_token("r2").with_scope("read write");
-    store.save(&key(), &first).await.unwrap();
-    store.save(&key(), &second).await.unwrap();
+    store.put(&key(), &first).await.unwrap();
+    store.put(&key(), &second).await.unwrap();
 
     let mut raw = redis.connection().await;
     let value: String = redis::cmd("GET").arg("test:tokens:default").query_async(&mut raw).await.unwrap();
     let value: serde_json::Value = serde_json::from_str(&value).unwrap();
     assert_eq!(value["generation"], 2);
     assert_eq!(value["tokens"], serde_json::to_value(&second).unwrap());
-    assert_eq!(store.load(&key()).await.unwrap(), Some(second));
-    assert_eq!(store.load(&TokenKey::new("someone-else")).await.unwrap(), None);
+    assert_eq!(store.get(&key()).await.unwrap(), Some(second));
+    assert_eq!(store.get(&TokenKey::new("someone-else")).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -378,19 +379,19 @@ async fn a_stale_holders_save_is_superseded_and_the_newer_tokens_stay() {
     let redis = RedisServer::start();
     let a = RedisStore::new(redis.url()).unwrap().lease_ttl(Duration::from_millis(200));
     let b = RedisStore::new(redis.url()).unwrap();
-    a.save(&key(), &TokenSet::new("t0").with_refresh_token("r0")).await.unwrap();
+    a.put(&key(), &TokenSet::new("t0").with_refresh_token("r0")).await.unwrap();
 
     let stale = a.lock(&key()).await.unwrap().unwrap();
-    assert_eq!(access(&a.load(&key()).await.unwrap().unwrap()), "t0");
+    assert_eq!(access(&a.get(&key()).await.unwrap().unwrap()), "t0");
     tokio::time::sleep(Duration::from_millis(300)).await; // the lease expires mid-refresh
     let current = b.lock(&key()).await.unwrap().unwrap();
-    b.load(&key()).await.unwrap();
-    b.save(&key(), &TokenSet::new("t-newer").with_refresh_token("r-newer")).await.unwrap();
+    b.get(&key()).await.unwrap();
+    b.put(&key(), &TokenSet::new("t-newer").with_refresh_token("r-newer")).await.unwrap();
     current.unlock().await.unwrap();
 
-    let err = a.save(&key(), &TokenSet::new("t-stale").with_refresh_token("r-stale")).await.unwrap_err();
+    let err = a.put(&key(), &TokenSet::new("t-stale").with_refresh_token("r-stale")).await.unwrap_err();
     assert!(matches!(err, StoreError::Superseded), "{err:?}");
-    assert_eq!(access(&a.load(&key()).await.unwrap().unwrap()), "t-newer", "the newer token stays");
+    assert_eq!(access(&a.get(&key()).await.unwrap().unwrap()), "t-newer", "the newer token stays");
     stale.unlock().await.unwrap();
 }
 
@@ -402,18 +403,18 @@ async fn the_generation_decides_not_the_lease_a_lapsed_holder_saves_when_nothing
     let redis = RedisServer::start();
     let a = RedisStore::new(redis.url()).unwrap().lease_ttl(Duration::from_millis(200));
     let b = RedisStore::new(redis.url()).unwrap();
-    a.save(&key(), &TokenSet::new("t0")).await.unwrap();
+    a.put(&key(), &TokenSet::new("t0")).await.unwrap();
 
     let lapsed = a.lock(&key()).await.unwrap().unwrap();
-    a.load(&key()).await.unwrap();
+    a.get(&key()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let current = b.lock(&key()).await.unwrap().unwrap();
-    assert_eq!(access(&b.load(&key()).await.unwrap().unwrap()), "t0");
+    assert_eq!(access(&b.get(&key()).await.unwrap().unwrap()), "t0");
 
-    a.save(&key(), &TokenSet::new("t-lapsed")).await.unwrap();
-    let err = b.save(&key(), &TokenSet::new("t-current")).await.unwrap_err();
+    a.put(&key(), &TokenSet::new("t-lapsed")).await.unwrap();
+    let err = b.put(&key(), &TokenSet::new("t-current")).await.unwrap_err();
     assert!(matches!(err, StoreError::Superseded), "{err:?}");
-    assert_eq!(access(&b.load(&key()).await.unwrap().unwrap()), "t-lapsed");
+    assert_eq!(access(&b.get(&key()).await.unwrap().unwrap()), "t-lapsed");
     current.unlock().await.unwrap();
     lapsed.unlock().await.unwrap();
 }
@@ -423,27 +424,27 @@ async fn only_the_task_holding_the_lease_is_fenced() {
     let redis = RedisServer::start();
     let shared = RedisStore::new(redis.url()).unwrap();
     let elsewhere = RedisStore::new(redis.url()).unwrap();
-    shared.save(&key(), &TokenSet::new("t0")).await.unwrap();
+    shared.put(&key(), &TokenSet::new("t0")).await.unwrap();
 
     let held = shared.lock(&key()).await.unwrap().unwrap();
-    shared.load(&key()).await.unwrap();
-    elsewhere.save(&key(), &TokenSet::new("t-elsewhere")).await.unwrap();
+    shared.get(&key()).await.unwrap();
+    elsewhere.put(&key(), &TokenSet::new("t-elsewhere")).await.unwrap();
     // Another task saving through the same store (another layer, a retried save) holds no lease:
     // its save is unconditional.
     let other_task = tokio::spawn({
         let shared = shared.clone();
-        async move { shared.save(&key(), &TokenSet::new("t-other-task")).await }
+        async move { shared.put(&key(), &TokenSet::new("t-other-task")).await }
     });
     other_task.await.unwrap().unwrap();
     // The holder read before both saves: its save is rejected.
-    let err = shared.save(&key(), &TokenSet::new("t-holder")).await.unwrap_err();
+    let err = shared.put(&key(), &TokenSet::new("t-holder")).await.unwrap_err();
     assert!(matches!(err, StoreError::Superseded), "{err:?}");
-    assert_eq!(access(&shared.load(&key()).await.unwrap().unwrap()), "t-other-task");
+    assert_eq!(access(&shared.get(&key()).await.unwrap().unwrap()), "t-other-task");
     held.unlock().await.unwrap();
 
     // Without a lease, saves are unconditional again.
-    shared.save(&key(), &TokenSet::new("t-after")).await.unwrap();
-    assert_eq!(access(&elsewhere.load(&key()).await.unwrap().unwrap()), "t-after");
+    shared.put(&key(), &TokenSet::new("t-after")).await.unwrap();
+    assert_eq!(access(&elsewhere.get(&key()).await.unwrap().unwrap()), "t-after");
 }
 
 #[tokio::test]
@@ -453,13 +454,13 @@ async fn a_save_under_the_lease_without_a_read_is_unconditional() {
     let redis = RedisServer::start();
     let a = RedisStore::new(redis.url()).unwrap();
     let b = RedisStore::new(redis.url()).unwrap();
-    a.save(&key(), &TokenSet::new("t0")).await.unwrap();
+    a.put(&key(), &TokenSet::new("t0")).await.unwrap();
     let held = a.lock(&key()).await.unwrap().unwrap();
-    b.save(&key(), &TokenSet::new("t-b")).await.unwrap();
-    a.save(&key(), &TokenSet::new("t-user")).await.unwrap();
+    b.put(&key(), &TokenSet::new("t-b")).await.unwrap();
+    a.put(&key(), &TokenSet::new("t-user")).await.unwrap();
     // Its own save is then the basis for the next one under the same lease.
-    a.save(&key(), &TokenSet::new("t-user-2")).await.unwrap();
-    assert_eq!(access(&b.load(&key()).await.unwrap().unwrap()), "t-user-2");
+    a.put(&key(), &TokenSet::new("t-user-2")).await.unwrap();
+    assert_eq!(access(&b.get(&key()).await.unwrap().unwrap()), "t-user-2");
     held.unlock().await.unwrap();
 }
 
@@ -471,10 +472,10 @@ async fn a_corrupt_value_is_a_typed_error_and_is_never_overwritten() {
     let mut raw = redis.connection().await;
     let _: () = redis::cmd("SET").arg(&name).arg("{\"access_token\": \"not ours").query_async(&mut raw).await.unwrap();
 
-    let err = store.load(&key()).await.unwrap_err();
+    let err = store.get(&key()).await.unwrap_err();
     assert!(matches!(&err, StoreError::Corrupt(message) if message.contains(&name)), "{err:?}");
     assert!(!format!("{err:?}").contains("not ours"), "the content is not echoed: {err:?}");
-    let err = store.save(&key(), &TokenSet::new("t")).await.unwrap_err();
+    let err = store.put(&key(), &TokenSet::new("t")).await.unwrap_err();
     assert!(matches!(&err, StoreError::Corrupt(message) if message.contains(&name)), "{err:?}");
     let value: String = redis::cmd("GET").arg(&name).query_async(&mut raw).await.unwrap();
     assert_eq!(value, "{\"access_token\": \"not ours");
@@ -490,8 +491,8 @@ async fn with_redis_down_every_operation_is_a_quick_backend_error() {
     let started = Instant::now();
     let errors = [
         store.ping().await.unwrap_err(),
-        store.load(&key()).await.unwrap_err(),
-        store.save(&key(), &TokenSet::new("t")).await.unwrap_err(),
+        store.get(&key()).await.unwrap_err(),
+        store.put(&key(), &TokenSet::new("t")).await.unwrap_err(),
         store.lock(&key()).await.unwrap_err(),
     ];
     for err in &errors {
@@ -503,6 +504,6 @@ async fn with_redis_down_every_operation_is_a_quick_backend_error() {
     // The same store works again once Redis is back.
     redis.restart();
     until("Redis answers again", Duration::from_secs(10), || async { store.ping().await.is_ok() }).await;
-    store.save(&key(), &TokenSet::new("t")).await.unwrap();
-    assert_eq!(access(&store.load(&key()).await.unwrap().unwrap()), "t");
+    store.put(&key(), &TokenSet::new("t")).await.unwrap();
+    assert_eq!(access(&store.get(&key()).await.unwrap().unwrap()), "t");
 }

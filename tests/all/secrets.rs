@@ -180,6 +180,8 @@ async fn no_secret_reaches_logs_debug_output_or_errors_across_refresh_failure_an
         .initial_tokens(initial.clone())
         .store(store.clone())
         .clock(clock.clone())
+        // The API here rejects every token it is not told to accept: each request refreshes.
+        .min_refresh_interval(Duration::ZERO)
         .on_refresh(|key, tokens| tracing::info!(target: "reqwest_token_refresh::test_hook", %key, ?tokens, "hook"));
     let mut shown = Shown::default();
     shown.debug("the builder", &builder);

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use reqwest_token_refresh::testkit::MockProvider;
 use reqwest_token_refresh::{
-    Error, MemoryStore, RefreshError, RefreshTokenGrant, TokenKey, TokenRefresh, TokenSet, TokenStore,
+    Error, MemoryStore, RefreshError, RefreshTokenGrant, TokenKey, TokenRefresh, TokenSet,
 };
 use wiremock::matchers::{body_string_contains, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::helpers::StoreExt;
 use crate::helpers::{Lockless, client_with, count, counter, layer, mount_api_accepting, storm};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,7 +166,7 @@ async fn tokens_in_the_store_win_over_initial_tokens() {
     let provider = MockProvider::start().await;
     let store = MemoryStore::new();
     let rotated = provider.issue_tokens();
-    store.save(&TokenKey::default(), &rotated).await.unwrap();
+    store.put(&TokenKey::default(), &rotated).await.unwrap();
     let stale = TokenSet::new("stale-access").with_refresh_token("stale-refresh");
     let auth = layer(&provider, stale).store(store.clone()).build().unwrap();
 
@@ -173,7 +174,7 @@ async fn tokens_in_the_store_win_over_initial_tokens() {
 
     assert_eq!(response.status(), 200);
     assert_eq!(auth.tokens().unwrap(), rotated, "the store's tokens were used, not the initial ones");
-    assert_eq!(store.load(&TokenKey::default()).await.unwrap().unwrap(), rotated);
+    assert_eq!(store.get(&TokenKey::default()).await.unwrap().unwrap(), rotated);
     assert_eq!(provider.stats().token_calls, 0);
 }
 

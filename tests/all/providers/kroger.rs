@@ -3,11 +3,12 @@
 
 use reqwest_token_refresh::testkit::{MOCK_CLIENT_ID, MOCK_CLIENT_SECRET, MockProvider};
 use reqwest_token_refresh::{
-    Error, MemoryStore, RefreshError, TokenKey, TokenRefresh, TokenSet, TokenStore, providers,
+    Error, MemoryStore, RefreshError, TokenKey, TokenRefresh, TokenSet, providers,
 };
 use wiremock::matchers::{body_string_contains, header, method, path};
 
 use super::{assert_matches, form, token_requests};
+use crate::helpers::StoreExt;
 use crate::helpers::{client_with, count, storm};
 
 fn kroger(provider: &MockProvider, tokens: TokenSet, store: &MemoryStore) -> TokenRefresh {
@@ -48,7 +49,7 @@ async fn kroger_storm_of_200_refreshes_once_with_basic_auth_and_stores_the_rotat
     );
     assert!(form(request).iter().all(|(name, _)| name != "client_secret"), "no secret in the body");
 
-    let stored = store.load(&TokenKey::default()).await.unwrap().unwrap();
+    let stored = store.get(&TokenKey::default()).await.unwrap().unwrap();
     assert_ne!(stored.refresh_token(), first.refresh_token(), "the rotated refresh token is stored");
     assert_eq!(Some(&stored), auth.tokens().as_ref());
 }

@@ -2,10 +2,11 @@
 //! `client_secret`, `scope=offline` and `refresh_token`; a bare 401 from the API.
 
 use reqwest_token_refresh::testkit::{MOCK_CLIENT_ID, MOCK_CLIENT_SECRET, MockProvider};
-use reqwest_token_refresh::{Error, MemoryStore, TokenKey, TokenRefresh, TokenStore, providers};
+use reqwest_token_refresh::{Error, MemoryStore, TokenKey, TokenRefresh, providers};
 use wiremock::matchers::{header, method};
 
 use super::{assert_matches, form, token_requests};
+use crate::helpers::StoreExt;
 use crate::helpers::{client_with, count, storm};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,7 +45,7 @@ async fn whoop_storm_of_200_refreshes_once_with_the_documented_form_body_and_sto
             ("scope".to_owned(), "offline".to_owned()),
         ]
     );
-    let stored = store.load(&TokenKey::default()).await.unwrap().unwrap();
+    let stored = store.get(&TokenKey::default()).await.unwrap().unwrap();
     assert_ne!(stored.refresh_token(), first.refresh_token(), "scope=offline brought a new refresh token, stored");
 }
 

@@ -43,7 +43,7 @@ async fn whoop_partner_fetches_once_per_storm_with_the_documented_json_body() {
 }
 
 #[tokio::test]
-async fn whoop_partner_invalid_client_is_terminal() {
+async fn whoop_partner_invalid_client_is_terminal_and_the_clients_fault_not_the_users() {
     let provider = MockProvider::whoop_partner().await;
     let source = providers::whoop_partner(MOCK_CLIENT_ID, "wrong-secret").token_url(provider.token_url());
     let auth = TokenRefresh::builder(source).build().unwrap();
@@ -53,7 +53,9 @@ async fn whoop_partner_invalid_client_is_terminal() {
     for _ in 0..3 {
         let err = client.get(&url).send().await.unwrap_err();
         let ours = Error::from_middleware(&err).unwrap();
-        assert!(ours.is_reauthorization_required(), "{ours}");
+        assert!(matches!(ours, Error::ClientRejected { .. }), "{ours:?}");
+        assert!(!ours.is_reauthorization_required(), "no user can fix a wrong client secret: {ours}");
     }
     assert_eq!(provider.stats().token_calls, 1, "a refused client is not asked again");
+    assert!(matches!(auth.state(), reqwest_token_refresh::TokenState::ClientRejected { .. }), "{:?}", auth.state());
 }

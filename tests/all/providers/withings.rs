@@ -6,10 +6,11 @@
 use std::time::Duration;
 
 use reqwest_token_refresh::testkit::{Fault, MOCK_CLIENT_ID, MOCK_CLIENT_SECRET, MockProvider};
-use reqwest_token_refresh::{Error, MemoryStore, TokenKey, TokenRefresh, TokenSet, TokenStore, providers};
+use reqwest_token_refresh::{Error, MemoryStore, TokenKey, TokenRefresh, TokenSet, providers};
 use wiremock::matchers::{header, method};
 
 use super::{assert_matches, form, token_requests};
+use crate::helpers::StoreExt;
 use crate::helpers::{client_with, count, storm};
 
 fn withings(provider: &MockProvider, tokens: TokenSet, store: &MemoryStore) -> TokenRefresh {
@@ -49,7 +50,7 @@ async fn withings_storm_of_200_refreshes_once_through_the_envelope_and_stores_th
     assert_eq!(field("client_secret"), Some(MOCK_CLIENT_SECRET));
     assert_eq!(field("refresh_token"), first.refresh_token().map(|t| t.secret()));
 
-    let stored = store.load(&TokenKey::default()).await.unwrap().unwrap();
+    let stored = store.get(&TokenKey::default()).await.unwrap().unwrap();
     assert_ne!(stored.refresh_token(), first.refresh_token(), "every refresh rotates; the new one is stored");
     assert!(stored.extra().contains_key("userid"), "Withings' own fields are kept: {stored:?}");
 }

@@ -1,0 +1,272 @@
+//! [`TokenRefreshBuilder`]: what a [`TokenRefresh`] is built with. It holds the cache's
+//! configuration as the cache will run with it, and checks it once, in [`build`](TokenRefreshBuilder::build).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::cache::CacheConfig;
+use crate::clock::{self, Clock};
+use crate::error::{Error, RefreshError, StoreError};
+use crate::key::TokenKey;
+use crate::middleware::{RefreshOn, RejectionRule, TokenRefresh};
+use crate::origin::OriginPolicy;
+use crate::policy::Policy;
+use crate::source::TokenSource;
+use crate::store::{MemoryStore, TokenStore};
+use crate::token::{self, TokenSet};
+
+/// Builds a [`TokenRefresh`]; see [`TokenRefresh::builder`].
+pub struct TokenRefreshBuilder {
+    /// What the cache will run with: source, store, clock, policy, hooks. Held here rather than
+    /// copied field by field.
+    cache: CacheConfig,
+    refresh_on: RefreshOn,
+    rejected_when: Option<RejectionRule>,
+    allowed_origins: Vec<String>,
+    allow_insecure_http: bool,
+}
+
+impl fmt::Debug for TokenRefreshBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRefreshBuilder")
+            .field("source", &self.cache.source)
+            .field("store", &self.cache.store)
+            .field("policy", &self.cache.policy)
+            .field("max_cached_keys", &self.cache.max_cached_keys)
+            .field("refresh_on", &self.refresh_on)
+            .field("token_rejected_when", &self.rejected_when.as_ref().map(|_| "a rule"))
+            .field("allowed_origins", &self.allowed_origins)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenRefreshBuilder {
+    pub(crate) fn new(source: Arc<dyn TokenSource>) -> Self {
+        Self {
+            cache: CacheConfig {
+                source,
+                store: Arc::new(MemoryStore::new()),
+                clock: clock::system(),
+                policy: Policy::default(),
+                initial_tokens: None,
+                max_cached_keys: None,
+                on_refresh: None,
+                on_reauthorization_required: None,
+                on_client_rejected: None,
+                on_store_error: None,
+            },
+            refresh_on: RefreshOn::default(),
+            rejected_when: None,
+            allowed_origins: Vec::new(),
+            allow_insecure_http: false,
+        }
+    }
+
+    /// Tokens for the default key to start from. They only seed an empty store: tokens already in
+    /// the store win, so a restart never brings back a refresh token that was rotated away.
+    pub fn initial_tokens(mut self, tokens: TokenSet) -> Self {
+        self.cache.initial_tokens = Some(tokens);
+        self
+    }
+
+    /// Where tokens are kept (default: [`MemoryStore`]).
+    pub fn store(mut self, store: impl TokenStore) -> Self {
+        self.cache.store = Arc::new(store);
+        self
+    }
+
+    /// Where tokens are kept, shared.
+    pub fn store_arc(mut self, store: Arc<dyn TokenStore>) -> Self {
+        self.cache.store = store;
+        self
+    }
+
+    /// How long before expiry a token is refreshed before use (default [`DEFAULT_REFRESH_SKEW`](crate::DEFAULT_REFRESH_SKEW)).
+    pub fn refresh_skew(mut self, skew: Duration) -> Self {
+        self.cache.policy.skew = skew;
+        self
+    }
+
+    /// Which 401 answers trigger a refresh (default [`RefreshOn::InvalidTokenOrNoDetail`]).
+    pub fn refresh_on(mut self, refresh_on: RefreshOn) -> Self {
+        self.refresh_on = refresh_on;
+        self
+    }
+
+    /// For APIs that reject a token without a 401: `rule` is asked about each answer that is not
+    /// a 401 and whose body may fit in [`CLASSIFY_BODY_LIMIT`](crate::CLASSIFY_BODY_LIMIT) (no `Content-Length`, or one that
+    /// small), given its status and the start of its body (at most that many bytes). When it says
+    /// the token was rejected, the answer is handled as a 401 that says `invalid_token`: one
+    /// refresh for everyone, one retry.
+    ///
+    /// Reading it holds such an answer back until its first 4 KiB or its end has arrived, so set
+    /// a rule only on a client for an API that answers with documents, not streams (server-sent
+    /// events, long polls). Without a rule, no answer body is read unless it is a 401.
+    ///
+    /// Withings' data API answers an expired token with HTTP 200 and `{"status":401, ...}`;
+    /// [`providers::withings_token_rejected`](crate::providers::withings_token_rejected) is that
+    /// rule.
+    ///
+    /// ```
+    /// use reqwest_token_refresh::{TokenRefresh, providers};
+    ///
+    /// let auth = TokenRefresh::builder(providers::withings("client-id", "client-secret"))
+    ///     .token_rejected_when(providers::withings_token_rejected)
+    ///     .build()?;
+    /// # Ok::<(), reqwest_token_refresh::Error>(())
+    /// ```
+    pub fn token_rejected_when(mut self, rule: impl Fn(StatusCode, &[u8]) -> bool + Send + Sync + 'static) -> Self {
+        self.rejected_when = Some(Arc::new(rule));
+        self
+    }
+
+    /// Only requests to this origin (and others added the same way) get the token; requests to
+    /// other origins pass through untouched and never trigger a refresh. Without any, every
+    /// `https` origin (and `http` to loopback) gets it.
+    pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
+        self.allowed_origins.push(origin.into());
+        self
+    }
+
+    /// Lets the token go over plain `http://` to hosts that are not loopback (default: never).
+    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
+        self.allow_insecure_http = allow;
+        self
+    }
+
+    /// Adds an OAuth error code that means "re-authorization required", beyond `invalid_grant`
+    /// (for providers with their own codes, such as `refresh_token_not_found`). `invalid_client`
+    /// and `unauthorized_client` are terminal too, reported as [`Error::ClientRejected`].
+    pub fn terminal_error(mut self, code: impl Into<String>) -> Self {
+        self.cache.policy.terminal_errors.push(code.into());
+        self
+    }
+
+    /// The first cool-down after a failed refresh (default [`DEFAULT_MIN_BACKOFF`](crate::DEFAULT_MIN_BACKOFF)); it doubles
+    /// with each consecutive failure up to [`max_backoff`](Self::max_backoff).
+    pub fn min_backoff(mut self, backoff: Duration) -> Self {
+        self.cache.policy.min_backoff = backoff;
+        self
+    }
+
+    /// The longest cool-down from backoff (default [`DEFAULT_MAX_BACKOFF`](crate::DEFAULT_MAX_BACKOFF)).
+    pub fn max_backoff(mut self, backoff: Duration) -> Self {
+        self.cache.policy.max_backoff = backoff;
+        self
+    }
+
+    /// The longest `Retry-After` honoured (default [`DEFAULT_MAX_RETRY_AFTER`](crate::DEFAULT_MAX_RETRY_AFTER)).
+    pub fn max_retry_after(mut self, limit: Duration) -> Self {
+        self.cache.policy.max_retry_after = limit;
+        self
+    }
+
+    /// The clock expiry and cool-downs are measured against (default: the system clock). Give
+    /// the token source the same clock.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.cache.clock = Arc::new(clock);
+        self
+    }
+
+    /// Called after each new token set is published (refreshed or adopted from the store).
+    pub fn on_refresh(mut self, hook: impl Fn(&TokenKey, &TokenSet) + Send + Sync + 'static) -> Self {
+        self.cache.on_refresh = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called once each time a key's grant dies and the user must authorize again
+    /// ([`Error::ReauthorizationRequired`]).
+    pub fn on_reauthorization_required(
+        mut self,
+        hook: impl Fn(&TokenKey, &RefreshError) + Send + Sync + 'static,
+    ) -> Self {
+        self.cache.on_reauthorization_required = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called when the store fails to load, save or lock (the layer goes on from memory and
+    /// retries saves).
+    pub fn on_store_error(mut self, hook: impl Fn(&TokenKey, &StoreError) + Send + Sync + 'static) -> Self {
+        self.cache.on_store_error = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called once each time the token endpoint refuses the client itself (`invalid_client`,
+    /// `unauthorized_client`: [`Error::ClientRejected`]): its credentials or registration are
+    /// wrong, which is for an operator to fix, not a user.
+    pub fn on_client_rejected(mut self, hook: impl Fn(&TokenKey, &RefreshError) + Send + Sync + 'static) -> Self {
+        self.cache.on_client_rejected = Some(Arc::new(hook));
+        self
+    }
+
+    /// How long one refresh may take, lock, token call and save included (default
+    /// [`DEFAULT_FLIGHT_DEADLINE`](crate::DEFAULT_FLIGHT_DEADLINE)). A token source or store that never answers ends there with
+    /// [`RefreshError::TimedOut`]; requests holding a token that is still valid are sent with it.
+    pub fn flight_deadline(mut self, deadline: Duration) -> Self {
+        self.cache.policy.flight_deadline = deadline.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How soon after it was fetched a token may be rejected (401) before the layer stops
+    /// answering rejections with another refresh (default [`DEFAULT_MIN_REFRESH_INTERVAL`](crate::DEFAULT_MIN_REFRESH_INTERVAL); it
+    /// doubles, up to 10 minutes, with each such token in a row). An API that rejects a token
+    /// minted a moment ago rejects it for another reason (a wrong audience or scope, a replica
+    /// that has not seen it yet), and a refresh per request would trip the provider's rate limit.
+    /// Such rejections go back to the caller as they came, counted in
+    /// [`Stats::refreshes_held_back`](crate::Stats::refreshes_held_back).
+    pub fn min_refresh_interval(mut self, interval: Duration) -> Self {
+        self.cache.policy.min_refresh_interval = interval;
+        self
+    }
+
+    /// How often a key whose grant is dead looks in the store for tokens another process saved
+    /// (default [`DEFAULT_TERMINAL_RECHECK`](crate::DEFAULT_TERMINAL_RECHECK)): a replica picks up the tokens a user installed
+    /// through another replica. Between looks, its requests fail fast.
+    pub fn terminal_recheck(mut self, interval: Duration) -> Self {
+        self.cache.policy.terminal_recheck = interval;
+        self
+    }
+
+    /// Keeps at most this many keys in memory (default: no limit), counting every key held:
+    /// loaded, dead, or never loaded. Beyond it, idle keys are evicted (least recently used
+    /// first, by the clock algorithm); the store keeps their tokens and an evicted key is loaded
+    /// again on its next request, still dead or still cooling down if it was. Keys in use (a
+    /// request, a refresh or a save retry) wait until they are idle; the default key is never
+    /// evicted (it counts toward the capacity once used).
+    pub fn max_cached_keys(mut self, capacity: usize) -> Self {
+        self.cache.max_cached_keys = Some(capacity);
+        self
+    }
+
+    /// Builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when an allowed origin does not parse or has no host, when the initial
+    /// access token cannot be sent in a header, or when the minimum backoff exceeds the maximum.
+    pub fn build(self) -> Result<TokenRefresh, Error> {
+        let allowed = if self.allowed_origins.is_empty() {
+            None
+        } else {
+            let parsed: Result<Vec<_>, _> =
+                self.allowed_origins.iter().map(|o| OriginPolicy::parse_origin(o)).collect();
+            Some(parsed.map_err(Error::Config)?)
+        };
+        if let Some(tokens) = &self.cache.initial_tokens {
+            token::check_header_safe(tokens.access_token().secret())
+                .map_err(|problem| Error::Config(format!("initial tokens: {problem}")))?;
+        }
+        if self.cache.policy.min_backoff > self.cache.policy.max_backoff {
+            return Err(Error::Config("min_backoff is larger than max_backoff".into()));
+        }
+        Ok(TokenRefresh::from_parts(
+            self.cache,
+            OriginPolicy { allowed, allow_insecure_http: self.allow_insecure_http },
+            self.refresh_on,
+            self.rejected_when,
+        ))
+    }
+}

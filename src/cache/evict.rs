@@ -1,0 +1,152 @@
+//! Which keys stay in memory. Unbounded by default; with `max_cached_keys`, at most that many
+//! keys are held, evicted by the clock (second-chance) algorithm.
+//!
+//! # Why the clock algorithm
+//!
+//! A key's slot is found in a hash map; eviction walks a ring of keys from its oldest end. A key
+//! used again since eviction last passed it gets a second chance (its mark is cleared and it goes
+//! to the back); a key in use (a request, a flight or a save retry holds its slot) is passed over;
+//! the first other key goes. Each step of the walk is paid for by a use that set a mark, so the
+//! cost per request stays flat however many keys come and go, unlike a scan for the least recently
+//! used key under the map's lock. New keys start unmarked, so a stream of keys seen once (100,000
+//! users each syncing once) evicts them in arrival order without disturbing keys in steady use.
+//!
+//! # What eviction keeps
+//!
+//! The store keeps an evicted key's tokens, and its next request loads them again. What the store
+//! does not know is kept in a small record beside the map (as many records as keys at most,
+//! oldest dropped first): a dead grant (so the same dead set read back is not refreshed again and
+//! its hook does not fire again) and a cool-down that has not ended.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+
+use super::slot::{Remembered, Slot};
+use crate::clock::Clock;
+use crate::key::TokenKey;
+
+/// The keys held in memory.
+pub(super) struct Keys {
+    capacity: Option<usize>,
+    clock: Arc<dyn Clock>,
+    map: Mutex<Map>,
+    /// The default key's slot, once created: most clients use only that key, and their requests
+    /// find it without the map's lock or a hash. Holding it here also keeps it from eviction.
+    default: OnceLock<Arc<Slot>>,
+}
+
+#[derive(Default)]
+struct Map {
+    slots: HashMap<TokenKey, Arc<Slot>>,
+    /// The clock's ring: every key in `slots` once, oldest first.
+    ring: VecDeque<TokenKey>,
+    remembered: HashMap<TokenKey, Remembered>,
+    /// Arrival order of `remembered`, for dropping the oldest record.
+    remembered_order: VecDeque<TokenKey>,
+}
+
+impl Keys {
+    pub(super) fn new(capacity: Option<usize>, clock: Arc<dyn Clock>) -> Self {
+        Self { capacity, clock, map: Mutex::new(Map::default()), default: OnceLock::new() }
+    }
+
+    /// The default key's slot, if a request created it.
+    pub(super) fn default_slot(&self) -> Option<&Arc<Slot>> {
+        let slot = self.default.get()?;
+        self.touch(slot);
+        Some(slot)
+    }
+
+    /// `key`'s slot, created (and others evicted) if need be.
+    pub(super) fn slot(&self, key: &TokenKey) -> Arc<Slot> {
+        if key.is_default()
+            && let Some(slot) = self.default_slot()
+        {
+            return slot.clone();
+        }
+        let mut map = self.map.lock();
+        if let Some(slot) = map.slots.get(key) {
+            let slot = slot.clone();
+            self.touch(&slot);
+            return slot;
+        }
+        let remembered = map.remembered.remove(key);
+        if remembered.is_some() {
+            map.remembered_order.retain(|k| k != key);
+        }
+        let slot = Arc::new(Slot::new(key.clone(), remembered));
+        map.slots.insert(key.clone(), slot.clone());
+        map.ring.push_back(key.clone());
+        if key.is_default() {
+            let _ = self.default.set(slot.clone());
+        }
+        if let Some(capacity) = self.capacity {
+            map.evict_down_to(capacity, self.clock.now());
+        }
+        slot
+    }
+
+    /// `key`'s slot if it is held; creates nothing.
+    pub(super) fn get(&self, key: &TokenKey) -> Option<Arc<Slot>> {
+        if key.is_default()
+            && let Some(slot) = self.default.get()
+        {
+            return Some(slot.clone());
+        }
+        self.map.lock().slots.get(key).cloned()
+    }
+
+    /// How many keys are held.
+    pub(super) fn len(&self) -> usize {
+        self.map.lock().slots.len()
+    }
+
+    /// Records a use of the slot, for its second chance; nothing to record when unbounded.
+    fn touch(&self, slot: &Slot) {
+        if self.capacity.is_some() && !slot.referenced.load(Ordering::Relaxed) {
+            slot.referenced.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Map {
+    /// Evicts until at most `capacity` keys are held, or no key can go (all in use). Walks the
+    /// ring at most twice: once may be spent clearing marks.
+    fn evict_down_to(&mut self, capacity: usize, now: SystemTime) {
+        let mut steps = self.ring.len().saturating_mul(2);
+        while self.slots.len() > capacity && steps > 0 {
+            steps -= 1;
+            let Some(key) = self.ring.pop_front() else { return };
+            let Some(slot) = self.slots.get(&key) else { continue };
+            // In use: the map's own reference is the only one of an idle key (the default key's
+            // slot is also held by `Keys::default`, so it never goes).
+            let busy = Arc::strong_count(slot) > 1;
+            if busy || slot.referenced.swap(false, Ordering::Relaxed) {
+                self.ring.push_back(key);
+                continue;
+            }
+            let Some(slot) = self.slots.remove(&key) else { continue };
+            let remembered = Remembered::of(&slot.state.lock(), now);
+            if let Some(remembered) = remembered {
+                self.remember(key, remembered, capacity);
+            }
+        }
+        if self.slots.len() > capacity {
+            tracing::debug!(held = self.slots.len(), capacity, "every key over the capacity is in use; evicting later");
+        }
+    }
+
+    fn remember(&mut self, key: TokenKey, remembered: Remembered, capacity: usize) {
+        if self.remembered.insert(key.clone(), remembered).is_none() {
+            self.remembered_order.push_back(key);
+        }
+        while self.remembered.len() > capacity.max(1) {
+            let Some(oldest) = self.remembered_order.pop_front() else { break };
+            self.remembered.remove(&oldest);
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The store protocol, written once: lock (for a refresh), read, decide, fetch, save
+//! (compare-and-set on the store's revision), and on `Superseded` adopt what the store holds.
+//! Used by the first load, the refresh, `set_tokens`, the save retry and a dead grant's recheck;
+//! each says what it wants as an [`Intent`] and gets back what to publish as [`Produced`].
+//!
+//! # Why every save names a revision
+//!
+//! The revision is the one order every process agrees on. A save over the revision it read
+//! either lands (and the set is the newest) or is refused because somebody saved in between, and
+//! then what the store holds is newer: it is adopted, never overwritten. So a replica whose lock
+//! expired, a save retried after an outage, and a refresh overtaken by `set_tokens` all end the
+//! same way, with the newest set in the store and in memory.
+//!
+//! # Why save before publish
+//!
+//! A rotating provider kills the old refresh token as soon as it issues the new one. The new set
+//! is therefore saved before any request may use it. A failed save does not stop the new token
+//! from being used (the old refresh token is dead anyway); it is reported and retried, over the
+//! same revision, until it lands or the store turns out to hold something newer.
+//!
+//! # Deadlines
+//!
+//! Taking the lock and the token call share the flight's deadline. A save after a token call has
+//! a deadline of its own: the token call may have rotated the refresh token, and cutting its save
+//! short would lose it; a save that runs out is retried from memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::TokenCache;
+use super::slot::{Lease, Slot};
+use crate::error::{Error, RefreshError, StoreError};
+use crate::policy::Verdict;
+use crate::store::{Revision, StoreGuard, Stored, TokenStore};
+use crate::token::{self, Freshness, TokenSet};
+
+/// What a run of the protocol is for.
+pub(super) enum Intent {
+    /// A key's first read of the store. `seed`: tokens to save if the store has none (the
+    /// default key's initial tokens).
+    Load { seed: Option<TokenSet> },
+    /// Replace `base` (the published set, resting on `revision`) with newer tokens: adopt what
+    /// another process saved since, or fetch.
+    Refresh { base: Option<Arc<TokenSet>>, revision: Revision },
+    /// Install tokens from outside (`set_tokens`): they win over whatever is stored.
+    Install(TokenSet),
+    /// Save again a set whose save failed, over the revision it rests on.
+    Resave { tokens: Arc<TokenSet>, replaces: Revision },
+    /// A dead grant resting on `revision`: has another process saved newer tokens?
+    Recheck { revision: Revision },
+}
+
+/// Where a set came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// Read from the store on the first load (or seeded into it).
+    Loaded,
+    /// Fetched by this layer's token source.
+    Fetched,
+    /// Saved by another process or layer, found in the store.
+    Adopted,
+    /// Installed by `set_tokens`.
+    Installed,
+}
+
+/// Where a set stands in the store.
+#[derive(Debug)]
+pub(super) enum Standing {
+    /// Saved as this revision.
+    At(Revision),
+    /// Not saved: the save over `replaces` failed with `error`, and is retried.
+    Pending { replaces: Revision, error: StoreError },
+}
+
+/// What a run produced, for the key's state to apply.
+pub(super) enum Produced {
+    /// Tokens to publish (if newer than what the key holds). `failure`: the refresh still failed
+    /// (tokens salvaged from an otherwise unusable answer: a new refresh token beside a garbled
+    /// access token).
+    Publish { tokens: TokenSet, origin: Origin, standing: Standing, failure: Option<RefreshError> },
+    /// The store holds nothing for the key (a load), or nothing newer (a recheck).
+    Nothing,
+    /// A retried save landed as this revision.
+    Saved(Revision),
+    /// The run failed.
+    Failed(Error),
+}
+
+/// How many times `set_tokens` re-reads a revision when saves keep landing between its read and
+/// its save, before it reports the contention.
+const INSTALL_ATTEMPTS: usize = 8;
+
+/// Runs the protocol for `intent` on `slot`'s key.
+pub(super) async fn run(cache: &TokenCache, slot: &Slot, intent: Intent) -> Produced {
+    let config = &cache.inner.config;
+    let store: &dyn TokenStore = &*config.store;
+    let key = &slot.key;
+    let policy = &config.policy;
+    let deadline = Instant::now().checked_add(policy.flight_deadline).unwrap_or_else(super::slot::far_future);
+    let save_window = policy.flight_deadline;
+    let mut io = Io { cache, store, slot, guard: None, deadline };
+
+    let produced = match intent {
+        Intent::Load { seed } => match io.read().await {
+            Ok(Some(stored)) => publish(stored, Origin::Loaded),
+            Ok(None) => match seed {
+                Some(seed) => io.save_or_adopt(seed, Revision::NONE, Origin::Loaded, None, save_window).await,
+                None => Produced::Nothing,
+            },
+            Err(source) => Produced::Failed(Error::Store { key: key.clone(), source }),
+        },
+        Intent::Refresh { base, revision } => {
+            match io.lock().await {
+                Ok(()) => {}
+                Err(source) => return Produced::Failed(Error::Store { key: key.clone(), source }),
+            }
+            let produced = refresh(&mut io, base, revision, save_window).await;
+            io.unlock().await;
+            produced
+        }
+        Intent::Install(tokens) => install(&mut io, tokens, save_window).await,
+        Intent::Resave { tokens, replaces } => match io.save((*tokens).clone(), replaces, save_window).await {
+            Ok(revision) => Produced::Saved(revision),
+            Err(StoreError::Superseded) => match io.read().await {
+                Ok(Some(stored)) => publish(stored, Origin::Adopted),
+                _ => Produced::Failed(Error::Store { key: key.clone(), source: StoreError::Superseded }),
+            },
+            Err(source) => Produced::Failed(Error::Store { key: key.clone(), source }),
+        },
+        Intent::Recheck { revision } => match io.read().await {
+            Ok(Some(stored)) if stored.revision != revision => publish(stored, Origin::Adopted),
+            Ok(_) => Produced::Nothing,
+            Err(source) => {
+                cache.report_store_error(key, &source);
+                Produced::Nothing
+            }
+        },
+    };
+    produced
+}
+
+/// The refresh, under the lock: adopt what another process saved since `revision`, or fetch.
+async fn refresh(io: &mut Io<'_>, base: Option<Arc<TokenSet>>, revision: Revision, save_window: Duration) -> Produced {
+    let cache = io.cache;
+    let config = &cache.inner.config;
+    let key = &io.slot.key;
+    // Another process may have refreshed while this one waited for the lock: a revision other than
+    // ours is newer. Adopt it when fresh, else refresh from it (our refresh token may already have
+    // been rotated away).
+    let (from, replaces) = match io.read().await {
+        Ok(Some(stored)) if stored.revision != revision => {
+            let now = config.clock.now();
+            // Saved since our read, so just issued: judged as the tokens this layer fetches are.
+            let fresh = Lease::new(stored.tokens.clone(), 0, Some(now), false).freshness(config.policy.skew, now);
+            if fresh == Freshness::Fresh {
+                return publish(stored, Origin::Adopted);
+            }
+            (Some(stored.tokens), stored.revision)
+        }
+        Ok(_) => (base.map(|base| (*base).clone()), revision),
+        Err(source) => {
+            // Without a read the store may hold a newer set; refreshing from ours could spend a
+            // rotated-away refresh token, so the refresh waits for the store.
+            return Produced::Failed(Error::Store { key: key.clone(), source });
+        }
+    };
+    cache.count_refresh();
+    let fetched = match tokio::time::timeout_at(io.deadline, config.source.fetch(from.as_ref())).await {
+        Ok(fetched) => fetched,
+        Err(_) => {
+            let after = config.policy.flight_deadline;
+            tracing::warn!(key = %key, ?after, "the token source did not answer before the flight's deadline");
+            return Produced::Failed(Error::Refresh { key: key.clone(), source: RefreshError::TimedOut { after } });
+        }
+    };
+    match fetched {
+        Ok(tokens) => {
+            let tokens = tokens.inherit_refresh_token(from.as_ref());
+            io.save_or_adopt(tokens, replaces, Origin::Fetched, None, save_window).await
+        }
+        Err(RefreshError::InvalidResponse { status, reason, body, rotated_refresh_token: Some(rotated) }) => {
+            // The answer is unusable but carries a new refresh token, and a rotating provider has
+            // already spent ours: keep the new one (saved like any new set), with the old access
+            // token marked expired so that the next refresh, after the cool-down, spends it.
+            tracing::warn!(key = %key, reason = %reason, "unusable token answer carried a new refresh token; keeping it");
+            let salvaged = from
+                .unwrap_or_else(|| TokenSet::new(String::new()))
+                .with_refresh_token(rotated)
+                .with_expires_at(config.clock.now());
+            let failure = RefreshError::InvalidResponse { status, reason, body, rotated_refresh_token: None };
+            io.save_or_adopt(salvaged, replaces, Origin::Fetched, Some(failure), save_window).await
+        }
+        Err(reason) => match config.policy.verdict(&reason) {
+            Verdict::Terminal(whose) => {
+                // Check before declaring death: another process may have rotated the refresh
+                // token we just spent a stale copy of.
+                if let Ok(Some(stored)) = io.read().await
+                    && stored.revision != replaces
+                    && token::freshness(stored.tokens.expires_at(), Duration::ZERO, config.clock.now())
+                        != Freshness::Expired
+                {
+                    tracing::info!(key = %key, "refresh token was rejected but the store holds newer tokens; adopting them");
+                    return publish(stored, Origin::Adopted);
+                }
+                Produced::Failed(super::slot::terminal_error(key, whose, &reason))
+            }
+            Verdict::Transient => Produced::Failed(Error::Refresh { key: key.clone(), source: reason }),
+        },
+    }
+}
+
+/// `set_tokens`: save over whatever revision the store holds (the user has just authorized: these
+/// tokens win), re-reading when another save lands in between.
+async fn install(io: &mut Io<'_>, tokens: TokenSet, save_window: Duration) -> Produced {
+    let key = &io.slot.key;
+    for _ in 0..INSTALL_ATTEMPTS {
+        let replaces = match io.read().await {
+            Ok(stored) => stored.map_or(Revision::NONE, |stored| stored.revision),
+            Err(error) => {
+                // The store cannot say what it holds: install from memory, save later over the
+                // revision memory rests on.
+                let replaces = io.slot.state.lock().revision;
+                return Produced::Publish {
+                    tokens,
+                    origin: Origin::Installed,
+                    standing: Standing::Pending { replaces, error },
+                    failure: None,
+                };
+            }
+        };
+        match io.save(tokens.clone(), replaces, save_window).await {
+            Ok(revision) => {
+                return Produced::Publish { tokens, origin: Origin::Installed, standing: Standing::At(revision), failure: None };
+            }
+            Err(StoreError::Superseded) => continue,
+            Err(error) => {
+                return Produced::Publish {
+                    tokens,
+                    origin: Origin::Installed,
+                    standing: Standing::Pending { replaces, error },
+                    failure: None,
+                };
+            }
+        }
+    }
+    tracing::warn!(key = %key, attempts = INSTALL_ATTEMPTS, "other saves kept landing while installing tokens; installed from memory, saved later");
+    let replaces = io.slot.state.lock().revision;
+    Produced::Publish { tokens, origin: Origin::Installed, standing: Standing::Pending { replaces, error: StoreError::Superseded }, failure: None }
+}
+
+fn publish(stored: Stored, origin: Origin) -> Produced {
+    Produced::Publish { tokens: stored.tokens, origin, standing: Standing::At(stored.revision), failure: None }
+}
+
+/// The store operations of one run: through the lock's guard while one is held, else on the store.
+struct Io<'a> {
+    cache: &'a TokenCache,
+    store: &'a dyn TokenStore,
+    slot: &'a Slot,
+    guard: Option<Box<dyn StoreGuard + 'a>>,
+    deadline: Instant,
+}
+
+impl<'a> Io<'a> {
+    /// Takes the store's lock for the key, within the flight's deadline.
+    async fn lock(&mut self) -> Result<(), StoreError> {
+        let key = &self.slot.key;
+        match tokio::time::timeout_at(self.deadline, self.store.lock(key)).await {
+            Ok(Ok(guard)) => {
+                self.guard = guard;
+                Ok(())
+            }
+            Ok(Err(err)) => {
+                self.cache.report_store_error(key, &err);
+                Err(err)
+            }
+            Err(_) => {
+                self.cache.report_store_error(key, &StoreError::LockTimeout);
+                Err(StoreError::LockTimeout)
+            }
+        }
+    }
+
+    async fn unlock(&mut self) {
+        if let Some(guard) = self.guard.take() {
+            let unlocked = tokio::time::timeout(self.cache.inner.config.policy.flight_deadline, guard.unlock()).await;
+            let failure = match unlocked {
+                Ok(Ok(())) => return,
+                Ok(Err(err)) => err,
+                Err(_) => StoreError::LockTimeout,
+            };
+            self.cache.report_store_error(&self.slot.key, &failure);
+        }
+    }
+
+    /// Reads the key's tokens, within the flight's deadline.
+    async fn read(&mut self) -> Result<Option<Stored>, StoreError> {
+        let read = async {
+            match &mut self.guard {
+                Some(guard) => guard.load().await,
+                None => self.store.load(&self.slot.key).await,
+            }
+        };
+        let read = match tokio::time::timeout_at(self.deadline, read).await {
+            Ok(read) => read,
+            Err(_) => Err(StoreError::io("reading tokens", std::io::Error::from(std::io::ErrorKind::TimedOut))),
+        };
+        if let Err(err) = &read {
+            self.cache.report_store_error(&self.slot.key, err);
+        }
+        read
+    }
+
+    /// Saves over `replaces`, within `window` (a deadline of its own: see the module docs).
+    async fn save(&mut self, tokens: TokenSet, replaces: Revision, window: Duration) -> Result<Revision, StoreError> {
+        let save = async {
+            match &mut self.guard {
+                Some(guard) => guard.save(&tokens, replaces).await,
+                None => self.store.save(&self.slot.key, &tokens, replaces).await,
+            }
+        };
+        let saved = match tokio::time::timeout(window, save).await {
+            Ok(saved) => saved,
+            Err(_) => Err(StoreError::io("saving tokens", std::io::Error::from(std::io::ErrorKind::TimedOut))),
+        };
+        // Refused saves are the protocol working, not the store failing.
+        if let Err(err) = &saved
+            && !matches!(err, StoreError::Superseded)
+        {
+            self.cache.report_store_error(&self.slot.key, err);
+        }
+        saved
+    }
+
+    /// Saves a new set over `replaces`; if the store holds something newer, that is adopted.
+    async fn save_or_adopt(
+        &mut self,
+        tokens: TokenSet,
+        replaces: Revision,
+        origin: Origin,
+        failure: Option<RefreshError>,
+        window: Duration,
+    ) -> Produced {
+        match self.save(tokens.clone(), replaces, window).await {
+            Ok(revision) => Produced::Publish { tokens, origin, standing: Standing::At(revision), failure },
+            Err(StoreError::Superseded) => match self.read().await {
+                Ok(Some(stored)) => {
+                    tracing::warn!(key = %self.slot.key, "save superseded by another process; adopting its tokens");
+                    publish(stored, Origin::Adopted)
+                }
+                // Deleted in between, or unreadable: ours are the only tokens; keep saving them.
+                _ => Produced::Publish {
+                    tokens,
+                    origin,
+                    standing: Standing::Pending { replaces, error: StoreError::Superseded },
+                    failure,
+                },
+            },
+            Err(error) => Produced::Publish { tokens, origin, standing: Standing::Pending { replaces, error }, failure },
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! One key's state: the [`Phase`] it is in, the token it publishes, and every transition between
+//! phases. Nothing else in the crate changes a key's phase; each transition below states the
+//! invariant it keeps.
+//!
+//! ```text
+//!             ┌──────────── load flight ────────────┐
+//!  Unloaded ──┤                                     ├─▶ Ready ◀──────────────┐
+//!             └─▶ Loading ──────────────────────────┘     │ stale or rejected │ refresh
+//!                                                         ▼                   │ succeeds
+//!                       set_tokens (any phase) ───▶ Ready  Refreshing ────────┘
+//!                                                         │ transient   │ terminal
+//!                                                         ▼             ▼
+//!                                                   CoolingDown     Terminal ─▶ (recheck finds
+//!                                                                                newer tokens) Ready
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::flight::{Outcome, Running};
+use super::persist::{Origin, Produced, Standing};
+use super::{Effects, Kind};
+use crate::error::{Error, RefreshError};
+use crate::stats::Counters;
+use crate::key::TokenKey;
+use crate::policy::{self, Policy, Whose};
+use crate::store::Revision;
+use crate::token::{self, Freshness, TokenSet};
+
+/// A token set as published, with its generation.
+#[derive(Debug, Clone)]
+pub(crate) struct Lease {
+    pub(crate) tokens: Arc<TokenSet>,
+    pub(crate) generation: u64,
+    /// The `Authorization` header for this token, built once when it is published rather than on
+    /// every request; or why the token cannot be sent (a garbled token that was still saved
+    /// because it came with a new refresh token).
+    pub(crate) header: Result<http::HeaderValue, String>,
+    /// When its lifetime started, by the layer's clock, when known: for tokens this layer fetched,
+    /// and for tokens another process saved while this one waited to refresh (adopted under the
+    /// lock, so just issued). The lifetime bounds the skew window, so that short-lived tokens
+    /// (20 s tokens, 30 s skew) are not refreshed on every request, whichever layer fetched them.
+    /// Unknown for loaded and installed tokens: the full window applies.
+    pub(crate) issued_at: Option<SystemTime>,
+    /// When this layer fetched it, by the monotonic clock; `None` for loaded, adopted or installed
+    /// tokens. A fetched token rejected soon after holds back the next refresh.
+    pub(crate) fetched: Option<Instant>,
+}
+
+impl Lease {
+    pub(super) fn new(tokens: TokenSet, generation: u64, issued_at: Option<SystemTime>, fetched: bool) -> Self {
+        let header = token::bearer_header(tokens.access_token()).map_err(|problem| problem.to_string());
+        Lease { tokens: Arc::new(tokens), generation, header, issued_at, fetched: fetched.then(Instant::now) }
+    }
+
+    /// Whether sending this token can succeed at all: usable, and not past its expiry.
+    pub(super) fn is_sendable(&self, now: SystemTime) -> bool {
+        self.freshness(Duration::ZERO, now) != Freshness::Expired
+    }
+
+    pub(super) fn freshness(&self, skew: Duration, now: SystemTime) -> Freshness {
+        if self.header.is_err() {
+            return Freshness::Expired;
+        }
+        let expires_at = self.tokens.expires_at();
+        let skew = match self.issued_at {
+            Some(issued_at) => token::effective_skew(skew, issued_at, expires_at),
+            None => skew,
+        };
+        token::freshness(expires_at, skew, now)
+    }
+}
+
+/// Where a key is. Each variant carries exactly what that phase has.
+pub(super) enum Phase {
+    /// Not read from the store yet: a new key, or one evicted since (with what it left behind).
+    Unloaded(Option<Remembered>),
+    /// Its first read of the store is in flight.
+    Loading(Running, Option<Remembered>),
+    /// Nothing runs; the current token (if any) is what requests get.
+    Ready,
+    /// A refresh is in flight. The current token, if still valid, is the fallback.
+    Refreshing(Running),
+    /// A refresh failed transiently; no token call until it ends.
+    CoolingDown(CoolDown),
+    /// The grant is dead; requests fail fast until new tokens are installed or found in the store.
+    Terminal(Dead),
+}
+
+/// A cool-down: its length, and when it started by both clocks.
+#[derive(Clone)]
+pub(super) struct CoolDown {
+    pub(super) length: Duration,
+    pub(super) started_wall: SystemTime,
+    pub(super) started: Instant,
+}
+
+impl CoolDown {
+    pub(super) fn new(length: Duration, now: SystemTime) -> Self {
+        Self { length, started_wall: now, started: Instant::now() }
+    }
+
+    /// What is left of it at `now`, the shorter of the wall clock's and the monotonic clock's
+    /// reading (see [`policy::remaining`]).
+    pub(super) fn remaining(&self, now: SystemTime) -> Duration {
+        policy::remaining(self.length, self.started_wall, self.started.elapsed(), now)
+    }
+}
+
+/// What an evicted key leaves behind, so that loading it again does not forget it: a dead grant
+/// (the revision it died at: the same set read back is still dead, a newer one is not), or a
+/// cool-down that has not ended.
+#[derive(Clone)]
+pub(super) enum Remembered {
+    Dead { revision: Revision, reason: RefreshError, whose: Whose },
+    CoolingDown { cool: CoolDown, failures: u32 },
+}
+
+impl Remembered {
+    /// What `state` must leave behind if evicted; `None` when nothing outlives it.
+    pub(super) fn of(state: &SlotState, now: SystemTime) -> Option<Remembered> {
+        match &state.phase {
+            Phase::Terminal(dead) => {
+                Some(Remembered::Dead { revision: state.revision, reason: dead.reason.clone(), whose: dead.whose })
+            }
+            Phase::CoolingDown(cool) if !cool.remaining(now).is_zero() => {
+                Some(Remembered::CoolingDown { cool: cool.clone(), failures: state.failures })
+            }
+            Phase::Unloaded(remembered) => remembered.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// A dead grant.
+pub(super) struct Dead {
+    pub(super) reason: RefreshError,
+    pub(super) whose: Whose,
+    /// When the store may next be looked at for tokens another process saved.
+    pub(super) recheck_at: Instant,
+    /// That look, while it runs.
+    pub(super) recheck: Option<Running>,
+}
+
+/// One key's state; behind the slot's mutex.
+pub(super) struct SlotState {
+    pub(super) phase: Phase,
+    /// The published token. Present in any phase once a token was loaded, fetched or installed.
+    pub(super) current: Option<Lease>,
+    /// The last generation published (0: none yet).
+    pub(super) generation: u64,
+    /// The store's revision the current token set rests on: the one it was saved as, or, while
+    /// its save is pending, the one that save replaces.
+    pub(super) revision: Revision,
+    /// Whether the current set is saved (at `revision`). While not, a save retry runs.
+    pub(super) saved: bool,
+    /// Failed refreshes in a row, for the backoff.
+    pub(super) failures: u32,
+    /// The newest generation a server rejected. While a refresh replaces it, it is not handed out
+    /// again: new requests wait for the refresh instead of collecting a rejection first, and are
+    /// sent with it should the refresh fail.
+    pub(super) rejected: u64,
+    /// Fetched tokens rejected soon after they were fetched, in a row, and the newest generation
+    /// counted so (each counts once).
+    pub(super) quick_rejections: u32,
+    pub(super) quick_generation: u64,
+}
+
+impl SlotState {
+    pub(super) fn new() -> Self {
+        Self {
+            phase: Phase::Unloaded(None),
+            current: None,
+            generation: 0,
+            revision: Revision::NONE,
+            saved: true,
+            failures: 0,
+            rejected: 0,
+            quick_rejections: 0,
+            quick_generation: 0,
+        }
+    }
+
+    /// The current token if a request may send it without waiting: the key is loaded and not
+    /// dead, the token is fresh, and it is not one a server rejected that a running refresh is
+    /// replacing.
+    pub(super) fn ready(&self, skew: Duration, now: SystemTime) -> Option<&Lease> {
+        let replacing = match &self.phase {
+            Phase::Ready | Phase::CoolingDown(_) => false,
+            Phase::Refreshing(_) => true,
+            Phase::Unloaded(_) | Phase::Loading(..) | Phase::Terminal(_) => return None,
+        };
+        let current = self.current.as_ref()?;
+        let held_back = replacing && current.generation <= self.rejected;
+        (!held_back && current.freshness(skew, now) == Freshness::Fresh).then_some(current)
+    }
+
+    /// The current token if it is still worth sending (not expired), as a fallback.
+    pub(super) fn sendable(&self, now: SystemTime) -> Option<Lease> {
+        self.current.as_ref().filter(|lease| lease.is_sendable(now)).cloned()
+    }
+
+    /// The running flight of this key, if any (a load, a refresh, or a dead grant's recheck).
+    pub(super) fn flight(&self) -> Option<&Running> {
+        match &self.phase {
+            Phase::Loading(running, _) | Phase::Refreshing(running) => Some(running),
+            Phase::Terminal(Dead { recheck: Some(running), .. }) => Some(running),
+            _ => None,
+        }
+    }
+
+    /// Publishes `tokens` as the next generation. Invariant: generations only grow, so a request
+    /// that was rejected with generation g knows any lease above g is newer than its own.
+    pub(super) fn publish(&mut self, tokens: TokenSet, issued_at: Option<SystemTime>, fetched: bool) -> Lease {
+        self.generation += 1;
+        let lease = Lease::new(tokens, self.generation, issued_at, fetched);
+        self.current = Some(lease.clone());
+        lease
+    }
+
+    /// Records where the current set stands in the store.
+    pub(super) fn record_save(&mut self, revision: Revision, saved: bool) {
+        self.revision = revision;
+        self.saved = saved;
+    }
+
+    /// Ends any failure streak: the key is ready.
+    pub(super) fn recover(&mut self) {
+        self.failures = 0;
+        self.phase = Phase::Ready;
+    }
+
+    /// Enters the cool-down after a transient failure. Returns its length. Invariant: the length
+    /// is capped (backoff and `Retry-After` both), so a key cools down for a bounded time.
+    pub(super) fn cool_down(&mut self, policy: &Policy, asked: Option<Duration>, now: SystemTime) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let length = policy.cool_down(self.failures, asked);
+        self.phase = Phase::CoolingDown(CoolDown::new(length, now));
+        length
+    }
+
+    /// Enters the terminal phase. Returns whether this is a new terminal event (for the hooks:
+    /// they fire once per event, not once per request that learns of it).
+    pub(super) fn die(&mut self, reason: RefreshError, whose: Whose, policy: &Policy) -> bool {
+        let was_dead = matches!(self.phase, Phase::Terminal(_));
+        self.phase = Phase::Terminal(Dead {
+            reason,
+            whose,
+            recheck_at: Instant::now().checked_add(policy.terminal_recheck).unwrap_or_else(far_future),
+            recheck: None,
+        });
+        !was_dead
+    }
+
+    /// The error a request for a dead key fails fast with.
+    pub(super) fn dead_error(key: &TokenKey, dead: &Dead) -> Error {
+        terminal_error(key, dead.whose, &dead.reason)
+    }
+
+    /// The public view of the phase.
+    pub(super) fn view(&self, now: SystemTime) -> crate::cache::TokenState {
+        use crate::cache::TokenState;
+        let ready = || match &self.current {
+            Some(lease) => TokenState::Ready { generation: lease.generation, expires_at: lease.tokens.expires_at() },
+            None => TokenState::Empty,
+        };
+        match &self.phase {
+            Phase::Unloaded(_) => TokenState::Empty,
+            Phase::Loading(..) => TokenState::Loading,
+            Phase::Ready => ready(),
+            Phase::Refreshing(_) => TokenState::Refreshing { generation: self.generation },
+            Phase::CoolingDown(cool) => match cool.remaining(now) {
+                Duration::ZERO => ready(),
+                retry_after => TokenState::CoolingDown { generation: self.generation, retry_after },
+            },
+            Phase::Terminal(Dead { reason, whose: Whose::User, .. }) => {
+                TokenState::ReauthorizationRequired { reason: reason.clone() }
+            }
+            Phase::Terminal(Dead { reason, whose: Whose::Client, .. }) => {
+                TokenState::ClientRejected { reason: reason.clone() }
+            }
+        }
+    }
+}
+
+/// The error for a dead grant: the user's re-authorization, or the client's misconfiguration.
+pub(super) fn terminal_error(key: &TokenKey, whose: Whose, reason: &RefreshError) -> Error {
+    match whose {
+        Whose::User => Error::ReauthorizationRequired { key: key.clone(), reason: reason.clone() },
+        Whose::Client => Error::ClientRejected { key: key.clone(), reason: reason.clone() },
+    }
+}
+
+/// An instant so far ahead that it never comes (for durations too long to add).
+pub(super) fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 60 * 60)
+}
+
+/// One key: its name, its state, and what eviction needs to know of it.
+pub(super) struct Slot {
+    pub(super) key: TokenKey,
+    /// The newest generation a server answered without rejecting it: a token that was accepted
+    /// once is not one the API refuses outright. Written once per generation, not per request.
+    pub(super) accepted: AtomicU64,
+    /// Whether a request used it since eviction last looked (the second chance of the clock
+    /// algorithm); only kept up when the cache is bounded.
+    pub(super) referenced: AtomicBool,
+    pub(super) state: Mutex<SlotState>,
+}
+
+impl Slot {
+    /// A key not loaded yet, with what an earlier eviction of it left behind.
+    pub(super) fn new(key: TokenKey, remembered: Option<Remembered>) -> Self {
+        let mut state = SlotState::new();
+        state.phase = Phase::Unloaded(remembered);
+        Self { key, accepted: AtomicU64::new(0), referenced: AtomicBool::new(false), state: Mutex::new(state) }
+    }
+}
+
+/// Applies a run's result to a key's state: the one place where a load, a refresh, a recheck or
+/// `set_tokens` (`flight: None`) changes a key's phase. Returns what the flight's waiters get.
+pub(super) fn apply(
+    state: &mut SlotState,
+    key: &TokenKey,
+    flight: Option<u64>,
+    produced: Produced,
+    policy: &Policy,
+    stats: &Counters,
+    now: SystemTime,
+) -> (Outcome, Effects) {
+    let mut effects = Effects::default();
+    // Which of the key's flights this answers; `None` for set_tokens, or for a flight that was
+    // already answered (a runtime shutting down under it answers twice).
+    let answered = match flight {
+        Some(id) => match state.flight() {
+            Some(running) if running.id == id => Some((kind_of(&state.phase), running.base)),
+            _ => return (current_or_state_error(key, state, now), effects),
+        },
+        None => None,
+    };
+    let kind = answered.map(|(kind, _)| kind);
+    // A flight whose key published something newer since it started (set_tokens) is moot: its
+    // failure changes nothing.
+    let moot = answered.is_some_and(|(_, base)| base < state.generation);
+    match produced {
+        Produced::Publish { tokens, origin, standing, failure } => {
+            if !newer(state, origin, &standing) {
+                tracing::debug!(key = %key, ?origin, ?standing, "not published: the key already holds a newer set");
+                settle(state, kind);
+                return (current_or_state_error(key, state, now), effects);
+            }
+            let issued_at = matches!(origin, Origin::Fetched | Origin::Adopted).then_some(now);
+            let lease = state.publish(tokens, issued_at, origin == Origin::Fetched && failure.is_none());
+            match standing {
+                Standing::At(revision) => state.record_save(revision, true),
+                Standing::Pending { replaces, error } => {
+                    // Counted and reported where the save failed; here it becomes a retry.
+                    tracing::warn!(key = %key, generation = lease.generation, error = %error, "the new tokens are used from memory and their save is retried");
+                    state.record_save(replaces, false);
+                    effects.retry_save = Some(lease.generation);
+                }
+            }
+            if origin == Origin::Adopted {
+                Counters::bump(&stats.adopted);
+                tracing::info!(key = %key, generation = lease.generation, "adopted tokens another process saved");
+            }
+            let failure = failure.or_else(|| {
+                lease.header.as_ref().err().map(|problem| RefreshError::InvalidResponse {
+                    status: http::StatusCode::OK,
+                    reason: problem.clone(),
+                    body: String::new(),
+                    rotated_refresh_token: None,
+                })
+            });
+            if let Some(failure) = failure {
+                return (Err(fail_transiently(state, key, failure, policy, stats, now)), effects);
+            }
+            if kind.is_none() {
+                // set_tokens: the requests waiting for a running flight take these tokens now.
+                if let Some(running) = state.flight() {
+                    running.answer_early(Ok(Some(lease.clone())));
+                }
+            }
+            match kind {
+                Some(Kind::Load) => {
+                    let remembered = match std::mem::replace(&mut state.phase, Phase::Ready) {
+                        Phase::Loading(_, remembered) => remembered,
+                        _ => None,
+                    };
+                    match remembered {
+                        Some(Remembered::Dead { revision, reason, whose }) if revision == state.revision => {
+                            // The same dead set read back: still dead, and no new terminal event.
+                            state.die(reason, whose, policy);
+                            let Phase::Terminal(dead) = &state.phase else { unreachable!("just died") };
+                            return (Err(SlotState::dead_error(key, dead)), effects);
+                        }
+                        Some(Remembered::CoolingDown { cool, failures }) => {
+                            state.failures = failures;
+                            state.phase = Phase::CoolingDown(cool);
+                        }
+                        _ => {}
+                    }
+                }
+                Some(Kind::Refresh | Kind::Recheck) => state.recover(),
+                // set_tokens leaves a running flight to end on its own (its waiters were answered).
+                None if state.flight().is_some() && !matches!(state.phase, Phase::Terminal(_)) => {}
+                None => state.recover(),
+            }
+            if origin == Origin::Fetched {
+                tracing::info!(key = %key, generation = lease.generation, "token refreshed");
+            }
+            if matches!(origin, Origin::Fetched | Origin::Adopted) {
+                effects.refreshed = Some(lease.tokens.clone());
+            }
+            (Ok(Some(lease)), effects)
+        }
+        Produced::Nothing => match kind {
+            Some(Kind::Recheck) => {
+                settle(state, kind);
+                (current_or_state_error(key, state, now), effects)
+            }
+            _ => {
+                settle(state, kind);
+                (Ok(state.sendable(now)), effects)
+            }
+        },
+        Produced::Saved(revision) => {
+            state.record_save(revision, true);
+            (Ok(state.current.clone()), effects)
+        }
+        Produced::Failed(error) => {
+            if moot {
+                settle(state, kind);
+                return (current_or_state_error(key, state, now), effects);
+            }
+            match kind {
+                Some(Kind::Load) => {
+                    // The load is tried again by the next request.
+                    let remembered = match std::mem::replace(&mut state.phase, Phase::Unloaded(None)) {
+                        Phase::Loading(_, remembered) => remembered,
+                        _ => None,
+                    };
+                    state.phase = Phase::Unloaded(remembered);
+                    (Err(error), effects)
+                }
+                Some(Kind::Recheck) | None => {
+                    settle(state, kind);
+                    (Err(error), effects)
+                }
+                Some(Kind::Refresh) => {
+                    let error = match error {
+                        Error::ReauthorizationRequired { reason, .. } => {
+                            Counters::bump(&stats.refresh_failures);
+                            let fresh_event = state.die(reason.clone(), Whose::User, policy);
+                            if fresh_event {
+                                tracing::warn!(key = %key, reason = %reason, "refresh token is dead: re-authorization required");
+                                effects.terminal = Some((Whose::User, reason.clone()));
+                            }
+                            Error::ReauthorizationRequired { key: key.clone(), reason }
+                        }
+                        Error::ClientRejected { reason, .. } => {
+                            Counters::bump(&stats.refresh_failures);
+                            let fresh_event = state.die(reason.clone(), Whose::Client, policy);
+                            if fresh_event {
+                                tracing::error!(key = %key, reason = %reason, "the token endpoint refuses this client: check its credentials and registration");
+                                effects.terminal = Some((Whose::Client, reason.clone()));
+                            }
+                            Error::ClientRejected { key: key.clone(), reason }
+                        }
+                        Error::Refresh { source, .. } => fail_transiently(state, key, source, policy, stats, now),
+                        other => {
+                            Counters::bump(&stats.refresh_failures);
+                            // A store that cannot be locked or read backs off like a token endpoint
+                            // that fails.
+                            let wait = state.cool_down(policy, None, now);
+                            tracing::warn!(key = %key, error = %other, cool_down_ms = wait.as_millis() as u64, "refresh could not start");
+                            other
+                        }
+                    };
+                    (Err(error), effects)
+                }
+            }
+        }
+    }
+}
+
+/// Applies a save retry's result: the retried generation is saved, or the store held something
+/// newer, which is adopted.
+pub(super) fn apply_save(
+    state: &mut SlotState,
+    key: &TokenKey,
+    generation: u64,
+    produced: Produced,
+    stats: &Counters,
+    now: SystemTime,
+) -> (Outcome, Effects) {
+    let mut effects = Effects::default();
+    match produced {
+        Produced::Saved(revision) => {
+            if state.generation == generation && !state.saved {
+                tracing::info!(key = %key, generation, %revision, "saving the tokens succeeded on retry");
+                state.record_save(revision, true);
+            }
+        }
+        Produced::Publish { tokens, standing: Standing::At(revision), .. } if revision > state.revision => {
+            tracing::warn!(key = %key, generation, "retried save superseded by newer tokens in the store; adopting them");
+            Counters::bump(&stats.adopted);
+            let lease = state.publish(tokens, None, false);
+            state.record_save(revision, true);
+            effects.refreshed = Some(lease.tokens);
+        }
+        _ => {}
+    }
+    (Ok(state.current.clone()), effects)
+}
+
+/// Whether a produced set may replace what the key holds. The store's revision orders them: a set
+/// saved at a later revision is newer; an unsaved one is newer unless the key moved past the
+/// revision its save replaces. A first load publishes only into a key that holds nothing yet.
+fn newer(state: &SlotState, origin: Origin, standing: &Standing) -> bool {
+    if origin == Origin::Loaded && state.generation != 0 {
+        return false;
+    }
+    match standing {
+        Standing::At(revision) => *revision > state.revision || state.current.is_none(),
+        Standing::Pending { replaces, .. } => *replaces >= state.revision,
+    }
+}
+
+/// Ends a flight's phase without a new token: a load leaves the key ready (with or without
+/// tokens), a recheck leaves the grant dead until the next one, a refresh leaves the key ready.
+fn settle(state: &mut SlotState, kind: Option<Kind>) {
+    match (kind, &mut state.phase) {
+        (Some(Kind::Recheck), Phase::Terminal(dead)) => dead.recheck = None,
+        (Some(Kind::Load | Kind::Refresh), _) => state.phase = Phase::Ready,
+        _ => {}
+    }
+}
+
+/// Records a transient failure: a cool-down with exponential backoff that honours `Retry-After`.
+fn fail_transiently(
+    state: &mut SlotState,
+    key: &TokenKey,
+    mut source: RefreshError,
+    policy: &Policy,
+    stats: &Counters,
+    now: SystemTime,
+) -> Error {
+    Counters::bump(&stats.refresh_failures);
+    let wait = state.cool_down(policy, source.retry_after(), now);
+    // The caller is told the wait the layer keeps: a broken `Retry-After` capped.
+    if let RefreshError::Protocol { retry_after: Some(asked), .. } = &mut source {
+        *asked = (*asked).min(policy.max_retry_after);
+    }
+    tracing::warn!(key = %key, error = %source, cool_down_ms = wait.as_millis() as u64, "refresh failed");
+    Error::Refresh { key: key.clone(), source }
+}
+
+/// What a request gets when a flight's result does not change the key: its current token if
+/// still sendable, else why there is none.
+fn current_or_state_error(key: &TokenKey, state: &SlotState, now: SystemTime) -> Outcome {
+    if let Phase::Terminal(dead) = &state.phase {
+        return Err(SlotState::dead_error(key, dead));
+    }
+    match state.sendable(now) {
+        Some(lease) => Ok(Some(lease)),
+        None => Err(Error::Refresh { key: key.clone(), source: RefreshError::Aborted }),
+    }
+}
+
+fn kind_of(phase: &Phase) -> Kind {
+    match phase {
+        Phase::Loading(..) => Kind::Load,
+        Phase::Terminal(_) => Kind::Recheck,
+        _ => Kind::Refresh,
+    }
+}
