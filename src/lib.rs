@@ -143,11 +143,11 @@ pub mod fuzzing;
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
 
+pub use builder::TokenRefreshBuilder;
 pub use cache::TokenState;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, OAuthError, RefreshError, Result, StoreError};
 pub use key::TokenKey;
-pub use builder::TokenRefreshBuilder;
 pub use middleware::{CLASSIFY_BODY_LIMIT, RefreshOn, SkipAuth, TokenRefresh};
 pub use policy::{
     DEFAULT_FLIGHT_DEADLINE, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MIN_BACKOFF,

@@ -404,12 +404,18 @@ impl TokenCache {
             Phase::CoolingDown(cool) => {
                 let retry_after = cool.remaining(now);
                 if !retry_after.is_zero() {
-                    return Err(Error::Refresh { key: slot.key.clone(), source: RefreshError::CoolingDown { retry_after } });
+                    return Err(Error::Refresh {
+                        key: slot.key.clone(),
+                        source: RefreshError::CoolingDown { retry_after },
+                    });
                 }
             }
             _ => {}
         }
-        let intent = Intent::Refresh { base: state.current.as_ref().map(|lease| lease.tokens.clone()), revision: state.revision };
+        let intent = Intent::Refresh {
+            base: state.current.as_ref().map(|lease| lease.tokens.clone()),
+            revision: state.revision,
+        };
         tracing::debug!(key = %slot.key, generation = state.generation, "refresh started");
         Ok(self.launch_in(slot, state, intent))
     }
@@ -462,7 +468,9 @@ impl TokenCache {
             let (cache, slot) = (self.clone(), slot.clone());
             tokio::spawn(async move { persist::run(&cache, &slot, Intent::Install(tokens)).await })
                 .await
-                .unwrap_or_else(|_| Produced::Failed(Error::Refresh { key: key.clone(), source: RefreshError::Aborted }))
+                .unwrap_or_else(|_| {
+                    Produced::Failed(Error::Refresh { key: key.clone(), source: RefreshError::Aborted })
+                })
         };
         let store_error = match &produced {
             Produced::Publish { standing: persist::Standing::Pending { error, .. }, .. } => Some(error.clone()),

@@ -121,14 +121,17 @@ pub(super) async fn run(cache: &TokenCache, slot: &Slot, intent: Intent) -> Prod
             produced
         }
         Intent::Install(tokens) => install(&mut io, tokens, save_window).await,
-        Intent::Resave { tokens, replaces } => match io.save((*tokens).clone(), replaces, save_window).await {
-            Ok(revision) => Produced::Saved(revision),
-            Err(StoreError::Superseded) => match io.read().await {
-                Ok(Some(stored)) => publish(stored, Origin::Adopted),
-                _ => Produced::Failed(Error::Store { key: key.clone(), source: StoreError::Superseded }),
-            },
-            Err(source) => Produced::Failed(Error::Store { key: key.clone(), source }),
-        },
+        Intent::Resave { tokens, replaces } => {
+            match io.save_or_adopt((*tokens).clone(), replaces, Origin::Fetched, None, save_window).await {
+                Produced::Publish { standing: Standing::At(revision), origin: Origin::Fetched, .. } => {
+                    Produced::Saved(revision)
+                }
+                Produced::Publish { standing: Standing::Pending { error, .. }, origin: Origin::Fetched, .. } => {
+                    Produced::Failed(Error::Store { key: key.clone(), source: error })
+                }
+                adopted => adopted,
+            }
+        }
         Intent::Recheck { revision } => match io.read().await {
             Ok(Some(stored)) if stored.revision != revision => publish(stored, Origin::Adopted),
             Ok(_) => Produced::Nothing,
@@ -232,7 +235,12 @@ async fn install(io: &mut Io<'_>, tokens: TokenSet, save_window: Duration) -> Pr
         };
         match io.save(tokens.clone(), replaces, save_window).await {
             Ok(revision) => {
-                return Produced::Publish { tokens, origin: Origin::Installed, standing: Standing::At(revision), failure: None };
+                return Produced::Publish {
+                    tokens,
+                    origin: Origin::Installed,
+                    standing: Standing::At(revision),
+                    failure: None,
+                };
             }
             Err(StoreError::Superseded) => continue,
             Err(error) => {
@@ -247,7 +255,12 @@ async fn install(io: &mut Io<'_>, tokens: TokenSet, save_window: Duration) -> Pr
     }
     tracing::warn!(key = %key, attempts = INSTALL_ATTEMPTS, "other saves kept landing while installing tokens; installed from memory, saved later");
     let replaces = io.slot.state.lock().revision;
-    Produced::Publish { tokens, origin: Origin::Installed, standing: Standing::Pending { replaces, error: StoreError::Superseded }, failure: None }
+    Produced::Publish {
+        tokens,
+        origin: Origin::Installed,
+        standing: Standing::Pending { replaces, error: StoreError::Superseded },
+        failure: None,
+    }
 }
 
 fn publish(stored: Stored, origin: Origin) -> Produced {
@@ -350,15 +363,24 @@ impl<'a> Io<'a> {
                     tracing::warn!(key = %self.slot.key, "save superseded by another process; adopting its tokens");
                     publish(stored, Origin::Adopted)
                 }
-                // Deleted in between, or unreadable: ours are the only tokens; keep saving them.
-                _ => Produced::Publish {
-                    tokens,
-                    origin,
-                    standing: Standing::Pending { replaces, error: StoreError::Superseded },
-                    failure,
+                // The store lost the key (a Redis restarted without persistence, a row deleted by
+                // hand): ours are the only tokens, saved over nothing.
+                Ok(None) => match self.save(tokens.clone(), Revision::NONE, window).await {
+                    Ok(revision) => Produced::Publish { tokens, origin, standing: Standing::At(revision), failure },
+                    Err(error) => Produced::Publish {
+                        tokens,
+                        origin,
+                        standing: Standing::Pending { replaces: Revision::NONE, error },
+                        failure,
+                    },
                 },
+                Err(error) => {
+                    Produced::Publish { tokens, origin, standing: Standing::Pending { replaces, error }, failure }
+                }
             },
-            Err(error) => Produced::Publish { tokens, origin, standing: Standing::Pending { replaces, error }, failure },
+            Err(error) => {
+                Produced::Publish { tokens, origin, standing: Standing::Pending { replaces, error }, failure }
+            }
         }
     }
 }

@@ -25,9 +25,9 @@ use super::flight::{Outcome, Running};
 use super::persist::{Origin, Produced, Standing};
 use super::{Effects, Kind};
 use crate::error::{Error, RefreshError};
-use crate::stats::Counters;
 use crate::key::TokenKey;
 use crate::policy::{self, Policy, Whose};
+use crate::stats::Counters;
 use crate::store::Revision;
 use crate::token::{self, Freshness, TokenSet};
 
@@ -506,7 +506,11 @@ pub(super) fn apply_save(
                 state.record_save(revision, true);
             }
         }
-        Produced::Publish { tokens, standing: Standing::At(revision), .. } if revision > state.revision => {
+        // What the store holds now is the truth: a revision other than the one the unsaved set
+        // rests on was saved by someone else (after a store that lost its data, even a lower one).
+        Produced::Publish { tokens, standing: Standing::At(revision), .. }
+            if revision != state.revision && state.generation == generation && !state.saved =>
+        {
             tracing::warn!(key = %key, generation, "retried save superseded by newer tokens in the store; adopting them");
             Counters::bump(&stats.adopted);
             let lease = state.publish(tokens, None, false);

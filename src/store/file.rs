@@ -167,7 +167,8 @@ impl FileStore {
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(err) => return Err(StoreError::io(format!("reading {}", path.display()), err)),
         };
-        let corrupt = |err: serde_json::Error| StoreError::Corrupt(format!("{} is not a token file: {err}", path.display()));
+        let corrupt =
+            |err: serde_json::Error| StoreError::Corrupt(format!("{} is not a token file: {err}", path.display()));
         let raw: Raw = serde_json::from_slice(&bytes).map_err(corrupt)?;
         let keys = match raw.version {
             FORMAT_VERSION => raw

@@ -467,9 +467,7 @@ impl TokenStore for PostgresStore {
             let sql = &self.settings.sql.update_fenced;
             let expected = i64::try_from(replaces.get()).unwrap_or(i64::MAX);
             self.run(action, |client| async move {
-                client
-                    .query_typed_opt(sql, &[(&name, Type::TEXT), (&json, Type::TEXT), (&expected, Type::INT8)])
-                    .await
+                client.query_typed_opt(sql, &[(&name, Type::TEXT), (&json, Type::TEXT), (&expected, Type::INT8)]).await
             })
             .await?
         };
@@ -641,11 +639,7 @@ struct Locks {
 
 impl Locks {
     fn new(connections: usize) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(connections)),
-            idle: Mutex::new(Vec::new()),
-            max_idle: connections,
-        }
+        Self { permits: Arc::new(Semaphore::new(connections)), idle: Mutex::new(Vec::new()), max_idle: connections }
     }
 
     fn take_idle(&self) -> Option<Client> {

@@ -254,11 +254,7 @@ impl RedisStore {
                 poll_interval: Self::DEFAULT_POLL_INTERVAL,
                 command_timeout: Self::DEFAULT_COMMAND_TIMEOUT,
             },
-            shared: Arc::new(Shared {
-                client,
-                address,
-                manager: Mutex::new(None),
-            }),
+            shared: Arc::new(Shared { client, address, manager: Mutex::new(None) }),
         }
     }
 

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use futures::future::join_all;
 use reqwest_token_refresh::testkit::MockProvider;
-use reqwest_token_refresh::{MemoryStore, StoreError, StoreGuard, Stored, Revision, TokenKey, TokenRefresh, TokenSet, TokenStore};
+use reqwest_token_refresh::{
+    MemoryStore, Revision, StoreError, StoreGuard, Stored, TokenKey, TokenRefresh, TokenSet, TokenStore,
+};
 
 use crate::helpers::StoreExt;
 use crate::helpers::{client_with, grant};

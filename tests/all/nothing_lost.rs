@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest_token_refresh::testkit::MockProvider;
-use reqwest_token_refresh::{MemoryStore, StoreError, StoreGuard, Stored, Revision, TokenKey, TokenSet, TokenStore};
+use reqwest_token_refresh::{MemoryStore, Revision, StoreError, StoreGuard, Stored, TokenKey, TokenSet, TokenStore};
 
 use crate::helpers::StoreExt;
 use crate::helpers::{client_with, count, counter, eventually, layer, storm};

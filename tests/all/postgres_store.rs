@@ -11,8 +11,8 @@ use parking_lot::Mutex;
 use reqwest_middleware::ClientWithMiddleware;
 use reqwest_token_refresh::testkit::MockProvider;
 use reqwest_token_refresh::{
-    Error, PostgresStore, RefreshError, RefreshTokenGrant, StoreError, TokenKey, TokenRefresh, TokenSet, TokenState,
-    TokenStore,
+    Error, PostgresStore, RefreshError, RefreshTokenGrant, Revision, StoreError, StoreGuard, TokenKey, TokenRefresh,
+    TokenSet, TokenState, TokenStore,
 };
 use serde::{Deserialize, Serialize};
 use tokio_postgres::NoTls;
@@ -265,18 +265,21 @@ async fn a_writer_holding_an_old_generation_is_superseded_and_the_newer_tokens_s
 
     // A takes the lock and reads generation 1, then stalls (a slow token call) past its hold
     // limit: the server ends A's lock session.
-    let a_lock = a.lock(&key).await.unwrap().unwrap();
-    assert_eq!(refresh_secret(&a.get(&key).await.unwrap().unwrap()), "refresh-0");
+    let mut a_lock = a.lock(&key).await.unwrap().unwrap();
+    let a_read = a_lock.load().await.unwrap().unwrap();
+    assert_eq!((refresh_secret(&a_read.tokens), a_read.revision), ("refresh-0", Revision::new(1)));
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     // B gets the lock, refreshes and saves generation 2.
-    let b_lock = b.lock(&key).await.expect("A's lock was released by the hold limit").unwrap();
-    assert_eq!(refresh_secret(&b.get(&key).await.unwrap().unwrap()), "refresh-0");
-    b.put(&key, &TokenSet::new("access-b").with_refresh_token("refresh-b")).await.unwrap();
+    let mut b_lock = b.lock(&key).await.expect("A's lock was released by the hold limit").unwrap();
+    let b_read = b_lock.load().await.unwrap().unwrap();
+    assert_eq!(refresh_secret(&b_read.tokens), "refresh-0");
+    b_lock.save(&TokenSet::new("access-b").with_refresh_token("refresh-b"), b_read.revision).await.unwrap();
     b_lock.unlock().await.unwrap();
 
     // A finally comes back with what it fetched from generation 1: refused.
-    let err = a.put(&key, &TokenSet::new("access-a").with_refresh_token("refresh-a")).await.unwrap_err();
+    let late = TokenSet::new("access-a").with_refresh_token("refresh-a");
+    let err = a_lock.save(&late, a_read.revision).await.unwrap_err();
     assert!(matches!(err, StoreError::Superseded), "{err:?}");
     let err = a_lock.unlock().await.unwrap_err();
     assert!(matches!(err, StoreError::Backend(_)), "releasing a lock the server ended is reported: {err:?}");
@@ -290,23 +293,25 @@ async fn a_writer_holding_an_old_generation_is_superseded_and_the_newer_tokens_s
         if seeded {
             b.put(&key, &old).await.unwrap();
         }
-        let lock = a.lock(&key).await.unwrap().unwrap();
-        a.get(&key).await.unwrap();
+        let mut lock = a.lock(&key).await.unwrap().unwrap();
+        let read = lock.load().await.unwrap().map_or(Revision::NONE, |stored| stored.revision);
         b.put(&key, &TokenSet::new("access-user").with_refresh_token("refresh-user")).await.unwrap();
-        let err = a.put(&key, &TokenSet::new("access-a").with_refresh_token("refresh-a")).await.unwrap_err();
+        let err = lock.save(&late, read).await.unwrap_err();
         assert!(matches!(err, StoreError::Superseded), "{name}: {err:?}");
         lock.unlock().await.unwrap();
         assert_eq!(refresh_secret(&b.get(&key).await.unwrap().unwrap()), "refresh-user", "{name}");
     }
 
-    // A holder that is not overtaken saves as often as it needs to, and without the lock saves
-    // always land.
+    // A holder that is not overtaken saves as often as it needs to, each save over the last; a
+    // save retried after an outage over a revision that has moved on is refused.
     let key = TokenKey::new("user-4");
-    let lock = a.lock(&key).await.unwrap().unwrap();
-    a.put(&key, &TokenSet::new("first").with_refresh_token("r1")).await.unwrap();
-    a.put(&key, &TokenSet::new("second").with_refresh_token("r2")).await.unwrap();
+    let mut lock = a.lock(&key).await.unwrap().unwrap();
+    let first = lock.save(&TokenSet::new("first").with_refresh_token("r1"), Revision::NONE).await.unwrap();
+    let second = lock.save(&TokenSet::new("second").with_refresh_token("r2"), first).await.unwrap();
     lock.unlock().await.unwrap();
-    a.put(&key, &TokenSet::new("third").with_refresh_token("r3")).await.unwrap();
+    a.save(&key, &TokenSet::new("third").with_refresh_token("r3"), second).await.unwrap();
+    let err = a.save(&key, &TokenSet::new("retried").with_refresh_token("r-old"), first).await.unwrap_err();
+    assert!(matches!(err, StoreError::Superseded), "{err:?}");
     assert_eq!(refresh_secret(&b.get(&key).await.unwrap().unwrap()), "r3");
     assert!(generations(&server).await.contains(&("user-4".to_owned(), 3)));
 }

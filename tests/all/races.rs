@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reqwest_token_refresh::testkit::{Fault, MockProvider};
 use reqwest_token_refresh::{
-    Error, MemoryStore, RefreshError, RefreshTokenGrant, StoreError, StoreGuard, Stored, Revision, TokenKey, TokenRefresh, TokenSet,
-    TokenSource, TokenStore,
+    Error, MemoryStore, RefreshError, RefreshTokenGrant, Revision, StoreError, StoreGuard, Stored, TokenKey,
+    TokenRefresh, TokenSet, TokenSource, TokenStore,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Notify;

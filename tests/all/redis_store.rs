@@ -381,15 +381,16 @@ async fn a_stale_holders_save_is_superseded_and_the_newer_tokens_stay() {
     let b = RedisStore::new(redis.url()).unwrap();
     a.put(&key(), &TokenSet::new("t0").with_refresh_token("r0")).await.unwrap();
 
-    let stale = a.lock(&key()).await.unwrap().unwrap();
-    assert_eq!(access(&a.get(&key()).await.unwrap().unwrap()), "t0");
+    let mut stale = a.lock(&key()).await.unwrap().unwrap();
+    let read = stale.load().await.unwrap().unwrap();
+    assert_eq!(access(&read.tokens), "t0");
     tokio::time::sleep(Duration::from_millis(300)).await; // the lease expires mid-refresh
-    let current = b.lock(&key()).await.unwrap().unwrap();
-    b.get(&key()).await.unwrap();
-    b.put(&key(), &TokenSet::new("t-newer").with_refresh_token("r-newer")).await.unwrap();
+    let mut current = b.lock(&key()).await.unwrap().unwrap();
+    let newer = current.load().await.unwrap().unwrap();
+    current.save(&TokenSet::new("t-newer").with_refresh_token("r-newer"), newer.revision).await.unwrap();
     current.unlock().await.unwrap();
 
-    let err = a.put(&key(), &TokenSet::new("t-stale").with_refresh_token("r-stale")).await.unwrap_err();
+    let err = stale.save(&TokenSet::new("t-stale").with_refresh_token("r-stale"), read.revision).await.unwrap_err();
     assert!(matches!(err, StoreError::Superseded), "{err:?}");
     assert_eq!(access(&a.get(&key()).await.unwrap().unwrap()), "t-newer", "the newer token stays");
     stale.unlock().await.unwrap();
@@ -405,14 +406,16 @@ async fn the_generation_decides_not_the_lease_a_lapsed_holder_saves_when_nothing
     let b = RedisStore::new(redis.url()).unwrap();
     a.put(&key(), &TokenSet::new("t0")).await.unwrap();
 
-    let lapsed = a.lock(&key()).await.unwrap().unwrap();
-    a.get(&key()).await.unwrap();
+    let mut lapsed = a.lock(&key()).await.unwrap().unwrap();
+    let lapsed_read = lapsed.load().await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let current = b.lock(&key()).await.unwrap().unwrap();
-    assert_eq!(access(&b.get(&key()).await.unwrap().unwrap()), "t0");
+    let mut current = b.lock(&key()).await.unwrap().unwrap();
+    let current_read = current.load().await.unwrap().unwrap();
+    assert_eq!(access(&current_read.tokens), "t0");
 
-    a.put(&key(), &TokenSet::new("t-lapsed")).await.unwrap();
-    let err = b.put(&key(), &TokenSet::new("t-current")).await.unwrap_err();
+    let saved = lapsed.save(&TokenSet::new("t-lapsed"), lapsed_read.revision).await.unwrap();
+    assert_eq!(saved, lapsed_read.revision.next());
+    let err = current.save(&TokenSet::new("t-current"), current_read.revision).await.unwrap_err();
     assert!(matches!(err, StoreError::Superseded), "{err:?}");
     assert_eq!(access(&b.get(&key()).await.unwrap().unwrap()), "t-lapsed");
     current.unlock().await.unwrap();
@@ -420,48 +423,40 @@ async fn the_generation_decides_not_the_lease_a_lapsed_holder_saves_when_nothing
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_task_holding_the_lease_is_fenced() {
+async fn a_save_from_any_task_is_fenced_by_the_revision_it_names_not_by_who_holds_the_lease() {
     let redis = RedisServer::start();
     let shared = RedisStore::new(redis.url()).unwrap();
-    let elsewhere = RedisStore::new(redis.url()).unwrap();
     shared.put(&key(), &TokenSet::new("t0")).await.unwrap();
 
-    let held = shared.lock(&key()).await.unwrap().unwrap();
-    shared.get(&key()).await.unwrap();
-    elsewhere.put(&key(), &TokenSet::new("t-elsewhere")).await.unwrap();
-    // Another task saving through the same store (another layer, a retried save) holds no lease:
-    // its save is unconditional.
+    let mut held = shared.lock(&key()).await.unwrap().unwrap();
+    let read = held.load().await.unwrap().unwrap();
+    // Another task saving through the same store over the same revision (another layer, a save
+    // moved into a task of its own): the store does not guess who holds the lease; it lands.
     let other_task = tokio::spawn({
         let shared = shared.clone();
-        async move { shared.put(&key(), &TokenSet::new("t-other-task")).await }
+        async move { shared.save(&key(), &TokenSet::new("t-other-task"), read.revision).await }
     });
     other_task.await.unwrap().unwrap();
-    // The holder read before both saves: its save is rejected.
-    let err = shared.put(&key(), &TokenSet::new("t-holder")).await.unwrap_err();
+    // The holder's save over the same revision is now late, and is rejected.
+    let err = held.save(&TokenSet::new("t-holder"), read.revision).await.unwrap_err();
     assert!(matches!(err, StoreError::Superseded), "{err:?}");
     assert_eq!(access(&shared.get(&key()).await.unwrap().unwrap()), "t-other-task");
     held.unlock().await.unwrap();
-
-    // Without a lease, saves are unconditional again.
-    shared.put(&key(), &TokenSet::new("t-after")).await.unwrap();
-    assert_eq!(access(&elsewhere.get(&key()).await.unwrap().unwrap()), "t-after");
 }
 
 #[tokio::test]
-async fn a_save_under_the_lease_without_a_read_is_unconditional() {
-    // `set_tokens` takes the lease and saves without reading: tokens a user has just authorized
-    // win over whatever is stored.
+async fn a_save_retried_after_an_outage_never_overwrites_a_newer_set() {
     let redis = RedisServer::start();
     let a = RedisStore::new(redis.url()).unwrap();
     let b = RedisStore::new(redis.url()).unwrap();
-    a.put(&key(), &TokenSet::new("t0")).await.unwrap();
-    let held = a.lock(&key()).await.unwrap().unwrap();
-    b.put(&key(), &TokenSet::new("t-b")).await.unwrap();
-    a.put(&key(), &TokenSet::new("t-user")).await.unwrap();
-    // Its own save is then the basis for the next one under the same lease.
-    a.put(&key(), &TokenSet::new("t-user-2")).await.unwrap();
-    assert_eq!(access(&b.get(&key()).await.unwrap().unwrap()), "t-user-2");
-    held.unlock().await.unwrap();
+    let first = a.put(&key(), &TokenSet::new("t0")).await.unwrap();
+    // Replica A's save of t1 over `first` failed (Redis was away); meanwhile replica B saved.
+    b.put(&key(), &TokenSet::new("t-b").with_refresh_token("r-b")).await.unwrap();
+    // A's retry names the revision its set rests on: refused, nothing written.
+    let err = a.save(&key(), &TokenSet::new("t1"), first).await.unwrap_err();
+    assert!(matches!(err, StoreError::Superseded), "{err:?}");
+    let stored = a.load(&key()).await.unwrap().unwrap();
+    assert_eq!((access(&stored.tokens), stored.revision), ("t-b", first.next()));
 }
 
 #[tokio::test]

@@ -5,9 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use reqwest_token_refresh::testkit::MockProvider;
-use reqwest_token_refresh::{
-    Error, MemoryStore, RefreshError, RefreshTokenGrant, TokenKey, TokenRefresh, TokenSet,
-};
+use reqwest_token_refresh::{Error, MemoryStore, RefreshError, RefreshTokenGrant, TokenKey, TokenRefresh, TokenSet};
 use wiremock::matchers::{body_string_contains, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

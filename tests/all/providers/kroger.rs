@@ -2,9 +2,7 @@
 //! 401 `{"error":"invalid_token"}` from the API, a plain-text 400 for a spent refresh token.
 
 use reqwest_token_refresh::testkit::{MOCK_CLIENT_ID, MOCK_CLIENT_SECRET, MockProvider};
-use reqwest_token_refresh::{
-    Error, MemoryStore, RefreshError, TokenKey, TokenRefresh, TokenSet, providers,
-};
+use reqwest_token_refresh::{Error, MemoryStore, RefreshError, TokenKey, TokenRefresh, TokenSet, providers};
 use wiremock::matchers::{body_string_contains, header, method, path};
 
 use super::{assert_matches, form, token_requests};
