@@ -19,12 +19,9 @@ use crate::challenge::{self, Challenge, Rejection};
 use crate::error::RefreshError;
 use crate::token::TokenSet;
 
-// `source::response` is private to `source`. Until it is `pub(crate)`, the same file is compiled
-// a second time here (its unit tests then run twice, harmlessly). With `pub(crate) mod response;`
-// in `src/source/mod.rs`, replace these lines with `pub(crate) use crate::source::response;`.
-#[allow(dead_code, clippy::duplicate_mod)]
-#[path = "source/response.rs"]
-pub(crate) mod response;
+// The token endpoint's answer parsers, the ones the token client runs (not a copy): the checks
+// below and `proptests` call them through this path.
+pub(crate) use crate::source::response;
 
 /// The longest excerpt of a body, in characters, before its ellipsis.
 pub(crate) const EXCERPT_CHARS: usize = 512;

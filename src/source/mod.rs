@@ -4,7 +4,7 @@ mod client_credentials;
 mod endpoint;
 pub mod providers;
 mod refresh_token;
-mod response;
+pub(crate) mod response;
 
 use std::fmt;
 

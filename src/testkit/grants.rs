@@ -1,0 +1,293 @@
+//! The mock's ledger of tokens, and how it decides a token call.
+//!
+//! Every authorization starts a token family, and the access and refresh tokens minted for it
+//! stay tied to it. A refresh spends (rotates) the refresh token presented; presenting a spent one
+//! again is reuse, which by default revokes the whole family (RFC 9700 §4.14.2), unless the
+//! previous-token grace still covers it. The grant handlers here decide what a call gets;
+//! [`dialect`](super::dialect) shapes the answer.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, SystemTime};
+
+use wiremock::Request;
+
+#[cfg(doc)]
+use super::MockProviderBuilder;
+use super::wire::{OAuthError, Reply, token_params};
+use super::{Config, Dialect, Fault, ProviderStats, Shared};
+
+/// The longest a rotated refresh token stays usable under
+/// [`MockProviderBuilder::previous_refresh_token_grace`]; Withings: "Old refresh_token: Expires 8
+/// hours after new issuance or once the new access_token is used".
+pub(super) const PREVIOUS_REFRESH_TOKEN_GRACE: Duration = Duration::from_secs(8 * 60 * 60);
+
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) stats: ProviderStats,
+    /// Indexed by family number; a family is everything descended from one authorization.
+    pub(super) families: Vec<Family>,
+    pub(super) access: HashMap<String, AccessRecord>,
+    refresh: HashMap<String, RefreshRecord>,
+    pub(super) faults: VecDeque<Fault>,
+    pub(super) token_requests: Vec<Request>,
+    serial: u64,
+}
+
+pub(super) struct Family {
+    revoked: bool,
+    scope: Option<String>,
+}
+
+pub(super) struct AccessRecord {
+    family: usize,
+    /// `None` when the lifetime overflows `SystemTime`: never expires by the clock.
+    expires_at: Option<SystemTime>,
+    /// Set by `expire_access_tokens` and `issue_expired_tokens`.
+    pub(super) expired: bool,
+    /// Under the grace, the refresh token this one was issued for: its grace ends when the API
+    /// first accepts this access token, since the client evidently has the new pair.
+    predecessor: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+struct RefreshRecord {
+    family: usize,
+    status: RefreshStatus,
+}
+
+#[derive(Clone, Copy)]
+enum RefreshStatus {
+    /// Not rotated away (yet).
+    Live,
+    /// Rotated away at that time, but kept usable by the grace.
+    Previous(SystemTime),
+    /// Rotated away: presenting it again is reuse.
+    Spent,
+}
+
+/// Why a refresh token was refused.
+#[derive(Clone, Copy)]
+enum Refusal {
+    Unknown,
+    Spent,
+    Revoked,
+    Injected,
+}
+
+impl Refusal {
+    fn description(self) -> &'static str {
+        match self {
+            Refusal::Unknown => "The refresh token is unknown",
+            Refusal::Spent => "The refresh token was already used",
+            Refusal::Revoked => "The refresh token was revoked",
+            Refusal::Injected => "injected fault: the refresh token is invalid",
+        }
+    }
+
+    fn into_error(self) -> OAuthError {
+        OAuthError::new(400, "invalid_grant", self.description())
+    }
+}
+
+pub(super) struct Minted {
+    pub(super) family: usize,
+    pub(super) access: String,
+    pub(super) refresh: Option<String>,
+    pub(super) expires_at: Option<SystemTime>,
+}
+
+impl State {
+    pub(super) fn new_family(&mut self, scope: Option<String>) -> usize {
+        self.families.push(Family { revoked: false, scope });
+        self.families.len() - 1
+    }
+
+    pub(super) fn mint(
+        &mut self,
+        config: &Config,
+        family: usize,
+        now: SystemTime,
+        refresh: bool,
+        expired: bool,
+    ) -> Minted {
+        self.serial += 1;
+        // Visible ASCII without spaces only: valid as an RFC 6750 §2.1 b64token.
+        let name = format!("{}-{family}-{}", config.token_prefix, self.serial);
+        let expires_at = if expired {
+            Some(now.checked_sub(Duration::from_secs(1)).unwrap_or(now))
+        } else {
+            now.checked_add(config.access_token_lifetime)
+        };
+        let access = format!("at-{name}");
+        let record = AccessRecord { family, expires_at, expired, predecessor: None };
+        self.access.insert(access.clone(), record);
+        let refresh = refresh.then(|| {
+            let refresh = format!("rt-{name}");
+            self.refresh.insert(refresh.clone(), RefreshRecord { family, status: RefreshStatus::Live });
+            refresh
+        });
+        Minted { family, access, refresh, expires_at }
+    }
+
+    pub(super) fn revoke(&mut self, family: usize) {
+        if let Some(family) = self.families.get_mut(family).filter(|f| !f.revoked) {
+            family.revoked = true;
+            self.stats.families_revoked += 1;
+        }
+    }
+
+    fn family_revoked(&self, family: usize) -> bool {
+        self.families.get(family).is_none_or(|f| f.revoked)
+    }
+
+    fn refuse(&mut self, refusal: Refusal) -> Refusal {
+        self.stats.invalid_grants += 1;
+        refusal
+    }
+
+    /// Exchanges the refresh token `presented` for new tokens, rotating it if `rotate`.
+    fn exchange(&mut self, config: &Config, presented: &str, rotate: bool, now: SystemTime) -> Result<Minted, Refusal> {
+        let Some(&RefreshRecord { family, status }) = self.refresh.get(presented) else {
+            return Err(self.refuse(Refusal::Unknown));
+        };
+        let in_grace = match status {
+            RefreshStatus::Live => false,
+            RefreshStatus::Previous(rotated_at)
+                if rotated_at.checked_add(PREVIOUS_REFRESH_TOKEN_GRACE).is_none_or(|end| now < end) =>
+            {
+                true
+            }
+            RefreshStatus::Previous(_) | RefreshStatus::Spent => {
+                // RFC 9700 §4.14.2: a spent token presented again means it leaked or the client
+                // raced itself; the provider cannot tell which, so the whole family goes.
+                self.stats.reuse_detected += 1;
+                if config.reuse_revokes_family {
+                    self.revoke(family);
+                }
+                return Err(self.refuse(Refusal::Spent));
+            }
+        };
+        if self.family_revoked(family) {
+            return Err(self.refuse(Refusal::Revoked));
+        }
+        let grace = config.previous_refresh_token_grace;
+        if let Some(record) = self.refresh.get_mut(presented).filter(|_| rotate) {
+            record.status = match (grace, status) {
+                (false, _) => RefreshStatus::Spent,
+                // The grace runs from the first rotation: re-presenting does not extend it.
+                (true, RefreshStatus::Previous(rotated_at)) => RefreshStatus::Previous(rotated_at),
+                (true, _) => RefreshStatus::Previous(now),
+            };
+        }
+        if in_grace {
+            self.stats.grace_refreshes += 1;
+        }
+        let minted = self.mint(config, family, now, rotate, false);
+        if let Some(record) = self.access.get_mut(&minted.access).filter(|_| rotate && grace) {
+            record.predecessor = Some(presented.to_owned());
+        }
+        self.stats.tokens_issued += 1;
+        Ok(minted)
+    }
+
+    /// Lets `token` through the API, or says why not; the first accepted use of an access token
+    /// ends its predecessor's grace.
+    pub(super) fn admit(&mut self, token: &str, now: SystemTime) -> Result<(), &'static str> {
+        let Some(record) = self.access.get(token) else {
+            return Err("The access token is unknown");
+        };
+        if self.family_revoked(record.family) {
+            return Err("The access token was revoked");
+        }
+        if record.expired || record.expires_at.is_some_and(|at| now >= at) {
+            return Err("The access token is invalid or has expired");
+        }
+        let predecessor = self.access.get_mut(token).and_then(|record| record.predecessor.take());
+        let in_grace = predecessor.and_then(|predecessor| self.refresh.get_mut(&predecessor));
+        if let Some(record) = in_grace.filter(|record| matches!(record.status, RefreshStatus::Previous(_))) {
+            record.status = RefreshStatus::Spent;
+        }
+        Ok(())
+    }
+}
+
+// A token call, decided: injected faults first, then the grant against the ledger.
+impl Shared {
+    /// Handles a token call; `true` with the reply when the answer is to be lost.
+    pub(super) fn token_call(&self, request: &Request) -> (Reply, bool) {
+        // What needs no state is decided before taking the lock.
+        let checked = token_params(request, self.config.dialect).and_then(|params| {
+            self.check_action(&params)?;
+            self.authenticate_client(&request.headers, &params)?;
+            Ok(params)
+        });
+        let now = self.config.clock.now();
+
+        let mut state = self.state.lock();
+        state.stats.token_calls += 1;
+        state.token_requests.push(request.clone());
+        let lost = match state.faults.pop_front() {
+            None => false,
+            Some(Fault::LoseAnswer) => {
+                state.stats.answers_lost += 1;
+                true
+            }
+            Some(Fault::InvalidGrant) => {
+                let refusal = state.refuse(Refusal::Injected);
+                return (self.error_reply(refusal.into_error()), false);
+            }
+            Some(fault) => return (Reply::fault(fault), false),
+        };
+        let reply = match checked {
+            Ok(params) => self.grant(&mut state, &params, now),
+            Err(error) => self.error_reply(error),
+        };
+        (reply, lost)
+    }
+
+    fn grant(&self, state: &mut State, params: &HashMap<String, String>, now: SystemTime) -> Reply {
+        let supported = self.config.dialect.grant_types();
+        match params.get("grant_type").map(String::as_str) {
+            None => self.error_reply(OAuthError::invalid_request("grant_type is missing")),
+            Some(grant_type) if !supported.contains(&grant_type) => {
+                let description = format!("supported grant types: {}", supported.join(", "));
+                self.error_reply(OAuthError::new(400, "unsupported_grant_type", description))
+            }
+            Some("refresh_token") => self.refresh_grant(state, params, now),
+            Some(_) => self.client_credentials_grant(state, params, now),
+        }
+    }
+
+    fn client_credentials_grant(&self, state: &mut State, params: &HashMap<String, String>, now: SystemTime) -> Reply {
+        let scope = params.get("scope").cloned();
+        if self.config.dialect == Dialect::WhoopPartner && scope.is_none() {
+            return self.error_reply(OAuthError::invalid_request("scope is missing"));
+        }
+        let family = state.new_family(scope.clone());
+        let minted = state.mint(&self.config, family, now, false, false);
+        state.stats.tokens_issued += 1;
+        self.tokens_reply(&minted, scope)
+    }
+
+    fn refresh_grant(&self, state: &mut State, params: &HashMap<String, String>, now: SystemTime) -> Reply {
+        let dialect = self.config.dialect;
+        let Some(presented) = params.get("refresh_token") else {
+            return self.error_reply(match dialect {
+                // "Missing/Invalid Refresh Token": Kroger answers both alike.
+                Dialect::Kroger => OAuthError::new(400, "invalid_grant", "refresh_token is missing"),
+                _ => OAuthError::invalid_request("refresh_token is missing"),
+            });
+        };
+        // WHOOP: "The offline scope allows your app the receive a refresh token".
+        let offline =
+            || params.get("scope").is_some_and(|scope| scope.split_ascii_whitespace().any(|s| s == "offline"));
+        let rotate = self.config.rotate_refresh_tokens && (dialect != Dialect::Whoop || offline());
+        match state.exchange(&self.config, presented, rotate, now) {
+            Ok(minted) => {
+                let granted = state.families.get(minted.family).and_then(|f| f.scope.clone());
+                self.tokens_reply(&minted, params.get("scope").cloned().or(granted))
+            }
+            Err(refusal) => self.error_reply(refusal.into_error()),
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! A mock OAuth 2.0 provider for tests: [`MockProvider`].
+//!
+//! A real HTTP server on `127.0.0.1` (a [`wiremock::MockServer`]) with a token endpoint (at
+//! `/oauth/token` by default) and a protected API under `/api/`, behaving like the providers this
+//! crate was written against, so that a client which gets refreshing wrong fails here as in
+//! production:
+//!
+//! * **Rotation**: each refresh returns a new refresh token and spends the one presented (Kroger,
+//!   Withings); a spent refresh token gets `400 {"error":"invalid_grant"}`.
+//! * **Reuse detection** (RFC 9700 §4.14.2): a provider that sees a spent refresh token again
+//!   cannot tell the client from an attacker replaying a stolen token, so it revokes the whole
+//!   family, every token descended from that authorization. Two requests that both get a 401 and
+//!   both refresh with the same refresh token look exactly like that replay, which is why a client
+//!   must refresh behind a single flight; the mock makes forgetting it fail loudly.
+//! * **The API's 401**: `WWW-Authenticate: Bearer realm="mock", error="invalid_token", ...` and
+//!   `{"error":"invalid_token","error_description":"..."}`; a request without credentials gets a
+//!   bare challenge (RFC 6750 §3.1).
+//! * **Request shapes**: form or JSON bodies, the `refresh_token` and `client_credentials` grants,
+//!   client authentication by HTTP Basic (Kroger, oslo) or in the body (WHOOP).
+//!
+//! Tests can also inject faults (among them [`Fault::LoseAnswer`], tokens issued but the answer
+//! lost), add latency, drive expiry with a [`ManualClock`](crate::ManualClock), read counters
+//! ([`ProviderStats`]) and the token requests as sent ([`MockProvider::token_requests`]). Not
+//! reproduced: the authorization-code flow ([`MockProvider::issue_tokens`] stands in for it),
+//! refresh-token expiry. The mock's routes are mounted at priority 10, so a [`Mock`] a test mounts
+//! on [`MockProvider::server`] at the default priority wins.
+//!
+//! ```
+//! use reqwest_token_refresh::testkit::MockProvider;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), reqwest::Error> {
+//! let provider = MockProvider::start().await;
+//! let tokens = provider.issue_tokens();
+//! let client = reqwest::Client::new();
+//! let call = || client.get(provider.api_url("v1/sleep")).bearer_auth(tokens.access_token().secret());
+//! assert_eq!(call().send().await?.status(), 200);
+//!
+//! // As if an hour passed: the API rejects the access token, the refresh token gets a new one.
+//! provider.expire_access_tokens();
+//! assert_eq!(call().send().await?.status(), 401);
+//! let refresh_token = tokens.refresh_token().expect("issued with one").secret();
+//! let response = client
+//!     .post(provider.token_url())
+//!     .header("content-type", "application/x-www-form-urlencoded")
+//!     .body(format!("grant_type=refresh_token&refresh_token={refresh_token}"))
+//!     .send()
+//!     .await?;
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(provider.stats().tokens_issued, 1);
+//! # Ok(()) }
+//! ```
+//!
+//! # Dialects
+//!
+//! The above is [`Dialect::Standard`], the RFCs. Real providers each bend them their own way, and
+//! a [`Dialect`] makes the mock bend them the same way, as the provider's own documentation
+//! describes it (the project's seed documents):
+//!
+//! * [`Dialect::Whoop`]: the refresh grant as a form body with `client_id` and `client_secret` in
+//!   it (HTTP Basic is refused); a new refresh token only when the request's `scope` has
+//!   `offline`, the old one staying valid otherwise; `token_type` `bearer`; the API's 401 is bare,
+//!   without challenge or body.
+//! * [`Dialect::WhoopPartner`]: the client-credentials grant only, as a JSON body with
+//!   `client_id`, `client_secret` and `scope`; `{access_token, token_type, expires_in}` and no
+//!   refresh token; a bare 401.
+//! * [`Dialect::Kroger`]: client credentials by HTTP Basic only; single-use refresh tokens, a spent
+//!   one answered `400` with the plain text `Missing/Invalid Refresh Token`; the API's 401 has the
+//!   JSON `invalid_token` body but no `WWW-Authenticate`.
+//! * [`Dialect::Withings`]: the token endpoint at `/v2/oauth2`, with `action=requesttoken`; every
+//!   answer `200` with the outcome in an envelope, `{"status":0,"body":{...}}` or
+//!   `{"status":503,"body":{},"error":"Invalid Params: ..."}`; 3-hour access tokens; a rotated
+//!   refresh token stays valid until the new access token is used, 8 hours at most
+//!   ([`MockProviderBuilder::previous_refresh_token_grace`]); the API, too, answers `200`, with
+//!   `{"status":401,...}` for a rejected access token.
+//!
+//! [`MockProvider::whoop`], [`whoop_partner`](MockProvider::whoop_partner),
+//! [`kroger`](MockProvider::kroger) and [`withings`](MockProvider::withings) start one with the
+//! client [`MOCK_CLIENT_ID`] and [`MOCK_CLIENT_SECRET`]. Token lifetimes, reuse detection, faults,
+//! latency, the clock and the counters work the same in every dialect.
+
+// This file is the public API: `MockProvider`, its builder, `Fault` and `ProviderStats`. Behind it,
+// `grants.rs` keeps the token families (minting, rotation, reuse detection, the grace) and decides
+// each token call; `dialect.rs` is what each `Dialect` changes (paths, client authentication, the
+// shape of answers, the API's 401); `wire.rs` reads requests, builds answers and holds the
+// wiremock responders; `tests.rs` has the unit tests.
+mod dialect;
+mod grants;
+#[cfg(test)]
+mod tests;
+mod wire;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{HeaderValue, StatusCode};
+use parking_lot::Mutex;
+use wiremock::matchers::{method, path, path_regex};
+use wiremock::{Mock, MockServer, Request};
+
+use crate::{ClientSecret, Clock, TokenSet};
+use grants::State;
+use wire::{ApiEndpoint, Endpoint, TokenEndpoint};
+
+pub use dialect::Dialect;
+
+/// The client id that [`MockProvider::whoop`], [`MockProvider::whoop_partner`],
+/// [`MockProvider::kroger`] and [`MockProvider::withings`] register.
+pub const MOCK_CLIENT_ID: &str = "mock-client";
+/// The client secret that goes with [`MOCK_CLIENT_ID`].
+pub const MOCK_CLIENT_SECRET: &str = "mock-secret";
+
+/// Lower than wiremock's default (5), so that mocks a test mounts itself win.
+const MOUNT_PRIORITY: u8 = 10;
+
+/// Numbers providers within a process: wiremock reuses ports from a pool, so the port alone would
+/// let a later provider mint the same token strings as an earlier one.
+static INSTANCES: AtomicU64 = AtomicU64::new(0);
+
+/// Counters of what a [`MockProvider`] saw and answered; a snapshot from [`MockProvider::stats`].
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProviderStats {
+    /// Every POST to the token endpoint, those answered with an injected [`Fault`] included.
+    pub token_calls: u64,
+    /// Successful grants by the token endpoint ([`MockProvider::issue_tokens`] does not count).
+    pub tokens_issued: u64,
+    /// Refresh tokens refused, injected refusals included: `400 invalid_grant` in most dialects,
+    /// Kroger's plain-text `400`, Withings' `Invalid Params: invalid refresh_token`.
+    pub invalid_grants: u64,
+    /// Times a spent (already rotated) refresh token was presented.
+    pub reuse_detected: u64,
+    /// Token families revoked, by reuse detection or [`MockProvider::revoke_all`].
+    pub families_revoked: u64,
+    /// Refreshes granted to a rotated refresh token within its
+    /// [grace](MockProviderBuilder::previous_refresh_token_grace) (counted in `tokens_issued` too).
+    pub grace_refreshes: u64,
+    /// Token calls handled with their answer held back by [`Fault::LoseAnswer`].
+    pub answers_lost: u64,
+    /// Every request to the API.
+    pub api_calls: u64,
+    /// API requests whose token was accepted (answered `200`).
+    pub api_ok: u64,
+    /// API requests whose token was rejected: answered `401`, or in [`Dialect::Withings`] `200`
+    /// with `"status":401`.
+    pub api_unauthorized: u64,
+}
+
+/// An answer the token endpoint gives instead of handling a call; see
+/// [`MockProvider::fail_next_token_calls`].
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// This status with the body `{"error":"server_error"}`.
+    Status(u16),
+    /// `429` with `Retry-After` in whole seconds, rounded up, and `{"error":"rate_limited"}`.
+    RateLimited {
+        /// How long the client is asked to wait.
+        retry_after: Duration,
+    },
+    /// The dialect's refusal of a refresh token, whatever the request was: in the standard
+    /// dialect `400 {"error":"invalid_grant",...}`.
+    InvalidGrant,
+    /// An arbitrary raw answer, for malformed-response tests; an empty `content_type` sends no
+    /// `Content-Type` header.
+    Body {
+        /// The status code.
+        status: u16,
+        /// The `Content-Type` header.
+        content_type: String,
+        /// The body, sent as is.
+        body: Vec<u8>,
+    },
+    /// The call is handled normally, tokens issued and the refresh token rotated, but the answer
+    /// never reaches the client: it is held back for an hour, as if the connection dropped after
+    /// the provider committed. The client is left holding a refresh token the provider may already
+    /// have spent, the case a grace period (Withings') or a careful client must survive.
+    ///
+    /// The client must give up on its own, so a test needs a short request timeout on its token
+    /// client (a few hundred milliseconds); without one the test waits the full hour.
+    LoseAnswer,
+}
+
+/// Configures and starts a [`MockProvider`]; from [`MockProvider::builder`].
+#[derive(Debug, Clone)]
+pub struct MockProviderBuilder {
+    dialect: Dialect,
+    /// `None`: the dialect's default.
+    access_token_lifetime: Option<Duration>,
+    rotate_refresh_tokens: bool,
+    reuse_revokes_family: bool,
+    /// `None`: the dialect's default.
+    previous_refresh_token_grace: Option<bool>,
+    clock: Arc<dyn Clock>,
+    client: Option<(String, ClientSecret)>,
+    token_latency: Duration,
+    api_latency: Duration,
+}
+
+impl Default for MockProviderBuilder {
+    fn default() -> Self {
+        Self {
+            dialect: Dialect::default(),
+            access_token_lifetime: None,
+            rotate_refresh_tokens: true,
+            reuse_revokes_family: true,
+            previous_refresh_token_grace: None,
+            clock: crate::clock::system(),
+            client: None,
+            token_latency: Duration::ZERO,
+            api_latency: Duration::ZERO,
+        }
+    }
+}
+
+impl MockProviderBuilder {
+    /// Which provider to behave like (default [`Dialect::Standard`]); see [`Dialect`]. Settings
+    /// made on this builder win over the dialect's defaults, in whichever order they are made.
+    pub fn dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
+        self
+    }
+
+    /// How long access tokens live (default one hour, three in [`Dialect::Withings`]); sent as
+    /// `expires_in` in whole seconds, rounded down, so a client never believes a token lives longer
+    /// than it does.
+    pub fn access_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.access_token_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Whether refreshes rotate the refresh token (default `true`): return a new one and spend the
+    /// one presented. When not, responses carry no `refresh_token` and the client keeps using the
+    /// one it has (RFC 6749 §6), which stays valid. [`Dialect::Whoop`] rotates only when the
+    /// request asks for `scope=offline`, and never when this is off.
+    pub fn rotate_refresh_tokens(mut self, yes: bool) -> Self {
+        self.rotate_refresh_tokens = yes;
+        self
+    }
+
+    /// Whether presenting a spent refresh token revokes its whole family (default `true`,
+    /// RFC 9700 §4.14.2): every access and refresh token descended from that authorization.
+    /// Either way the spent token itself is refused. None of the providers' documents mentions
+    /// this; the mock does it in every dialect so that a racing client fails loudly.
+    pub fn reuse_revokes_family(mut self, yes: bool) -> Self {
+        self.reuse_revokes_family = yes;
+        self
+    }
+
+    /// Whether a rotated refresh token stays usable for a while, as Withings documents (default
+    /// off, on in [`Dialect::Withings`]): the previous refresh token stays valid until an access
+    /// token issued in exchange for it is first accepted by the API, or for 8 hours on the
+    /// provider's clock, whichever comes first. Presenting it within that grace issues a fresh
+    /// pair again, without counting as reuse ([`ProviderStats::grace_refreshes`]); after it, it is
+    /// a spent token like any other. This is what saves a client whose refresh answer was lost
+    /// ([`Fault::LoseAnswer`]).
+    pub fn previous_refresh_token_grace(mut self, yes: bool) -> Self {
+        self.previous_refresh_token_grace = Some(yes);
+        self
+    }
+
+    /// Delay of every answer of the token endpoint (default none).
+    pub fn token_latency(mut self, latency: Duration) -> Self {
+        self.token_latency = latency;
+        self
+    }
+
+    /// Delay of every answer of the API (default none).
+    pub fn api_latency(mut self, latency: Duration) -> Self {
+        self.api_latency = latency;
+        self
+    }
+
+    /// The clock that decides access-token expiry and the refresh-token grace (default the system
+    /// clock); pass a clone of a [`ManualClock`](crate::ManualClock) to expire tokens without
+    /// sleeping.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Requires client authentication at the token endpoint with these credentials (default
+    /// none). In [`Dialect::Standard`]: HTTP Basic (RFC 6749 §2.3.1: base64 of the
+    /// form-urlencoded id, `:`, the form-urlencoded secret) or `client_id` and `client_secret`
+    /// body parameters, not both; other dialects accept only their provider's way. Wrong or
+    /// missing credentials get `401 {"error":"invalid_client"}` with
+    /// `WWW-Authenticate: Basic realm="mock"` (or the dialect's equivalent).
+    pub fn client_credentials(mut self, id: &str, secret: &str) -> Self {
+        self.client = Some((id.to_owned(), ClientSecret::new(secret)));
+        self
+    }
+
+    /// Starts the server on a free port of `127.0.0.1`.
+    pub async fn start(self) -> MockProvider {
+        let server = MockServer::start().await;
+        let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
+        let dialect = self.dialect;
+        let config = Config {
+            dialect,
+            token_prefix: format!("{}.{instance}", server.address().port()),
+            access_token_lifetime: self.access_token_lifetime.unwrap_or(dialect.default_access_token_lifetime()),
+            rotate_refresh_tokens: self.rotate_refresh_tokens,
+            reuse_revokes_family: self.reuse_revokes_family,
+            previous_refresh_token_grace: self.previous_refresh_token_grace.unwrap_or(dialect == Dialect::Withings),
+            clock: self.clock,
+            client: self.client,
+        };
+        let shared = Arc::new(Shared { config, state: Mutex::new(State::default()) });
+        let token_endpoint = Endpoint { shared: Arc::clone(&shared), latency: self.token_latency };
+        Mock::given(method("POST"))
+            .and(path(dialect.token_path()))
+            .respond_with(TokenEndpoint(token_endpoint))
+            .with_priority(MOUNT_PRIORITY)
+            .named("mock provider: token endpoint")
+            .mount(&server)
+            .await;
+        let api = Endpoint { shared: Arc::clone(&shared), latency: self.api_latency };
+        Mock::given(path_regex("^/api/"))
+            .respond_with(ApiEndpoint(api))
+            .with_priority(MOUNT_PRIORITY)
+            .named("mock provider: protected API")
+            .mount(&server)
+            .await;
+        MockProvider { server: Some(server), shared }
+    }
+}
+
+/// A mock rotating OAuth 2.0 provider and protected API on `127.0.0.1`; see the
+/// [module documentation](self). The server stops when this is dropped.
+pub struct MockProvider {
+    /// Always `Some` until dropped; see the `Drop` impl for why it is taken out there.
+    server: Option<MockServer>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for MockProvider {
+    /// Drops the wiremock server on a thread of its own.
+    ///
+    /// `wiremock::MockServer`'s `Drop` blocks on an async `RwLock` with `futures::executor::block_on`.
+    /// Dropped inside a tokio task that has used up its cooperative-scheduling budget (a test that
+    /// just ran a storm of requests), every poll of that lock returns `Pending` and wakes itself
+    /// at once, and the thread spins forever. A fresh thread has no tokio context and no budget.
+    fn drop(&mut self) {
+        let Some(server) = self.server.take() else { return };
+        let dropped = std::thread::spawn(move || drop(server)).join();
+        // The server's drop verifies `expect(..)` counts and panics when one is unmet: pass that
+        // on to the test, unless it is already failing.
+        if let Err(panic) = dropped
+            && !std::thread::panicking()
+        {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+impl fmt::Debug for MockProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No tokens; the client secret in the configuration is a redacting `ClientSecret`.
+        f.debug_struct("MockProvider")
+            .field("uri", &self.uri())
+            .field("config", &self.shared.config)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MockProvider {
+    /// A builder, to configure the provider before starting it.
+    pub fn builder() -> MockProviderBuilder {
+        MockProviderBuilder::default()
+    }
+
+    /// Starts a provider with the defaults: [`Dialect::Standard`], one-hour access tokens,
+    /// rotation, reuse revokes the family, no grace, no latency, the system clock, no client
+    /// authentication.
+    pub async fn start() -> MockProvider {
+        Self::builder().start().await
+    }
+
+    /// Starts a [`Dialect::Whoop`] provider for the client [`MOCK_CLIENT_ID`] with
+    /// [`MOCK_CLIENT_SECRET`], otherwise with the defaults.
+    pub async fn whoop() -> MockProvider {
+        Self::start_with(Dialect::Whoop).await
+    }
+
+    /// Starts a [`Dialect::WhoopPartner`] provider for the client [`MOCK_CLIENT_ID`] with
+    /// [`MOCK_CLIENT_SECRET`], otherwise with the defaults.
+    pub async fn whoop_partner() -> MockProvider {
+        Self::start_with(Dialect::WhoopPartner).await
+    }
+
+    /// Starts a [`Dialect::Kroger`] provider for the client [`MOCK_CLIENT_ID`] with
+    /// [`MOCK_CLIENT_SECRET`], otherwise with the defaults.
+    pub async fn kroger() -> MockProvider {
+        Self::start_with(Dialect::Kroger).await
+    }
+
+    /// Starts a [`Dialect::Withings`] provider for the client [`MOCK_CLIENT_ID`] with
+    /// [`MOCK_CLIENT_SECRET`], otherwise with the dialect's defaults (3-hour access tokens, the
+    /// previous-refresh-token grace).
+    pub async fn withings() -> MockProvider {
+        Self::start_with(Dialect::Withings).await
+    }
+
+    async fn start_with(dialect: Dialect) -> MockProvider {
+        let builder = Self::builder().dialect(dialect);
+        builder.client_credentials(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).start().await
+    }
+
+    /// The dialect this provider speaks.
+    pub fn dialect(&self) -> Dialect {
+        self.shared.config.dialect
+    }
+
+    /// The server's base URI, `http://127.0.0.1:PORT`.
+    pub fn uri(&self) -> String {
+        self.server().uri()
+    }
+
+    /// The token endpoint: `{uri}/oauth/token`, or the dialect's path (`{uri}/v2/oauth2` for
+    /// Withings; see [`Dialect`]).
+    pub fn token_url(&self) -> String {
+        format!("{}{}", self.uri(), self.shared.config.dialect.token_path())
+    }
+
+    /// The URL of `path` on the protected API, `{uri}/api/{path}` (a leading `/` is dropped).
+    pub fn api_url(&self, path: &str) -> String {
+        format!("{}/api/{}", self.uri(), path.trim_start_matches('/'))
+    }
+
+    /// The underlying server, to mount more mocks or read `received_requests()`.
+    pub fn server(&self) -> &MockServer {
+        self.server.as_ref().expect("the server lives as long as the provider")
+    }
+
+    /// The requests the token endpoint received, oldest first, faulted ones included: to assert
+    /// the exact shape of what a client sends. Requests answered by a mock a test mounted itself
+    /// are not here; [`server`](Self::server)`().received_requests()` has every request.
+    pub fn token_requests(&self) -> Vec<Request> {
+        self.shared.state.lock().token_requests.clone()
+    }
+
+    /// Tokens as if a user just authorized: a new token family, an access token expiring one
+    /// lifetime after the provider clock's now, and a refresh token ([`Dialect::WhoopPartner`],
+    /// which has no users: no refresh token, as from its client-credentials grant).
+    pub fn issue_tokens(&self) -> TokenSet {
+        self.issue(false)
+    }
+
+    /// Like [`issue_tokens`](Self::issue_tokens), but the access token has already expired, for
+    /// the API and by [`TokenSet::expires_at`]; the refresh token is valid.
+    pub fn issue_expired_tokens(&self) -> TokenSet {
+        self.issue(true)
+    }
+
+    fn issue(&self, expired: bool) -> TokenSet {
+        let config = &self.shared.config;
+        let now = config.clock.now();
+        let with_refresh = config.dialect != Dialect::WhoopPartner;
+        let minted = {
+            let mut state = self.shared.state.lock();
+            let family = state.new_family(config.dialect.granted_scope().map(str::to_owned));
+            state.mint(config, family, now, with_refresh, expired)
+        };
+        let mut tokens = TokenSet::new(minted.access).with_token_type(config.dialect.token_type());
+        if let Some(refresh) = minted.refresh {
+            tokens = tokens.with_refresh_token(refresh);
+        }
+        if let Some(expires_at) = minted.expires_at {
+            tokens = tokens.with_expires_at(expires_at);
+        }
+        tokens
+    }
+
+    /// Makes the API reject every access token issued so far, as if their lifetime had passed.
+    /// Refresh tokens are unaffected; tokens issued afterwards are valid.
+    pub fn expire_access_tokens(&self) {
+        for record in self.shared.state.lock().access.values_mut() {
+            record.expired = true;
+        }
+    }
+
+    /// Revokes every token family issued so far, as if each user withdrew consent: refresh tokens
+    /// are refused (`400 invalid_grant` in the standard dialect), access tokens get `401`.
+    pub fn revoke_all(&self) {
+        let mut state = self.shared.state.lock();
+        for family in 0..state.families.len() {
+            state.revoke(family);
+        }
+    }
+
+    /// Answers the next `n` token calls with `fault` instead of handling them
+    /// ([`Fault::LoseAnswer`] handles them, and withholds the answer); they still count as token
+    /// calls. Faults queue up behind earlier ones; later calls are handled normally.
+    ///
+    /// # Panics
+    ///
+    /// If the status is not an HTTP status code or the content type not a header value (checked
+    /// here, because a panic inside the server would hang the test instead).
+    pub fn fail_next_token_calls(&self, n: usize, fault: Fault) {
+        if let Fault::Status(status) | Fault::Body { status, .. } = &fault {
+            assert!(StatusCode::from_u16(*status).is_ok(), "{status} is not an HTTP status");
+        }
+        if let Fault::Body { content_type, .. } = &fault {
+            assert!(HeaderValue::from_str(content_type).is_ok(), "bad content type {content_type:?}");
+        }
+        let mut state = self.shared.state.lock();
+        state.faults.extend(std::iter::repeat_n(fault, n));
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ProviderStats {
+        self.shared.state.lock().stats
+    }
+}
+
+/// What the responders share. The state is locked only for short synchronous decisions (the
+/// responders are synchronous, so never across an await).
+struct Shared {
+    config: Config,
+    state: Mutex<State>,
+}
+
+/// The builder's settings, the dialect's defaults filled in.
+#[derive(Debug, Clone)]
+struct Config {
+    dialect: Dialect,
+    token_prefix: String,
+    access_token_lifetime: Duration,
+    rotate_refresh_tokens: bool,
+    reuse_revokes_family: bool,
+    previous_refresh_token_grace: bool,
+    clock: Arc<dyn Clock>,
+    client: Option<(String, ClientSecret)>,
+}
