@@ -36,6 +36,11 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// broken header cannot stop refreshes for days.
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
 
+/// The longest backoff or `Retry-After` cap the builder keeps: a century. Longer ones, up to
+/// `Duration::MAX`, saturate to it, so that the end of any cool-down is a time the clock can
+/// represent (a cool-down whose end could not be computed would be no cool-down at all).
+const LONGEST_COOL_DOWN: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// How much of a 401's body is read to classify it; also how much of another answer a
 /// [`token_rejected_when`](TokenRefreshBuilder::token_rejected_when) rule sees.
 pub const CLASSIFY_BODY_LIMIT: usize = 4 * 1024;
@@ -419,6 +424,9 @@ impl TokenRefreshBuilder {
     }
 
     /// How long before expiry a token is refreshed before use (default [`DEFAULT_REFRESH_SKEW`]).
+    /// Any length is fine: the window is never more than half a token's lifetime as it was
+    /// fetched, and a window longer than the clock can reach counts a token with a known expiry
+    /// as due for a refresh.
     pub fn refresh_skew(mut self, skew: Duration) -> Self {
         self.skew = skew;
         self
@@ -480,21 +488,24 @@ impl TokenRefreshBuilder {
     }
 
     /// The first cool-down after a failed refresh (default [`DEFAULT_MIN_BACKOFF`]); it doubles
-    /// with each consecutive failure up to [`max_backoff`](Self::max_backoff).
+    /// with each consecutive failure up to [`max_backoff`](Self::max_backoff). Saturates at a
+    /// century.
     pub fn min_backoff(mut self, backoff: Duration) -> Self {
-        self.min_backoff = backoff;
+        self.min_backoff = backoff.min(LONGEST_COOL_DOWN);
         self
     }
 
-    /// The longest cool-down from backoff (default [`DEFAULT_MAX_BACKOFF`]).
+    /// The longest cool-down from backoff (default [`DEFAULT_MAX_BACKOFF`]). Saturates at a
+    /// century.
     pub fn max_backoff(mut self, backoff: Duration) -> Self {
-        self.max_backoff = backoff;
+        self.max_backoff = backoff.min(LONGEST_COOL_DOWN);
         self
     }
 
-    /// The longest `Retry-After` honoured (default [`DEFAULT_MAX_RETRY_AFTER`]).
+    /// The longest `Retry-After` honoured (default [`DEFAULT_MAX_RETRY_AFTER`]). Saturates at a
+    /// century.
     pub fn max_retry_after(mut self, limit: Duration) -> Self {
-        self.max_retry_after = limit;
+        self.max_retry_after = limit.min(LONGEST_COOL_DOWN);
         self
     }
 

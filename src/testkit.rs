@@ -337,7 +337,8 @@ impl MockProviderBuilder {
 
     /// How long access tokens live (default one hour, three in [`Dialect::Withings`]); sent as
     /// `expires_in` in whole seconds, rounded down, so a client never believes a token lives longer
-    /// than it does.
+    /// than it does. A lifetime too long for the provider's clock to represent (`Duration::MAX`)
+    /// makes tokens that never expire, sent without `expires_in`.
     pub fn access_token_lifetime(mut self, lifetime: Duration) -> Self {
         self.access_token_lifetime = Some(lifetime);
         self
@@ -894,7 +895,7 @@ impl Reply {
         match fault {
             Fault::Status(code) => Reply::json(code, json!({"error": "server_error"}).to_string()),
             Fault::RateLimited { retry_after } => {
-                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                let seconds = retry_after.as_secs().saturating_add(u64::from(retry_after.subsec_nanos() > 0));
                 let body = json!({"error": "rate_limited"}).to_string();
                 Reply::Json { status: 429, body, challenge: None, retry_after: Some(seconds) }
             }
@@ -1030,7 +1031,9 @@ impl Shared {
         let dialect = self.config.dialect;
         let access = Some(("access_token", Value::from(minted.access.as_str())));
         let refresh = minted.refresh.as_deref().map(|refresh| ("refresh_token", Value::from(refresh)));
-        let expires_in = Some(("expires_in", Value::from(self.config.access_token_lifetime.as_secs())));
+        // A lifetime too long for the clock to hold made a token that never expires: say none.
+        let expires_in =
+            minted.expires_at.map(|_| ("expires_in", Value::from(self.config.access_token_lifetime.as_secs())));
         let token_type = Some(("token_type", Value::from(dialect.token_type())));
         let always_scope = Some(("scope", Value::from(scope.clone().unwrap_or_default())));
         let scope = scope.map(|scope| ("scope", Value::from(scope)));
