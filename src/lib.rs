@@ -146,8 +146,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, OAuthError, RefreshError, Result, StoreError};
 pub use key::TokenKey;
 pub use middleware::{
-    CLASSIFY_BODY_LIMIT, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_SKEW,
-    RefreshOn, SkipAuth, TokenRefresh, TokenRefreshBuilder,
+    CLASSIFY_BODY_LIMIT, CLASSIFY_BODY_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MIN_BACKOFF,
+    DEFAULT_REFRESH_SKEW, RefreshOn, SkipAuth, TokenRefresh, TokenRefreshBuilder,
 };
 pub use source::providers;
 pub use source::{

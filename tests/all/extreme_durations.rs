@@ -34,6 +34,7 @@ async fn every_duration_option_at_its_maximum_builds_serves_and_cools_down_witho
         .min_backoff(Duration::MAX)
         .max_backoff(Duration::MAX)
         .max_retry_after(Duration::MAX)
+        .classify_timeout(Duration::MAX)
         .build()
         .expect("extreme durations are not a misconfiguration");
     let client = client_with(&auth);
@@ -78,6 +79,7 @@ async fn every_duration_option_at_zero_builds_and_serves_without_panicking() {
         .min_backoff(Duration::ZERO)
         .max_backoff(Duration::ZERO)
         .max_retry_after(Duration::ZERO)
+        .classify_timeout(Duration::ZERO)
         .build()
         .unwrap();
     let client = client_with(&auth);

@@ -25,6 +25,7 @@ mod redis_store;
 mod reuse;
 mod secrets;
 mod soak;
+mod stalled_body;
 mod storm;
 mod terminal;
 mod transient;
