@@ -11,7 +11,7 @@ use crate::cache::CacheConfig;
 use crate::clock::{self, Clock};
 use crate::error::{Error, RefreshError, StoreError};
 use crate::key::TokenKey;
-use crate::middleware::{RefreshOn, RejectionRule, TokenRefresh};
+use crate::middleware::{CLASSIFY_BODY_TIMEOUT, RefreshOn, RejectionRule, TokenRefresh};
 use crate::origin::OriginPolicy;
 use crate::policy::Policy;
 use crate::source::TokenSource;
@@ -27,6 +27,7 @@ pub struct TokenRefreshBuilder {
     rejected_when: Option<RejectionRule>,
     allowed_origins: Vec<String>,
     allow_insecure_http: bool,
+    classify_timeout: Duration,
 }
 
 impl fmt::Debug for TokenRefreshBuilder {
@@ -62,6 +63,7 @@ impl TokenRefreshBuilder {
             rejected_when: None,
             allowed_origins: Vec::new(),
             allow_insecure_http: false,
+            classify_timeout: CLASSIFY_BODY_TIMEOUT,
         }
     }
 
@@ -85,6 +87,9 @@ impl TokenRefreshBuilder {
     }
 
     /// How long before expiry a token is refreshed before use (default [`DEFAULT_REFRESH_SKEW`](crate::DEFAULT_REFRESH_SKEW)).
+    /// Any length is fine: the window is never more than half a token's lifetime as it was
+    /// fetched, and a window longer than the clock can reach counts a token with a known expiry
+    /// as due for a refresh.
     pub fn refresh_skew(mut self, skew: Duration) -> Self {
         self.cache.policy.skew = skew;
         self
@@ -102,9 +107,11 @@ impl TokenRefreshBuilder {
     /// the token was rejected, the answer is handled as a 401 that says `invalid_token`: one
     /// refresh for everyone, one retry.
     ///
-    /// Reading it holds such an answer back until its first 4 KiB or its end has arrived, so set
-    /// a rule only on a client for an API that answers with documents, not streams (server-sent
-    /// events, long polls). Without a rule, no answer body is read unless it is a 401.
+    /// Reading it holds such an answer back until its first 4 KiB or its end has arrived, or
+    /// [`classify_timeout`](Self::classify_timeout) has passed (the rule then sees what arrived),
+    /// so set a rule only on a client for an API that answers with documents, not streams
+    /// (server-sent events, long polls). Without a rule, no answer body is read unless it is a
+    /// 401.
     ///
     /// Withings' data API answers an expired token with HTTP 200 and `{"status":401, ...}`;
     /// [`providers::withings_token_rejected`](crate::providers::withings_token_rejected) is that
@@ -120,6 +127,16 @@ impl TokenRefreshBuilder {
     /// ```
     pub fn token_rejected_when(mut self, rule: impl Fn(StatusCode, &[u8]) -> bool + Send + Sync + 'static) -> Self {
         self.rejected_when = Some(Arc::new(rule));
+        self
+    }
+
+    /// How long to wait for the start of an answer's body when it must be read to tell whether
+    /// the token was rejected (default [`CLASSIFY_BODY_TIMEOUT`], 2 s), in all. When it runs
+    /// out, the answer is judged by its headers and the bytes that arrived, and handed on at once
+    /// with nothing lost. Zero reads only what has already arrived; [`Duration::MAX`] waits for
+    /// as long as the body takes.
+    pub fn classify_timeout(mut self, timeout: Duration) -> Self {
+        self.classify_timeout = timeout;
         self
     }
 
@@ -267,6 +284,7 @@ impl TokenRefreshBuilder {
             OriginPolicy { allowed, allow_insecure_http: self.allow_insecure_http },
             self.refresh_on,
             self.rejected_when,
+            self.classify_timeout,
         ))
     }
 }

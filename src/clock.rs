@@ -57,9 +57,11 @@ impl ManualClock {
         Self::new(SystemTime::now())
     }
 
-    /// Moves the clock forward by `by`.
+    /// Moves the clock forward by `by`, stopping at the latest time the platform can represent
+    /// (so `Duration::MAX` never panics).
     pub fn advance(&self, by: Duration) {
-        *self.now.lock() += by;
+        let mut now = self.now.lock();
+        *now = saturating_add(*now, by);
     }
 
     /// Sets the clock to `to`, forward or backward.
@@ -72,6 +74,24 @@ impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
         *self.now.lock()
     }
+}
+
+/// `time + by`, or the latest time within reach when that is past what `SystemTime` can hold.
+/// The platform's limit is not a constant, so it is approached by halving what is added: a few
+/// hundred checked additions at most, down to the nanosecond.
+pub(crate) fn saturating_add(mut time: SystemTime, mut by: Duration) -> SystemTime {
+    while !by.is_zero() {
+        match time.checked_add(by) {
+            Some(later) => return later,
+            None => {
+                by /= 2;
+                if let Some(later) = time.checked_add(by) {
+                    time = later;
+                }
+            }
+        }
+    }
+    time
 }
 
 /// The clock used when none is given.
@@ -91,6 +111,21 @@ mod tests {
         assert_eq!(a.now(), SystemTime::UNIX_EPOCH + Duration::from_secs(5));
         a.set(SystemTime::UNIX_EPOCH);
         assert_eq!(b.now(), SystemTime::UNIX_EPOCH);
+    }
+
+    #[test]
+    fn advancing_past_what_the_clock_can_hold_stops_at_its_end() {
+        let clock = ManualClock::new(SystemTime::UNIX_EPOCH);
+        clock.advance(Duration::MAX);
+        let end = clock.now();
+        assert!(end > SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000_000));
+        assert_eq!(end.checked_add(Duration::from_secs(1)), None, "as far as the clock goes");
+        clock.advance(Duration::MAX);
+        assert_eq!(clock.now(), end);
+        assert_eq!(
+            saturating_add(SystemTime::UNIX_EPOCH, Duration::from_secs(5)),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(5)
+        );
     }
 
     #[test]

@@ -285,6 +285,194 @@ impl RefreshError {
             _ => None,
         }
     }
+
+    /// Replaces every occurrence of each of `secrets` in this error by `[redacted]`: in the OAuth
+    /// error's `error`, `error_description` and `error_uri`, in body excerpts, in reasons, and in
+    /// the text of a wrapped cause.
+    ///
+    /// Providers echo what they were sent: Spring Security OAuth's `invalid_grant` says
+    /// `Invalid refresh token: <the token>`, and a gateway's error page may quote the whole
+    /// request. Each secret is looked for as it is and as it would be spelled in a JSON string
+    /// (escaped, also with `\/`), in a form body and in a URL (percent-encoded); the end of a
+    /// capped excerpt (`…`) that cuts a secret short is removed too. Secrets shorter than four
+    /// characters are not looked for: they cannot be told from ordinary text (a refresh token
+    /// `r` is in every word), and no real token or secret is that short.
+    ///
+    /// The grants of this crate redact what they hold (the refresh token, the client secret, the
+    /// access token being replaced, the values of extra parameters) before they return an error,
+    /// and the layer redacts the tokens it holds from any token source's errors. Call it yourself
+    /// in a [`TokenSource`](crate::TokenSource) of your own on errors built from a server's answer,
+    /// with the secrets only your source knows (a signing key, an API key).
+    ///
+    /// A wrapped cause ([`Transport`](Self::Transport), [`Other`](Self::Other)) that shows a
+    /// secret anywhere in its chain is replaced by a copy of its text with the secrets redacted;
+    /// it can then no longer be downcast to its original type. One that shows none is kept.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use reqwest_token_refresh::{OAuthError, RefreshError};
+    ///
+    /// let mut err = RefreshError::protocol(
+    ///     StatusCode::BAD_REQUEST,
+    ///     OAuthError::new("invalid_grant").with_description("Invalid refresh token: rt-123"),
+    /// );
+    /// err.redact(&["rt-123"]);
+    /// assert_eq!(err.to_string(), "the token endpoint answered 400 Bad Request: invalid_grant (Invalid refresh token: [redacted])");
+    /// ```
+    pub fn redact(&mut self, secrets: &[&str]) {
+        let redactor = Redactor::new(secrets);
+        if redactor.is_empty() {
+            return;
+        }
+        match self {
+            RefreshError::Protocol { error, body, .. } => {
+                if let Some(error) = error {
+                    redactor.apply(&mut error.error);
+                    error.error_description.iter_mut().for_each(|text| redactor.apply(text));
+                    error.error_uri.iter_mut().for_each(|text| redactor.apply(text));
+                }
+                redactor.apply(body);
+            }
+            RefreshError::InvalidResponse { reason, body, .. } => {
+                redactor.apply(reason);
+                redactor.apply(body);
+            }
+            RefreshError::Config(reason) => redactor.apply(reason),
+            RefreshError::Transport(cause) | RefreshError::Other(cause) => {
+                if redactor.finds_in_chain(cause.as_ref()) {
+                    *cause = Arc::new(Redacted::of(cause.as_ref(), &redactor));
+                }
+            }
+            RefreshError::CoolingDown { .. }
+            | RefreshError::TimedOut { .. }
+            | RefreshError::NoRefreshToken
+            | RefreshError::Aborted => {}
+        }
+    }
+}
+
+/// The shortest secret [`RefreshError::redact`] looks for.
+const MIN_SECRET_LEN: usize = 4;
+
+/// What redacted text is replaced by.
+const REDACTED: &str = "[redacted]";
+
+/// The character [`crate::source`]'s excerpts end with when they were capped.
+const CAPPED: char = '…';
+
+/// Every spelling of a set of secrets, longest first, so that a spelling that contains another
+/// (an escaped form holding the plain one) is replaced whole.
+struct Redactor {
+    spellings: Vec<String>,
+}
+
+impl Redactor {
+    fn new(secrets: &[&str]) -> Self {
+        let mut spellings: Vec<String> =
+            secrets.iter().filter(|s| s.chars().count() >= MIN_SECRET_LEN).flat_map(|s| spellings_of(s)).collect();
+        spellings.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        spellings.dedup();
+        Self { spellings }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.spellings.is_empty()
+    }
+
+    fn finds(&self, text: &str) -> bool {
+        self.spellings.iter().any(|spelling| text.contains(spelling.as_str())) || self.cut_short(text).is_some()
+    }
+
+    fn finds_in_chain(&self, err: &(dyn StdError + 'static)) -> bool {
+        let mut next = Some(err);
+        while let Some(err) = next {
+            if self.finds(&err.to_string()) || self.finds(&format!("{err:?}")) || self.finds(&format!("{err:#?}")) {
+                return true;
+            }
+            next = err.source();
+        }
+        false
+    }
+
+    fn apply(&self, text: &mut String) {
+        for spelling in &self.spellings {
+            if text.contains(spelling.as_str()) {
+                *text = text.replace(spelling.as_str(), REDACTED);
+            }
+        }
+        if let Some(keep) = self.cut_short(text) {
+            text.truncate(keep);
+            text.push_str(REDACTED);
+            text.push(CAPPED);
+        }
+    }
+
+    /// Where to cut a capped text whose end is the start of a secret (`...token: rt-12…`): the
+    /// length to keep, if it is one.
+    fn cut_short(&self, text: &str) -> Option<usize> {
+        let stem = text.strip_suffix(CAPPED)?;
+        self.spellings
+            .iter()
+            .filter_map(|spelling| {
+                // The longest proper start of the spelling that the stem ends with.
+                let ends = spelling.char_indices().skip(1).map(|(end, _)| end);
+                ends.filter(|&end| stem.ends_with(&spelling[..end])).last().map(|end| stem.len() - end)
+            })
+            .min()
+    }
+}
+
+/// A secret as it is, and as a server may echo it: JSON-escaped (also with `\/`, as PHP
+/// writes it), form-urlencoded (`+` for a space) and percent-encoded (`%20`).
+fn spellings_of(secret: &str) -> Vec<String> {
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    let json = json.get(1..json.len().saturating_sub(1)).unwrap_or_default().to_owned();
+    let form: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let percent = form.replace('+', "%20");
+    let json_slashes = json.replace('/', "\\/");
+    [secret.to_owned(), json, json_slashes, form, percent].into_iter().filter(|s| !s.is_empty()).collect()
+}
+
+/// A cause whose text showed a secret: a copy of its `Display` and `Debug` (and of its causes'),
+/// with the secrets redacted.
+struct Redacted {
+    display: String,
+    debug: String,
+    pretty: String,
+    source: Option<Box<Redacted>>,
+}
+
+impl Redacted {
+    fn of(err: &(dyn StdError + 'static), redactor: &Redactor) -> Self {
+        let text = |mut text: String| {
+            redactor.apply(&mut text);
+            text
+        };
+        Self {
+            display: text(err.to_string()),
+            debug: text(format!("{err:?}")),
+            pretty: text(format!("{err:#?}")),
+            source: err.source().map(|source| Box::new(Redacted::of(source, redactor))),
+        }
+    }
+}
+
+impl fmt::Display for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if f.alternate() { &self.pretty } else { &self.debug })
+    }
+}
+
+impl StdError for Redacted {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source.as_deref().map(|source| source as &(dyn StdError + 'static))
+    }
 }
 
 /// Why a [`TokenStore`](crate::TokenStore) failed.
@@ -362,6 +550,104 @@ mod tests {
             err.to_string(),
             "the token endpoint answered 400 Bad Request: invalid_grant (refresh token was revoked)"
         );
+    }
+
+    /// Everything an error shows: `Display` and `Debug` down its `source()` chain.
+    fn shown(err: &(dyn StdError + 'static)) -> String {
+        let mut text = String::new();
+        let mut next = Some(err);
+        while let Some(err) = next {
+            text.push_str(&format!("{err}\n{err:?}\n{err:#?}\n"));
+            next = err.source();
+        }
+        text
+    }
+
+    #[test]
+    fn redact_replaces_a_secret_in_every_field_of_a_protocol_error() {
+        let mut err = RefreshError::Protocol {
+            status: StatusCode::BAD_REQUEST,
+            error: Some(Box::new(OAuthError {
+                error: "invalid_grant rt-1".into(),
+                error_description: Some("Invalid refresh token: rt-1".into()),
+                error_uri: Some("https://p.example/e?t=rt-1".into()),
+            })),
+            retry_after: None,
+            body: "echo rt-1 rt-1".into(),
+        };
+        err.redact(&["rt-1"]);
+        let text = shown(&err);
+        assert!(!text.contains("rt-1"), "{text}");
+        let oauth = err.oauth_error().unwrap();
+        assert_eq!(oauth.error_description.as_deref(), Some("Invalid refresh token: [redacted]"));
+        assert_eq!(oauth.error_uri.as_deref(), Some("https://p.example/e?t=[redacted]"));
+    }
+
+    #[test]
+    fn redact_finds_a_secret_as_json_form_and_url_spell_it() {
+        let secret = "a/b+c d\"e";
+        let json = r#"a\/b+c d\"e and a/b+c d\"e"#;
+        let form = "a%2Fb%2Bc+d%22e";
+        let url = "a%2Fb%2Bc%20d%22e";
+        for text in [json, form, url, secret] {
+            let mut err = RefreshError::InvalidResponse {
+                status: StatusCode::OK,
+                reason: format!("the answer said {text}"),
+                body: text.to_owned(),
+                rotated_refresh_token: None,
+            };
+            err.redact(&[secret]);
+            let shown = shown(&err);
+            for spelling in [secret, "a/b+c", "a\\/b", "a%2Fb", "d%22e", "d\\\"e"] {
+                assert!(!shown.contains(spelling), "{spelling} in {shown}");
+            }
+            assert!(shown.contains("[redacted]"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn redact_removes_the_start_of_a_secret_that_a_capped_excerpt_cut_short() {
+        let mut err = RefreshError::Protocol {
+            status: StatusCode::BAD_GATEWAY,
+            error: None,
+            retry_after: None,
+            body: "Invalid refresh token: rt-12…".into(),
+        };
+        err.redact(&["rt-123456"]);
+        assert!(err.to_string().contains("token: [redacted]…"), "{err}");
+        // A text that was not capped keeps a mere look-alike.
+        let mut err = RefreshError::Config("rt-12".into());
+        err.redact(&["rt-123456"]);
+        assert_eq!(err.to_string(), "the token source is misconfigured: rt-12");
+    }
+
+    #[test]
+    fn redact_replaces_a_cause_that_shows_a_secret_and_keeps_one_that_does_not() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("vault said: {0}")]
+        struct Vault(String, #[source] std::io::Error);
+
+        let cause = Vault("token sk-9 is sealed".into(), std::io::Error::other("sealed with sk-9"));
+        let mut err = RefreshError::other(cause);
+        err.redact(&["sk-9"]);
+        let text = shown(&err);
+        assert!(!text.contains("sk-9"), "{text}");
+        assert!(text.contains("vault said: token [redacted] is sealed"), "{text}");
+        assert!(text.contains("sealed with [redacted]"), "the cause's own source is redacted too: {text}");
+
+        let mut err = RefreshError::transport(std::io::Error::other("connection reset"));
+        err.redact(&["sk-9"]);
+        let RefreshError::Transport(cause) = &err else { panic!("{err:?}") };
+        assert!(cause.downcast_ref::<std::io::Error>().is_some(), "an innocent cause keeps its type");
+    }
+
+    #[test]
+    fn redact_ignores_secrets_too_short_to_tell_from_text() {
+        let mut err = RefreshError::protocol(StatusCode::BAD_REQUEST, OAuthError::new("invalid_grant"));
+        err.redact(&["", "a", "r1", "gra"]);
+        assert_eq!(err.oauth_error().unwrap().error, "invalid_grant");
+        err.redact(&["alid"]);
+        assert_eq!(err.oauth_error().unwrap().error, "inv[redacted]_grant");
     }
 
     #[test]

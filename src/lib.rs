@@ -109,8 +109,13 @@
 //! - The token never goes over plain `http://` except to loopback, unless
 //!   [`TokenRefreshBuilder::allow_insecure_http`] says so.
 //! - A request that already has an `Authorization` header, or carries [`SkipAuth`], is left alone.
+//! - Only the token's own answers count: after a redirect to another origin (where reqwest drops
+//!   the token), that origin's 401 is handed back as it came and refreshes nothing.
+//! - Reading an answer to classify it is bounded in bytes ([`CLASSIFY_BODY_LIMIT`]) and in time
+//!   ([`CLASSIFY_BODY_TIMEOUT`]): a body that stalls does not hang the request.
 //! - The `Authorization` header is marked sensitive; no token or secret appears in any `Debug`,
-//!   `Display`, error or `tracing` output.
+//!   `Display`, error or `tracing` output, even when a provider echoes one back in an error
+//!   ([`RefreshError::redact`]).
 //! - The token endpoint is called with the crate's own `reqwest::Client`, which never passes
 //!   through this middleware and follows no redirects.
 //!
@@ -148,7 +153,7 @@ pub use cache::TokenState;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, OAuthError, RefreshError, Result, StoreError};
 pub use key::TokenKey;
-pub use middleware::{CLASSIFY_BODY_LIMIT, RefreshOn, SkipAuth, TokenRefresh};
+pub use middleware::{CLASSIFY_BODY_LIMIT, CLASSIFY_BODY_TIMEOUT, RefreshOn, SkipAuth, TokenRefresh};
 pub use policy::{
     DEFAULT_FLIGHT_DEADLINE, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MIN_BACKOFF,
     DEFAULT_MIN_REFRESH_INTERVAL, DEFAULT_REFRESH_SKEW, DEFAULT_TERMINAL_RECHECK,

@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Extensions, HeaderValue, StatusCode, header::AUTHORIZATION};
 use reqwest::{Request, Response};
@@ -15,7 +16,7 @@ use crate::challenge::{self, Rejection};
 use crate::error::Error;
 use crate::key::TokenKey;
 use crate::origin::OriginPolicy;
-use crate::peek::peek_body;
+use crate::peek::{Peeked, peek_body};
 use crate::source::TokenSource;
 use crate::stats::{Counters, Stats};
 use crate::token::TokenSet;
@@ -23,6 +24,18 @@ use crate::token::TokenSet;
 /// How much of a 401's body is read to classify it; also how much of another answer a
 /// [`token_rejected_when`](TokenRefreshBuilder::token_rejected_when) rule sees.
 pub const CLASSIFY_BODY_LIMIT: usize = 4 * 1024;
+
+/// How long the layer waits for the start of a body it reads to classify an answer (up to
+/// [`CLASSIFY_BODY_LIMIT`]), unless set otherwise with
+/// [`classify_timeout`](TokenRefreshBuilder::classify_timeout): 2 seconds, in all.
+///
+/// A server that sends a 401's headers and then stalls its body must not hang the request. When
+/// the time runs out the answer is classified from its headers and the bytes that did arrive,
+/// and handed on at once: the caller reads those bytes, then the rest of the body as the server
+/// sends it. A stalled body that names no error counts as a 401 with no error detail (what
+/// [`RefreshOn`] decides for those): the layer cannot know what the rest would have said, and a
+/// dead token behind a slow proxy must still be refreshed.
+pub const CLASSIFY_BODY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Which 401 answers make the layer refresh the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,6 +87,7 @@ struct Inner {
     origins: OriginPolicy,
     refresh_on: RefreshOn,
     rejected_when: Option<RejectionRule>,
+    classify_timeout: Duration,
     stats: Arc<Counters>,
 }
 
@@ -87,6 +101,7 @@ impl fmt::Debug for TokenRefresh {
             .field("origins", &self.inner.origins)
             .field("refresh_on", &self.inner.refresh_on)
             .field("token_rejected_when", &self.inner.rejected_when.as_ref().map(|_| "a rule"))
+            .field("classify_timeout", &self.inner.classify_timeout)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
@@ -99,10 +114,11 @@ impl TokenRefresh {
         origins: OriginPolicy,
         refresh_on: RefreshOn,
         rejected_when: Option<RejectionRule>,
+        classify_timeout: Duration,
     ) -> Self {
         let stats = Arc::new(Counters::default());
         let cache = TokenCache::new(cache, stats.clone());
-        TokenRefresh { inner: Arc::new(Inner { cache, origins, refresh_on, rejected_when, stats }) }
+        TokenRefresh { inner: Arc::new(Inner { cache, origins, refresh_on, rejected_when, classify_timeout, stats }) }
     }
 
     /// Starts building a layer that gets new tokens from `source`.
@@ -250,7 +266,10 @@ impl TokenRefresh {
         next: Next<'a>,
     ) -> impl Future<Output = reqwest_middleware::Result<Response>> + Send + 'a {
         // A body that cannot be cloned (a stream) is sent once; see contract point 11.
-        let retry = request.try_clone();
+        let kept = match request.try_clone() {
+            Some(copy) => Kept::Copy(copy),
+            None => Kept::Url(request.url().clone()),
+        };
         request.headers_mut().insert(AUTHORIZATION, header);
         async move {
             let response = next.clone().run(request, extensions).await?;
@@ -258,7 +277,7 @@ impl TokenRefresh {
                 self.inner.cache.accepted(&sent, sent.generation());
                 return Ok(response);
             }
-            Box::pin(self.after_rejection(response, retry, sent, extensions, next)).await
+            Box::pin(self.after_rejection(response, kept, sent, extensions, next)).await
         }
     }
 
@@ -272,21 +291,44 @@ impl TokenRefresh {
                 && response.content_length().is_none_or(|length| length <= CLASSIFY_BODY_LIMIT as u64))
     }
 
-    /// Reads whether `response` rejects the token it was sent with (`key`'s `generation`), and
-    /// counts it if it does.
+    /// Reads whether `response` rejects the token it was sent with (`key`'s `generation`) to
+    /// `sent_to`, and counts it if it does.
     /// Returns an equivalent answer and whether to refresh: a 401 refreshes when
     /// [`RefreshOn`] accepts it, another answer when the rule says the token was rejected.
-    async fn rejects(&self, response: Response, key: &TokenKey, generation: u64) -> (Response, bool) {
+    ///
+    /// Only the token's own answers count (contract point 19): after a redirect to another
+    /// origin, reqwest no longer sent the token, so what that origin answers says nothing about
+    /// it. Such an answer is handed on untouched, its body unread.
+    async fn rejects(
+        &self,
+        response: Response,
+        sent_to: &url::Url,
+        key: &TokenKey,
+        generation: u64,
+    ) -> (Response, bool) {
+        if !crate::origin::same_origin(response.url(), sent_to) {
+            tracing::debug!(
+                key = %key,
+                generation,
+                status = %response.status(),
+                "the answer came from another origin, after a redirect that dropped the token"
+            );
+            return (response, false);
+        }
+        let timeout = self.inner.classify_timeout;
         if response.status() == StatusCode::UNAUTHORIZED {
             Counters::bump(&self.inner.stats.unauthorized);
-            let (response, rejection) = classify(response).await;
+            let (response, rejection) = classify(response, timeout).await;
             let refresh = self.inner.refresh_on.accepts(&rejection);
             tracing::debug!(key = %key, generation, ?rejection, refresh, "401");
             return (response, refresh);
         }
         let Some(rule) = &self.inner.rejected_when else { return (response, false) };
         let status = response.status();
-        let (response, head) = peek_body(response, CLASSIFY_BODY_LIMIT).await;
+        let Peeked { response, head, stalled } = peek_body(response, CLASSIFY_BODY_LIMIT, timeout).await;
+        if stalled {
+            tracing::debug!(key = %key, generation, %status, read = head.len(), "the body stalled; the rule sees what arrived");
+        }
         let rejected = rule(status, &head[..head.len().min(CLASSIFY_BODY_LIMIT)]);
         if rejected {
             Counters::bump(&self.inner.stats.unauthorized);
@@ -300,12 +342,12 @@ impl TokenRefresh {
     async fn after_rejection(
         &self,
         response: Response,
-        retry: Option<Request>,
+        kept: Kept,
         sent: Sent<'_>,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let (response, refresh) = self.rejects(response, sent.key(), sent.generation()).await;
+        let (response, refresh) = self.rejects(response, kept.url(), sent.key(), sent.generation()).await;
         if !refresh {
             if response.status() != StatusCode::UNAUTHORIZED {
                 self.inner.cache.accepted(&sent, sent.generation());
@@ -315,7 +357,7 @@ impl TokenRefresh {
         if self.inner.cache.refresh_held_back(&sent) {
             return Ok(response);
         }
-        let Some(mut retry) = retry else {
+        let Kept::Copy(mut retry) = kept else {
             // The body is gone; the refresh still happens, so that the caller's own retry works.
             let _ = self.inner.cache.renew(&sent).await;
             return Ok(response);
@@ -326,23 +368,48 @@ impl TokenRefresh {
         let renewed = self.inner.cache.renew(&sent).await?;
         self.authorize(&mut retry, sent.key(), &renewed)?;
         Counters::bump(&self.inner.stats.retries);
+        let sent_to = retry.url().clone();
         let response = next.run(retry, extensions).await?;
         // One retry, no loop: a second rejection goes back as it came, counted.
         if !self.may_reject(&response) {
             self.inner.cache.accepted(&sent, renewed.generation);
             return Ok(response);
         }
-        Ok(self.rejects(response, sent.key(), renewed.generation).await.0)
+        Ok(self.rejects(response, &sent_to, sent.key(), renewed.generation).await.0)
     }
 }
 
-async fn classify(response: Response) -> (Response, Rejection) {
+/// What the layer keeps of a request it sent with the token: a copy to send again after a
+/// refresh, or, when the body cannot be copied (a stream), where it went, so that an answer can
+/// still be told to come from the token's own origin.
+enum Kept {
+    Copy(Request),
+    Url(url::Url),
+}
+
+impl Kept {
+    /// Where the request was sent (before any redirect).
+    fn url(&self) -> &url::Url {
+        match self {
+            Kept::Copy(request) => request.url(),
+            Kept::Url(url) => url,
+        }
+    }
+}
+
+/// Whether a 401 rejects the token. The headers are read first; the body only when they name no
+/// error, and for at most `timeout`: a body that stalls is judged by what arrived (see
+/// [`CLASSIFY_BODY_TIMEOUT`]).
+async fn classify(response: Response, timeout: Duration) -> (Response, Rejection) {
     let from_headers = challenge::classify_unauthorized(response.headers(), &[]);
     if matches!(from_headers, Rejection::InvalidToken | Rejection::OtherError(_)) {
         return (response, from_headers);
     }
-    let (response, head) = peek_body(response, CLASSIFY_BODY_LIMIT).await;
+    let Peeked { response, head, stalled } = peek_body(response, CLASSIFY_BODY_LIMIT, timeout).await;
     let rejection = challenge::classify_unauthorized(response.headers(), &head);
+    if stalled {
+        tracing::debug!(read = head.len(), ?rejection, "the 401's body stalled; classified from what arrived");
+    }
     (response, rejection)
 }
 

@@ -36,6 +36,13 @@ impl OriginPolicy {
     }
 }
 
+/// Whether `a` and `b` have the same origin (scheme, host, port; RFC 6454), the test reqwest
+/// applies before it keeps the `Authorization` header across a redirect. Compared in place,
+/// without building [`Origin`]s, which allocate.
+pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme() && a.host() == b.host() && a.port_or_known_default() == b.port_or_known_default()
+}
+
 fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(Host::Ipv4(ip)) => ip.is_loopback(),
@@ -92,6 +99,16 @@ mod tests {
         assert!(policy.refuses(&url("https://api.example:8443/v1")).is_some());
         assert!(policy.refuses(&url("https://evil.example/v1")).is_some());
         assert!(policy.refuses(&url("https://api.example.evil.example/")).is_some());
+    }
+
+    #[test]
+    fn same_origin_compares_scheme_host_and_port() {
+        assert!(same_origin(&url("https://api.example/a"), &url("https://api.example:443/b?c")));
+        assert!(same_origin(&url("http://127.0.0.1:8080/a"), &url("http://127.0.0.1:8080/z")));
+        assert!(!same_origin(&url("http://127.0.0.1:8080/a"), &url("http://127.0.0.1:8081/a")));
+        assert!(!same_origin(&url("http://api.example/a"), &url("https://api.example/a")));
+        assert!(!same_origin(&url("https://api.example/a"), &url("https://other.example/a")));
+        assert!(!same_origin(&url("https://api.example/a"), &url("https://sub.api.example/a")));
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! Reading the start of a response body without taking it from the caller.
 //!
 //! To tell a dead-token 401 from another 401, the layer may need the body (Kroger puts
-//! `{"error":"invalid_token"}` there). It reads at most a few KiB and hands back a response with
-//! the same status, headers, URL, extensions and body bytes: the bytes it read, then the rest of
-//! the original stream.
+//! `{"error":"invalid_token"}` there). It reads at most a few KiB, for at most a few seconds, and
+//! hands back a response with the same status, headers, URL, extensions and body bytes: the bytes
+//! it read, then the rest of the original stream as it arrives.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame};
@@ -16,8 +17,20 @@ use reqwest::ResponseBuilderExt;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Reads up to `limit` bytes of the body; returns them and a response equivalent to `response`.
-pub(crate) async fn peek_body(response: reqwest::Response, limit: usize) -> (reqwest::Response, Bytes) {
+/// What [`peek_body`] read, and the answer to hand on in its place.
+pub(crate) struct Peeked {
+    /// An answer equivalent to the one peeked at: same status, headers, URL, extensions, bytes.
+    pub(crate) response: reqwest::Response,
+    /// The start of the body: at least `limit` bytes, unless the body ended or stalled first.
+    pub(crate) head: Bytes,
+    /// Whether the body stalled: `timeout` passed before `limit` bytes or its end arrived.
+    pub(crate) stalled: bool,
+}
+
+/// Reads up to `limit` bytes of the body, waiting at most `timeout` in all (not per chunk, so a
+/// body that trickles a byte at a time is bounded too); returns them and a response equivalent
+/// to `response`. A chunk that is already there is read even with a zero `timeout`.
+pub(crate) async fn peek_body(response: reqwest::Response, limit: usize, timeout: Duration) -> Peeked {
     let url = response.url().clone();
     let (mut parts, mut body) = http::Response::<reqwest::Body>::from(response).into_parts();
     // Whether the body's length was known: the answer handed back says so exactly when the
@@ -27,8 +40,22 @@ pub(crate) async fn peek_body(response: reqwest::Response, limit: usize) -> (req
     let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
     let mut failure: Option<BoxError> = None;
     let mut finished = false;
+    let mut stalled = false;
+    // `sleep` saturates: a timeout too long to represent never fires.
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
     while head.len() < limit {
-        match body.frame().await {
+        // Dropping a pending `frame()` loses nothing: the body keeps what has not been taken, and
+        // the caller reads it from the replay.
+        let next = tokio::select! {
+            biased;
+            next = body.frame() => next,
+            () = &mut deadline => {
+                stalled = true;
+                break;
+            }
+        };
+        match next {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     head.extend_from_slice(data);
@@ -57,7 +84,7 @@ pub(crate) async fn peek_body(response: reqwest::Response, limit: usize) -> (req
     if let Ok(carrier) = http::Response::builder().url(url).body(()) {
         parts.extensions.extend(carrier.into_parts().0.extensions);
     }
-    (reqwest::Response::from(http::Response::from_parts(parts, replay)), head)
+    Peeked { response: reqwest::Response::from(http::Response::from_parts(parts, replay)), head, stalled }
 }
 
 /// The frames already read, then the read error if there was one, then the rest of the body.
@@ -135,11 +162,32 @@ mod tests {
             // Read to its end within the limit: still of unknown length, as it came.
             (chunked(&["ab", "cd"]), None, "abcd"),
         ] {
-            let (response, head) = peek_body(answer(body), 6).await;
+            let Peeked { response, head, stalled } = peek_body(answer(body), 6, Duration::from_secs(5)).await;
+            assert!(!stalled, "{text}");
             assert_eq!(response.content_length(), length, "{text}");
             assert!(head.len() >= 6.min(text.len()) && text.as_bytes().starts_with(&head), "{head:?}");
             let bytes = http::Response::<reqwest::Body>::from(response).into_body().collect().await.unwrap().to_bytes();
             assert_eq!(bytes, text.as_bytes());
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_is_handed_back_after_the_timeout_with_nothing_lost() {
+        let (chunks, receiver) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
+        chunks.unbounded_send(Ok(Frame::data(Bytes::from_static(b"{\"err")))).unwrap();
+        let body = reqwest::Body::wrap(StreamBody::new(receiver));
+
+        let peeked =
+            tokio::time::timeout(Duration::from_secs(5), peek_body(answer(body), 4096, Duration::from_millis(50)))
+                .await
+                .expect("the peek gives up on a stalled body");
+
+        assert!(peeked.stalled);
+        assert_eq!(&peeked.head[..], b"{\"err");
+        chunks.unbounded_send(Ok(Frame::data(Bytes::from_static(b"or\":1}")))).unwrap();
+        drop(chunks);
+        let rest = http::Response::<reqwest::Body>::from(peeked.response).into_body().collect();
+        let bytes = tokio::time::timeout(Duration::from_secs(5), rest).await.unwrap().unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"{\"error\":1}");
     }
 }

@@ -112,8 +112,13 @@ impl TokenSet {
     }
 
     /// Sets the expiry to `expires_in` from now, by the system clock.
-    pub fn with_expires_in(self, expires_in: Duration) -> Self {
-        self.with_expires_at(SystemTime::now() + expires_in)
+    ///
+    /// An expiry too far ahead for the platform's clock to represent (`Duration::MAX`, say) is
+    /// no known expiry: the token is used until a server rejects it, which is what a lifetime
+    /// that long means anyway, and what every store can persist.
+    pub fn with_expires_in(mut self, expires_in: Duration) -> Self {
+        self.expires_at = SystemTime::now().checked_add(expires_in);
+        self
     }
 
     /// Sets the expiry to an absolute time.
@@ -361,6 +366,25 @@ mod tests {
         let skew = effective_skew(SKEW, at(0), Some(at(20)));
         assert_eq!(freshness(Some(at(20)), skew, at(5)), Freshness::Fresh);
         assert_eq!(freshness(Some(at(20)), skew, at(10)), Freshness::ExpiresSoon);
+    }
+
+    #[test]
+    fn expires_in_sets_an_expiry_that_far_from_now() {
+        let before = SystemTime::now();
+        let expires_at = TokenSet::new("a").with_expires_in(Duration::from_secs(3600)).expires_at().unwrap();
+        let after = SystemTime::now();
+        assert!(expires_at >= before + Duration::from_secs(3600) && expires_at <= after + Duration::from_secs(3600));
+        let now = TokenSet::new("a").with_expires_in(Duration::ZERO).expires_at().unwrap();
+        assert!(now >= before && now <= SystemTime::now());
+    }
+
+    #[test]
+    fn an_expires_in_too_far_to_represent_means_no_known_expiry() {
+        for lifetime in [Duration::MAX, Duration::from_secs(u64::MAX), Duration::from_secs(u64::MAX / 2)] {
+            let tokens = TokenSet::new("a").with_expires_at(at(100)).with_expires_in(lifetime);
+            assert_eq!(tokens.expires_at(), None, "{lifetime:?}");
+            assert_eq!(freshness(tokens.expires_at(), SKEW, SystemTime::now()), Freshness::Fresh);
+        }
     }
 
     #[test]

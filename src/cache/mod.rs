@@ -541,7 +541,7 @@ impl TokenCache {
                 let failed = matches!(&produced, Produced::Failed(Error::Store { source, .. }) if !matches!(source, StoreError::Superseded));
                 let (_, effects) = {
                     let mut state = slot.state.lock();
-                    slot::apply_save(&mut state, &slot.key, generation, produced, &cache.inner.stats, cache.now())
+                    slot::apply_save(&mut state, &slot.key, generation, produced, &cache.inner.stats)
                 };
                 effects.run(&cache, &slot);
                 if !failed {

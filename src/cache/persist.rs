@@ -178,6 +178,15 @@ async fn refresh(io: &mut Io<'_>, base: Option<Arc<TokenSet>>, revision: Revisio
             return Produced::Failed(Error::Refresh { key: key.clone(), source: RefreshError::TimedOut { after } });
         }
     };
+    // Whatever the source (a user-written one too), an error never shows the tokens it was given.
+    let fetched = fetched.map_err(|mut error| {
+        if let Some(from) = &from {
+            let mut secrets = vec![from.access_token().secret()];
+            secrets.extend(from.refresh_token().map(|refresh| refresh.secret()));
+            error.redact(&secrets);
+        }
+        error
+    });
     match fetched {
         Ok(tokens) => {
             let tokens = tokens.inherit_refresh_token(from.as_ref());

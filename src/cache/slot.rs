@@ -496,7 +496,6 @@ pub(super) fn apply_save(
     generation: u64,
     produced: Produced,
     stats: &Counters,
-    now: SystemTime,
 ) -> (Outcome, Effects) {
     let mut effects = Effects::default();
     match produced {

@@ -39,7 +39,7 @@ impl ClientCredentials {
 
 #[async_trait]
 impl TokenSource for ClientCredentials {
-    async fn fetch(&self, _current: Option<&TokenSet>) -> Result<TokenSet, RefreshError> {
-        self.endpoint.exchange(&[("grant_type", "client_credentials")]).await
+    async fn fetch(&self, current: Option<&TokenSet>) -> Result<TokenSet, RefreshError> {
+        self.endpoint.exchange(&[("grant_type", "client_credentials")], current).await
     }
 }

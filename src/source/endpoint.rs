@@ -117,18 +117,44 @@ impl TokenEndpoint {
             .map_err(RefreshError::Config)
     }
 
-    /// Posts a grant and reads the answer. `grant` holds the grant's own fields, in order.
-    pub(crate) async fn exchange(&self, grant: &[(&str, &str)]) -> Result<TokenSet, RefreshError> {
-        let sent_secrets: Vec<&str> = grant
-            .iter()
-            .filter(|(name, _)| *name == "refresh_token")
-            .map(|(_, value)| *value)
-            .chain(self.client_secret.as_ref().map(ClientSecret::secret))
-            .collect();
-        self.exchange_unscrubbed(grant).await.map_err(|err| response::scrub(err, &sent_secrets))
+    /// Posts a grant and reads the answer. `grant` holds the grant's own fields, in order;
+    /// `current` is the token set being replaced. An error has every secret either holds
+    /// redacted (contract point 20).
+    pub(crate) async fn exchange(
+        &self,
+        grant: &[(&str, &str)],
+        current: Option<&TokenSet>,
+    ) -> Result<TokenSet, RefreshError> {
+        self.exchange_unredacted(grant).await.map_err(|mut err| {
+            let secrets = self.secrets(grant, current);
+            err.redact(&secrets.iter().map(String::as_str).collect::<Vec<_>>());
+            err
+        })
     }
 
-    async fn exchange_unscrubbed(&self, grant: &[(&str, &str)]) -> Result<TokenSet, RefreshError> {
+    /// What must never appear in an error: the grant's values (a refresh token; `grant_type`
+    /// is public), the client secret and the Basic credentials made from it, the values of extra
+    /// parameters (as in `Debug`: an `assertion` or `client_assertion` is a credential, so an
+    /// `audience` quoted in an error is redacted too), and the tokens being replaced. The client
+    /// id is public and stays.
+    fn secrets(&self, grant: &[(&str, &str)], current: Option<&TokenSet>) -> Vec<String> {
+        let mut secrets: Vec<String> =
+            grant.iter().filter(|(name, _)| *name != "grant_type").map(|(_, value)| (*value).to_owned()).collect();
+        if let Some(secret) = &self.client_secret {
+            secrets.push(secret.secret().to_owned());
+            if let Some(id) = &self.client_id {
+                secrets.push(basic_credentials(id, secret));
+            }
+        }
+        secrets.extend(self.params.iter().map(|(_, value)| value.clone()));
+        if let Some(current) = current {
+            secrets.push(current.access_token().secret().to_owned());
+            secrets.extend(current.refresh_token().map(|token| token.secret().to_owned()));
+        }
+        secrets
+    }
+
+    async fn exchange_unredacted(&self, grant: &[(&str, &str)]) -> Result<TokenSet, RefreshError> {
         let url = reqwest::Url::parse(&self.url)
             .map_err(|e| RefreshError::Config(format!("the token URL {:?} does not parse: {e}", self.url)))?;
         let mut fields: Vec<(&str, &str)> = grant.to_vec();
@@ -199,13 +225,18 @@ fn transport(err: reqwest::Error) -> RefreshError {
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))`, RFC 6749 §2.3.1; marked sensitive.
 fn basic_auth(id: &str, secret: &ClientSecret) -> Result<HeaderValue, RefreshError> {
-    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let credentials = format!("{}:{}", encode(id), encode(secret.secret()));
-    let mut value =
-        HeaderValue::try_from(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials)))
-            .map_err(|_| RefreshError::Config("the client credentials cannot form a header".into()))?;
+    let mut value = HeaderValue::try_from(format!("Basic {}", basic_credentials(id, secret)))
+        .map_err(|_| RefreshError::Config("the client credentials cannot form a header".into()))?;
     value.set_sensitive(true);
     Ok(value)
+}
+
+/// `base64(urlencode(id) ":" urlencode(secret))`: what an `Authorization: Basic` header carries,
+/// and so what a server that echoes the request's headers shows.
+fn basic_credentials(id: &str, secret: &ClientSecret) -> String {
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let credentials = format!("{}:{}", encode(id), encode(secret.secret()));
+    base64::engine::general_purpose::STANDARD.encode(credentials)
 }
 
 /// Builder methods shared by every grant that calls a [`TokenEndpoint`] held in `self.endpoint`.

@@ -43,7 +43,7 @@ impl TokenSource for RefreshTokenGrant {
     async fn fetch(&self, current: Option<&TokenSet>) -> Result<TokenSet, RefreshError> {
         let refresh_token = current.and_then(TokenSet::refresh_token).ok_or(RefreshError::NoRefreshToken)?;
         let grant = [("grant_type", "refresh_token"), ("refresh_token", refresh_token.secret())];
-        let tokens = self.endpoint.exchange(&grant).await?;
+        let tokens = self.endpoint.exchange(&grant, current).await?;
         Ok(tokens.inherit_refresh_token(current))
     }
 }

@@ -195,21 +195,6 @@ fn redact_text(text: &str) -> String {
     }
 }
 
-/// Replaces every occurrence of the secrets that were just sent (the refresh token, the client
-/// secret) in an error's body excerpt: a server may echo the request in any format.
-pub(crate) fn scrub(mut err: RefreshError, secrets: &[&str]) -> RefreshError {
-    let body = match &mut err {
-        RefreshError::Protocol { body, .. } | RefreshError::InvalidResponse { body, .. } => body,
-        _ => return err,
-    };
-    for secret in secrets.iter().filter(|s| s.len() >= 4) {
-        if body.contains(secret) {
-            *body = body.replace(secret, "[redacted]");
-        }
-    }
-    err
-}
-
 /// Redacts a parsed JSON body: the values of secret fields, and whole strings that name a secret
 /// field (a token response nested as a JSON string, say).
 fn redact(value: &mut Value) {
@@ -356,9 +341,20 @@ mod tests {
     }
 
     #[test]
-    fn sent_secrets_are_scrubbed_from_error_bodies() {
-        let err = parse_failure(StatusCode::BAD_GATEWAY, &HeaderMap::new(), b"upstream said: xyzzy-token", now());
-        assert!(!scrub(err, &["xyzzy-token"]).to_string().contains("xyzzy"));
+    fn sent_secrets_are_redacted_from_error_bodies() {
+        let mut err = parse_failure(StatusCode::BAD_GATEWAY, &HeaderMap::new(), b"upstream said: xyzzy-token", now());
+        err.redact(&["xyzzy-token"]);
+        assert!(!err.to_string().contains("xyzzy"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_cut_short_by_the_excerpt_cap_is_redacted_too() {
+        let body = format!("{} Invalid refresh token: rt-0123456789", "x".repeat(EXCERPT_BYTES - 30));
+        let mut err = parse_failure(StatusCode::BAD_REQUEST, &HeaderMap::new(), body.as_bytes(), now());
+        assert!(err.to_string().contains("rt-01"), "the cap cut the secret short: {err}");
+        err.redact(&["rt-0123456789"]);
+        assert!(!err.to_string().contains("rt-0"), "{err}");
+        assert!(err.to_string().contains("Invalid refresh token: [redacted]…"), "{err}");
     }
 
     #[test]

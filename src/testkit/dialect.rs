@@ -175,7 +175,9 @@ impl Shared {
         let dialect = self.config.dialect;
         let access = Some(("access_token", Value::from(minted.access.as_str())));
         let refresh = minted.refresh.as_deref().map(|refresh| ("refresh_token", Value::from(refresh)));
-        let expires_in = Some(("expires_in", Value::from(self.config.access_token_lifetime.as_secs())));
+        // A lifetime too long for the clock to hold made a token that never expires: say none.
+        let expires_in =
+            minted.expires_at.map(|_| ("expires_in", Value::from(self.config.access_token_lifetime.as_secs())));
         let token_type = Some(("token_type", Value::from(dialect.token_type())));
         let always_scope = Some(("scope", Value::from(scope.clone().unwrap_or_default())));
         let scope = scope.map(|scope| ("scope", Value::from(scope)));

@@ -225,7 +225,8 @@ impl MockProviderBuilder {
 
     /// How long access tokens live (default one hour, three in [`Dialect::Withings`]); sent as
     /// `expires_in` in whole seconds, rounded down, so a client never believes a token lives longer
-    /// than it does.
+    /// than it does. A lifetime too long for the provider's clock to represent (`Duration::MAX`)
+    /// makes tokens that never expire, sent without `expires_in`.
     pub fn access_token_lifetime(mut self, lifetime: Duration) -> Self {
         self.access_token_lifetime = Some(lifetime);
         self

@@ -74,7 +74,7 @@ impl Reply {
         match fault {
             Fault::Status(code) => Reply::json(code, json!({"error": "server_error"}).to_string()),
             Fault::RateLimited { retry_after } => {
-                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                let seconds = retry_after.as_secs().saturating_add(u64::from(retry_after.subsec_nanos() > 0));
                 let body = json!({"error": "rate_limited"}).to_string();
                 Reply::Json { status: 429, body, challenge: None, retry_after: Some(seconds) }
             }

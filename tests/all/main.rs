@@ -4,6 +4,7 @@
 mod bad_input;
 mod cancellation;
 mod chain;
+mod extreme_durations;
 mod faults;
 mod file_store;
 mod footprint;
@@ -24,6 +25,7 @@ mod redis_store;
 mod reuse;
 mod secrets;
 mod soak;
+mod stalled_body;
 mod storm;
 mod terminal;
 mod transient;

@@ -1,6 +1,8 @@
 //! Contract point 8, where the token goes: only allowed origins, never plain `http://` to a host
 //! that is not loopback unless the user opts in, never over a request's own `Authorization`
 //! header, never with `SkipAuth`; and none of those requests ever triggers a refresh.
+//! Contract point 19, only the token's own answers count: a 401 from an origin a redirect led
+//! to, which never got the token, triggers no refresh.
 
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use reqwest_token_refresh::{RefreshTokenGrant, SkipAuth, TokenRefresh, TokenRefreshBuilder, TokenSet};
@@ -199,5 +201,102 @@ async fn a_request_marked_skip_auth_gets_no_token_and_never_triggers_a_refresh()
     assert_eq!(authorizations(&server).await, [None]);
     let stats = auth.stats();
     assert_eq!((stats.requests, stats.refreshes, stats.unauthorized), (0, 0, 0), "{stats:?}");
+    server.verify().await;
+}
+
+/// Mounts `/v1/moved` on `from`: a 302 to `to`.
+async fn redirect(from: &MockServer, to: String) {
+    Mock::given(path("/v1/moved"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", to.as_str()))
+        .mount(from)
+        .await;
+}
+
+#[tokio::test]
+async fn a_401_after_a_redirect_to_another_origin_triggers_no_refresh() {
+    // Two servers on 127.0.0.1, on two ports: two origins.
+    let (allowed, other) = (MockServer::start().await, MockServer::start().await);
+    redirect(&allowed, format!("{}/v1/there", other.uri())).await;
+    Mock::given(path("/v1/there"))
+        .respond_with(dead_token_401().set_body_string("not about your token"))
+        .expect(1)
+        .mount(&other)
+        .await;
+    token_endpoint_never_called(&allowed).await;
+    let auth = layer(&allowed).allow_origin(allowed.uri()).build().unwrap();
+
+    let request = client_with(&auth).get(format!("{}/v1/moved", allowed.uri())).send();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), request).await.unwrap().unwrap();
+
+    assert_eq!(response.status(), 401, "the 401 goes back to the caller as it came");
+    assert_eq!(response.url().as_str(), format!("{}/v1/there", other.uri()));
+    assert_eq!(response.headers()["www-authenticate"], r#"Bearer error="invalid_token""#);
+    assert_eq!(response.text().await.unwrap(), "not about your token");
+    let stats = auth.stats();
+    assert_eq!((stats.refreshes, stats.retries, stats.unauthorized), (0, 0, 0), "{stats:?}");
+    assert_eq!(authorizations(&allowed).await, [Some("Bearer a1".to_owned())]);
+    assert_eq!(authorizations(&other).await, [None], "reqwest dropped the token at the origin's edge");
+    allowed.verify().await;
+    other.verify().await;
+}
+
+#[tokio::test]
+async fn a_401_after_a_redirect_to_another_origin_triggers_no_refresh_for_a_streamed_body() {
+    let (allowed, other) = (MockServer::start().await, MockServer::start().await);
+    // A 303 turns the POST into a GET without a body, which reqwest can follow with a stream.
+    Mock::given(path("/v1/upload"))
+        .respond_with(
+            ResponseTemplate::new(303).insert_header("location", format!("{}/v1/there", other.uri()).as_str()),
+        )
+        .mount(&allowed)
+        .await;
+    Mock::given(path("/v1/there")).respond_with(dead_token_401()).expect(1).mount(&other).await;
+    token_endpoint_never_called(&allowed).await;
+    let auth = layer(&allowed).allow_origin(allowed.uri()).build().unwrap();
+
+    let chunks = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"one shot"))]);
+    let request =
+        client_with(&auth).post(format!("{}/v1/upload", allowed.uri())).body(reqwest::Body::wrap_stream(chunks)).send();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), request).await.unwrap().unwrap();
+
+    assert_eq!(response.status(), 401);
+    assert_eq!(auth.stats().refreshes, 0);
+    allowed.verify().await;
+    other.verify().await;
+}
+
+#[tokio::test]
+async fn a_401_after_a_redirect_within_the_same_origin_still_refreshes_and_retries() {
+    let server = MockServer::start().await;
+    redirect(&server, format!("{}/v1/there", server.uri())).await;
+    Mock::given(path("/v1/there"))
+        .and(header("authorization", "Bearer fresh"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("yours"))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/v1/there")).respond_with(dead_token_401()).mount(&server).await;
+    Mock::given(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"access_token": "fresh"})))
+        .named("token endpoint")
+        .expect(1)
+        .mount(&server)
+        .await;
+    let auth = layer(&server).allow_origin(server.uri()).build().unwrap();
+
+    let request = client_with(&auth).get(format!("{}/v1/moved", server.uri())).send();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), request).await.unwrap().unwrap();
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "yours");
+    let received = server.received_requests().await.unwrap();
+    let there: Vec<_> = received
+        .iter()
+        .filter(|r| r.url.path() == "/v1/there")
+        .map(|r| r.headers.get("authorization").map(|v| v.to_str().unwrap().to_owned()))
+        .collect();
+    // reqwest keeps `Authorization` on a redirect within the origin: the 401 was the token's.
+    assert_eq!(there, [Some("Bearer a1".to_owned()), Some("Bearer fresh".to_owned())]);
+    assert_eq!((auth.stats().refreshes, auth.stats().retries), (1, 1));
     server.verify().await;
 }

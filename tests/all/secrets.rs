@@ -276,3 +276,163 @@ async fn a_token_endpoint_error_page_that_echoes_the_request_puts_no_secret_in_l
     shown.assert_no_secret();
     server.verify().await;
 }
+
+/// Contract point 20: what a provider echoes back is redacted wherever it appears.
+mod echoed {
+    use super::*;
+
+    /// The secrets the layer holds in these scenarios, with who holds them.
+    const HELD: &[(&str, &str)] = &[
+        ("refresh token", "SECRET-REFRESH-1"),
+        ("client secret", "SECRET-CLIENT-1"),
+        ("access token", "SECRET-ACCESS-1"),
+    ];
+
+    /// Where in its answer the token endpoint echoes a secret.
+    #[derive(Debug, Clone, Copy)]
+    enum Echo {
+        Description,
+        Uri,
+        ExtraField,
+        NotJson,
+    }
+
+    impl Echo {
+        const ALL: [Echo; 4] = [Echo::Description, Echo::Uri, Echo::ExtraField, Echo::NotJson];
+
+        fn answer(self, status: u16, code: &str, secret: &str) -> ResponseTemplate {
+            let json = |body: serde_json::Value| ResponseTemplate::new(status).set_body_json(body);
+            match self {
+                // Spring Security OAuth's wording.
+                Echo::Description => json(serde_json::json!({
+                    "error": code, "error_description": format!("Invalid refresh token: {secret}"),
+                })),
+                Echo::Uri => json(serde_json::json!({
+                    "error": code, "error_uri": format!("https://provider.example/errors?presented={secret}"),
+                })),
+                Echo::ExtraField => json(serde_json::json!({"error": code, "hint": format!("you sent {secret}")})),
+                Echo::NotJson => ResponseTemplate::new(status)
+                    .set_body_raw(format!("{code}: Invalid refresh token: {secret}"), "text/plain"),
+            }
+        }
+
+        /// Whether the echo is shown at all (redacted), rather than left out: an unknown field of
+        /// an OAuth error is not kept.
+        fn is_shown(self) -> bool {
+            !matches!(self, Echo::ExtraField)
+        }
+    }
+
+    /// One scenario: a dead access token, and a token endpoint that answers `status`/`code`
+    /// echoing `secret` as `echo` says. Returns everything the layer showed.
+    async fn scenario(status: u16, code: &str, secret: &str, echo: Echo) -> Shown {
+        let server = MockServer::start().await;
+        Mock::given(path("/api")).respond_with(dead_token_401()).mount(&server).await;
+        Mock::given(path("/token")).respond_with(echo.answer(status, code, secret)).expect(1).mount(&server).await;
+        let grant = RefreshTokenGrant::new(format!("{}/token", server.uri()))
+            .client_id("client")
+            .client_secret("SECRET-CLIENT-1");
+        let auth = TokenRefresh::builder(grant)
+            .initial_tokens(TokenSet::new("SECRET-ACCESS-1").with_refresh_token("SECRET-REFRESH-1"))
+            .on_reauthorization_required(|key, err| {
+                tracing::warn!(target: "reqwest_token_refresh::test_hook", %key, %err, ?err, "hook");
+            })
+            .build()
+            .unwrap();
+        let client = client_with(&auth);
+        let url = format!("{}/api", server.uri());
+
+        let mut shown = Shown::default();
+        let bounded = |request| tokio::time::timeout(Duration::from_secs(10), request);
+        let first = bounded(client.get(&url).send()).await.expect("bounded").unwrap_err();
+        let ours = Error::from_middleware(&first).expect("our error");
+        assert_eq!(ours.is_reauthorization_required(), status == 400, "{echo:?}: {ours}");
+        if echo.is_shown() {
+            let text = format!("{ours:?}");
+            assert!(text.contains("[redacted]"), "{echo:?}: the echo is shown, redacted: {text}");
+        }
+        shown.error("the first error", &first);
+        shown.error("our first error", ours);
+        shown.debug("auth.state()", &auth.state());
+        // The next request fails fast (terminal) or in the cool-down (transient).
+        // (Or, in the cool-down, goes out with the old token and comes back with its 401.)
+        match bounded(client.get(&url).send()).await.expect("bounded") {
+            Err(next) => shown.error("the next error", &next),
+            Ok(response) => assert_eq!(response.status(), 401, "{echo:?}"),
+        }
+        shown.debug("auth.state() after", &auth.state());
+        shown.debug("the layer", &auth);
+        server.verify().await;
+        shown
+    }
+
+    async fn no_echoed_secret_is_shown(status: u16, code: &str) {
+        let (captured, _guard) = capture_logs();
+        for (holder, secret) in HELD {
+            for echo in Echo::ALL {
+                let mut shown = scenario(status, code, secret, echo).await;
+                let logs = std::mem::take(&mut *captured.0.lock());
+                let logs = String::from_utf8_lossy(&logs).into_owned();
+                assert!(logs.contains("refresh failed") || logs.contains("re-authorization required"), "{logs}");
+                shown.0.push((format!("the logs ({holder} in {echo:?}, {status})"), logs));
+                for (what, text) in &shown.0 {
+                    assert!(
+                        !text.contains(secret),
+                        "the {holder} echoed in {echo:?} of a {status} leaked in {what}:\n{text}"
+                    );
+                }
+                shown.assert_no_secret();
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn no_secret_echoed_by_an_invalid_grant_answer_is_shown_in_errors_state_or_logs() {
+        no_echoed_secret_is_shown(400, "invalid_grant").await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn no_secret_echoed_by_a_temporarily_unavailable_answer_is_shown_in_errors_state_or_logs() {
+        no_echoed_secret_is_shown(503, "temporarily_unavailable").await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn echoed_basic_credentials_are_not_shown() {
+        let (captured, _guard) = capture_logs();
+        let server = MockServer::start().await;
+        Mock::given(path("/api")).respond_with(dead_token_401()).mount(&server).await;
+        // A gateway that quotes the headers of the request it could not forward.
+        Mock::given(path("/token"))
+            .respond_with(|request: &wiremock::Request| {
+                let authorization = request.headers.get("authorization").unwrap().to_str().unwrap().to_owned();
+                ResponseTemplate::new(502)
+                    .set_body_raw(format!("bad gateway; Authorization: {authorization}"), "text/plain")
+            })
+            .expect(1)
+            .mount(&server)
+            .await;
+        let grant = RefreshTokenGrant::new(format!("{}/token", server.uri()))
+            .client_id("client")
+            .client_secret("SECRET-CLIENT-1");
+        let auth = TokenRefresh::builder(grant)
+            .initial_tokens(TokenSet::new("SECRET-ACCESS-1").with_refresh_token("SECRET-REFRESH-1"))
+            .build()
+            .unwrap();
+
+        let request = client_with(&auth).get(format!("{}/api", server.uri())).send();
+        let err = tokio::time::timeout(Duration::from_secs(10), request).await.unwrap().unwrap_err();
+
+        // base64("client:SECRET-CLIENT-1")
+        let credentials = "Y2xpZW50OlNFQ1JFVC1DTElFTlQtMQ==";
+        let mut shown = Shown::default();
+        shown.error("the error", &err);
+        shown.debug("auth.state()", &auth.state());
+        shown.0.push(("the logs".to_owned(), captured.text()));
+        assert!(shown.0[0].1.contains("Authorization: Basic [redacted]"), "{}", shown.0[0].1);
+        for (what, text) in &shown.0 {
+            assert!(!text.contains(credentials), "the Basic credentials leaked in {what}:\n{text}");
+        }
+        shown.assert_no_secret();
+        server.verify().await;
+    }
+}
