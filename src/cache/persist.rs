@@ -102,7 +102,7 @@ pub(super) async fn run(cache: &TokenCache, slot: &Slot, intent: Intent) -> Prod
     let save_window = policy.flight_deadline;
     let mut io = Io { cache, store, slot, guard: None, deadline };
 
-    let produced = match intent {
+    match intent {
         Intent::Load { seed } => match io.read().await {
             Ok(Some(stored)) => publish(stored, Origin::Loaded),
             Ok(None) => match seed {
@@ -140,8 +140,7 @@ pub(super) async fn run(cache: &TokenCache, slot: &Slot, intent: Intent) -> Prod
                 Produced::Nothing
             }
         },
-    };
-    produced
+    }
 }
 
 /// The refresh, under the lock: adopt what another process saved since `revision`, or fetch.

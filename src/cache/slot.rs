@@ -387,22 +387,8 @@ pub(super) fn apply(
             }
             match kind {
                 Some(Kind::Load) => {
-                    let remembered = match std::mem::replace(&mut state.phase, Phase::Ready) {
-                        Phase::Loading(_, remembered) => remembered,
-                        _ => None,
-                    };
-                    match remembered {
-                        Some(Remembered::Dead { revision, reason, whose }) if revision == state.revision => {
-                            // The same dead set read back: still dead, and no new terminal event.
-                            state.die(reason, whose, policy);
-                            let Phase::Terminal(dead) = &state.phase else { unreachable!("just died") };
-                            return (Err(SlotState::dead_error(key, dead)), effects);
-                        }
-                        Some(Remembered::CoolingDown { cool, failures }) => {
-                            state.failures = failures;
-                            state.phase = Phase::CoolingDown(cool);
-                        }
-                        _ => {}
+                    if let Some(dead) = loaded(state, key, policy) {
+                        return (Err(dead), effects);
                     }
                 }
                 Some(Kind::Refresh | Kind::Recheck) => state.recover(),
@@ -423,6 +409,10 @@ pub(super) fn apply(
                 settle(state, kind);
                 (current_or_state_error(key, state, now), effects)
             }
+            Some(Kind::Load) => match loaded(state, key, policy) {
+                Some(dead) => (Err(dead), effects),
+                None => (Ok(state.sendable(now)), effects),
+            },
             _ => {
                 settle(state, kind);
                 (Ok(state.sendable(now)), effects)
@@ -488,6 +478,29 @@ pub(super) fn apply(
     }
 }
 
+/// Ends a key's first load: the key is ready, unless what an earlier eviction left behind says
+/// otherwise. The same dead set read back (same revision) is still dead, and not a new terminal
+/// event; a cool-down that has not ended goes on. Returns the error when the key is dead.
+fn loaded(state: &mut SlotState, key: &TokenKey, policy: &Policy) -> Option<Error> {
+    let remembered = match std::mem::replace(&mut state.phase, Phase::Ready) {
+        Phase::Loading(_, remembered) => remembered,
+        _ => None,
+    };
+    match remembered? {
+        Remembered::Dead { revision, reason, whose } if revision == state.revision => {
+            state.die(reason, whose, policy);
+            let Phase::Terminal(dead) = &state.phase else { unreachable!("just died") };
+            Some(SlotState::dead_error(key, dead))
+        }
+        Remembered::CoolingDown { cool, failures } => {
+            state.failures = failures;
+            state.phase = Phase::CoolingDown(cool);
+            None
+        }
+        Remembered::Dead { .. } => None,
+    }
+}
+
 /// Applies a save retry's result: the retried generation is saved, or the store held something
 /// newer, which is adopted.
 pub(super) fn apply_save(
@@ -499,11 +512,9 @@ pub(super) fn apply_save(
 ) -> (Outcome, Effects) {
     let mut effects = Effects::default();
     match produced {
-        Produced::Saved(revision) => {
-            if state.generation == generation && !state.saved {
-                tracing::info!(key = %key, generation, %revision, "saving the tokens succeeded on retry");
-                state.record_save(revision, true);
-            }
+        Produced::Saved(revision) if state.generation == generation && !state.saved => {
+            tracing::info!(key = %key, generation, %revision, "saving the tokens succeeded on retry");
+            state.record_save(revision, true);
         }
         // What the store holds now is the truth: a revision other than the one the unsaved set
         // rests on was saved by someone else (after a store that lost its data, even a lower one).

@@ -11,8 +11,8 @@ use parking_lot::Mutex;
 use reqwest_middleware::ClientWithMiddleware;
 use reqwest_token_refresh::testkit::MockProvider;
 use reqwest_token_refresh::{
-    Error, PostgresStore, RefreshError, RefreshTokenGrant, Revision, StoreError, StoreGuard, TokenKey, TokenRefresh,
-    TokenSet, TokenState, TokenStore,
+    Error, PostgresStore, RefreshError, RefreshTokenGrant, Revision, StoreError, TokenKey, TokenRefresh, TokenSet,
+    TokenState, TokenStore,
 };
 use serde::{Deserialize, Serialize};
 use tokio_postgres::NoTls;

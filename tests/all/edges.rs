@@ -1,0 +1,449 @@
+//! The edges the per-key state machine and the one store protocol close: an overtaken refresh that
+//! must not spend the tokens a user just installed, a token source that never answers, a dead key
+//! that picks up tokens another replica saved, an evicted key that keeps its cool-down, a wall
+//! clock stepped back, short-lived tokens through a shared store, a retried save that lands late,
+//! and an API that rejects every token. Every wait is bounded.
+
+use std::future::pending;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use reqwest_token_refresh::testkit::{Fault, MockProvider};
+use reqwest_token_refresh::{
+    Error, FileStore, ManualClock, MemoryStore, RefreshError, Revision, StoreError, StoreGuard, Stored, TokenKey,
+    TokenRefresh, TokenSet, TokenSource, TokenState, TokenStore,
+};
+use tokio::time::timeout;
+use wiremock::matchers::path;
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::{StoreExt, client_with, count, eventually, grant, layer, spawn_get, storm};
+
+const BOUND: Duration = Duration::from_secs(10);
+
+fn key() -> TokenKey {
+    TokenKey::default()
+}
+
+/// The refresh tokens the provider was shown, in order.
+fn presented_refresh_tokens(provider: &MockProvider) -> Vec<String> {
+    provider
+        .token_requests()
+        .iter()
+        .filter_map(|request| {
+            form_urlencoded::parse(&request.body)
+                .find(|(name, _)| name == "refresh_token")
+                .map(|(_, value)| value.into_owned())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_overtaken_by_set_tokens_while_waiting_for_the_lock_never_spends_the_users_new_refresh_token() {
+    let provider = MockProvider::start().await;
+    let store = MemoryStore::new();
+    store.put(&key(), &provider.issue_expired_tokens()).await.unwrap();
+    let auth = layer(&provider, provider.issue_expired_tokens()).store(store.clone()).build().unwrap();
+    let client = client_with(&auth);
+
+    // Another process holds the store's lock (a slow save): the refresh the request starts waits.
+    let mut other = store.lock(&key()).await.unwrap().unwrap();
+    let request = spawn_get(&client, provider.api_url("me"));
+    eventually("the refresh waits for the lock", || matches!(auth.state(), TokenState::Refreshing { .. })).await;
+
+    // The user authorizes again meanwhile: set_tokens does not wait for the lock.
+    let user = provider.issue_tokens();
+    timeout(BOUND, auth.set_tokens(user.clone())).await.expect("set_tokens waited behind the lock").unwrap();
+    let read = other.load().await.unwrap().unwrap();
+    assert_eq!(read.tokens, user, "the user's tokens are in the store before the refresh runs");
+    other.unlock().await.unwrap();
+
+    assert_eq!(timeout(BOUND, request).await.expect("request hung").unwrap().unwrap(), 200);
+    assert_eq!(provider.stats().token_calls, 0, "the refresh adopted the user's tokens instead of spending them");
+    let user_refresh = user.refresh_token().unwrap().secret().to_owned();
+    assert!(!presented_refresh_tokens(&provider).contains(&user_refresh));
+    assert_eq!(auth.tokens().as_ref(), Some(&user));
+    assert_eq!(store.get(&key()).await.unwrap().as_ref(), Some(&user));
+
+    // Still logged in: the next expiry refreshes with the user's refresh token, once, and works.
+    provider.expire_access_tokens();
+    assert_eq!(client.get(provider.api_url("me")).send().await.unwrap().status(), 200);
+    assert_eq!(presented_refresh_tokens(&provider), [user_refresh]);
+    assert_eq!(provider.stats().reuse_detected, 0);
+}
+
+/// A token source that never answers, counting its calls.
+#[derive(Debug, Default)]
+struct Hangs(AtomicUsize);
+
+#[async_trait]
+impl TokenSource for Hangs {
+    async fn fetch(&self, _current: Option<&TokenSet>) -> Result<TokenSet, RefreshError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        pending().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_source_that_never_answers_ends_at_the_flight_deadline_and_a_valid_token_still_goes_out() {
+    let provider = MockProvider::start().await;
+    let source = Arc::new(Hangs::default());
+    // Valid for 10 s more: inside the 30 s skew window, so requests try to refresh first.
+    let tokens = provider.issue_tokens().with_expires_at(SystemTime::now() + Duration::from_secs(10));
+    let auth = TokenRefresh::builder_arc(source.clone())
+        .initial_tokens(tokens)
+        .flight_deadline(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let client = client_with(&auth);
+
+    let started = Instant::now();
+    let status = timeout(BOUND, client.get(provider.api_url("me")).send()).await.expect("the request hung");
+    assert_eq!(status.unwrap().status(), 200, "the still-valid token went out");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(source.0.load(Ordering::SeqCst), 1);
+    match auth.state() {
+        TokenState::CoolingDown { .. } => {}
+        other => panic!("a hung flight ends; the key cools down instead of refreshing forever: {other:?}"),
+    }
+
+    // A key whose token is past its expiry gets the typed error, within the deadline.
+    let key = TokenKey::new("expired");
+    auth.set_tokens_for(&key, provider.issue_expired_tokens()).await.unwrap();
+    let started = Instant::now();
+    let err = timeout(BOUND, auth.access_token_for(&key)).await.expect("hung").unwrap_err();
+    assert!(
+        matches!(&err, Error::Refresh { source: RefreshError::TimedOut { after }, .. } if *after == Duration::from_millis(300)),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // set_tokens never waits behind a hung flight.
+    let hung = TokenKey::new("hung");
+    auth.set_tokens_for(&hung, provider.issue_expired_tokens()).await.unwrap();
+    let waiting = tokio::spawn({
+        let auth = auth.clone();
+        let hung = hung.clone();
+        async move { auth.access_token_for(&hung).await }
+    });
+    eventually("the flight runs", || matches!(auth.state_for(&hung), TokenState::Refreshing { .. })).await;
+    let fresh = provider.issue_tokens();
+    timeout(Duration::from_millis(200), auth.set_tokens_for(&hung, fresh.clone()))
+        .await
+        .expect("set_tokens hung")
+        .unwrap();
+    let got = timeout(BOUND, waiting).await.unwrap().unwrap().expect("the waiter takes the installed token");
+    assert_eq!(got.secret(), fresh.access_token().secret());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_key_picks_up_the_tokens_a_user_installed_through_another_replica() {
+    let provider = MockProvider::start().await;
+    let store = MemoryStore::new();
+    let replica = |store: &MemoryStore| {
+        layer(&provider, provider.issue_tokens())
+            .store(store.clone())
+            .terminal_recheck(Duration::from_millis(100))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (replica(&store), replica(&store));
+    let (client_a, client_b) = (client_with(&a), client_with(&b));
+    let url = provider.api_url("me");
+    assert_eq!(client_a.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(client_b.get(&url).send().await.unwrap().status(), 200);
+
+    // The grant dies: both replicas go terminal.
+    provider.revoke_all();
+    provider.expire_access_tokens();
+    for client in [&client_a, &client_b] {
+        let err = client.get(&url).send().await.unwrap_err();
+        assert!(Error::from_middleware(&err).unwrap().is_reauthorization_required());
+    }
+    assert!(a.state().is_reauthorization_required() && b.state().is_reauthorization_required());
+
+    // The user authorizes again through replica A.
+    a.set_tokens(provider.issue_tokens()).await.unwrap();
+    assert_eq!(client_a.get(&url).send().await.unwrap().status(), 200);
+
+    // Replica B looks at the store again within the recheck interval and uses them.
+    let calls = provider.stats().token_calls;
+    let mut recovered = false;
+    for _ in 0..50 {
+        match client_b.get(&url).send().await {
+            Ok(response) => {
+                assert_eq!(response.status(), 200);
+                recovered = true;
+                break;
+            }
+            Err(err) => assert!(Error::from_middleware(&err).unwrap().is_reauthorization_required()),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(recovered, "replica B never picked up the tokens replica A saved");
+    assert_eq!(b.tokens(), a.tokens());
+    assert_eq!(provider.stats().token_calls, calls, "picked up from the store, no token call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_key_keeps_its_cool_down() {
+    let provider = MockProvider::start().await;
+    let store = MemoryStore::new();
+    let users: Vec<TokenKey> = (0..6).map(|i| TokenKey::new(format!("user-{i}"))).collect();
+    for user in &users {
+        store.put(user, &provider.issue_expired_tokens()).await.unwrap();
+    }
+    let auth = TokenRefresh::builder(grant(&provider)).store(store.clone()).max_cached_keys(2).build().unwrap();
+    let client = client_with(&auth);
+    let url = provider.api_url("me");
+
+    provider.fail_next_token_calls(1, Fault::RateLimited { retry_after: Duration::from_secs(600) });
+    let cooling = &users[0];
+    let err = client.get(&url).with_extension(cooling.clone()).send().await.unwrap_err();
+    assert!(matches!(Error::from_middleware(&err), Some(Error::Refresh { .. })), "{err:?}");
+    assert!(matches!(auth.state_for(cooling), TokenState::CoolingDown { .. }));
+
+    // Other users push it out of memory.
+    for user in &users[1..] {
+        assert_eq!(client.get(&url).with_extension(user.clone()).send().await.unwrap().status(), 200);
+    }
+    assert!(auth.cached_keys() <= 2, "{}", auth.cached_keys());
+    assert!(matches!(auth.state_for(cooling), TokenState::Empty), "evicted: {:?}", auth.state_for(cooling));
+    let calls = provider.stats().token_calls;
+
+    // Its next request still honours the provider's Retry-After: no token call.
+    let err = client.get(&url).with_extension(cooling.clone()).send().await.unwrap_err();
+    match Error::from_middleware(&err) {
+        Some(Error::Refresh { source: RefreshError::CoolingDown { retry_after }, .. }) => {
+            assert!(*retry_after > Duration::from_secs(590), "{retry_after:?}")
+        }
+        other => panic!("expected the cool-down, got {other:?}"),
+    }
+    assert_eq!(provider.stats().token_calls, calls, "no token call during the remembered cool-down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_keys_stay_within_max_cached_keys_dead_and_never_loaded_ones_included() {
+    let provider = MockProvider::start().await;
+    let (dead, dead_events) = crate::helpers::counter();
+    let auth = TokenRefresh::builder(grant(&provider))
+        .max_cached_keys(1_000)
+        .on_reauthorization_required(move |_, _| {
+            dead.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    // Users whose tokens the store does not have: each is loaded, found empty, and is dead.
+    for i in 0..100_000 {
+        let err = auth.access_token_for(&TokenKey::new(format!("user-{i}"))).await.unwrap_err();
+        assert!(err.is_reauthorization_required(), "{err:?}");
+        if i % 10_000 == 0 {
+            assert!(auth.cached_keys() <= 1_000, "{} keys held after {i}", auth.cached_keys());
+        }
+    }
+    assert!(auth.cached_keys() <= 1_000, "{}", auth.cached_keys());
+    assert!(auth.cached_keys() >= 900, "the bound is used, not emptied: {}", auth.cached_keys());
+    assert_eq!(dead_events(), 100_000, "one terminal event per key");
+    // A dead key evicted and asked for again is still dead, with no second event.
+    let err = auth.access_token_for(&TokenKey::new("user-99999")).await.unwrap_err();
+    assert!(err.is_reauthorization_required());
+    let err = auth.access_token_for(&TokenKey::new("user-98999")).await.unwrap_err();
+    assert!(err.is_reauthorization_required());
+    assert_eq!(dead_events(), 100_000, "a remembered dead key does not fire its hook again");
+    assert_eq!(provider.stats().token_calls, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_stepped_back_a_day_cannot_stretch_a_cool_down() {
+    let clock = ManualClock::starting_now();
+    let provider = MockProvider::builder().clock(clock.clone()).start().await;
+    // Expired however far back the clock goes.
+    let expired = provider.issue_expired_tokens().with_expires_at(SystemTime::UNIX_EPOCH + Duration::from_secs(1));
+    let auth = TokenRefresh::builder(grant(&provider).clock(clock.clone()))
+        .initial_tokens(expired)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    provider.fail_next_token_calls(1, Fault::RateLimited { retry_after: Duration::from_secs(2) });
+    let err = auth.access_token_for(&key()).await.unwrap_err();
+    assert!(matches!(err, Error::Refresh { .. }), "{err:?}");
+
+    clock.set(clock_now(&clock) - Duration::from_secs(24 * 60 * 60));
+    match auth.state() {
+        TokenState::CoolingDown { retry_after, .. } => {
+            assert!(retry_after <= Duration::from_secs(2), "stretched to {retry_after:?}")
+        }
+        other => panic!("expected a cool-down, got {other:?}"),
+    }
+    let err = auth.access_token_for(&key()).await.unwrap_err();
+    assert!(err.retry_after().is_some_and(|wait| wait <= Duration::from_secs(2)), "{err:?}");
+    // By the monotonic clock it ends on time.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    timeout(BOUND, auth.access_token_for(&key())).await.unwrap().expect("refreshed after the cool-down");
+    assert_eq!(provider.stats().token_calls, 2);
+}
+
+fn clock_now(clock: &ManualClock) -> SystemTime {
+    reqwest_token_refresh::Clock::now(clock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_layers_sharing_a_store_refresh_twenty_second_tokens_once() {
+    let provider = MockProvider::builder()
+        .access_token_lifetime(Duration::from_secs(20))
+        .token_latency(Duration::from_millis(100))
+        .start()
+        .await;
+    let store = MemoryStore::new();
+    store.put(&key(), &provider.issue_tokens()).await.unwrap();
+    // The default 30 s skew: the stored 20 s token is due at once.
+    let a = layer(&provider, provider.issue_tokens()).store(store.clone()).build().unwrap();
+    let b = layer(&provider, provider.issue_tokens()).store(store.clone()).build().unwrap();
+    let (client_a, client_b) = (client_with(&a), client_with(&b));
+    let url = provider.api_url("me");
+
+    let (statuses_a, statuses_b) = tokio::join!(storm(&client_a, &url, 20, None), storm(&client_b, &url, 20, None));
+    assert_eq!(count(&statuses_a, 200) + count(&statuses_b, 200), 40);
+    assert_eq!(provider.stats().token_calls, 1, "one layer refreshed, the other adopted");
+    assert_eq!(a.stats().adopted + b.stats().adopted, 1);
+    // And the adopted 20 s token is not refreshed again on the next requests.
+    let (statuses_a, statuses_b) = tokio::join!(storm(&client_a, &url, 20, None), storm(&client_b, &url, 20, None));
+    assert_eq!(count(&statuses_a, 200) + count(&statuses_b, 200), 40);
+    assert_eq!(provider.stats().token_calls, 1);
+}
+
+/// A store over another whose saves fail while `failing` is above zero (counting down).
+#[derive(Debug, Clone)]
+struct FailingSaves<S> {
+    inner: S,
+    failing: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl<S: TokenStore + Clone> TokenStore for FailingSaves<S> {
+    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
+        self.inner.load(key).await
+    }
+
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        if self.failing.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(StoreError::io("writing tokens", std::io::Error::from_raw_os_error(28)));
+        }
+        self.inner.save(key, tokens, replaces).await
+    }
+
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
+        crate::helpers::lock_through(self, &self.inner, key).await
+    }
+}
+
+/// Replica A's save fails; replica B refreshes and saves; A's retried save lands late and must
+/// not overwrite B's newer set: A adopts it.
+async fn a_late_retried_save_leaves_the_newer_set(store_a: impl TokenStore + Clone, store_b: impl TokenStore + Clone) {
+    let provider = MockProvider::builder().rotate_refresh_tokens(false).start().await;
+    store_b.put(&key(), &provider.issue_expired_tokens()).await.unwrap();
+    let failing = Arc::new(AtomicUsize::new(0));
+    let a = layer(&provider, provider.issue_expired_tokens())
+        .store(FailingSaves { inner: store_a, failing: failing.clone() })
+        .min_backoff(Duration::from_millis(300))
+        .max_backoff(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let b = layer(&provider, provider.issue_expired_tokens()).store(store_b.clone()).build().unwrap();
+    let url = provider.api_url("me");
+
+    failing.store(1, Ordering::SeqCst);
+    assert_eq!(client_with(&a).get(&url).send().await.unwrap().status(), 200, "A's tokens are used unsaved");
+    let unsaved = a.tokens().unwrap();
+    assert_ne!(store_b.get(&key()).await.unwrap().as_ref(), Some(&unsaved));
+    // Before A's retry (300 ms later), B refreshes from what the store holds and saves.
+    assert_eq!(client_with(&b).get(&url).send().await.unwrap().status(), 200);
+    let newer = b.tokens().unwrap();
+    let stored = store_b.get(&key()).await.unwrap().unwrap();
+    assert_eq!(stored.access_token(), newer.access_token());
+
+    let access = |tokens: Option<TokenSet>| tokens.map(|tokens| tokens.access_token().secret().to_owned());
+    let newer = access(Some(newer));
+    eventually("A adopted B's set after its retried save was refused", || access(a.tokens()) == newer).await;
+    assert_eq!(access(store_b.get(&key()).await.unwrap()), newer, "the newer set stays");
+    assert!(a.stats().adopted >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_memory_a_late_retried_save_leaves_the_newer_set() {
+    let store = MemoryStore::new();
+    a_late_retried_save_leaves_the_newer_set(store.clone(), store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_file_a_late_retried_save_leaves_the_newer_set() {
+    let dir = std::env::temp_dir().join(format!("rtr-edges-late-save-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tokens.json");
+    a_late_retried_save_leaves_the_newer_set(FileStore::new(&path), FileStore::new(&path)).await;
+}
+
+/// A provider whose `/reject` route answers every token with 401 `invalid_token`.
+async fn always_rejecting() -> MockProvider {
+    let provider = MockProvider::start().await;
+    Mock::given(path("/reject"))
+        .respond_with(ResponseTemplate::new(401).insert_header("www-authenticate", r#"Bearer error="invalid_token""#))
+        .with_priority(1)
+        .mount(provider.server())
+        .await;
+    provider
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_that_rejects_every_token_costs_one_token_call_for_twenty_sequential_requests() {
+    let provider = always_rejecting().await;
+    let auth = layer(&provider, provider.issue_tokens()).build().unwrap();
+    let client = client_with(&auth);
+    let url = format!("{}/reject", provider.uri());
+    for _ in 0..20 {
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 401, "the rejection goes back as it came");
+    }
+    assert_eq!(provider.stats().token_calls, 1, "the token minted a moment ago is not replaced again at once");
+    assert_eq!(auth.stats().refreshes_held_back, 19);
+    assert_eq!(auth.stats().retries, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_that_rejects_every_token_costs_one_token_call_for_thirty_concurrent_requests() {
+    let provider = MockProvider::builder().token_latency(Duration::from_millis(100)).start().await;
+    Mock::given(path("/reject"))
+        .respond_with(ResponseTemplate::new(401).insert_header("www-authenticate", r#"Bearer error="invalid_token""#))
+        .with_priority(1)
+        .mount(provider.server())
+        .await;
+    let auth = layer(&provider, provider.issue_tokens()).build().unwrap();
+    let client = client_with(&auth);
+    let url = format!("{}/reject", provider.uri());
+    // Some of the thirty start while the first refresh runs.
+    let first = storm(&client, &url, 15, None);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        storm(&client, &url, 15, None).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(count(&first, 401) + count(&second, 401), 30);
+    assert_eq!(provider.stats().token_calls, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_was_accepted_and_then_rejected_is_refreshed_however_young() {
+    let provider = MockProvider::start().await;
+    let auth = layer(&provider, provider.issue_expired_tokens()).build().unwrap();
+    let client = client_with(&auth);
+    let url = provider.api_url("me");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(provider.stats().token_calls, 1);
+    // Revoked right after it was accepted (a password change): that is no reason to hold back.
+    provider.expire_access_tokens();
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(provider.stats().token_calls, 2);
+    assert_eq!(auth.stats().refreshes_held_back, 0);
+}
