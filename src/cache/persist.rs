@@ -189,7 +189,15 @@ async fn refresh(io: &mut Io<'_>, base: Option<Arc<TokenSet>>, revision: Revisio
     match fetched {
         Ok(tokens) => {
             let tokens = tokens.inherit_refresh_token(from.as_ref());
-            io.save_or_adopt(tokens, replaces, Origin::Fetched, None, save_window).await
+            // From the token answer's last byte (the source has parsed it) to the save being
+            // durable: with single-use refresh tokens, a crash inside this window loses the grant.
+            let answered = Instant::now();
+            let produced = io.save_or_adopt(tokens, replaces, Origin::Fetched, None, save_window).await;
+            if let Produced::Publish { standing: Standing::At(revision), .. } = &produced {
+                let rotation_to_durable_us = u64::try_from(answered.elapsed().as_micros()).unwrap_or(u64::MAX);
+                tracing::debug!(key = %key, %revision, rotation_to_durable_us, "new tokens durable");
+            }
+            produced
         }
         Err(RefreshError::InvalidResponse { status, reason, body, rotated_refresh_token: Some(rotated) }) => {
             // The answer is unusable but carries a new refresh token, and a rotating provider has

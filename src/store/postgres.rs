@@ -82,7 +82,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`TokenStore::lock`] takes a transaction-level advisory lock,
 /// `pg_advisory_xact_lock(<lock id of the key>)`, in a transaction of its own on a connection of
 /// its own, and holds it (the transaction stays open, idle) until the layer has re-read the row,
-/// called the token endpoint and saved; [`StoreLock::unlock`] rolls the transaction back, which
+/// called the token endpoint and saved; [`StoreGuard::unlock`](crate::StoreGuard::unlock) rolls the transaction back, which
 /// releases the lock. A dedicated session per held lock matters: advisory locks are re-entrant
 /// within one session, so two refreshes sharing a connection would both "get" the lock. If the
 /// process dies, its connection closes and the server releases the lock.
