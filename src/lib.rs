@@ -51,14 +51,18 @@
 //!
 //! # Terminal errors
 //!
-//! A 400 `invalid_grant` (also `invalid_client`, `unauthorized_client`, codes added with
-//! [`TokenRefreshBuilder::terminal_error`], and any other 400 that is not a retryable error) means
-//! the user must authorize again. The layer re-reads the store first (another process may have
-//! rotated the token), then moves the key to [`TokenState::ReauthorizationRequired`]: every
-//! request for it fails fast with [`Error::ReauthorizationRequired`], without a network call,
-//! until [`TokenRefresh::set_tokens`] installs new tokens. Network errors, timeouts, 5xx and 429
-//! are transient: that refresh's waiters get [`Error::Refresh`], and the next refresh waits out
-//! a short backoff or the server's `Retry-After`.
+//! A 400 `invalid_grant` (also codes added with [`TokenRefreshBuilder::terminal_error`], and any
+//! other 400 that is not a retryable error) means the user must authorize again. The layer
+//! re-reads the store first (another process may have rotated the token), then moves the key to
+//! [`TokenState::ReauthorizationRequired`]: every request for it fails fast with
+//! [`Error::ReauthorizationRequired`], without a network call, until [`TokenRefresh::set_tokens`]
+//! installs new tokens, or another process saves new ones to a shared store (a dead key looks
+//! again every [`TokenRefreshBuilder::terminal_recheck`]). `invalid_client` and
+//! `unauthorized_client` are just as terminal, but the client's fault, not the user's:
+//! [`Error::ClientRejected`], with its own hook. Network errors, timeouts, 5xx and 429 are
+//! transient: that refresh's waiters get [`Error::Refresh`], and the next refresh waits out a
+//! short backoff or the server's `Retry-After`. A refresh that does not finish within
+//! [`TokenRefreshBuilder::flight_deadline`] (a token source that never answers) is transient too.
 //!
 //! Errors reach the caller as `reqwest_middleware::Error::Middleware`; get ours back with
 //! [`Error::from_middleware`]:
@@ -91,7 +95,8 @@
 //! [`MemoryStore`] is the default; [`FileStore`] keeps tokens in a file (atomic writes, mode
 //! 0600) and shares one refresh between the processes of a machine through an OS lock. A store
 //! with a lock ([`TokenStore::lock`]) is re-read under it before each refresh, so a process adopts
-//! tokens another one saved instead of spending a rotated refresh token twice. If a save fails,
+//! tokens another one saved instead of spending a rotated refresh token twice. Every save names
+//! the store [`Revision`] it replaces, so no late save overwrites a newer set. If a save fails,
 //! the new tokens are used anyway (the old refresh token is already spent), the failure is
 //! reported through [`TokenRefreshBuilder::on_store_error`] and [`Stats::store_failures`], and
 //! the save is retried.
@@ -118,6 +123,11 @@
 //!   ([`RefreshError::redact`]).
 //! - The token endpoint is called with the crate's own `reqwest::Client`, which never passes
 //!   through this middleware and follows no redirects.
+//!
+//! # The contract
+//!
+//! What the layer promises, point by point ("contract point N" in the code and tests), is in the
+//! repository's `docs/CONTRACT.md`, each point with the tests that pin it.
 //!
 //! [reqwest-middleware]: https://docs.rs/reqwest-middleware
 #![cfg_attr(docsrs, feature(doc_cfg))]
