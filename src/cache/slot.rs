@@ -350,7 +350,7 @@ pub(super) fn apply(
         Produced::Publish { tokens, origin, standing, failure } => {
             if !newer(state, origin, &standing) {
                 tracing::debug!(key = %key, ?origin, ?standing, "not published: the key already holds a newer set");
-                settle(state, kind);
+                settle(state, kind, policy);
                 return (current_or_state_error(key, state, now), effects);
             }
             let issued_at = matches!(origin, Origin::Fetched | Origin::Adopted).then_some(now);
@@ -406,7 +406,7 @@ pub(super) fn apply(
         }
         Produced::Nothing => match kind {
             Some(Kind::Recheck) => {
-                settle(state, kind);
+                settle(state, kind, policy);
                 (current_or_state_error(key, state, now), effects)
             }
             Some(Kind::Load) => match loaded(state, key, policy) {
@@ -414,7 +414,7 @@ pub(super) fn apply(
                 None => (Ok(state.sendable(now)), effects),
             },
             _ => {
-                settle(state, kind);
+                settle(state, kind, policy);
                 (Ok(state.sendable(now)), effects)
             }
         },
@@ -424,7 +424,7 @@ pub(super) fn apply(
         }
         Produced::Failed(error) => {
             if moot {
-                settle(state, kind);
+                settle(state, kind, policy);
                 return (current_or_state_error(key, state, now), effects);
             }
             match kind {
@@ -438,7 +438,7 @@ pub(super) fn apply(
                     (Err(error), effects)
                 }
                 Some(Kind::Recheck) | None => {
-                    settle(state, kind);
+                    settle(state, kind, policy);
                     (Err(error), effects)
                 }
                 Some(Kind::Refresh) => {
@@ -547,9 +547,13 @@ fn newer(state: &SlotState, origin: Origin, standing: &Standing) -> bool {
 
 /// Ends a flight's phase without a new token: a load leaves the key ready (with or without
 /// tokens), a recheck leaves the grant dead until the next one, a refresh leaves the key ready.
-fn settle(state: &mut SlotState, kind: Option<Kind>) {
+fn settle(state: &mut SlotState, kind: Option<Kind>, policy: &Policy) {
     match (kind, &mut state.phase) {
-        (Some(Kind::Recheck), Phase::Terminal(dead)) => dead.recheck = None,
+        (Some(Kind::Recheck), Phase::Terminal(dead)) => {
+            // The next look is an interval away: between looks, requests fail fast.
+            dead.recheck = None;
+            dead.recheck_at = Instant::now().checked_add(policy.terminal_recheck).unwrap_or_else(far_future);
+        }
         (Some(Kind::Load | Kind::Refresh), _) => state.phase = Phase::Ready,
         _ => {}
     }
