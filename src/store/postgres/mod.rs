@@ -1,24 +1,26 @@
 //! [`PostgresStore`]: tokens in PostgreSQL, one row per key, an advisory lock per key. How it
 //! works is documented on the type.
+//!
+//! This file holds the store, its options and its [`TokenStore`] impl. The shared connection and
+//! PostgreSQL failures are in `connection`, the advisory locks in `lock`, the statements in `sql`.
 
-use std::error::Error as StdError;
+mod connection;
+mod lock;
+mod sql;
+
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
-use tokio_postgres::config::Host;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, Config, NoTls, Socket};
+use tokio_postgres::{Config, NoTls, Socket};
 
+use self::connection::{PostgresError, SharedConnection};
+use self::lock::{Locks, lock_id};
+use self::sql::Sql;
 use super::{Revision, StoreGuard, Stored, TokenStore};
 use crate::error::StoreError;
 use crate::key::TokenKey;
@@ -146,47 +148,6 @@ struct Settings {
     sql: Sql,
 }
 
-#[derive(Debug, Clone)]
-struct Sql {
-    create: String,
-    load: String,
-    update_fenced: String,
-    insert_fenced: String,
-}
-
-impl Sql {
-    fn for_table(table: &str) -> Self {
-        let t = quote_table(table);
-        Self {
-            create: format!(
-                "CREATE TABLE IF NOT EXISTS {t} (\
-                 key text PRIMARY KEY, \
-                 tokens jsonb NOT NULL, \
-                 generation bigint NOT NULL, \
-                 updated_at timestamptz NOT NULL DEFAULT now())"
-            ),
-            load: format!("SELECT tokens::text, generation FROM {t} WHERE key = $1"),
-            update_fenced: format!(
-                "UPDATE {t} SET tokens = $2::jsonb, generation = generation + 1, updated_at = now() \
-                 WHERE key = $1 AND generation = $3 RETURNING generation"
-            ),
-            insert_fenced: format!(
-                "INSERT INTO {t} (key, tokens, generation, updated_at) VALUES ($1, $2::jsonb, 1, now()) \
-                 ON CONFLICT (key) DO NOTHING RETURNING generation"
-            ),
-        }
-    }
-}
-
-/// `name` or `schema.name`, each part quoted as an SQL identifier.
-fn quote_table(table: &str) -> String {
-    let quote = |part: &str| format!("\"{}\"", part.replace('"', "\"\""));
-    match table.split_once('.') {
-        Some((schema, name)) => format!("{}.{}", quote(schema), quote(name)),
-        None => quote(table),
-    }
-}
-
 impl PostgresStore {
     /// The table used unless [`table`](Self::table) names another.
     pub const DEFAULT_TABLE: &'static str = "reqwest_token_refresh_tokens";
@@ -240,19 +201,6 @@ impl PostgresStore {
         if parsed.get_application_name().is_none() {
             parsed.application_name("reqwest-token-refresh");
         }
-        let endpoint = describe(&parsed);
-        let connect: Connector = Arc::new(move || {
-            let (config, tls) = (parsed.clone(), tls.clone());
-            Box::pin(async move {
-                let (client, connection) = config.connect(tls).await?;
-                tokio::spawn(async move {
-                    if let Err(err) = connection.await {
-                        tracing::debug!(error = %err, "a PostgreSQL connection of the token store ended");
-                    }
-                });
-                Ok(client)
-            })
-        });
         let settings = Settings {
             table: Self::DEFAULT_TABLE.to_owned(),
             lock_timeout: Self::DEFAULT_LOCK_TIMEOUT,
@@ -264,12 +212,7 @@ impl PostgresStore {
         let store = Self {
             locks: Arc::new(Locks::new(settings.max_lock_connections)),
             settings: Arc::new(settings),
-            connection: Arc::new(SharedConnection {
-                connect,
-                endpoint,
-                state: Mutex::new(ConnectionState::default()),
-                connecting: tokio::sync::Mutex::new(()),
-            }),
+            connection: Arc::new(SharedConnection::new(parsed, tls)),
         };
         store.connection.client().await?;
         Ok(store)
@@ -361,37 +304,6 @@ impl PostgresStore {
         self.settings = Arc::new(settings);
         self
     }
-
-    /// Runs one query on the shared connection, within the query timeout. A query that fails
-    /// because a connection kept from earlier turned out to be closed (PostgreSQL restarted) is
-    /// tried once more on a new connection.
-    async fn run<T, F, Fut>(&self, action: impl Fn() -> String, query: F) -> Result<T, StoreError>
-    where
-        F: Fn(Arc<Client>) -> Fut,
-        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
-    {
-        let mut retried = false;
-        loop {
-            let (client, fresh) = self.connection.client().await?;
-            match tokio::time::timeout(self.settings.query_timeout, query(client.clone())).await {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(err)) if err.is_closed() => {
-                    self.connection.discard(&client);
-                    if fresh || retried {
-                        return Err(PostgresError::new(action(), &err).into_store());
-                    }
-                    retried = true;
-                }
-                Ok(Err(err)) => return Err(PostgresError::new(action(), &err).into_store()),
-                Err(_) => {
-                    // No answer: the server or the network hangs. A new connection is the only
-                    // way to know more.
-                    self.connection.discard(&client);
-                    return Err(PostgresError::timed_out(action()).into_store());
-                }
-            }
-        }
-    }
 }
 
 impl fmt::Debug for PostgresStore {
@@ -406,32 +318,6 @@ impl fmt::Debug for PostgresStore {
             .field("query_timeout", &settings.query_timeout)
             .finish_non_exhaustive()
     }
-}
-
-/// Where a configuration connects, for `Debug` and errors: hosts, ports, database and user, never
-/// the password.
-fn describe(config: &Config) -> String {
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .map(|host| match host {
-            Host::Tcp(name) => name.clone(),
-            #[cfg(unix)]
-            Host::Unix(path) => path.display().to_string(),
-        })
-        .collect();
-    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
-    let mut out = format!("host={}", if hosts.is_empty() { "(default)".to_owned() } else { hosts.join(",") });
-    if !ports.is_empty() {
-        out.push_str(&format!(" port={}", ports.join(",")));
-    }
-    if let Some(dbname) = config.get_dbname() {
-        out.push_str(&format!(" dbname={dbname}"));
-    }
-    if let Some(user) = config.get_user() {
-        out.push_str(&format!(" user={user}"));
-    }
-    out
 }
 
 #[async_trait]
@@ -480,63 +366,7 @@ impl TokenStore for PostgresStore {
     }
 
     async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
-        let settings = &self.settings;
-        // A timeout too long to represent is cut to a day: the layer's flight deadline ends the
-        // wait long before.
-        let deadline = Instant::now()
-            .checked_add(settings.lock_timeout)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(24 * 60 * 60));
-        let permit = match tokio::time::timeout_at(deadline, self.locks.permits.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => permit,
-            // The semaphore is never closed; a timeout is the only way out.
-            Ok(Err(_)) | Err(_) => return Err(StoreError::LockTimeout),
-        };
-        let id = self.lock_id(key);
-        let action = || format!("taking the refresh lock of key `{key}`");
-        let mut retried = false;
-        loop {
-            let (client, reused) = match self.locks.take_idle() {
-                Some(client) => (client, true),
-                None => (self.connection.connect_new().await?, false),
-            };
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                let _ = self.locks.put_back(client, settings.query_timeout).await;
-                return Err(StoreError::LockTimeout);
-            }
-            // Integer settings are in milliseconds; 0 would mean "no limit".
-            let wait_ms = remaining.as_millis().max(1);
-            let hold_ms = settings.lock_hold_limit.as_millis().max(1);
-            let begin = format!(
-                "BEGIN; SET LOCAL lock_timeout = {wait_ms}; \
-                 SET LOCAL idle_in_transaction_session_timeout = {hold_ms}; \
-                 SELECT pg_advisory_xact_lock({id})"
-            );
-            let taken = client.batch_execute(&begin);
-            match tokio::time::timeout(remaining.saturating_add(settings.query_timeout), taken).await {
-                Ok(Ok(())) => {
-                    return Ok(Some(Box::new(PostgresGuard {
-                        store: self,
-                        key: key.clone(),
-                        id,
-                        client: Some(client),
-                        _permit: permit,
-                    })));
-                }
-                Ok(Err(err)) if err.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                    let _ = self.locks.put_back(client, settings.query_timeout).await;
-                    return Err(StoreError::LockTimeout);
-                }
-                // A kept connection that PostgreSQL closed meanwhile (a restart): try a new one.
-                Ok(Err(err)) if err.is_closed() && reused && !retried => retried = true,
-                Ok(Err(err)) => {
-                    let _ = self.locks.put_back(client, settings.query_timeout).await;
-                    return Err(PostgresError::new(action(), &err).into_store());
-                }
-                // The connection is dropped, which ends its session and any wait on the server.
-                Err(_) => return Err(PostgresError::timed_out(action()).into_store()),
-            }
-        }
+        Ok(Some(Box::new(self.take_lock(key).await?)))
     }
 }
 
@@ -549,279 +379,7 @@ impl PostgresStore {
     }
 }
 
-/// Makes one new connection (its driver task spawned).
-type Connector =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Client, tokio_postgres::Error>> + Send>> + Send + Sync>;
-
-/// The connection loads and saves share, made again when it is lost.
-struct SharedConnection {
-    connect: Connector,
-    /// Where it connects (no password), for `Debug`.
-    endpoint: String,
-    state: Mutex<ConnectionState>,
-    /// One connection attempt at a time; callers that waited for an attempt share its outcome.
-    connecting: tokio::sync::Mutex<()>,
-}
-
-#[derive(Default)]
-struct ConnectionState {
-    client: Option<Arc<Client>>,
-    attempts: u64,
-    last_error: Option<StoreError>,
-}
-
-impl SharedConnection {
-    /// The shared client, connecting first when there is none or it was closed; and whether it is
-    /// new.
-    async fn client(&self) -> Result<(Arc<Client>, bool), StoreError> {
-        let seen = {
-            let state = self.state.lock();
-            if let Some(client) = state.client.as_ref().filter(|client| !client.is_closed()) {
-                return Ok((client.clone(), false));
-            }
-            state.attempts
-        };
-        let _connecting = self.connecting.lock().await;
-        {
-            let state = self.state.lock();
-            if let Some(client) = state.client.as_ref().filter(|client| !client.is_closed()) {
-                return Ok((client.clone(), false));
-            }
-            // Someone tried while this caller waited, and failed: a thousand callers must not
-            // make a thousand attempts against a server that is down.
-            if state.attempts != seen
-                && let Some(err) = &state.last_error
-            {
-                return Err(err.clone());
-            }
-        }
-        let connected = self.connect_new().await;
-        let mut state = self.state.lock();
-        state.attempts += 1;
-        match connected {
-            Ok(client) => {
-                let client = Arc::new(client);
-                state.client = Some(client.clone());
-                state.last_error = None;
-                Ok((client, true))
-            }
-            Err(err) => {
-                state.client = None;
-                state.last_error = Some(err.clone());
-                Err(err)
-            }
-        }
-    }
-
-    /// A new connection of its own (for a lock, or for `setup`).
-    async fn connect_new(&self) -> Result<Client, StoreError> {
-        (self.connect)().await.map_err(|err| {
-            PostgresError::new(format!("connecting to PostgreSQL ({})", self.endpoint), &err).into_store()
-        })
-    }
-
-    /// Forgets `client` if it is still the shared one, so that the next call connects anew.
-    fn discard(&self, client: &Arc<Client>) {
-        let mut state = self.state.lock();
-        if state.client.as_ref().is_some_and(|current| Arc::ptr_eq(current, client)) {
-            state.client = None;
-        }
-    }
-}
-
-/// The locks one store value (and its clones) holds, and the connections they use.
-struct Locks {
-    permits: Arc<Semaphore>,
-    /// Lock connections between two locks (their transaction ended, so they hold nothing).
-    idle: Mutex<Vec<Client>>,
-    max_idle: usize,
-}
-
-impl Locks {
-    fn new(connections: usize) -> Self {
-        Self { permits: Arc::new(Semaphore::new(connections)), idle: Mutex::new(Vec::new()), max_idle: connections }
-    }
-
-    fn take_idle(&self) -> Option<Client> {
-        let mut idle = self.idle.lock();
-        while let Some(client) = idle.pop() {
-            if !client.is_closed() {
-                return Some(client);
-            }
-        }
-        None
-    }
-
-    /// Ends whatever transaction `client` is in and keeps it for the next lock; drops it (closing
-    /// the session, which releases anything it held) if that fails.
-    /// The error is `None` when PostgreSQL did not answer in time.
-    async fn put_back(&self, client: Client, timeout: Duration) -> Result<(), Option<tokio_postgres::Error>> {
-        match tokio::time::timeout(timeout, client.batch_execute("ROLLBACK")).await {
-            Ok(Ok(())) => {
-                let mut idle = self.idle.lock();
-                if idle.len() < self.max_idle {
-                    idle.push(client);
-                }
-                Ok(())
-            }
-            Ok(Err(err)) => Err(Some(err)),
-            Err(_) => Err(None),
-        }
-    }
-}
-
-/// A held per-key advisory lock: an open transaction on a connection of its own. Loads and saves
-/// under it go through the store's shared connection (they commit at once) and are fenced by the
-/// revision they name.
-struct PostgresGuard<'a> {
-    store: &'a PostgresStore,
-    key: TokenKey,
-    id: i64,
-    /// `None` once released.
-    client: Option<Client>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl fmt::Debug for PostgresGuard<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresGuard").field("key", &self.key).field("lock_id", &self.id).finish()
-    }
-}
-
-#[async_trait]
-impl StoreGuard for PostgresGuard<'_> {
-    async fn load(&mut self) -> Result<Option<Stored>, StoreError> {
-        // A statement of its own on the shared connection, started after the lock was granted, so
-        // it sees what the previous holder committed.
-        self.store.load(&self.key).await
-    }
-
-    async fn save(&mut self, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
-        self.store.save(&self.key, tokens, replaces).await
-    }
-
-    async fn unlock(mut self: Box<Self>) -> Result<(), StoreError> {
-        let Some(client) = self.client.take() else { return Ok(()) };
-        // Rolling back ends the transaction and with it the advisory lock (nothing was written in
-        // it: saves go through the shared connection and commit at once).
-        let query_timeout = self.store.settings.query_timeout;
-        self.store.locks.put_back(client, query_timeout).await.map_err(|err| {
-            let action = format!(
-                "releasing the refresh lock of key `{}` (the lock went with its connection: it was held past the \
-                 lock-hold limit, or PostgreSQL went away)",
-                self.key
-            );
-            match err {
-                Some(err) => PostgresError::new(action, &err),
-                None => PostgresError::timed_out(action),
-            }
-            .into_store()
-        })
-    }
-}
-
-impl Drop for PostgresGuard<'_> {
-    fn drop(&mut self) {
-        // Not released with `unlock` (the refresh was cancelled or panicked): dropping the client
-        // closes the connection, and the server releases the lock with the session.
-        drop(self.client.take());
-    }
-}
-
 /// A stored generation as a revision (a negative one, written by hand, reads as none).
 fn revision_of(generation: i64) -> Revision {
     Revision::new(u64::try_from(generation).unwrap_or(0))
-}
-
-/// The advisory lock id of `key` in `table`: FNV-1a over both, then the SplitMix64 finaliser so
-/// that similar keys spread over the whole range. Stable: changing it would let two versions of
-/// this crate refresh the same key at once.
-fn lock_id(table: &str, key: &str) -> i64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut hash = OFFSET;
-    for byte in b"reqwest-token-refresh\0".iter().chain(table.as_bytes()).chain(b"\0").chain(key.as_bytes()) {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(PRIME);
-    }
-    hash ^= hash >> 30;
-    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    hash ^= hash >> 27;
-    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
-    hash ^= hash >> 31;
-    i64::from_ne_bytes(hash.to_ne_bytes())
-}
-
-/// A PostgreSQL failure, saying what the store was doing. Its message is tokio-postgres's (for a
-/// server error: severity, message, detail), which never holds the connection password.
-#[derive(Debug)]
-struct PostgresError {
-    message: String,
-}
-
-impl PostgresError {
-    fn new(action: impl Into<String>, err: &tokio_postgres::Error) -> Self {
-        // tokio-postgres says only "db error" or "error connecting to server"; the server's
-        // message (severity, message, detail) and the I/O error are its sources.
-        let mut message = format!("{}: {err}", action.into());
-        let mut source = StdError::source(err);
-        while let Some(cause) = source {
-            message.push_str(&format!(": {cause}"));
-            source = cause.source();
-        }
-        message = message.replace('\n', "; ");
-        if err.code() == Some(&SqlState::UNDEFINED_TABLE) {
-            message.push_str(" (create the table once with PostgresStore::setup)");
-        }
-        Self { message }
-    }
-
-    fn timed_out(action: impl Into<String>) -> Self {
-        Self { message: format!("{}: PostgreSQL did not answer in time", action.into()) }
-    }
-
-    fn into_store(self) -> StoreError {
-        StoreError::backend(self)
-    }
-}
-
-impl fmt::Display for PostgresError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl StdError for PostgresError {}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lock_ids_are_stable_and_depend_on_table_and_key() {
-        // Fixed forever: replicas running different versions must lock the same ids.
-        assert_eq!(lock_id("reqwest_token_refresh_tokens", "default"), 7_604_361_922_675_167_838);
-        assert_eq!(lock_id("reqwest_token_refresh_tokens", "user-42"), -5_014_997_502_286_213_222);
-        assert_ne!(lock_id("t", "a"), lock_id("t", "b"));
-        assert_ne!(lock_id("t1", "a"), lock_id("t2", "a"));
-        assert_ne!(lock_id("t", "ab"), lock_id("ta", "b"), "the separator keeps table and key apart");
-        let ids: std::collections::HashSet<i64> = (0..10_000).map(|i| lock_id("t", &format!("user-{i}"))).collect();
-        assert_eq!(ids.len(), 10_000);
-    }
-
-    #[test]
-    fn table_names_are_quoted_identifiers() {
-        assert_eq!(quote_table("tokens"), "\"tokens\"");
-        assert_eq!(quote_table("auth.Tokens"), "\"auth\".\"Tokens\"");
-        assert_eq!(quote_table("we\"ird"), "\"we\"\"ird\"");
-    }
-
-    #[test]
-    fn the_endpoint_never_shows_the_password() {
-        let config = Config::from_str("host=db.internal port=6432 user=app password=hunter2 dbname=tokens").unwrap();
-        let described = describe(&config);
-        assert_eq!(described, "host=db.internal port=6432 dbname=tokens user=app");
-        let config = Config::from_str("postgresql://app:hunter2@db.internal/tokens").unwrap();
-        assert!(!describe(&config).contains("hunter2"));
-    }
 }
