@@ -1,6 +1,9 @@
 //! [`RedisStore`]: tokens in Redis, with a lease lock so that the replicas of a service share one
 //! refresh.
 //!
+//! This file holds the store, its options and its [`TokenStore`] impl. The lease is in `lease`,
+//! the Lua scripts in `scripts`, the connection and Redis failures in `connection`.
+//!
 //! # Layout
 //!
 //! Each [`TokenKey`] has two Redis keys (with the default prefix):
@@ -65,72 +68,24 @@
 //! fails with that error, and the layer waits out a backoff before the next attempt. New tokens
 //! whose save failed are used from memory and saved again until the save lands.
 
-use std::collections::hash_map::RandomState;
+mod connection;
+mod lease;
+mod scripts;
+
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ConnectionAddr, ConnectionInfo, RedisError, Script};
+use redis::Client;
 use serde::Deserialize;
 
+use self::connection::{Shared, failure, failure_message};
+use self::scripts::SAVE;
 use super::{Revision, StoreGuard, Stored, TokenStore};
 use crate::error::StoreError;
 use crate::key::TokenKey;
 use crate::token::TokenSet;
-
-/// Saves a token set only if the stored generation is the expected one.
-///
-/// `KEYS[1]`: the tokens key; `KEYS[2]`: the lock key. `ARGV[1]`: the token set as JSON;
-/// `ARGV[2]`: the expected generation (`0` for "no tokens"); `ARGV[3]`: the caller's owner id, or
-/// empty without a lease.
-///
-/// Returns `{status, generation, held}`: status `1` saved (generation is the new one), `0`
-/// superseded (generation is the stored one), `-1` the stored value is unreadable (nothing
-/// written). `held` is `1` when the lock still holds `ARGV[3]`. The stored JSON is assembled as a
-/// string, so the token set is kept byte for byte as serde wrote it.
-static SAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local stored = redis.call('GET', KEYS[1])
-local generation = 0
-if stored then
-  local ok, decoded = pcall(cjson.decode, stored)
-  if not ok or type(decoded) ~= 'table' or type(decoded['generation']) ~= 'number' then
-    return {-1, 0, 0}
-  end
-  generation = decoded['generation']
-end
-local held = 0
-if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
-  held = 1
-end
-if generation ~= tonumber(ARGV[2]) then
-  return {0, generation, held}
-end
-generation = generation + 1
-redis.call('SET', KEYS[1], '{"generation":' .. string.format('%d', generation) .. ',"tokens":' .. ARGV[1] .. '}')
-return {1, generation, held}
-"#,
-    )
-});
-
-/// Releases a lease only if it is still the caller's. `KEYS[1]`: the lock key; `ARGV[1]`: the
-/// owner id. Returns `1` when released, `0` when the lease had already expired or passed on.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"#,
-    )
-});
 
 /// Keeps tokens in Redis, with a lease lock and a fencing check, so that the replicas of a service
 /// share one refresh (feature `redis`).
@@ -202,14 +157,6 @@ struct Options {
     command_timeout: Duration,
 }
 
-struct Shared {
-    client: Client,
-    /// The server's address, with any password replaced.
-    address: String,
-    /// Created on first use, inside the runtime (it spawns a task).
-    manager: Mutex<Option<ConnectionManager>>,
-}
-
 /// What the tokens key holds.
 #[derive(Deserialize)]
 struct StoredJson {
@@ -245,7 +192,6 @@ impl RedisStore {
 
     /// A store using a `redis` client built elsewhere (for TLS settings, say).
     pub fn from_client(client: Client) -> Self {
-        let address = describe(client.get_connection_info());
         Self {
             options: Options {
                 prefix: Self::DEFAULT_KEY_PREFIX.to_owned(),
@@ -254,7 +200,7 @@ impl RedisStore {
                 poll_interval: Self::DEFAULT_POLL_INTERVAL,
                 command_timeout: Self::DEFAULT_COMMAND_TIMEOUT,
             },
-            shared: Arc::new(Shared { client, address, manager: Mutex::new(None) }),
+            shared: Arc::new(Shared::new(client)),
         }
     }
 
@@ -314,43 +260,9 @@ impl RedisStore {
         let _: String = self.run("pinging Redis", redis::cmd("PING").query_async(&mut conn)).await?;
         Ok(())
     }
+}
 
-    fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let mut manager = self.shared.manager.lock();
-        if let Some(manager) = &*manager {
-            return Ok(manager.clone());
-        }
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(failure_message("connecting to Redis", "RedisStore must be used inside a tokio runtime"));
-        }
-        let timeout = self.options.command_timeout;
-        // Few, quick reconnection attempts: when Redis is down, a store operation should fail fast
-        // (the layer backs off and retries), not hang while the manager retries for seconds.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let created = ConnectionManager::new_lazy_with_config(self.shared.client.clone(), config)
-            .map_err(|err| failure("connecting to Redis", err))?;
-        *manager = Some(created.clone());
-        Ok(created)
-    }
-
-    /// Runs one Redis operation within the command timeout.
-    async fn run<T>(
-        &self,
-        action: &'static str,
-        operation: impl Future<Output = Result<T, RedisError>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.options.command_timeout, operation).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(failure(action, err)),
-            Err(_) => Err(failure_message(action, format!("timed out after {:?}", self.options.command_timeout))),
-        }
-    }
-
+impl RedisStore {
     /// Saves `tokens` over generation `replaces`, as the holder of lease `owner` if there is one.
     async fn save_fenced(
         &self,
@@ -393,28 +305,6 @@ impl RedisStore {
             ))),
         }
     }
-
-    /// Deletes the lease at `lock_key` if `owner` still holds it; `true` if it did.
-    async fn release(&self, lock_key: &str, owner: &str) -> Result<bool, StoreError> {
-        let mut conn = self.connection()?;
-        let mut invocation = RELEASE.prepare_invoke();
-        invocation.key(lock_key).arg(owner);
-        let released: i64 = self.run("releasing the lock", invocation.invoke_async(&mut conn)).await?;
-        Ok(released == 1)
-    }
-
-    /// Releases in the background, where a lease cannot be released in place (a dropped guard, a
-    /// cancelled or failed `lock`). Without a runtime, the lease simply expires.
-    fn release_in_background(&self, lock_key: String, owner: Arc<str>) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let store = self.clone();
-            runtime.spawn(async move {
-                if let Err(err) = store.release(&lock_key, &owner).await {
-                    tracing::debug!(lock = %lock_key, error = %err, "releasing an abandoned lease failed; it will expire");
-                }
-            });
-        }
-    }
 }
 
 impl fmt::Debug for RedisStore {
@@ -447,184 +337,8 @@ impl TokenStore for RedisStore {
     }
 
     async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
-        let lock_key = self.lock_key(key);
-        let owner: Arc<str> = Arc::from(owner_id());
-        let ttl_ms = u64::try_from(self.options.lease_ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        // A timeout too long to represent has no deadline of its own (the layer's flight deadline
-        // still ends the wait).
-        let deadline = tokio::time::Instant::now().checked_add(self.options.lock_timeout);
-        let mut conn = self.connection()?;
-        // Until the lease is handed out, a failure or a cancellation releases whatever a `SET`
-        // that went through may have taken.
-        let mut pending = PendingLease { store: self, lock_key: &lock_key, owner: &owner, armed: true };
-        loop {
-            let taken: Option<String> = self
-                .run(
-                    "taking the lock",
-                    redis::cmd("SET")
-                        .arg(&lock_key)
-                        .arg(&*owner)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ttl_ms)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            if taken.is_some() {
-                break;
-            }
-            let now = tokio::time::Instant::now();
-            let pause = match deadline {
-                Some(deadline) if now >= deadline => {
-                    pending.armed = false;
-                    tracing::warn!(key = %key, timeout = ?self.options.lock_timeout, "timed out waiting for another replica's lease");
-                    return Err(StoreError::LockTimeout);
-                }
-                Some(deadline) => self.options.poll_interval.min(deadline - now),
-                None => self.options.poll_interval,
-            };
-            tokio::time::sleep(pause).await;
-        }
-        pending.armed = false;
-        drop(pending);
-        Ok(Some(Box::new(RedisGuard { store: self, key: key.clone(), lock_key, owner, released: false })))
+        Ok(Some(Box::new(self.take_lease(key).await?)))
     }
-}
-
-/// Releases a lease `lock` may have taken when it fails or is cancelled.
-struct PendingLease<'a> {
-    store: &'a RedisStore,
-    lock_key: &'a str,
-    owner: &'a Arc<str>,
-    armed: bool,
-}
-
-impl Drop for PendingLease<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.store.release_in_background(self.lock_key.to_owned(), self.owner.clone());
-        }
-    }
-}
-
-/// A held lease; see [`TokenStore::lock`]. Saves through it name its owner id.
-struct RedisGuard<'a> {
-    store: &'a RedisStore,
-    key: TokenKey,
-    lock_key: String,
-    owner: Arc<str>,
-    released: bool,
-}
-
-impl fmt::Debug for RedisGuard<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisGuard").field("lock_key", &self.lock_key).field("owner", &self.owner).finish()
-    }
-}
-
-#[async_trait]
-impl StoreGuard for RedisGuard<'_> {
-    async fn load(&mut self) -> Result<Option<Stored>, StoreError> {
-        self.store.load(&self.key).await
-    }
-
-    async fn save(&mut self, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
-        self.store.save_fenced(&self.key, tokens, replaces, Some(&self.owner)).await
-    }
-
-    async fn unlock(mut self: Box<Self>) -> Result<(), StoreError> {
-        self.released = true;
-        if !self.store.release(&self.lock_key, &self.owner).await? {
-            tracing::warn!(
-                key = %self.key,
-                "the lease had expired before it was released; another replica may have refreshed meanwhile (raise lease_ttl if refreshes take this long)"
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for RedisGuard<'_> {
-    fn drop(&mut self) {
-        if !self.released {
-            self.store.release_in_background(std::mem::take(&mut self.lock_key), self.owner.clone());
-        }
-    }
-}
-
-/// A random lease owner id, unique across processes and machines.
-fn owner_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
-    let pid = std::process::id();
-    // `RandomState` keys come from the OS's randomness; two of them give 128 random bits.
-    let random = |salt: u64| {
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write_u64(salt);
-        hasher.write_u64(count);
-        hasher.write_u128(nanos);
-        hasher.write_u32(pid);
-        hasher.finish()
-    };
-    format!("{:016x}{:016x}-{pid}-{count}", random(1), random(2))
-}
-
-/// The server's address for `Debug`, with any password replaced.
-fn describe(info: &ConnectionInfo) -> String {
-    let settings = info.redis_settings();
-    let credentials = match (settings.username(), settings.password()) {
-        (Some(user), Some(_)) => format!("{user}:[redacted]@"),
-        (None, Some(_)) => ":[redacted]@".to_owned(),
-        (Some(user), None) => format!("{user}@"),
-        (None, None) => String::new(),
-    };
-    let db = settings.db();
-    match info.addr() {
-        ConnectionAddr::Tcp(host, port) => format!("redis://{credentials}{host}:{port}/{db}"),
-        ConnectionAddr::TcpTls { host, port, .. } => format!("rediss://{credentials}{host}:{port}/{db}"),
-        ConnectionAddr::Unix(path) => format!("unix://{credentials}{}?db={db}", path.display()),
-        other => format!("{credentials}{other}/{db}"),
-    }
-}
-
-/// A Redis failure, for [`StoreError::Backend`].
-#[derive(Debug)]
-struct RedisFailure {
-    action: &'static str,
-    detail: Detail,
-}
-
-#[derive(Debug)]
-enum Detail {
-    Redis(RedisError),
-    Message(String),
-}
-
-impl fmt::Display for RedisFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.detail {
-            Detail::Redis(_) => write!(f, "redis: {} failed", self.action),
-            Detail::Message(message) => write!(f, "redis: {} failed: {message}", self.action),
-        }
-    }
-}
-
-impl std::error::Error for RedisFailure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.detail {
-            Detail::Redis(err) => Some(err),
-            Detail::Message(_) => None,
-        }
-    }
-}
-
-fn failure(action: &'static str, err: RedisError) -> StoreError {
-    StoreError::backend(RedisFailure { action, detail: Detail::Redis(err) })
-}
-
-fn failure_message(action: &'static str, message: impl Into<String>) -> StoreError {
-    StoreError::backend(RedisFailure { action, detail: Detail::Message(message.into()) })
 }
 
 /// An unreadable stored value; the message names the key and where parsing stopped, never the
@@ -704,37 +418,11 @@ mod tests {
     }
 
     #[test]
-    fn owner_ids_are_unique() {
-        let ids: std::collections::HashSet<String> = (0..1000).map(|_| owner_id()).collect();
-        assert_eq!(ids.len(), 1000);
-    }
-
-    #[test]
     fn corrupt_values_are_described_without_their_content() {
         let err = serde_json::from_slice::<StoredJson>(br#"{"generation":1,"tokens":{"access_token":42}}"#)
             .map(|_| ())
             .unwrap_err();
         let message = corrupt("p:tokens:u", &err).to_string();
         assert!(message.contains("p:tokens:u") && !message.contains("42"), "{message}");
-    }
-
-    #[test]
-    fn outside_a_runtime_operations_fail_without_panicking() {
-        let store = RedisStore::new("redis://127.0.0.1:1").unwrap();
-        let err = futures_lite_block_on(store.load(&TokenKey::default())).unwrap_err();
-        assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
-    }
-
-    /// Polls a future to completion on this thread, with no tokio runtime.
-    fn futures_lite_block_on<F: Future>(future: F) -> F::Output {
-        use std::task::{Context, Poll, Waker};
-        let mut future = std::pin::pin!(future);
-        let mut cx = Context::from_waker(Waker::noop());
-        loop {
-            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-                return output;
-            }
-            std::thread::yield_now();
-        }
     }
 }

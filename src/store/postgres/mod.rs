@@ -1,0 +1,385 @@
+//! [`PostgresStore`]: tokens in PostgreSQL, one row per key, an advisory lock per key. How it
+//! works is documented on the type.
+//!
+//! This file holds the store, its options and its [`TokenStore`] impl. The shared connection and
+//! PostgreSQL failures are in `connection`, the advisory locks in `lock`, the statements in `sql`.
+
+mod connection;
+mod lock;
+mod sql;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::types::Type;
+use tokio_postgres::{Config, NoTls, Socket};
+
+use self::connection::{PostgresError, SharedConnection};
+use self::lock::{Locks, lock_id};
+use self::sql::Sql;
+use super::{Revision, StoreGuard, Stored, TokenStore};
+use crate::error::StoreError;
+use crate::key::TokenKey;
+use crate::source::DEFAULT_TOKEN_TIMEOUT;
+use crate::token::TokenSet;
+
+/// The connect timeout used when the connection string sets none.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keeps tokens in PostgreSQL: one row per key, a per-key advisory lock so that replicas share one
+/// refresh per user, and a generation column that fences off stale writers.
+///
+/// For services that keep their users' tokens in the database they already run. Requires the
+/// `postgres` feature. Create the table once with [`setup`](Self::setup) (idempotent), or create
+/// it yourself as shown under [Schema](#schema).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use reqwest_token_refresh::{PostgresStore, RefreshTokenGrant, TokenKey, TokenRefresh};
+///
+/// let store = PostgresStore::connect("host=db.internal user=sync dbname=sync").await?;
+/// store.setup().await?; // CREATE TABLE IF NOT EXISTS reqwest_token_refresh_tokens (...)
+///
+/// let auth = TokenRefresh::builder(RefreshTokenGrant::new("https://provider.example/oauth/token"))
+///     .store(store)
+///     .build()?;
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(auth.clone())
+///     .build();
+///
+/// // After user 42 authorized: their tokens go to the table, then every replica uses them.
+/// # let tokens_from_the_authorization_code_flow = reqwest_token_refresh::TokenSet::new("a");
+/// auth.set_tokens_for(&TokenKey::new("user-42"), tokens_from_the_authorization_code_flow).await?;
+/// let response = client
+///     .get("https://api.provider.example/v1/sleep")
+///     .with_extension(TokenKey::new("user-42"))
+///     .send()
+///     .await?;
+/// # Ok(()) }
+/// ```
+///
+/// Tokens are stored as they are (JSON in a `jsonb` column): protect the table like any other
+/// credential store. `Debug` shows where the store connects, never the password.
+///
+/// # Schema
+///
+/// [`setup`](Self::setup) creates the table if it does not exist (the default name is
+/// [`DEFAULT_TABLE`](Self::DEFAULT_TABLE)):
+///
+/// ```sql
+/// CREATE TABLE IF NOT EXISTS reqwest_token_refresh_tokens (
+///     key        text        PRIMARY KEY,
+///     tokens     jsonb       NOT NULL,  -- the TokenSet, as serde writes it
+///     generation bigint      NOT NULL,  -- bumped by every save: the fence
+///     updated_at timestamptz NOT NULL DEFAULT now()
+/// )
+/// ```
+///
+/// # One refresh across replicas
+///
+/// [`TokenStore::lock`] takes a transaction-level advisory lock,
+/// `pg_advisory_xact_lock(<lock id of the key>)`, in a transaction of its own on a connection of
+/// its own, and holds it (the transaction stays open, idle) until the layer has re-read the row,
+/// called the token endpoint and saved; [`StoreGuard::unlock`](crate::StoreGuard::unlock) rolls the transaction back, which
+/// releases the lock. A dedicated session per held lock matters: advisory locks are re-entrant
+/// within one session, so two refreshes sharing a connection would both "get" the lock. If the
+/// process dies, its connection closes and the server releases the lock.
+///
+/// The lock id is a stable 64-bit hash of the table name and the key
+/// ([`lock_id`](Self::lock_id), to find a lock in `pg_locks`). Two keys whose ids collide are
+/// harmless: their refreshes merely wait for each other.
+///
+/// A held lock never outlives the token call by much: the lock's transaction is started with
+/// `idle_in_transaction_session_timeout` set to the lock-hold limit
+/// ([`lock_hold_limit`](Self::lock_hold_limit), by default the token timeout plus two query
+/// timeouts), so a holder that hangs (or whose token call outlives its timeout) loses its session
+/// and its lock; the server enforces it, not the holder. Waiting for the lock is bounded by
+/// [`lock_timeout`](Self::lock_timeout); running out gives [`StoreError::LockTimeout`].
+///
+/// # Fencing
+///
+/// A lock that can expire needs a fence. When the lock is lost (the hold limit passed, or the
+/// lock's connection broke) another replica may take it, refresh and save while the first one is
+/// still on its way to saving. Without a fence the first replica would then overwrite the newer
+/// set with an older one, and the refresh token it writes may already have been rotated away.
+///
+/// So every save bumps the row's `generation`, which is the key's [`Revision`], and every save
+/// is conditional on the generation it names:
+///
+/// ```sql
+/// UPDATE ... SET tokens = $2, generation = generation + 1 WHERE key = $1 AND generation = $replaces
+/// -- or, when there was no row: INSERT ... ON CONFLICT (key) DO NOTHING
+/// ```
+///
+/// If no row was written, somebody saved in between, and the save fails with
+/// [`StoreError::Superseded`]: the layer then adopts the stored (newer) tokens instead of
+/// overwriting them. That holds for saves under the lock and without it alike (seeding from the
+/// initial tokens, [`set_tokens`](crate::TokenRefresh::set_tokens), retries of a failed save).
+/// Saves under the lock go through the lock's [`StoreGuard`](crate::StoreGuard) on the shared
+/// connection, so they commit at once: the lock's own transaction writes nothing.
+///
+/// # Connections
+///
+/// Loads and saves go through one shared connection (tokio-postgres pipelines concurrent queries on
+/// it). Held locks use connections of their own, at most
+/// [`max_lock_connections`](Self::max_lock_connections) at once, kept open between
+/// refreshes. When PostgreSQL is unreachable every call fails with [`StoreError::Backend`]
+/// (never a panic) and the next call connects again; a query that gets no answer within the query
+/// timeout fails the same way and its connection is replaced.
+#[derive(Clone)]
+pub struct PostgresStore {
+    settings: Arc<Settings>,
+    connection: Arc<SharedConnection>,
+    locks: Arc<Locks>,
+}
+
+/// What the builder methods set, and the SQL that follows from the table name.
+#[derive(Debug, Clone)]
+struct Settings {
+    table: String,
+    lock_timeout: Duration,
+    lock_hold_limit: Duration,
+    max_lock_connections: usize,
+    query_timeout: Duration,
+    sql: Sql,
+}
+
+impl PostgresStore {
+    /// The table used unless [`table`](Self::table) names another.
+    pub const DEFAULT_TABLE: &'static str = "reqwest_token_refresh_tokens";
+    /// How long [`TokenStore::lock`] waits for another replica's refresh (and for a free lock
+    /// connection), unless set otherwise.
+    pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+    /// How long one store query may take before it fails and its connection is replaced, unless
+    /// set otherwise.
+    pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+    /// How long a held lock may stay idle before the server ends its session, unless set
+    /// otherwise: the default token timeout ([`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT))
+    /// plus two query timeouts (the re-read before the token call and the save after it).
+    pub const DEFAULT_LOCK_HOLD_LIMIT: Duration =
+        DEFAULT_TOKEN_TIMEOUT.saturating_add(Self::DEFAULT_QUERY_TIMEOUT).saturating_add(Self::DEFAULT_QUERY_TIMEOUT);
+    /// How many locks one store holds at once (each on its own connection), unless set otherwise.
+    pub const DEFAULT_MAX_LOCK_CONNECTIONS: usize = 10;
+
+    /// Connects to PostgreSQL without TLS; `config` is a tokio-postgres connection string, either
+    /// `host=localhost user=app dbname=app` or `postgresql://app@localhost/app`.
+    ///
+    /// A `connect_timeout` of 10 s and an `application_name` of `reqwest-token-refresh` are added
+    /// when the string sets none. The connection is made now, so that a wrong address or password
+    /// shows up at start-up; later, a lost connection is made again on the next call.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] when the string does not parse or the server cannot be reached.
+    pub async fn connect(config: &str) -> Result<Self, StoreError> {
+        Self::connect_with_tls(config, NoTls).await
+    }
+
+    /// Like [`connect`](Self::connect), with a TLS connector for tokio-postgres (from
+    /// `postgres-native-tls`, `postgres-openssl` or `tokio-postgres-rustls`), used for every
+    /// connection the store makes.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_with_tls<T>(config: &str, tls: T) -> Result<Self, StoreError>
+    where
+        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+        T::Stream: Send + 'static,
+        T::TlsConnect: Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        let mut parsed = Config::from_str(config)
+            .map_err(|err| PostgresError::new("parsing the PostgreSQL connection string", &err).into_store())?;
+        if parsed.get_connect_timeout().is_none() {
+            parsed.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
+        if parsed.get_application_name().is_none() {
+            parsed.application_name("reqwest-token-refresh");
+        }
+        let settings = Settings {
+            table: Self::DEFAULT_TABLE.to_owned(),
+            lock_timeout: Self::DEFAULT_LOCK_TIMEOUT,
+            lock_hold_limit: Self::DEFAULT_LOCK_HOLD_LIMIT,
+            max_lock_connections: Self::DEFAULT_MAX_LOCK_CONNECTIONS,
+            query_timeout: Self::DEFAULT_QUERY_TIMEOUT,
+            sql: Sql::for_table(Self::DEFAULT_TABLE),
+        };
+        let store = Self {
+            locks: Arc::new(Locks::new(settings.max_lock_connections)),
+            settings: Arc::new(settings),
+            connection: Arc::new(SharedConnection::new(parsed, tls)),
+        };
+        store.connection.client().await?;
+        Ok(store)
+    }
+
+    /// Keeps tokens in this table (default [`DEFAULT_TABLE`](Self::DEFAULT_TABLE)); `schema.table`
+    /// names a schema too (split at the first dot). Both parts are quoted as identifiers, so the
+    /// name is taken literally, case included.
+    pub fn table(self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.map(|settings| {
+            settings.sql = Sql::for_table(&name);
+            settings.table = name;
+        })
+    }
+
+    /// How long [`TokenStore::lock`] waits for the lock, which another replica holds while it
+    /// refreshes (default [`DEFAULT_LOCK_TIMEOUT`](Self::DEFAULT_LOCK_TIMEOUT)); it includes
+    /// waiting for a free lock connection. Keep it above the lock-hold limit, or waiters give up
+    /// on refreshes that are still allowed to finish.
+    pub fn lock_timeout(self, timeout: Duration) -> Self {
+        self.map(|settings| settings.lock_timeout = timeout)
+    }
+
+    /// How long a held lock may sit idle while the token endpoint is called before the server ends
+    /// the lock's session, releasing the lock (default
+    /// [`DEFAULT_LOCK_HOLD_LIMIT`](Self::DEFAULT_LOCK_HOLD_LIMIT)); set as the lock transaction's
+    /// `idle_in_transaction_session_timeout`. Keep it above your token source's timeout: a lock
+    /// lost during a token call lets another replica spend the same refresh token. The
+    /// [fence](Self#fencing) keeps a holder that lost its lock from overwriting newer tokens.
+    pub fn lock_hold_limit(self, limit: Duration) -> Self {
+        self.map(|settings| settings.lock_hold_limit = limit)
+    }
+
+    /// How many locks this store (with its clones) holds at once, each on its own connection
+    /// (default [`DEFAULT_MAX_LOCK_CONNECTIONS`](Self::DEFAULT_MAX_LOCK_CONNECTIONS); at least 1).
+    /// Refreshes beyond it wait for a free connection; count these connections, plus one, per
+    /// replica against the server's `max_connections`.
+    pub fn max_lock_connections(self, connections: usize) -> Self {
+        self.map(|settings| settings.max_lock_connections = connections.max(1))
+    }
+
+    /// How long a load, a save or releasing a lock may take before it fails with
+    /// [`StoreError::Backend`] and its connection is replaced (default
+    /// [`DEFAULT_QUERY_TIMEOUT`](Self::DEFAULT_QUERY_TIMEOUT)).
+    pub fn query_timeout(self, timeout: Duration) -> Self {
+        self.map(|settings| settings.query_timeout = timeout)
+    }
+
+    /// The table's name, as given to [`table`](Self::table).
+    pub fn table_name(&self) -> &str {
+        &self.settings.table
+    }
+
+    /// The advisory lock id that [`TokenStore::lock`] takes for `key`: a stable 64-bit hash
+    /// (FNV-1a, then a 64-bit finaliser) of the table name and the key, the same in every process
+    /// and version of this crate. Look for it in `pg_locks` as `(classid::bigint << 32) | objid`
+    /// with `objsubid = 1`.
+    pub fn lock_id(&self, key: &TokenKey) -> i64 {
+        lock_id(&self.settings.table, key.as_str())
+    }
+
+    /// Creates the table if it does not exist yet (see the [schema](Self#schema)). Idempotent,
+    /// and safe when several replicas run it at once (it runs under an advisory lock of its own).
+    /// An existing table is left as it is, whatever its columns.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] when PostgreSQL cannot be reached or refuses (the user may not
+    /// create tables: then create the table yourself).
+    pub async fn setup(&self) -> Result<(), StoreError> {
+        let client = self.connection.connect_new().await?;
+        let id = lock_id(&self.settings.table, "\0setup");
+        let batch = format!("BEGIN; SELECT pg_advisory_xact_lock({id}); {}; COMMIT", self.settings.sql.create);
+        let action = || format!("creating the table {}", self.settings.table);
+        match tokio::time::timeout(self.settings.query_timeout, client.batch_execute(&batch)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(PostgresError::new(action(), &err).into_store()),
+            Err(_) => Err(PostgresError::timed_out(action()).into_store()),
+        }
+        // The dedicated connection closes here, rolling back whatever did not commit.
+    }
+
+    fn map(mut self, change: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = (*self.settings).clone();
+        change(&mut settings);
+        // Locks and the generations remembered under them belong to one table and one limit.
+        self.locks = Arc::new(Locks::new(settings.max_lock_connections));
+        self.settings = Arc::new(settings);
+        self
+    }
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let settings = &self.settings;
+        f.debug_struct("PostgresStore")
+            .field("endpoint", &self.connection.endpoint)
+            .field("table", &settings.table)
+            .field("lock_timeout", &settings.lock_timeout)
+            .field("lock_hold_limit", &settings.lock_hold_limit)
+            .field("max_lock_connections", &settings.max_lock_connections)
+            .field("query_timeout", &settings.query_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl TokenStore for PostgresStore {
+    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
+        let sql = &self.settings.sql.load;
+        let name = key.as_str();
+        let row = self
+            .run(
+                || format!("loading the tokens of key `{key}`"),
+                |client| async move { client.query_typed_opt(sql, &[(&name, Type::TEXT)]).await },
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let json: String = row.try_get(0).map_err(|err| self.corrupt(key, &err))?;
+        let generation: i64 = row.try_get(1).map_err(|err| self.corrupt(key, &err))?;
+        let tokens = serde_json::from_str(&json).map_err(|err| self.corrupt(key, &err))?;
+        Ok(Some(Stored::new(tokens, revision_of(generation))))
+    }
+
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        let json = serde_json::to_string(tokens)
+            .map_err(|err| StoreError::Corrupt(format!("tokens cannot be written as JSON: {err}")))?;
+        let (name, json) = (key.as_str(), json.as_str());
+        let action = || format!("saving the tokens of key `{key}`");
+        let row = if replaces == Revision::NONE {
+            let sql = &self.settings.sql.insert_fenced;
+            self.run(action, |client| async move {
+                client.query_typed_opt(sql, &[(&name, Type::TEXT), (&json, Type::TEXT)]).await
+            })
+            .await?
+        } else {
+            let sql = &self.settings.sql.update_fenced;
+            let expected = i64::try_from(replaces.get()).unwrap_or(i64::MAX);
+            self.run(action, |client| async move {
+                client.query_typed_opt(sql, &[(&name, Type::TEXT), (&json, Type::TEXT), (&expected, Type::INT8)]).await
+            })
+            .await?
+        };
+        let Some(row) = row else {
+            tracing::debug!(key = %key, %replaces, "save refused: another process saved newer tokens since this one read them");
+            return Err(StoreError::Superseded);
+        };
+        let written: i64 = row.try_get(0).map_err(|err| self.corrupt(key, &err))?;
+        Ok(revision_of(written))
+    }
+
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
+        Ok(Some(Box::new(self.take_lock(key).await?)))
+    }
+}
+
+impl PostgresStore {
+    fn corrupt(&self, key: &TokenKey, err: &dyn fmt::Display) -> StoreError {
+        StoreError::Corrupt(format!(
+            "the row of key `{key}` in {} cannot be read as tokens: {err}",
+            self.settings.table
+        ))
+    }
+}
+
+/// A stored generation as a revision (a negative one, written by hand, reads as none).
+fn revision_of(generation: i64) -> Revision {
+    Revision::new(u64::try_from(generation).unwrap_or(0))
+}
