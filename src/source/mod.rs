@@ -50,6 +50,15 @@ pub trait TokenSource: fmt::Debug + Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_flight_outlasts_the_token_call_it_contains() {
+        // The flight's deadline must leave the token call its whole timeout, and time for the
+        // store's lock, read and save around it.
+        assert!(
+            crate::policy::DEFAULT_FLIGHT_DEADLINE >= super::DEFAULT_TOKEN_TIMEOUT + std::time::Duration::from_secs(10)
+        );
+    }
+
     use std::sync::Arc;
 
     use super::*;

@@ -24,7 +24,7 @@ use self::sql::Sql;
 use super::{Revision, StoreGuard, Stored, TokenStore};
 use crate::error::StoreError;
 use crate::key::TokenKey;
-use crate::source::DEFAULT_TOKEN_TIMEOUT;
+use crate::policy::DEFAULT_FLIGHT_DEADLINE;
 use crate::token::TokenSet;
 
 /// The connect timeout used when the connection string sets none.
@@ -95,8 +95,8 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// A held lock never outlives the token call by much: the lock's transaction is started with
 /// `idle_in_transaction_session_timeout` set to the lock-hold limit
-/// ([`lock_hold_limit`](Self::lock_hold_limit), by default the token timeout plus two query
-/// timeouts), so a holder that hangs (or whose token call outlives its timeout) loses its session
+/// ([`lock_hold_limit`](Self::lock_hold_limit), by default the layer's flight deadline plus a
+/// query timeout), so a holder that hangs (or whose token call outlives its timeout) loses its session
 /// and its lock; the server enforces it, not the holder. Waiting for the lock is bounded by
 /// [`lock_timeout`](Self::lock_timeout); running out gives [`StoreError::LockTimeout`].
 ///
@@ -158,10 +158,11 @@ impl PostgresStore {
     /// set otherwise.
     pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
     /// How long a held lock may stay idle before the server ends its session, unless set
-    /// otherwise: the default token timeout ([`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT))
-    /// plus two query timeouts (the re-read before the token call and the save after it).
-    pub const DEFAULT_LOCK_HOLD_LIMIT: Duration =
-        DEFAULT_TOKEN_TIMEOUT.saturating_add(Self::DEFAULT_QUERY_TIMEOUT).saturating_add(Self::DEFAULT_QUERY_TIMEOUT);
+    /// otherwise: the layer's default flight deadline
+    /// ([`DEFAULT_FLIGHT_DEADLINE`](crate::DEFAULT_FLIGHT_DEADLINE), 45 s: the token call's timeout
+    /// and the store's lock, read and save) plus one query timeout, 55 s. A refresh never holds
+    /// the lock longer than its flight lasts, so a lock held past this belongs to a holder that hung.
+    pub const DEFAULT_LOCK_HOLD_LIMIT: Duration = DEFAULT_FLIGHT_DEADLINE.saturating_add(Self::DEFAULT_QUERY_TIMEOUT);
     /// How many locks one store holds at once (each on its own connection), unless set otherwise.
     pub const DEFAULT_MAX_LOCK_CONNECTIONS: usize = 10;
 
@@ -299,7 +300,7 @@ impl PostgresStore {
     fn map(mut self, change: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = (*self.settings).clone();
         change(&mut settings);
-        // Locks and the generations remembered under them belong to one table and one limit.
+        // The lock connections belong to one table and one limit: a changed setting starts anew.
         self.locks = Arc::new(Locks::new(settings.max_lock_connections));
         self.settings = Arc::new(settings);
         self
