@@ -150,3 +150,98 @@ impl Map {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn keys(capacity: usize) -> Keys {
+        Keys::new(Some(capacity), Arc::new(ManualClock::starting_now()))
+    }
+
+    fn key(i: usize) -> TokenKey {
+        TokenKey::new(format!("k{i}"))
+    }
+
+    fn held(keys: &Keys, i: usize) -> bool {
+        keys.get(&key(i)).is_some()
+    }
+
+    #[test]
+    fn keys_seen_once_go_in_arrival_order() {
+        let keys = keys(3);
+        for i in 0..5 {
+            drop(keys.slot(&key(i)));
+        }
+        assert_eq!(keys.len(), 3);
+        assert!(!held(&keys, 0) && !held(&keys, 1), "the oldest went first");
+        assert!(held(&keys, 2) && held(&keys, 3) && held(&keys, 4));
+    }
+
+    #[test]
+    fn a_key_used_again_gets_a_second_chance() {
+        let keys = keys(3);
+        for i in 0..3 {
+            drop(keys.slot(&key(i)));
+        }
+        drop(keys.slot(&key(0))); // used again: marked
+        drop(keys.slot(&key(3)));
+        assert_eq!(keys.len(), 3);
+        assert!(held(&keys, 0), "the key in use again stays");
+        assert!(!held(&keys, 1), "the oldest key seen once goes instead");
+    }
+
+    #[test]
+    fn a_key_in_use_is_never_evicted_and_the_bound_returns_once_it_is_idle() {
+        let keys = keys(2);
+        let in_use: Vec<_> = (0..3).map(|i| keys.slot(&key(i))).collect();
+        assert_eq!(keys.len(), 3, "all three are in use: none can go");
+        drop(in_use);
+        drop(keys.slot(&key(3)));
+        assert_eq!(keys.len(), 2);
+        assert!(held(&keys, 3), "the newest key stays");
+    }
+
+    #[test]
+    fn the_default_key_is_never_evicted() {
+        let keys = keys(1);
+        drop(keys.slot(&TokenKey::default()));
+        for i in 0..4 {
+            drop(keys.slot(&key(i)));
+        }
+        assert!(keys.get(&TokenKey::default()).is_some());
+        assert!(keys.default_slot().is_some());
+    }
+
+    #[test]
+    fn unbounded_keys_are_all_kept_and_never_marked() {
+        let keys = Keys::new(None, Arc::new(ManualClock::starting_now()));
+        for i in 0..100 {
+            let slot = keys.slot(&key(i));
+            assert!(!slot.referenced.load(Ordering::Relaxed));
+        }
+        drop(keys.slot(&key(0)));
+        assert_eq!(keys.len(), 100);
+        assert!(!keys.get(&key(0)).unwrap().referenced.load(Ordering::Relaxed), "no bookkeeping without a bound");
+    }
+
+    #[test]
+    fn what_evicted_keys_leave_behind_is_bounded_too() {
+        let capacity = 2;
+        let mut map = Map::default();
+        for i in 0..10 {
+            let remembered = Remembered::CoolingDown {
+                cool: super::super::slot::CoolDown::new(std::time::Duration::from_secs(60), SystemTime::now()),
+                failures: 1,
+            };
+            map.remember(key(i), remembered, capacity);
+        }
+        assert_eq!(map.remembered.len(), capacity);
+        assert_eq!(map.remembered_order.len(), capacity);
+        assert!(
+            map.remembered.contains_key(&key(9)) && map.remembered.contains_key(&key(8)),
+            "the newest records stay"
+        );
+    }
+}

@@ -57,6 +57,15 @@ impl Running {
         Waiter { id: self.id, rx: self.rx.clone() }
     }
 
+    /// A flight with no task behind it, for the state machine's unit tests.
+    #[cfg(test)]
+    pub(super) fn for_tests(id: u64, base: u64) -> (Running, Waiter) {
+        let (tx, rx) = watch::channel(None);
+        let tx = Arc::new(tx);
+        let running = Running { id, base, rx: rx.clone(), tx: Arc::downgrade(&tx) };
+        (running, Waiter { id, rx })
+    }
+
     /// Answers the flight's waiters now (with tokens installed meanwhile); the flight's own answer
     /// comes later and finds them gone.
     pub(super) fn answer_early(&self, outcome: Outcome) {

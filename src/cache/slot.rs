@@ -597,3 +597,262 @@ fn kind_of(phase: &Phase) -> Kind {
         _ => Kind::Refresh,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{OAuthError, StoreError};
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + secs)
+    }
+
+    fn key() -> TokenKey {
+        TokenKey::new("k")
+    }
+
+    fn publish(tokens: &str, origin: Origin, standing: Standing) -> Produced {
+        Produced::Publish { tokens: TokenSet::new(tokens), origin, standing, failure: None }
+    }
+
+    fn dead_reason() -> RefreshError {
+        RefreshError::protocol(http::StatusCode::BAD_REQUEST, OAuthError::new("invalid_grant"))
+    }
+
+    fn access(state: &SlotState) -> Option<&str> {
+        state.current.as_ref().map(|lease| lease.tokens.access_token().secret())
+    }
+
+    #[test]
+    fn a_set_saved_at_a_later_revision_replaces_the_current_one_and_an_older_one_does_not() {
+        let (policy, stats) = (Policy::default(), Counters::default());
+        let mut state = SlotState::new();
+        state.phase = Phase::Ready;
+        let (outcome, _) = apply(
+            &mut state,
+            &key(),
+            None,
+            publish("a5", Origin::Installed, Standing::At(Revision::new(5))),
+            &policy,
+            &stats,
+            at(0),
+        );
+        assert_eq!(outcome.unwrap().unwrap().generation, 1);
+        assert_eq!((state.revision, state.saved), (Revision::new(5), true));
+
+        let (outcome, _) = apply(
+            &mut state,
+            &key(),
+            None,
+            publish("a4", Origin::Installed, Standing::At(Revision::new(4))),
+            &policy,
+            &stats,
+            at(0),
+        );
+        assert_eq!(outcome.unwrap().unwrap().generation, 1, "an older save does not replace the newer set");
+        assert_eq!((access(&state), state.generation), (Some("a5"), 1));
+
+        let (_, _) = apply(
+            &mut state,
+            &key(),
+            None,
+            publish("a5-again", Origin::Installed, Standing::At(Revision::new(5))),
+            &policy,
+            &stats,
+            at(0),
+        );
+        assert_eq!(access(&state), Some("a5"), "the same revision is the same set");
+
+        let error = StoreError::LockTimeout;
+        let (_, effects) = apply(
+            &mut state,
+            &key(),
+            None,
+            publish("a6-unsaved", Origin::Installed, Standing::Pending { replaces: Revision::new(5), error }),
+            &policy,
+            &stats,
+            at(0),
+        );
+        assert_eq!(access(&state), Some("a6-unsaved"), "unsaved but resting on the current revision: newer");
+        assert_eq!((state.revision, state.saved), (Revision::new(5), false));
+        assert_eq!(effects.retry_save, Some(2), "its save is retried");
+
+        let (_, _) = apply(
+            &mut state,
+            &key(),
+            None,
+            publish(
+                "a3-unsaved",
+                Origin::Installed,
+                Standing::Pending { replaces: Revision::new(3), error: StoreError::LockTimeout },
+            ),
+            &policy,
+            &stats,
+            at(0),
+        );
+        assert_eq!(access(&state), Some("a6-unsaved"), "resting on an older revision: not newer");
+    }
+
+    #[test]
+    fn a_first_load_publishes_only_into_a_key_that_holds_nothing() {
+        let mut state = SlotState::new();
+        state.generation = 3;
+        assert!(!newer(&state, Origin::Loaded, &Standing::At(Revision::new(9))));
+        assert!(newer(&state, Origin::Adopted, &Standing::At(Revision::new(9))));
+        let empty = SlotState::new();
+        assert!(newer(&empty, Origin::Loaded, &Standing::At(Revision::new(1))));
+        assert!(newer(&empty, Origin::Loaded, &Standing::At(Revision::NONE)), "a key with no token takes any");
+    }
+
+    #[test]
+    fn dying_is_a_terminal_event_once_and_the_view_says_whose_fault() {
+        let policy = Policy::default();
+        let mut state = SlotState::new();
+        assert!(state.die(dead_reason(), Whose::User, &policy), "the first death is an event");
+        assert!(!state.die(dead_reason(), Whose::User, &policy), "dying again is not");
+        assert!(state.view(at(0)).is_reauthorization_required());
+        state.phase = Phase::Ready;
+        assert!(state.die(dead_reason(), Whose::Client, &policy));
+        assert!(matches!(state.view(at(0)), TokenStateView::ClientRejected { .. }));
+        assert!(!state.view(at(0)).is_reauthorization_required());
+    }
+
+    use crate::cache::TokenState as TokenStateView;
+
+    #[test]
+    fn a_token_is_ready_only_when_loaded_alive_fresh_and_not_being_replaced_after_a_rejection() {
+        let skew = Duration::from_secs(30);
+        let mut state = SlotState::new();
+        state.publish(TokenSet::new("a").with_expires_at(at(3600)), None, false);
+        assert!(state.ready(skew, at(0)).is_none(), "not loaded yet");
+        state.phase = Phase::Ready;
+        assert!(state.ready(skew, at(0)).is_some());
+        assert!(state.ready(skew, at(3580)).is_none(), "inside the skew window");
+        assert!(state.ready(skew, at(3569)).is_some(), "just outside it");
+        assert!(state.sendable(at(3580)).is_some(), "still worth sending as a fallback");
+        assert!(state.sendable(at(3600)).is_none(), "not once expired");
+        let (running, _waiter) = test_flight(1, state.generation);
+        state.phase = Phase::Refreshing(running);
+        assert!(state.ready(skew, at(0)).is_some(), "a proactive refresh does not hold a fresh token back");
+        state.rejected = state.generation;
+        assert!(state.ready(skew, at(0)).is_none(), "a token a server rejected waits for its replacement");
+        state.rejected = state.generation - 1;
+        assert!(state.ready(skew, at(0)).is_some(), "only the rejected generation is held back");
+        state.phase = Phase::CoolingDown(CoolDown::new(Duration::from_secs(5), at(0)));
+        state.rejected = state.generation;
+        assert!(state.ready(skew, at(0)).is_some(), "a cool-down does not hold a fresh token back");
+        state.die(dead_reason(), Whose::User, &Policy::default());
+        assert!(state.ready(skew, at(0)).is_none(), "a dead key sends nothing");
+    }
+
+    #[test]
+    fn a_short_lived_token_whose_lifetime_is_known_is_judged_by_half_of_it() {
+        let skew = Duration::from_secs(30);
+        let issued = Lease::new(TokenSet::new("a").with_expires_at(at(20)), 1, Some(at(0)), true);
+        assert_eq!(issued.freshness(skew, at(9)), Freshness::Fresh, "a 20 s token: the window is 10 s");
+        assert_eq!(issued.freshness(skew, at(11)), Freshness::ExpiresSoon);
+        let loaded = Lease::new(TokenSet::new("a").with_expires_at(at(20)), 1, None, false);
+        assert_eq!(loaded.freshness(skew, at(0)), Freshness::ExpiresSoon, "unknown lifetime: the whole window");
+        let garbled = Lease::new(TokenSet::new("a b"), 1, None, false);
+        assert_eq!(garbled.freshness(skew, at(0)), Freshness::Expired, "a token that cannot be sent");
+        assert!(!garbled.is_sendable(at(0)));
+    }
+
+    #[test]
+    fn an_evicted_dead_key_read_back_at_the_same_revision_is_still_dead_without_a_new_event() {
+        let policy = Policy::default();
+        let stats = Counters::default();
+        let remembered = Remembered::Dead { revision: Revision::new(4), reason: dead_reason(), whose: Whose::User };
+        let mut state = SlotState::new();
+        let (running, _waiter) = test_flight(7, 0);
+        state.phase = Phase::Loading(running, Some(remembered.clone()));
+        let (outcome, effects) = apply(
+            &mut state,
+            &key(),
+            Some(7),
+            publish("a", Origin::Loaded, Standing::At(Revision::new(4))),
+            &policy,
+            &stats,
+            at(0),
+        );
+        assert!(outcome.unwrap_err().is_reauthorization_required());
+        assert!(effects.terminal.is_none(), "no second terminal event");
+        assert!(matches!(state.phase, Phase::Terminal(_)));
+
+        // A newer set in the store: alive.
+        let mut state = SlotState::new();
+        let (running, _waiter) = test_flight(8, 0);
+        state.phase = Phase::Loading(running, Some(remembered));
+        let (outcome, _) = apply(
+            &mut state,
+            &key(),
+            Some(8),
+            publish("b", Origin::Loaded, Standing::At(Revision::new(5))),
+            &policy,
+            &stats,
+            at(0),
+        );
+        assert_eq!(outcome.unwrap().unwrap().tokens.access_token().secret(), "b");
+        assert!(matches!(state.phase, Phase::Ready));
+    }
+
+    #[test]
+    fn a_refresh_that_fails_after_set_tokens_published_is_moot() {
+        let (policy, stats) = (Policy::default(), Counters::default());
+        let mut state = SlotState::new();
+        state.phase = Phase::Ready;
+        state.publish(TokenSet::new("old"), None, false);
+        let (running, _waiter) = test_flight(1, state.generation);
+        state.phase = Phase::Refreshing(running);
+        // set_tokens publishes meanwhile.
+        let _ = apply(
+            &mut state,
+            &key(),
+            None,
+            publish("user", Origin::Installed, Standing::At(Revision::new(2))),
+            &policy,
+            &stats,
+            at(0),
+        );
+        assert!(matches!(state.phase, Phase::Refreshing(_)), "the flight ends on its own");
+        let failed = Produced::Failed(Error::ReauthorizationRequired { key: key(), reason: dead_reason() });
+        let (outcome, effects) = apply(&mut state, &key(), Some(1), failed, &policy, &stats, at(0));
+        assert_eq!(outcome.unwrap().unwrap().tokens.access_token().secret(), "user");
+        assert!(effects.terminal.is_none());
+        assert!(matches!(state.phase, Phase::Ready), "not dead: the user's tokens are in use");
+    }
+
+    #[test]
+    fn a_retried_save_records_its_revision_or_adopts_what_the_store_holds() {
+        let stats = Counters::default();
+        let mut state = SlotState::new();
+        state.publish(TokenSet::new("ours"), None, true);
+        state.record_save(Revision::new(3), false);
+        let _ = apply_save(&mut state, &key(), 1, Produced::Saved(Revision::new(4)), &stats);
+        assert_eq!((state.revision, state.saved), (Revision::new(4), true));
+
+        state.record_save(Revision::new(4), false);
+        let _ = apply_save(&mut state, &key(), 99, Produced::Saved(Revision::new(5)), &stats);
+        assert_eq!(
+            (state.revision, state.saved),
+            (Revision::new(4), false),
+            "another generation's save changes nothing"
+        );
+
+        let (_, effects) = apply_save(
+            &mut state,
+            &key(),
+            1,
+            publish("theirs", Origin::Adopted, Standing::At(Revision::new(6))),
+            &stats,
+        );
+        assert_eq!(access(&state), Some("theirs"));
+        assert_eq!((state.revision, state.saved), (Revision::new(6), true));
+        assert!(effects.refreshed.is_some());
+        assert_eq!(stats.snapshot().adopted, 1);
+    }
+
+    fn test_flight(id: u64, base: u64) -> (Running, super::super::flight::Waiter) {
+        Running::for_tests(id, base)
+    }
+}
