@@ -107,3 +107,47 @@ async fn a_cache_smaller_than_the_working_set_still_refreshes_once_per_user_per_
     assert_eq!(client.get(&url).with_extension(newcomer).send().await.unwrap().status(), 200);
     assert!(auth.cached_keys() <= 100 + 16 + 1, "idle keys were evicted near the capacity: {}", auth.cached_keys());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_key_beside_a_busy_default_key_carries_its_own_token_never_the_defaults() {
+    use wiremock::matchers::{header, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let server = MockServer::start().await;
+    for (token, whose) in [("default-access", "default"), ("user-access", "user-7"), ("other-access", "user-8")] {
+        Mock::given(path("/api"))
+            .and(header("authorization", format!("Bearer {token}").as_str()))
+            .respond_with(ResponseTemplate::new(200).set_body_string(whose))
+            .mount(&server)
+            .await;
+    }
+    let store = MemoryStore::new();
+    store.put(&TokenKey::new("user-7"), &TokenSet::new("user-access")).await.unwrap();
+    let auth = TokenRefresh::builder(reqwest_token_refresh::RefreshTokenGrant::new(format!("{}/token", server.uri())))
+        .initial_tokens(TokenSet::new("default-access"))
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let client = client_with(&auth);
+    let url = format!("{}/api", server.uri());
+    let whose = |key: Option<&str>| {
+        let mut request = client.get(&url);
+        if let Some(key) = key {
+            request = request.with_extension(TokenKey::new(key));
+        }
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+
+    // The default key is loaded and its token ready: the fast path knows it.
+    assert_eq!(whose(None).await, "default");
+    assert_eq!(whose(None).await, "default");
+    // A user key, first and again (its token ready on the fast path too), never gets the default's.
+    assert_eq!(whose(Some("user-7")).await, "user-7");
+    assert_eq!(whose(Some("user-7")).await, "user-7");
+    auth.set_tokens_for(&TokenKey::new("user-8"), TokenSet::new("other-access")).await.unwrap();
+    assert_eq!(whose(Some("user-8")).await, "user-8");
+    assert_eq!(whose(None).await, "default");
+    // And the default's initial tokens were never seeded into the users' keys.
+    assert_eq!(store.get(&TokenKey::new("user-7")).await.unwrap().unwrap().access_token().secret(), "user-access");
+    assert_eq!(auth.tokens_for(&TokenKey::new("user-7")).unwrap().access_token().secret(), "user-access");
+}
