@@ -44,6 +44,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 move |key, _| *refreshes.lock().entry(key.clone()).or_default() += 1
             })
             .on_reauthorization_required(|key, reason| println!("user {key} must consent again: {reason}"))
+            // Withings answers an expired token with HTTP 200 and `"status":401`.
+            .token_rejected_when(providers::withings_token_rejected)
             .build()?;
     let users: Vec<TokenKey> = (0..USERS).map(|i| TokenKey::new(format!("withings-user-{i}"))).collect();
     for user in &users {

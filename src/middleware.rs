@@ -375,7 +375,11 @@ impl TokenRefresh {
             self.inner.cache.accepted(&sent, renewed.generation);
             return Ok(response);
         }
-        Ok(self.rejects(response, &sent_to, sent.key(), renewed.generation).await.0)
+        let (response, rejected) = self.rejects(response, &sent_to, sent.key(), renewed.generation).await;
+        if !rejected && response.status() != StatusCode::UNAUTHORIZED {
+            self.inner.cache.accepted(&sent, renewed.generation);
+        }
+        Ok(response)
     }
 }
 

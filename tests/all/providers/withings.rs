@@ -173,3 +173,21 @@ async fn a_retry_rejected_again_goes_back_as_it_came_and_both_rejections_are_cou
     let stats = auth.stats();
     assert_eq!((stats.refreshes, stats.retries, stats.unauthorized), (1, 1, 2), "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withings_token_that_carried_data_and_then_is_rejected_is_refreshed_at_once() {
+    let provider = MockProvider::withings().await;
+    let auth = withings(&provider, provider.issue_expired_tokens(), &MemoryStore::new());
+    let client = client_with(&auth);
+    let url = provider.api_url("measure");
+    // The first request's retry, with the token just fetched, carries data: that token is good.
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(provider.stats().token_calls, 1);
+    // Moments later Withings rejects it (the user revoked access): a refresh, not a hold-back.
+    provider.revoke_all();
+    provider.expire_access_tokens();
+    let err = client.get(&url).send().await.unwrap_err();
+    assert!(Error::from_middleware(&err).unwrap().is_reauthorization_required(), "{err:?}");
+    assert_eq!(provider.stats().token_calls, 2);
+    assert_eq!(auth.stats().refreshes_held_back, 0);
+}
