@@ -246,31 +246,29 @@ impl TokenCache {
     }
 
     async fn lease_in(&self, slot: &Arc<Slot>) -> Result<Lease, Error> {
-        // At most: a load, then a refresh of what it loaded. A third round would mean the key
-        // changed under us twice; the caller then gets what the last round said.
-        let mut rounds = 0;
-        loop {
-            rounds += 1;
-            let (waiter, fallback, loading) = match self.next_step(slot)? {
-                Step::Send(lease) => return Ok(lease),
-                Step::Wait { waiter, fallback, loading } => (waiter, fallback, loading),
-            };
-            let outcome = flight::wait(self, slot, waiter).await;
-            match outcome {
-                Ok(Some(lease)) if !loading || rounds >= 3 => return Ok(lease),
-                Ok(_) if loading && rounds < 3 => continue,
-                Ok(_) => return Err(Error::Refresh { key: slot.key.clone(), source: RefreshError::NoRefreshToken }),
-                Err(err @ (Error::Refresh { .. } | Error::Store { .. })) => {
-                    return match fallback {
-                        Some(fallback) => {
-                            tracing::debug!(key = %slot.key, error = %err, "refresh failed; the unexpired token is sent");
-                            Ok(fallback)
-                        }
-                        None => Err(err),
-                    };
+        let mut step = self.next_step(slot)?;
+        if let Step::Wait { waiter, loading: true, .. } = step {
+            // A key's first load, or a dead key's look at the store: wait for it, then decide
+            // again with what it found (the request holds the slot, so it cannot be evicted and
+            // need loading twice).
+            flight::wait(self, slot, waiter).await?;
+            step = self.next_step(slot)?;
+        }
+        let (waiter, fallback) = match step {
+            Step::Send(lease) => return Ok(lease),
+            Step::Wait { waiter, fallback, .. } => (waiter, fallback),
+        };
+        match flight::wait(self, slot, waiter).await {
+            Ok(Some(lease)) => Ok(lease),
+            Ok(None) => Err(Error::Refresh { key: slot.key.clone(), source: RefreshError::NoRefreshToken }),
+            Err(err @ (Error::Refresh { .. } | Error::Store { .. })) => match fallback {
+                Some(fallback) => {
+                    tracing::debug!(key = %slot.key, error = %err, "refresh failed; the unexpired token is sent");
+                    Ok(fallback)
                 }
-                Err(err) => return Err(err),
-            }
+                None => Err(err),
+            },
+            Err(err) => Err(err),
         }
     }
 
