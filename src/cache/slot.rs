@@ -444,22 +444,10 @@ pub(super) fn apply(
                 Some(Kind::Refresh) => {
                     let error = match error {
                         Error::ReauthorizationRequired { reason, .. } => {
-                            Counters::bump(&stats.refresh_failures);
-                            let fresh_event = state.die(reason.clone(), Whose::User, policy);
-                            if fresh_event {
-                                tracing::warn!(key = %key, reason = %reason, "refresh token is dead: re-authorization required");
-                                effects.terminal = Some((Whose::User, reason.clone()));
-                            }
-                            Error::ReauthorizationRequired { key: key.clone(), reason }
+                            fail_terminally(state, key, Whose::User, reason, policy, stats, &mut effects)
                         }
                         Error::ClientRejected { reason, .. } => {
-                            Counters::bump(&stats.refresh_failures);
-                            let fresh_event = state.die(reason.clone(), Whose::Client, policy);
-                            if fresh_event {
-                                tracing::error!(key = %key, reason = %reason, "the token endpoint refuses this client: check its credentials and registration");
-                                effects.terminal = Some((Whose::Client, reason.clone()));
-                            }
-                            Error::ClientRejected { key: key.clone(), reason }
+                            fail_terminally(state, key, Whose::Client, reason, policy, stats, &mut effects)
                         }
                         Error::Refresh { source, .. } => fail_transiently(state, key, source, policy, stats, now),
                         other => {
@@ -557,6 +545,31 @@ fn settle(state: &mut SlotState, kind: Option<Kind>, policy: &Policy) {
         (Some(Kind::Load | Kind::Refresh), _) => state.phase = Phase::Ready,
         _ => {}
     }
+}
+
+/// Records a dead grant: the key goes terminal, and a new terminal event gets its hook.
+fn fail_terminally(
+    state: &mut SlotState,
+    key: &TokenKey,
+    whose: Whose,
+    reason: RefreshError,
+    policy: &Policy,
+    stats: &Counters,
+    effects: &mut Effects,
+) -> Error {
+    Counters::bump(&stats.refresh_failures);
+    if state.die(reason.clone(), whose, policy) {
+        match whose {
+            Whose::User => {
+                tracing::warn!(key = %key, reason = %reason, "refresh token is dead: re-authorization required")
+            }
+            Whose::Client => {
+                tracing::error!(key = %key, reason = %reason, "the token endpoint refuses this client: check its credentials and registration")
+            }
+        }
+        effects.terminal = Some((whose, reason.clone()));
+    }
+    terminal_error(key, whose, &reason)
 }
 
 /// Records a transient failure: a cool-down with exponential backoff that honours `Retry-After`.

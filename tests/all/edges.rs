@@ -19,7 +19,7 @@ use tokio::time::timeout;
 use wiremock::matchers::path;
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{StoreExt, client_with, count, eventually, grant, layer, spawn_get, storm};
+use crate::helpers::{CountingStore, StoreExt, client_with, count, eventually, grant, layer, spawn_get, storm};
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -449,29 +449,10 @@ async fn a_token_that_was_accepted_and_then_rejected_is_refreshed_however_young(
     assert_eq!(auth.stats().refreshes_held_back, 0);
 }
 
-/// A store over memory that counts its reads.
-#[derive(Debug, Clone, Default)]
-struct CountingReads {
-    inner: MemoryStore,
-    reads: Arc<AtomicUsize>,
-}
-
-#[async_trait]
-impl TokenStore for CountingReads {
-    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.load(key).await
-    }
-
-    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
-        self.inner.save(key, tokens, replaces).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_key_fails_fast_between_its_looks_at_the_store() {
     let provider = MockProvider::start().await;
-    let store = CountingReads::default();
+    let store = CountingStore::default();
     let auth = layer(&provider, provider.issue_tokens())
         .store(store.clone())
         .terminal_recheck(Duration::from_millis(300))
@@ -483,18 +464,18 @@ async fn a_dead_key_fails_fast_between_its_looks_at_the_store() {
     provider.expire_access_tokens();
     let err = client.get(&url).send().await.unwrap_err();
     assert!(Error::from_middleware(&err).unwrap().is_reauthorization_required());
-    let (reads, calls) = (store.reads.load(Ordering::SeqCst), provider.stats().token_calls);
+    let (reads, calls) = (store.loads.load(Ordering::SeqCst), provider.stats().token_calls);
 
     for _ in 0..50 {
         let err = client.get(&url).send().await.unwrap_err();
         assert!(Error::from_middleware(&err).unwrap().is_reauthorization_required());
     }
-    assert_eq!(store.reads.load(Ordering::SeqCst), reads, "no store read before the interval has passed");
+    assert_eq!(store.loads.load(Ordering::SeqCst), reads, "no store read before the interval has passed");
     tokio::time::sleep(Duration::from_millis(350)).await;
     for _ in 0..50 {
         let err = client.get(&url).send().await.unwrap_err();
         assert!(Error::from_middleware(&err).unwrap().is_reauthorization_required());
     }
-    assert_eq!(store.reads.load(Ordering::SeqCst), reads + 1, "one look per interval, however many requests");
+    assert_eq!(store.loads.load(Ordering::SeqCst), reads + 1, "one look per interval, however many requests");
     assert_eq!(provider.stats().token_calls, calls, "a dead grant is never tried again");
 }

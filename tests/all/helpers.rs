@@ -177,3 +177,24 @@ impl<S: TokenStore + ?Sized> StoreExt for S {
         Ok(self.load(key).await?.map(|stored| stored.tokens))
     }
 }
+
+/// A memory store that counts its loads: what a database would see.
+#[derive(Debug, Clone, Default)]
+pub struct CountingStore {
+    pub tokens: reqwest_token_refresh::MemoryStore,
+    pub loads: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl TokenStore for CountingStore {
+    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.tokens.load(key).await
+    }
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        self.tokens.save(key, tokens, replaces).await
+    }
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
+        crate::helpers::lock_through(self, &self.tokens, key).await
+    }
+}

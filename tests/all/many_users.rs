@@ -1,39 +1,14 @@
 //! Many users through one client (contract point 17 at scale): each key refreshes once per
 //! expiry, loads from the store once, and survives eviction from a bounded cache.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
-use async_trait::async_trait;
 use futures::future::join_all;
 use reqwest_token_refresh::testkit::MockProvider;
-use reqwest_token_refresh::{
-    MemoryStore, Revision, StoreError, StoreGuard, Stored, TokenKey, TokenRefresh, TokenSet, TokenStore,
-};
+use reqwest_token_refresh::{MemoryStore, TokenKey, TokenRefresh, TokenSet};
 
 use crate::helpers::StoreExt;
-use crate::helpers::{client_with, grant};
-
-/// A memory store that counts its loads: what a database would see.
-#[derive(Debug, Clone, Default)]
-struct CountingStore {
-    tokens: MemoryStore,
-    loads: Arc<AtomicUsize>,
-}
-
-#[async_trait]
-impl TokenStore for CountingStore {
-    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
-        self.loads.fetch_add(1, Ordering::SeqCst);
-        self.tokens.load(key).await
-    }
-    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
-        self.tokens.save(key, tokens, replaces).await
-    }
-    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
-        crate::helpers::lock_through(self, &self.tokens, key).await
-    }
-}
+use crate::helpers::{CountingStore, client_with, grant};
 
 /// Sends `per_user` concurrent requests for every user at once; returns how many succeeded.
 async fn storm_across(
