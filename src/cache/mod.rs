@@ -169,15 +169,17 @@ pub(crate) struct TokenCache {
 pub(super) struct Effects {
     pub(super) refreshed: Option<Arc<TokenSet>>,
     pub(super) terminal: Option<(Whose, RefreshError)>,
-    pub(super) retry_save: Option<u64>,
+    /// The generation whose save failed, and whether `set_tokens` installed it (its retry then
+    /// installs again: the user's tokens win, they are not adopted over).
+    pub(super) retry_save: Option<(u64, bool)>,
 }
 
 impl Effects {
     fn run(self, cache: &TokenCache, slot: &Arc<Slot>) {
         let config = &cache.inner.config;
         // The save retry first: a panicking hook must not cost a rotated refresh token.
-        if let Some(generation) = self.retry_save {
-            cache.spawn_save_retry(slot.clone(), generation);
+        if let Some((generation, installed)) = self.retry_save {
+            cache.spawn_save_retry(slot.clone(), generation, installed);
         }
         if let (Some(tokens), Some(hook)) = (self.refreshed, &config.on_refresh) {
             hook(&slot.key, &tokens);
@@ -508,13 +510,17 @@ impl TokenCache {
         Counters::bump(&self.inner.stats.store_failures);
         tracing::error!(key = %key, error = %err, "token store failed");
         if let Some(hook) = &self.inner.config.on_store_error {
-            hook(key, err);
+            // Called in the middle of the store protocol, perhaps with a rotated refresh token not
+            // yet saved: a panicking hook must not unwind through it and lose that token.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(key, err))).is_err() {
+                tracing::error!(key = %key, "the on_store_error hook panicked; the layer goes on");
+            }
         }
     }
 
     /// Retries saving `generation` until it is saved, superseded or replaced, with the policy's
     /// backoff. Stops when the layer is dropped.
-    fn spawn_save_retry(&self, slot: Arc<Slot>, generation: u64) {
+    fn spawn_save_retry(&self, slot: Arc<Slot>, generation: u64, installed: bool) {
         let inner = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             let mut attempt: u32 = 0;
@@ -529,14 +535,20 @@ impl TokenCache {
                 let intent = {
                     let state = slot.state.lock();
                     match &state.current {
-                        Some(lease) if lease.generation == generation && !state.saved => {
-                            Intent::Resave { tokens: lease.tokens.clone(), replaces: state.revision }
-                        }
+                        Some(lease) if lease.generation == generation && !state.saved => match installed {
+                            true => Intent::Install((*lease.tokens).clone()),
+                            false => Intent::Resave { tokens: lease.tokens.clone(), replaces: state.revision },
+                        },
                         _ => return,
                     }
                 };
                 let produced = persist::run(&cache, &slot, intent).await;
-                let failed = matches!(&produced, Produced::Failed(Error::Store { source, .. }) if !matches!(source, StoreError::Superseded));
+                // Still unsaved (the store failed, or saves kept landing in between): go on.
+                let failed = matches!(
+                    &produced,
+                    Produced::Failed(Error::Store { .. })
+                        | Produced::Publish { standing: persist::Standing::Pending { .. }, .. }
+                );
                 let (_, effects) = {
                     let mut state = slot.state.lock();
                     slot::apply_save(&mut state, &slot.key, generation, produced, &cache.inner.stats)

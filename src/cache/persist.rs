@@ -92,6 +92,10 @@ pub(super) enum Produced {
 /// its save, before it reports the contention.
 const INSTALL_ATTEMPTS: usize = 8;
 
+/// How many times a save re-reads and tries again over a revision that turned out to be its own
+/// (see `Io::save_or_adopt`) before it is left to the save retry.
+const SAVE_ATTEMPTS: usize = 4;
+
 /// Runs the protocol for `intent` on `slot`'s key.
 pub(super) async fn run(cache: &TokenCache, slot: &Slot, intent: Intent) -> Produced {
     let config = &cache.inner.config;
@@ -106,7 +110,7 @@ pub(super) async fn run(cache: &TokenCache, slot: &Slot, intent: Intent) -> Prod
         Intent::Load { seed } => match io.read().await {
             Ok(Some(stored)) => publish(stored, Origin::Loaded),
             Ok(None) => match seed {
-                Some(seed) => io.save_or_adopt(seed, Revision::NONE, Origin::Loaded, None, save_window).await,
+                Some(seed) => io.save_or_adopt(seed, Revision::NONE, Origin::Loaded, None, None, save_window).await,
                 None => Produced::Nothing,
             },
             Err(source) => Produced::Failed(Error::Store { key: key.clone(), source }),
@@ -122,7 +126,15 @@ pub(super) async fn run(cache: &TokenCache, slot: &Slot, intent: Intent) -> Prod
         }
         Intent::Install(tokens) => install(&mut io, tokens, save_window).await,
         Intent::Resave { tokens, replaces } => {
-            match io.save_or_adopt((*tokens).clone(), replaces, Origin::Fetched, None, save_window).await {
+            // Under the lock, like a refresh: a refresh of this key in another process (or in this
+            // one, from the set being saved) and this save then happen one after the other.
+            if let Err(source) = io.lock().await {
+                return Produced::Failed(Error::Store { key: key.clone(), source });
+            }
+            let produced =
+                io.save_or_adopt((*tokens).clone(), replaces, Origin::Fetched, None, None, save_window).await;
+            io.unlock().await;
+            match produced {
                 Produced::Publish { standing: Standing::At(revision), origin: Origin::Fetched, .. } => {
                     Produced::Saved(revision)
                 }
@@ -175,6 +187,9 @@ async fn refresh(io: &mut Io<'_>, base: Option<Arc<TokenSet>>, revision: Revisio
             return Produced::Failed(Error::Refresh { key: key.clone(), source: RefreshError::TimedOut { after } });
         }
     };
+    // The token call is done: what follows (the save, a re-read) has a window of its own, since
+    // the answer may carry a rotated refresh token that must not be lost to an expired deadline.
+    io.deadline = Instant::now().checked_add(save_window).unwrap_or_else(super::slot::far_future);
     // Whatever the source (a user-written one too), an error never shows the tokens it was given.
     let fetched = fetched.map_err(|mut error| {
         if let Some(from) = &from {
@@ -190,7 +205,7 @@ async fn refresh(io: &mut Io<'_>, base: Option<Arc<TokenSet>>, revision: Revisio
             // From the token answer's last byte (the source has parsed it) to the save being
             // durable: with single-use refresh tokens, a crash inside this window loses the grant.
             let answered = Instant::now();
-            let produced = io.save_or_adopt(tokens, replaces, Origin::Fetched, None, save_window).await;
+            let produced = io.save_or_adopt(tokens, replaces, Origin::Fetched, from.as_ref(), None, save_window).await;
             if let Produced::Publish { standing: Standing::At(revision), .. } = &produced {
                 let rotation_to_durable_us = u64::try_from(answered.elapsed().as_micros()).unwrap_or(u64::MAX);
                 tracing::debug!(key = %key, %revision, rotation_to_durable_us, "new tokens durable");
@@ -203,11 +218,12 @@ async fn refresh(io: &mut Io<'_>, base: Option<Arc<TokenSet>>, revision: Revisio
             // token marked expired so that the next refresh, after the cool-down, spends it.
             tracing::warn!(key = %key, reason = %reason, "unusable token answer carried a new refresh token; keeping it");
             let salvaged = from
+                .clone()
                 .unwrap_or_else(|| TokenSet::new(String::new()))
                 .with_refresh_token(rotated)
                 .with_expires_at(config.clock.now());
             let failure = RefreshError::InvalidResponse { status, reason, body, rotated_refresh_token: None };
-            io.save_or_adopt(salvaged, replaces, Origin::Fetched, Some(failure), save_window).await
+            io.save_or_adopt(salvaged, replaces, Origin::Fetched, from.as_ref(), Some(failure), save_window).await
         }
         Err(reason) => match config.policy.verdict(&reason) {
             Verdict::Terminal(whose) => {
@@ -362,39 +378,62 @@ impl<'a> Io<'a> {
     }
 
     /// Saves a new set over `replaces`; if the store holds something newer, that is adopted.
+    ///
+    /// Two stored sets are not "newer" though: this very set (a save that timed out here but
+    /// landed, or a retry's), which means it is saved; and `from`, the set this one was fetched
+    /// from, saved by this layer's own save retry while the fetch ran, which this set replaces.
+    /// A store that lost the key (a Redis restarted without persistence, a row deleted by hand)
+    /// gets ours saved over nothing.
     async fn save_or_adopt(
         &mut self,
         tokens: TokenSet,
         replaces: Revision,
         origin: Origin,
+        from: Option<&TokenSet>,
         failure: Option<RefreshError>,
         window: Duration,
     ) -> Produced {
-        match self.save(tokens.clone(), replaces, window).await {
-            Ok(revision) => Produced::Publish { tokens, origin, standing: Standing::At(revision), failure },
-            Err(StoreError::Superseded) => match self.read().await {
-                Ok(Some(stored)) => {
-                    tracing::warn!(key = %self.slot.key, "save superseded by another process; adopting its tokens");
-                    publish(stored, Origin::Adopted)
-                }
-                // The store lost the key (a Redis restarted without persistence, a row deleted by
-                // hand): ours are the only tokens, saved over nothing.
-                Ok(None) => match self.save(tokens.clone(), Revision::NONE, window).await {
-                    Ok(revision) => Produced::Publish { tokens, origin, standing: Standing::At(revision), failure },
-                    Err(error) => Produced::Publish {
-                        tokens,
-                        origin,
-                        standing: Standing::Pending { replaces: Revision::NONE, error },
-                        failure,
-                    },
+        let mut replaces = replaces;
+        for _ in 0..SAVE_ATTEMPTS {
+            match self.save(tokens.clone(), replaces, window).await {
+                Ok(revision) => return Produced::Publish { tokens, origin, standing: Standing::At(revision), failure },
+                Err(StoreError::Superseded) => match self.read().await {
+                    Ok(Some(stored)) if same_grant(&stored.tokens, &tokens) => {
+                        return Produced::Publish { tokens, origin, standing: Standing::At(stored.revision), failure };
+                    }
+                    Ok(Some(stored)) if from.is_some_and(|from| same_grant(&stored.tokens, from)) => {
+                        replaces = stored.revision;
+                    }
+                    Ok(Some(stored)) => {
+                        tracing::warn!(key = %self.slot.key, "save superseded by another process; adopting its tokens");
+                        return publish(stored, Origin::Adopted);
+                    }
+                    Ok(None) => replaces = Revision::NONE,
+                    Err(error) => {
+                        return Produced::Publish {
+                            tokens,
+                            origin,
+                            standing: Standing::Pending { replaces, error },
+                            failure,
+                        };
+                    }
                 },
                 Err(error) => {
-                    Produced::Publish { tokens, origin, standing: Standing::Pending { replaces, error }, failure }
+                    return Produced::Publish {
+                        tokens,
+                        origin,
+                        standing: Standing::Pending { replaces, error },
+                        failure,
+                    };
                 }
-            },
-            Err(error) => {
-                Produced::Publish { tokens, origin, standing: Standing::Pending { replaces, error }, failure }
             }
         }
+        let error = StoreError::Superseded;
+        Produced::Publish { tokens, origin, standing: Standing::Pending { replaces, error }, failure }
     }
+}
+
+/// Whether two sets hold the same grant (the same access and refresh token).
+fn same_grant(a: &TokenSet, b: &TokenSet) -> bool {
+    a.access_token() == b.access_token() && a.refresh_token() == b.refresh_token()
 }

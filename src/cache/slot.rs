@@ -348,7 +348,7 @@ pub(super) fn apply(
     let moot = answered.is_some_and(|(_, base)| base < state.generation);
     match produced {
         Produced::Publish { tokens, origin, standing, failure } => {
-            if !newer(state, origin, &standing) {
+            if !newer(state, origin, &standing, answered.map(|(_, base)| base)) {
                 tracing::debug!(key = %key, ?origin, ?standing, "not published: the key already holds a newer set");
                 settle(state, kind, policy);
                 return (current_or_state_error(key, state, now), effects);
@@ -361,7 +361,7 @@ pub(super) fn apply(
                     // Counted and reported where the save failed; here it becomes a retry.
                     tracing::warn!(key = %key, generation = lease.generation, error = %error, "the new tokens are used from memory and their save is retried");
                     state.record_save(replaces, false);
-                    effects.retry_save = Some(lease.generation);
+                    effects.retry_save = Some((lease.generation, origin == Origin::Installed));
                 }
             }
             if origin == Origin::Adopted {
@@ -500,6 +500,13 @@ pub(super) fn apply_save(
 ) -> (Outcome, Effects) {
     let mut effects = Effects::default();
     match produced {
+        // An installed set saved on retry (it reports itself, like the first install).
+        Produced::Publish { origin: Origin::Installed, standing: Standing::At(revision), .. }
+            if state.generation == generation && !state.saved =>
+        {
+            tracing::info!(key = %key, generation, %revision, "saving the installed tokens succeeded on retry");
+            state.record_save(revision, true);
+        }
         Produced::Saved(revision) if state.generation == generation && !state.saved => {
             tracing::info!(key = %key, generation, %revision, "saving the tokens succeeded on retry");
             state.record_save(revision, true);
@@ -520,16 +527,26 @@ pub(super) fn apply_save(
     (Ok(state.current.clone()), effects)
 }
 
-/// Whether a produced set may replace what the key holds. The store's revision orders them: a set
-/// saved at a later revision is newer; an unsaved one is newer unless the key moved past the
-/// revision its save replaces. A first load publishes only into a key that holds nothing yet.
-fn newer(state: &SlotState, origin: Origin, standing: &Standing) -> bool {
+/// Whether a produced set may replace what the key holds.
+///
+/// - `set_tokens` (`base: None`): always; the user has just authorized.
+/// - A flight during which nothing was published (`base` is the current generation): always;
+///   what it produced is the newest this key has, whatever revision a store that lost its data
+///   gave it.
+/// - A flight overtaken by a publish (`set_tokens`, a set a save retry adopted): only a set saved
+///   at a later revision than the current one, itself saved. Then both revisions come from the
+///   same store order; an unsaved set, or one over an unsaved current set, cannot be ordered and
+///   loses to the set that overtook it.
+///
+/// A first load publishes only into a key that holds nothing yet.
+fn newer(state: &SlotState, origin: Origin, standing: &Standing, base: Option<u64>) -> bool {
     if origin == Origin::Loaded && state.generation != 0 {
         return false;
     }
-    match standing {
-        Standing::At(revision) => *revision > state.revision || state.current.is_none(),
-        Standing::Pending { replaces, .. } => *replaces >= state.revision,
+    match base {
+        None => true,
+        Some(base) if base == state.generation => true,
+        Some(_) => state.saved && matches!(standing, Standing::At(revision) if *revision > state.revision),
     }
 }
 
@@ -637,7 +654,7 @@ mod tests {
     }
 
     #[test]
-    fn a_set_saved_at_a_later_revision_replaces_the_current_one_and_an_older_one_does_not() {
+    fn set_tokens_always_publishes_and_records_where_the_set_stands() {
         let (policy, stats) = (Policy::default(), Counters::default());
         let mut state = SlotState::new();
         state.phase = Phase::Ready;
@@ -652,69 +669,131 @@ mod tests {
         );
         assert_eq!(outcome.unwrap().unwrap().generation, 1);
         assert_eq!((state.revision, state.saved), (Revision::new(5), true));
-
+        // A store that lost its data numbers from 1 again: the user's tokens still win.
         let (outcome, _) = apply(
             &mut state,
             &key(),
             None,
-            publish("a4", Origin::Installed, Standing::At(Revision::new(4))),
+            publish("a1", Origin::Installed, Standing::At(Revision::new(1))),
             &policy,
             &stats,
             at(0),
         );
-        assert_eq!(outcome.unwrap().unwrap().generation, 1, "an older save does not replace the newer set");
-        assert_eq!((access(&state), state.generation), (Some("a5"), 1));
-
-        let (_, _) = apply(
-            &mut state,
-            &key(),
-            None,
-            publish("a5-again", Origin::Installed, Standing::At(Revision::new(5))),
-            &policy,
-            &stats,
-            at(0),
-        );
-        assert_eq!(access(&state), Some("a5"), "the same revision is the same set");
-
-        let error = StoreError::LockTimeout;
+        assert_eq!(outcome.unwrap().unwrap().generation, 2);
+        assert_eq!((access(&state), state.revision), (Some("a1"), Revision::new(1)));
         let (_, effects) = apply(
             &mut state,
             &key(),
             None,
-            publish("a6-unsaved", Origin::Installed, Standing::Pending { replaces: Revision::new(5), error }),
-            &policy,
-            &stats,
-            at(0),
-        );
-        assert_eq!(access(&state), Some("a6-unsaved"), "unsaved but resting on the current revision: newer");
-        assert_eq!((state.revision, state.saved), (Revision::new(5), false));
-        assert_eq!(effects.retry_save, Some(2), "its save is retried");
-
-        let (_, _) = apply(
-            &mut state,
-            &key(),
-            None,
             publish(
-                "a3-unsaved",
+                "a2-unsaved",
                 Origin::Installed,
-                Standing::Pending { replaces: Revision::new(3), error: StoreError::LockTimeout },
+                Standing::Pending { replaces: Revision::new(1), error: StoreError::LockTimeout },
             ),
             &policy,
             &stats,
             at(0),
         );
-        assert_eq!(access(&state), Some("a6-unsaved"), "resting on an older revision: not newer");
+        assert_eq!(access(&state), Some("a2-unsaved"));
+        assert_eq!((state.revision, state.saved), (Revision::new(1), false));
+        assert_eq!(effects.retry_save, Some((3, true)), "its save is retried, as an install");
+    }
+
+    #[test]
+    fn a_flight_publishes_what_it_produced_unless_a_newer_set_overtook_it() {
+        let (policy, stats) = (Policy::default(), Counters::default());
+        let refresh = |state: &mut SlotState, id: u64, produced: Produced| {
+            let (running, _waiter) = test_flight(id, state.generation);
+            state.phase = Phase::Refreshing(running);
+            apply(state, &key(), Some(id), produced, &policy, &stats, at(0))
+        };
+        let mut state = SlotState::new();
+        state.phase = Phase::Ready;
+        state.publish(TokenSet::new("a57"), None, false);
+        state.record_save(Revision::new(57), true);
+        // Nothing published while it ran: its set wins, even at a lower revision (a store that
+        // lost the key numbers from 1 again).
+        let (outcome, _) = refresh(&mut state, 1, publish("b1", Origin::Fetched, Standing::At(Revision::new(1))));
+        assert_eq!(outcome.unwrap().unwrap().tokens.access_token().secret(), "b1");
+        assert_eq!(state.revision, Revision::new(1));
+
+        // Overtaken by set_tokens (saved at r3): an older or unsaved flight result loses...
+        for (produced, why) in [
+            (publish("c2", Origin::Fetched, Standing::At(Revision::new(2))), "saved at an older revision"),
+            (publish("c3", Origin::Fetched, Standing::At(Revision::new(3))), "saved at the same revision"),
+            (
+                publish(
+                    "c-unsaved",
+                    Origin::Fetched,
+                    Standing::Pending { replaces: Revision::new(3), error: StoreError::LockTimeout },
+                ),
+                "not saved",
+            ),
+        ] {
+            let (running, _waiter) = test_flight(9, state.generation);
+            state.phase = Phase::Refreshing(running);
+            let _ = apply(
+                &mut state,
+                &key(),
+                None,
+                publish("user", Origin::Installed, Standing::At(Revision::new(3))),
+                &policy,
+                &stats,
+                at(0),
+            );
+            let (outcome, _) = apply(&mut state, &key(), Some(9), produced, &policy, &stats, at(0));
+            assert_eq!(outcome.unwrap().unwrap().tokens.access_token().secret(), "user", "{why}");
+            assert_eq!(access(&state), Some("user"), "{why}");
+            assert!(matches!(state.phase, Phase::Ready));
+        }
+        // ...and one saved at a later revision, refreshed from the user's set, wins.
+        let (running, _waiter) = test_flight(10, state.generation);
+        state.phase = Phase::Refreshing(running);
+        let _ = apply(
+            &mut state,
+            &key(),
+            None,
+            publish("user-2", Origin::Installed, Standing::At(Revision::new(4))),
+            &policy,
+            &stats,
+            at(0),
+        );
+        let (outcome, _) = apply(
+            &mut state,
+            &key(),
+            Some(10),
+            publish("d5", Origin::Fetched, Standing::At(Revision::new(5))),
+            &policy,
+            &stats,
+            at(0),
+        );
+        assert_eq!(outcome.unwrap().unwrap().tokens.access_token().secret(), "d5");
+        // Over an unsaved current set, even a later revision cannot be ordered: the current stays.
+        let (running, _waiter) = test_flight(11, state.generation);
+        state.phase = Phase::Refreshing(running);
+        let pending = Standing::Pending { replaces: Revision::new(5), error: StoreError::LockTimeout };
+        let _ = apply(&mut state, &key(), None, publish("user-3", Origin::Installed, pending), &policy, &stats, at(0));
+        let (_, _) = apply(
+            &mut state,
+            &key(),
+            Some(11),
+            publish("e9", Origin::Fetched, Standing::At(Revision::new(9))),
+            &policy,
+            &stats,
+            at(0),
+        );
+        assert_eq!(access(&state), Some("user-3"));
     }
 
     #[test]
     fn a_first_load_publishes_only_into_a_key_that_holds_nothing() {
         let mut state = SlotState::new();
         state.generation = 3;
-        assert!(!newer(&state, Origin::Loaded, &Standing::At(Revision::new(9))));
-        assert!(newer(&state, Origin::Adopted, &Standing::At(Revision::new(9))));
+        assert!(!newer(&state, Origin::Loaded, &Standing::At(Revision::new(9)), Some(3)));
+        assert!(newer(&state, Origin::Adopted, &Standing::At(Revision::new(9)), Some(3)));
         let empty = SlotState::new();
-        assert!(newer(&empty, Origin::Loaded, &Standing::At(Revision::new(1))));
-        assert!(newer(&empty, Origin::Loaded, &Standing::At(Revision::NONE)), "a key with no token takes any");
+        assert!(newer(&empty, Origin::Loaded, &Standing::At(Revision::new(1)), Some(0)));
+        assert!(newer(&empty, Origin::Loaded, &Standing::At(Revision::NONE), Some(0)), "a key with no token takes any");
     }
 
     #[test]

@@ -479,3 +479,126 @@ async fn a_dead_key_fails_fast_between_its_looks_at_the_store() {
     assert_eq!(store.loads.load(Ordering::SeqCst), reads + 1, "one look per interval, however many requests");
     assert_eq!(provider.stats().token_calls, calls, "a dead grant is never tried again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_lost_the_key_still_takes_new_tokens_and_the_layer_uses_them() {
+    let provider = MockProvider::start().await;
+    let dir = std::env::temp_dir().join(format!("rtr-edges-lost-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tokens.json");
+    let store = FileStore::new(&path);
+    let auth = layer(&provider, provider.issue_expired_tokens()).store(store.clone()).build().unwrap();
+    let client = client_with(&auth);
+    let url = provider.api_url("me");
+    for _ in 0..3 {
+        provider.expire_access_tokens();
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    }
+    assert!(store.load(&key()).await.unwrap().unwrap().revision > Revision::new(2));
+
+    // The file is deleted (by hand, or a fresh volume): revisions start again at 1.
+    std::fs::remove_file(&path).unwrap();
+    provider.expire_access_tokens();
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    let stored = store.get(&key()).await.unwrap().expect("the new set was saved into the empty store");
+    assert_eq!(auth.tokens().unwrap().access_token(), stored.access_token(), "and it is the one in use");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+
+    // set_tokens into a store that lost the key again: the user's tokens are the ones in use.
+    std::fs::remove_file(&path).unwrap();
+    let user = provider.issue_tokens();
+    auth.set_tokens(user.clone()).await.unwrap();
+    assert_eq!(auth.tokens().unwrap().access_token(), user.access_token());
+    assert_eq!(store.get(&key()).await.unwrap().unwrap().access_token(), user.access_token());
+}
+
+/// A store over memory whose next `failing_reads` reads and `failing_saves` saves fail.
+#[derive(Debug, Clone, Default)]
+struct Flaky {
+    inner: MemoryStore,
+    failing_reads: Arc<AtomicUsize>,
+    failing_saves: Arc<AtomicUsize>,
+}
+
+fn take(counter: &AtomicUsize) -> bool {
+    counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+}
+
+#[async_trait]
+impl TokenStore for Flaky {
+    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
+        if take(&self.failing_reads) {
+            return Err(StoreError::io("reading tokens", std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        }
+        self.inner.load(key).await
+    }
+
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        if take(&self.failing_saves) {
+            return Err(StoreError::io("writing tokens", std::io::Error::from_raw_os_error(28)));
+        }
+        self.inner.save(key, tokens, replaces).await
+    }
+
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
+        crate::helpers::lock_through(self, &self.inner, key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_set_while_the_store_is_away_win_over_what_another_replica_saves_meanwhile() {
+    let provider = MockProvider::start().await;
+    let store = Flaky::default();
+    store.inner.put(&key(), &provider.issue_tokens()).await.unwrap();
+    let a = layer(&provider, provider.issue_tokens())
+        .store(store.clone())
+        .min_backoff(Duration::from_millis(100))
+        .max_backoff(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert_eq!(client_with(&a).get(provider.api_url("me")).send().await.unwrap().status(), 200);
+
+    // The user authorizes again through replica A while the store cannot be read.
+    store.failing_reads.store(1, Ordering::SeqCst);
+    let user = provider.issue_tokens();
+    let err = a.set_tokens(user.clone()).await.unwrap_err();
+    assert!(matches!(err, Error::Store { .. }), "{err:?}");
+    assert_eq!(a.tokens().unwrap().access_token(), user.access_token(), "in use anyway");
+    // Before A's retry, replica B saves a set of the old grant.
+    store.inner.put(&key(), &provider.issue_tokens()).await.unwrap();
+
+    eventually("the user's tokens are saved", || {
+        futures::executor::block_on(store.inner.get(&key()))
+            .unwrap()
+            .is_some_and(|t| t.access_token() == user.access_token())
+    })
+    .await;
+    assert_eq!(a.tokens().unwrap().access_token(), user.access_token(), "not displaced by B's older grant");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_store_error_hook_never_costs_a_rotated_refresh_token() {
+    let provider = MockProvider::start().await;
+    let store = Flaky::default();
+    let auth = layer(&provider, provider.issue_expired_tokens())
+        .store(store.clone())
+        .min_backoff(Duration::from_millis(50))
+        .max_backoff(Duration::from_millis(50))
+        .on_store_error(|_, _| panic!("a hook with a bug"))
+        .build()
+        .unwrap();
+    store.failing_saves.store(1, Ordering::SeqCst);
+    let status = timeout(BOUND, client_with(&auth).get(provider.api_url("me")).send()).await.unwrap().unwrap().status();
+    assert_eq!(status, 200, "the rotated tokens are used although their first save failed");
+    let in_use = auth.tokens().unwrap();
+    eventually("the rotated tokens reach the store", || {
+        futures::executor::block_on(store.inner.get(&key()))
+            .unwrap()
+            .is_some_and(|t| t.access_token() == in_use.access_token())
+    })
+    .await;
+    provider.expire_access_tokens();
+    assert_eq!(client_with(&auth).get(provider.api_url("me")).send().await.unwrap().status(), 200);
+    assert_eq!(provider.stats().reuse_detected, 0);
+}
