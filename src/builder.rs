@@ -252,7 +252,9 @@ impl TokenRefreshBuilder {
     /// first, by the clock algorithm); the store keeps their tokens and an evicted key is loaded
     /// again on its next request, still dead or still cooling down if it was. Keys in use (a
     /// request, a refresh or a save retry) wait until they are idle; the default key is never
-    /// evicted (it counts toward the capacity once used).
+    /// evicted (it counts toward the capacity once used). What an evicted key leaves behind (that
+    /// it was dead, or cooling down) is kept for as many keys again, oldest first out: past that,
+    /// a dead key asked for again tries its refresh token once more.
     pub fn max_cached_keys(mut self, capacity: usize) -> Self {
         self.cache.max_cached_keys = Some(capacity);
         self

@@ -17,6 +17,14 @@
 //! does not know is kept in a small record beside the map (as many records as keys at most,
 //! oldest dropped first): a dead grant (so the same dead set read back is not refreshed again and
 //! its hook does not fire again) and a cool-down that has not ended.
+//!
+//! # The trade-off
+//!
+//! The records are bounded too, so memory stays bounded however many keys die: with more dead
+//! keys cycling through than the capacity holds, the oldest records go, and such a key, asked for
+//! again, tries its dead refresh token once more (one token call, answered `invalid_grant` again,
+//! and its hook fires again). Remembering every dead key would make memory grow with the number
+//! of users who ever lost their grant, which is what `max_cached_keys` exists to prevent.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
