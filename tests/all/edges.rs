@@ -602,3 +602,31 @@ async fn a_panicking_store_error_hook_never_costs_a_rotated_refresh_token() {
     assert_eq!(client_with(&auth).get(provider.api_url("me")).send().await.unwrap().status(), 200);
     assert_eq!(provider.stats().reuse_detected, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hold_back_after_a_fresh_token_is_rejected_counts_each_token_once_and_doubles_for_the_next() {
+    let provider = always_rejecting().await;
+    let auth =
+        layer(&provider, provider.issue_tokens()).min_refresh_interval(Duration::from_millis(500)).build().unwrap();
+    let client = client_with(&auth);
+    let url = format!("{}/reject", provider.uri());
+    let send = || async { assert_eq!(client.get(&url).send().await.unwrap().status(), 401) };
+
+    send().await; // the loaded token is rejected: one refresh, and its token is rejected too
+    assert_eq!(provider.stats().token_calls, 1);
+    for _ in 0..5 {
+        send().await; // the same young token, rejected again: held back, counted once
+    }
+    assert_eq!(provider.stats().token_calls, 1);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    send().await; // past 500 ms: the next refresh is allowed
+    assert_eq!(provider.stats().token_calls, 2, "one token rejected five times holds back once, not five times over");
+
+    send().await; // the new token is rejected at once too: now held back for 1,000 ms
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    send().await;
+    assert_eq!(provider.stats().token_calls, 2, "the second hold-back is twice as long");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send().await;
+    assert_eq!(provider.stats().token_calls, 3);
+}
