@@ -175,6 +175,18 @@ mod tests {
     }
 
     #[test]
+    fn the_defaults_are_what_their_docs_say() {
+        assert_eq!(DEFAULT_REFRESH_SKEW, Duration::from_secs(30));
+        assert_eq!(DEFAULT_MIN_BACKOFF, Duration::from_millis(500));
+        assert_eq!(DEFAULT_MAX_BACKOFF, Duration::from_secs(30));
+        assert_eq!(DEFAULT_MAX_RETRY_AFTER, Duration::from_secs(900), "15 minutes");
+        assert_eq!(DEFAULT_FLIGHT_DEADLINE, Duration::from_secs(45));
+        assert_eq!(DEFAULT_MIN_REFRESH_INTERVAL, Duration::from_secs(30));
+        assert_eq!(DEFAULT_TERMINAL_RECHECK, Duration::from_secs(5));
+        assert_eq!(MAX_REFRESH_INTERVAL, Duration::from_secs(600), "10 minutes");
+    }
+
+    #[test]
     fn invalid_grant_is_the_users_and_invalid_client_the_clients() {
         let policy = Policy::default();
         assert_eq!(policy.verdict(&protocol(400, Some("invalid_grant"))), Verdict::Terminal(Whose::User));
