@@ -235,6 +235,26 @@ mod tests {
     }
 
     #[test]
+    fn a_record_taken_back_by_its_key_leaves_the_others_in_their_order() {
+        let keys = keys(2);
+        let cooling = || Remembered::CoolingDown {
+            cool: super::super::slot::CoolDown::new(std::time::Duration::from_secs(60), SystemTime::now()),
+            failures: 1,
+        };
+        keys.map.lock().remember(key(0), cooling(), 2);
+        keys.map.lock().remember(key(1), cooling(), 2);
+        drop(keys.slot(&key(0))); // k0 comes back: its record goes with it
+        let mut map = keys.map.lock();
+        assert!(!map.remembered.contains_key(&key(0)));
+        map.remember(key(2), cooling(), 2);
+        map.remember(key(3), cooling(), 2);
+        // The oldest record left was k1's: it goes first, the newest two stay.
+        assert!(!map.remembered.contains_key(&key(1)));
+        assert!(map.remembered.contains_key(&key(2)) && map.remembered.contains_key(&key(3)));
+        assert_eq!(map.remembered_order.len(), map.remembered.len());
+    }
+
+    #[test]
     fn what_evicted_keys_leave_behind_is_bounded_too() {
         let capacity = 2;
         let mut map = Map::default();
