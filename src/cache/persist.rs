@@ -394,42 +394,35 @@ impl<'a> Io<'a> {
         window: Duration,
     ) -> Produced {
         let mut replaces = replaces;
-        for _ in 0..SAVE_ATTEMPTS {
-            match self.save(tokens.clone(), replaces, window).await {
-                Ok(revision) => return Produced::Publish { tokens, origin, standing: Standing::At(revision), failure },
-                Err(StoreError::Superseded) => match self.read().await {
-                    Ok(Some(stored)) if same_grant(&stored.tokens, &tokens) => {
-                        return Produced::Publish { tokens, origin, standing: Standing::At(stored.revision), failure };
-                    }
-                    Ok(Some(stored)) if from.is_some_and(|from| same_grant(&stored.tokens, from)) => {
-                        replaces = stored.revision;
-                    }
-                    Ok(Some(stored)) => {
-                        tracing::warn!(key = %self.slot.key, "save superseded by another process; adopting its tokens");
-                        return publish(stored, Origin::Adopted);
-                    }
-                    Ok(None) => replaces = Revision::NONE,
-                    Err(error) => {
-                        return Produced::Publish {
-                            tokens,
-                            origin,
-                            standing: Standing::Pending { replaces, error },
-                            failure,
-                        };
-                    }
-                },
-                Err(error) => {
-                    return Produced::Publish {
-                        tokens,
-                        origin,
-                        standing: Standing::Pending { replaces, error },
-                        failure,
-                    };
-                }
+        let standing = 'attempts: {
+            for _ in 0..SAVE_ATTEMPTS {
+                let error = match self.save(tokens.clone(), replaces, window).await {
+                    Ok(revision) => break 'attempts Standing::At(revision),
+                    Err(StoreError::Superseded) => match self.read().await {
+                        Ok(Some(stored)) if same_grant(&stored.tokens, &tokens) => {
+                            break 'attempts Standing::At(stored.revision);
+                        }
+                        Ok(Some(stored)) if from.is_some_and(|from| same_grant(&stored.tokens, from)) => {
+                            replaces = stored.revision;
+                            continue;
+                        }
+                        Ok(Some(stored)) => {
+                            tracing::warn!(key = %self.slot.key, "save superseded by another process; adopting its tokens");
+                            return publish(stored, Origin::Adopted);
+                        }
+                        Ok(None) => {
+                            replaces = Revision::NONE;
+                            continue;
+                        }
+                        Err(error) => error,
+                    },
+                    Err(error) => error,
+                };
+                break 'attempts Standing::Pending { replaces, error };
             }
-        }
-        let error = StoreError::Superseded;
-        Produced::Publish { tokens, origin, standing: Standing::Pending { replaces, error }, failure }
+            Standing::Pending { replaces, error: StoreError::Superseded }
+        };
+        Produced::Publish { tokens, origin, standing, failure }
     }
 }
 
