@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use reqwest_token_refresh::testkit::{Fault, MockProvider};
 use reqwest_token_refresh::{
     Error, MemoryStore, RefreshError, RefreshTokenGrant, Revision, StoreError, StoreGuard, Stored, TokenKey,
-    TokenRefresh, TokenSet, TokenSource, TokenStore,
+    TokenRefresh, TokenSet, TokenSource, TokenState, TokenStore,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Notify;
@@ -192,6 +192,12 @@ async fn overtaken_flight_does_not_overwrite_set_tokens_in_the_store() {
     assert_eq!(stored(&store.0).as_ref(), Some(&user));
     release.notify_one();
     assert_eq!(timeout(BOUND, starter).await.expect("request hung").unwrap().unwrap(), 200);
+    // The request may come back with the user's tokens before the flight's own token call lands:
+    // the store is judged only once the flight has ended, when its save would have happened.
+    eventually("the overtaken flight made its token call and ended", || {
+        provider.stats().token_calls == 1 && !matches!(auth.state(), TokenState::Refreshing { .. })
+    })
+    .await;
     assert_eq!(provider.stats().token_calls, 1);
 
     assert_eq!(auth.tokens().as_ref(), Some(&user), "memory holds the user's tokens");
