@@ -111,7 +111,7 @@ async fn a_token_source_that_never_answers_ends_at_the_flight_deadline_and_a_val
 
     // A key whose token is past its expiry gets the typed error, within the deadline.
     let key = TokenKey::new("expired");
-    auth.set_tokens_for(&key, provider.issue_expired_tokens()).await.unwrap();
+    timeout(BOUND, auth.set_tokens_for(&key, provider.issue_expired_tokens())).await.expect("hung").unwrap();
     let started = Instant::now();
     let err = timeout(BOUND, auth.access_token_for(&key)).await.expect("hung").unwrap_err();
     assert!(
@@ -122,11 +122,11 @@ async fn a_token_source_that_never_answers_ends_at_the_flight_deadline_and_a_val
 
     // set_tokens never waits behind a hung flight.
     let hung = TokenKey::new("hung");
-    auth.set_tokens_for(&hung, provider.issue_expired_tokens()).await.unwrap();
+    timeout(BOUND, auth.set_tokens_for(&hung, provider.issue_expired_tokens())).await.expect("hung").unwrap();
     let waiting = tokio::spawn({
         let auth = auth.clone();
         let hung = hung.clone();
-        async move { auth.access_token_for(&hung).await }
+        async move { timeout(BOUND, auth.access_token_for(&hung)).await.expect("hung") }
     });
     eventually("the flight runs", || matches!(auth.state_for(&hung), TokenState::Refreshing { .. })).await;
     let fresh = provider.issue_tokens();
@@ -165,7 +165,7 @@ async fn a_dead_key_picks_up_the_tokens_a_user_installed_through_another_replica
     assert!(a.state().is_reauthorization_required() && b.state().is_reauthorization_required());
 
     // The user authorizes again through replica A.
-    a.set_tokens(provider.issue_tokens()).await.unwrap();
+    timeout(BOUND, a.set_tokens(provider.issue_tokens())).await.expect("hung").unwrap();
     assert_eq!(client_a.get(&url).send().await.unwrap().status(), 200);
 
     // Replica B looks at the store again within the recheck interval and uses them.
@@ -248,9 +248,9 @@ async fn twenty_thousand_keys_stay_within_max_cached_keys_dead_and_never_loaded_
     assert!(auth.cached_keys() >= 900, "the bound is used, not emptied: {}", auth.cached_keys());
     assert_eq!(dead_events(), 20_000, "one terminal event per key");
     // A dead key evicted and asked for again is still dead, with no second event.
-    let err = auth.access_token_for(&TokenKey::new("user-19999")).await.unwrap_err();
+    let err = timeout(BOUND, auth.access_token_for(&TokenKey::new("user-19999"))).await.expect("hung").unwrap_err();
     assert!(err.is_reauthorization_required());
-    let err = auth.access_token_for(&TokenKey::new("user-18999")).await.unwrap_err();
+    let err = timeout(BOUND, auth.access_token_for(&TokenKey::new("user-18999"))).await.expect("hung").unwrap_err();
     assert!(err.is_reauthorization_required());
     assert_eq!(dead_events(), 20_000, "a remembered dead key does not fire its hook again");
     assert_eq!(provider.stats().token_calls, 0);
@@ -268,7 +268,7 @@ async fn a_wall_clock_stepped_back_a_day_cannot_stretch_a_cool_down() {
         .build()
         .unwrap();
     provider.fail_next_token_calls(1, Fault::RateLimited { retry_after: Duration::from_secs(2) });
-    let err = auth.access_token_for(&key()).await.unwrap_err();
+    let err = timeout(BOUND, auth.access_token_for(&key())).await.expect("hung").unwrap_err();
     assert!(matches!(err, Error::Refresh { .. }), "{err:?}");
 
     clock.set(clock_now(&clock) - Duration::from_secs(24 * 60 * 60));
@@ -278,7 +278,7 @@ async fn a_wall_clock_stepped_back_a_day_cannot_stretch_a_cool_down() {
         }
         other => panic!("expected a cool-down, got {other:?}"),
     }
-    let err = auth.access_token_for(&key()).await.unwrap_err();
+    let err = timeout(BOUND, auth.access_token_for(&key())).await.expect("hung").unwrap_err();
     assert!(err.retry_after().is_some_and(|wait| wait <= Duration::from_secs(2)), "{err:?}");
     // By the monotonic clock it ends on time.
     tokio::time::sleep(Duration::from_millis(2_100)).await;
@@ -508,7 +508,7 @@ async fn a_store_that_lost_the_key_still_takes_new_tokens_and_the_layer_uses_the
     // set_tokens into a store that lost the key again: the user's tokens are the ones in use.
     std::fs::remove_file(&path).unwrap();
     let user = provider.issue_tokens();
-    auth.set_tokens(user.clone()).await.unwrap();
+    timeout(BOUND, auth.set_tokens(user.clone())).await.expect("hung").unwrap();
     assert_eq!(auth.tokens().unwrap().access_token(), user.access_token());
     assert_eq!(store.get(&key()).await.unwrap().unwrap().access_token(), user.access_token());
 }
@@ -562,7 +562,7 @@ async fn tokens_set_while_the_store_is_away_win_over_what_another_replica_saves_
     // The user authorizes again through replica A while the store cannot be read.
     store.failing_reads.store(1, Ordering::SeqCst);
     let user = provider.issue_tokens();
-    let err = a.set_tokens(user.clone()).await.unwrap_err();
+    let err = timeout(BOUND, a.set_tokens(user.clone())).await.expect("hung").unwrap_err();
     assert!(matches!(err, Error::Store { .. }), "{err:?}");
     assert_eq!(a.tokens().unwrap().access_token(), user.access_token(), "in use anyway");
     // Before A's retry, replica B saves a set of the old grant.

@@ -11,9 +11,34 @@ use reqwest_token_refresh::{
     TokenStore,
 };
 
-/// A client with the layer in it.
+/// How long any one request through [`client_with`]'s client may take, the layer's waits included.
+pub const REQUEST_BOUND: Duration = Duration::from_secs(30);
+
+/// A client with the layer in it, behind [`Bounded`]: a request that hangs fails its test.
 pub fn client_with(auth: &TokenRefresh) -> ClientWithMiddleware {
-    ClientBuilder::new(reqwest::Client::new()).with(auth.clone()).build()
+    ClientBuilder::new(reqwest::Client::new()).with(Bounded).with(auth.clone()).build()
+}
+
+/// The outermost middleware of the tests' clients: a request that takes longer than
+/// [`REQUEST_BOUND`] (a flight that never ends, a lock never released) panics with what hung
+/// instead of leaving the test to run until something outside kills it.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounded;
+
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for Bounded {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let what = format!("{} {}", request.method(), request.url());
+        match tokio::time::timeout(REQUEST_BOUND, next.run(request, extensions)).await {
+            Ok(outcome) => outcome,
+            Err(_) => panic!("{what} took longer than {REQUEST_BOUND:?} through the layer: it hung"),
+        }
+    }
 }
 
 /// A refresh-token grant against the mock provider's token endpoint.
