@@ -170,8 +170,8 @@ pub use policy::{
 };
 pub use source::providers;
 pub use source::{
-    BodyEncoding, ClientAuth, ClientCredentials, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, RefreshTokenGrant,
-    TokenSource,
+    BodyEncoding, ClientAuth, ClientCredentials, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, Login, LoginError,
+    PendingLogin, RefreshTokenGrant, TokenSource,
 };
 pub use stats::Stats;
 #[cfg(feature = "postgres")]

@@ -93,6 +93,28 @@ pub struct TokenSet {
 }
 
 impl TokenSet {
+    /// Reads a token endpoint's successful answer (RFC 6749 §5.1), for tokens from a login run
+    /// elsewhere: `expires_in` counts from now, every other field is kept as
+    /// [`extra`](Self::extra). A provider that wraps its answer (Withings) is unwrapped first,
+    /// with [`providers::withings_envelope`](crate::providers::withings_envelope) for instance.
+    ///
+    /// ```
+    /// use reqwest_token_refresh::TokenSet;
+    ///
+    /// let body = br#"{"access_token":"a1","token_type":"Bearer","expires_in":3600,"refresh_token":"r1"}"#;
+    /// let tokens = TokenSet::from_token_response(body)?;
+    /// assert_eq!(tokens.refresh_token().map(|t| t.secret()), Some("r1"));
+    /// # Ok::<(), reqwest_token_refresh::RefreshError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`RefreshError::InvalidResponse`](crate::RefreshError::InvalidResponse) when the body is
+    /// not a usable token response; no secret from it appears in the error.
+    pub fn from_token_response(body: &[u8]) -> Result<TokenSet, crate::RefreshError> {
+        crate::source::response::parse_success(http::StatusCode::OK, body, None, SystemTime::now())
+    }
+
     /// A token set holding only an access token (no refresh token, no known expiry).
     pub fn new(access_token: impl Into<AccessToken>) -> Self {
         Self {

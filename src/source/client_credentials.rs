@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::TokenSource;
-use super::endpoint::{TokenEndpoint, endpoint_options};
+use super::endpoint::{Scoped, TokenEndpoint, endpoint_options};
 use crate::error::RefreshError;
 use crate::token::TokenSet;
 
@@ -40,6 +40,6 @@ impl ClientCredentials {
 #[async_trait]
 impl TokenSource for ClientCredentials {
     async fn fetch(&self, current: Option<&TokenSet>) -> Result<TokenSet, RefreshError> {
-        self.endpoint.exchange(&[("grant_type", "client_credentials")], current).await
+        self.endpoint.exchange(&[("grant_type", "client_credentials")], current, Scoped::Yes).await
     }
 }

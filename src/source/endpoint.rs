@@ -45,6 +45,14 @@ pub enum BodyEncoding {
     Json,
 }
 
+/// Whether a token request carries the grant's scopes: a refresh or a client-credentials grant
+/// asks for them; an authorization-code exchange does not (the scopes went to the authorize URL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scoped {
+    Yes,
+    No,
+}
+
 /// Everything about calling one token endpoint, whatever the grant.
 #[derive(Clone)]
 pub(crate) struct TokenEndpoint {
@@ -53,6 +61,10 @@ pub(crate) struct TokenEndpoint {
     pub(crate) client_secret: Option<ClientSecret>,
     pub(crate) client_auth: ClientAuth,
     pub(crate) scopes: Vec<String>,
+    /// What joins several scopes: a space (RFC 6749 §3.3), a comma at Withings.
+    pub(crate) scope_delimiter: String,
+    /// Where users authorize the client, for [`Login`](crate::Login); a refresh never uses it.
+    pub(crate) authorize_url: Option<String>,
     pub(crate) params: Vec<(String, String)>,
     pub(crate) encoding: BodyEncoding,
     pub(crate) mapper: Option<Arc<ResponseMapper>>,
@@ -71,6 +83,7 @@ impl fmt::Debug for TokenEndpoint {
             .field("client_secret", &self.client_secret)
             .field("client_auth", &self.client_auth)
             .field("scopes", &self.scopes)
+            .field("authorize_url", &self.authorize_url)
             .field("params", &self.params.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
             .field("encoding", &self.encoding)
             .field("maps_response", &self.mapper.is_some())
@@ -88,6 +101,8 @@ impl TokenEndpoint {
             client_secret: None,
             client_auth: ClientAuth::default(),
             scopes: Vec::new(),
+            scope_delimiter: " ".to_owned(),
+            authorize_url: None,
             params: Vec::new(),
             encoding: BodyEncoding::default(),
             mapper: None,
@@ -124,8 +139,9 @@ impl TokenEndpoint {
         &self,
         grant: &[(&str, &str)],
         current: Option<&TokenSet>,
+        scoped: Scoped,
     ) -> Result<TokenSet, RefreshError> {
-        self.exchange_unredacted(grant).await.map_err(|mut err| {
+        self.exchange_unredacted(grant, scoped).await.map_err(|mut err| {
             let secrets = self.secrets(grant, current);
             err.redact(&secrets.iter().map(String::as_str).collect::<Vec<_>>());
             err
@@ -154,12 +170,12 @@ impl TokenEndpoint {
         secrets
     }
 
-    async fn exchange_unredacted(&self, grant: &[(&str, &str)]) -> Result<TokenSet, RefreshError> {
+    async fn exchange_unredacted(&self, grant: &[(&str, &str)], scoped: Scoped) -> Result<TokenSet, RefreshError> {
         let url = reqwest::Url::parse(&self.url)
             .map_err(|e| RefreshError::Config(format!("the token URL {:?} does not parse: {e}", self.url)))?;
         let mut fields: Vec<(&str, &str)> = grant.to_vec();
-        let scope = self.scopes.join(" ");
-        if !scope.is_empty() {
+        let scope = self.scopes.join(&self.scope_delimiter);
+        if scoped == Scoped::Yes && !scope.is_empty() {
             fields.push(("scope", &scope));
         }
         let mut request = self.http()?.post(url).timeout(self.timeout).header(ACCEPT, "application/json");
@@ -266,9 +282,17 @@ macro_rules! endpoint_options {
             self
         }
 
-        /// Adds a scope to request; several are joined with spaces.
+        /// Adds a scope to request; several are joined with the
+        /// [scope delimiter](Self::scope_delimiter).
         pub fn scope(mut self, scope: impl Into<String>) -> Self {
             self.endpoint.scopes.push(scope.into());
+            self
+        }
+
+        /// Sets what joins several scopes (default a space, as RFC 6749 §3.3 says; Withings wants
+        /// a comma).
+        pub fn scope_delimiter(mut self, delimiter: impl Into<String>) -> Self {
+            self.endpoint.scope_delimiter = delimiter.into();
             self
         }
 

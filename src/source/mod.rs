@@ -2,6 +2,7 @@
 
 mod client_credentials;
 mod endpoint;
+mod login;
 pub mod providers;
 mod refresh_token;
 pub(crate) mod response;
@@ -15,6 +16,7 @@ use crate::token::TokenSet;
 
 pub use client_credentials::ClientCredentials;
 pub use endpoint::{BodyEncoding, ClientAuth, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT};
+pub use login::{Login, LoginError, PendingLogin};
 pub use refresh_token::RefreshTokenGrant;
 
 /// Gets a new token set.

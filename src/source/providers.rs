@@ -26,6 +26,12 @@ pub const WHOOP_PARTNER_TOKEN_URL: &str = "https://api.prod.whoop.com/developer/
 pub const KROGER_TOKEN_URL: &str = "https://api.kroger.com/v1/connect/oauth2/token";
 /// Withings' token endpoint (the `requesttoken` action).
 pub const WITHINGS_TOKEN_URL: &str = "https://wbsapi.withings.net/v2/oauth2";
+/// WHOOP's authorization endpoint, where users grant access ([`RefreshTokenGrant::login`]).
+pub const WHOOP_AUTHORIZE_URL: &str = "https://api.prod.whoop.com/oauth/oauth2/auth";
+/// Kroger's authorization endpoint.
+pub const KROGER_AUTHORIZE_URL: &str = "https://api.kroger.com/v1/connect/oauth2/authorize";
+/// Withings' authorization endpoint. Its codes are valid for 30 seconds: exchange at once.
+pub const WITHINGS_AUTHORIZE_URL: &str = "https://account.withings.com/oauth2_user/authorize2";
 
 /// WHOOP (user OAuth): a form body carrying `client_id` and `client_secret`, and `scope=offline`,
 /// without which WHOOP returns no new refresh token.
@@ -35,6 +41,7 @@ pub fn whoop(client_id: impl Into<String>, client_secret: impl Into<ClientSecret
         .client_secret(client_secret)
         .client_auth(crate::ClientAuth::RequestBody)
         .scope("offline")
+        .authorize_url(WHOOP_AUTHORIZE_URL)
 }
 
 /// The WHOOP Partner API: the client-credentials grant as a JSON body with the credentials and
@@ -51,7 +58,10 @@ pub fn whoop_partner(client_id: impl Into<String>, client_secret: impl Into<Clie
 /// Kroger: the client id and secret in HTTP Basic, a form body. Refresh tokens are single-use; a
 /// spent one is answered with a plain-text 400, which the layer treats as terminal.
 pub fn kroger(client_id: impl Into<String>, client_secret: impl Into<ClientSecret>) -> RefreshTokenGrant {
-    RefreshTokenGrant::new(KROGER_TOKEN_URL).client_id(client_id).client_secret(client_secret)
+    RefreshTokenGrant::new(KROGER_TOKEN_URL)
+        .client_id(client_id)
+        .client_secret(client_secret)
+        .authorize_url(KROGER_AUTHORIZE_URL)
 }
 
 /// Withings: `action=requesttoken` and the credentials in the form body; every answer is an HTTP
@@ -64,6 +74,8 @@ pub fn withings(client_id: impl Into<String>, client_secret: impl Into<ClientSec
         .client_auth(crate::ClientAuth::RequestBody)
         .param("action", "requesttoken")
         .map_response(withings_envelope)
+        .authorize_url(WITHINGS_AUTHORIZE_URL)
+        .scope_delimiter(",")
 }
 
 /// Unwraps Withings' `{"status":0,"body":{...}}` envelope, and turns a non-zero `status` into an

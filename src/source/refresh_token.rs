@@ -3,7 +3,8 @@
 use async_trait::async_trait;
 
 use super::TokenSource;
-use super::endpoint::{TokenEndpoint, endpoint_options};
+use super::endpoint::{Scoped, TokenEndpoint, endpoint_options};
+use super::login::{Login, LoginError};
 use crate::error::RefreshError;
 use crate::token::TokenSet;
 
@@ -36,6 +37,26 @@ impl RefreshTokenGrant {
     }
 
     endpoint_options!();
+
+    /// Sets where users authorize this client (the provider's authorization endpoint), for
+    /// [`login`](Self::login). The provider presets set it.
+    pub fn authorize_url(mut self, authorize_url: impl Into<String>) -> Self {
+        self.endpoint.authorize_url = Some(authorize_url.into());
+        self
+    }
+
+    /// An authorization-code login (with PKCE and `state`) that sends users back to
+    /// `redirect_uri` and exchanges their code the way this grant refreshes: same token URL,
+    /// client authentication, encoding, extra fields and response mapping. Its scopes start as
+    /// this grant's.
+    ///
+    /// # Errors
+    ///
+    /// [`LoginError::Config`] when no [`authorize_url`](Self::authorize_url) is set, or it or
+    /// `redirect_uri` does not parse as a URL.
+    pub fn login(&self, redirect_uri: impl Into<String>) -> Result<Login, LoginError> {
+        Login::new(&self.endpoint, redirect_uri.into())
+    }
 }
 
 #[async_trait]
@@ -43,7 +64,7 @@ impl TokenSource for RefreshTokenGrant {
     async fn fetch(&self, current: Option<&TokenSet>) -> Result<TokenSet, RefreshError> {
         let refresh_token = current.and_then(TokenSet::refresh_token).ok_or(RefreshError::NoRefreshToken)?;
         let grant = [("grant_type", "refresh_token"), ("refresh_token", refresh_token.secret())];
-        let tokens = self.endpoint.exchange(&grant, current).await?;
+        let tokens = self.endpoint.exchange(&grant, current, Scoped::Yes).await?;
         Ok(tokens.inherit_refresh_token(current))
     }
 }

@@ -20,6 +20,8 @@ use super::{MockProvider, MockProviderBuilder};
 
 /// The token endpoint of [`Dialect::Standard`].
 pub(super) const TOKEN_PATH: &str = "/oauth/token";
+/// The authorization endpoint of [`Dialect::Standard`].
+pub(super) const AUTHORIZE_PATH: &str = "/oauth/authorize";
 /// Kroger's answer to a spent or unknown refresh token, as plain text.
 const KROGER_INVALID_REFRESH_TOKEN: &str = "Missing/Invalid Refresh Token";
 /// Withings' data API's answer to a rejected access token (with HTTP 200).
@@ -96,6 +98,25 @@ impl Dialect {
         }
     }
 
+    /// Where users authorize: the provider's authorization endpoint's path.
+    pub(super) fn authorize_path(self) -> &'static str {
+        match self {
+            Dialect::Standard | Dialect::WhoopPartner => AUTHORIZE_PATH,
+            Dialect::Whoop => "/oauth/oauth2/auth",
+            Dialect::Kroger => "/v1/connect/oauth2/authorize",
+            Dialect::Withings => "/oauth2_user/authorize2",
+        }
+    }
+
+    /// How long an authorization code may wait for its exchange: Withings documents 30 seconds;
+    /// RFC 6749 §4.1.2 recommends at most 10 minutes.
+    pub(super) fn code_lifetime(self) -> Duration {
+        match self {
+            Dialect::Withings => Duration::from_secs(30),
+            _ => Duration::from_secs(10 * 60),
+        }
+    }
+
     pub(super) fn default_access_token_lifetime(self) -> Duration {
         match self {
             Dialect::Withings => Duration::from_secs(3 * 60 * 60),
@@ -121,9 +142,9 @@ impl Dialect {
 
     pub(super) fn grant_types(self) -> &'static [&'static str] {
         match self {
-            Dialect::Standard => &["refresh_token", "client_credentials"],
+            Dialect::Standard => &["authorization_code", "refresh_token", "client_credentials"],
             Dialect::WhoopPartner => &["client_credentials"],
-            Dialect::Whoop | Dialect::Kroger | Dialect::Withings => &["refresh_token"],
+            Dialect::Whoop | Dialect::Kroger | Dialect::Withings => &["authorization_code", "refresh_token"],
         }
     }
 

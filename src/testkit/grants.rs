@@ -9,6 +9,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64_URL;
+use sha2::{Digest as _, Sha256};
 use wiremock::Request;
 
 #[cfg(doc)]
@@ -30,7 +33,27 @@ pub(super) struct State {
     refresh: HashMap<String, RefreshRecord>,
     pub(super) faults: VecDeque<Fault>,
     pub(super) token_requests: Vec<Request>,
+    /// Authorization codes the authorize endpoint issued, by code.
+    codes: HashMap<String, CodeRecord>,
     serial: u64,
+}
+
+/// An authorization code, from the authorize endpoint to its one exchange.
+struct CodeRecord {
+    redirect_uri: String,
+    /// The PKCE `S256` challenge it was issued for.
+    code_challenge: String,
+    scope: Option<String>,
+    issued_at: SystemTime,
+    /// The family its exchange started: a second exchange revokes it (RFC 6749 §4.1.2).
+    exchanged: Option<usize>,
+}
+
+/// What the authorize endpoint was asked, checked; see [`Shared::authorize`].
+pub(super) struct Authorization {
+    pub(super) redirect_uri: String,
+    pub(super) code_challenge: String,
+    pub(super) scope: Option<String>,
 }
 
 pub(super) struct Family {
@@ -254,6 +277,7 @@ impl Shared {
                 self.error_reply(OAuthError::new(400, "unsupported_grant_type", description))
             }
             Some("refresh_token") => self.refresh_grant(state, params, now),
+            Some("authorization_code") => self.code_grant(state, params, now),
             Some(_) => self.client_credentials_grant(state, params, now),
         }
     }
@@ -289,5 +313,68 @@ impl Shared {
             }
             Err(refusal) => self.error_reply(refusal.into_error()),
         }
+    }
+
+    /// Issues a code for an approved authorization; the user approves at once.
+    pub(super) fn authorize(&self, authorization: Authorization) -> String {
+        let mut state = self.state.lock();
+        state.serial += 1;
+        let code = format!("code-{}-{}", self.config.token_prefix, state.serial);
+        state.stats.authorizations += 1;
+        let record = CodeRecord {
+            redirect_uri: authorization.redirect_uri,
+            code_challenge: authorization.code_challenge,
+            scope: authorization.scope.or_else(|| self.config.dialect.granted_scope().map(str::to_owned)),
+            issued_at: self.config.clock.now(),
+            exchanged: None,
+        };
+        state.codes.insert(code.clone(), record);
+        code
+    }
+
+    /// The authorization-code grant with PKCE (RFC 6749 §4.1.3, RFC 7636 §4.6): the code once,
+    /// for the redirect URI it was issued to, with the verifier of its challenge, within its
+    /// lifetime.
+    fn code_grant(&self, state: &mut State, params: &HashMap<String, String>, now: SystemTime) -> Reply {
+        let refuse = |state: &mut State, description: &str| {
+            state.stats.invalid_grants += 1;
+            self.error_reply(OAuthError::new(400, "invalid_grant", description))
+        };
+        let Some(code) = params.get("code") else {
+            return self.error_reply(OAuthError::invalid_request("code is missing"));
+        };
+        let Some(record) = state.codes.get_mut(code) else {
+            return refuse(state, "The authorization code is unknown");
+        };
+        if let Some(family) = record.exchanged {
+            // A code presented twice was intercepted, or the client raced itself: what it
+            // granted goes too.
+            state.revoke(family);
+            return refuse(state, "The authorization code was already used");
+        }
+        let lifetime = self.config.dialect.code_lifetime();
+        if record.issued_at.checked_add(lifetime).is_some_and(|end| now >= end) {
+            return refuse(state, "The authorization code has expired");
+        }
+        if params.get("redirect_uri") != Some(&record.redirect_uri) {
+            return refuse(state, "redirect_uri is not the one the code was issued to");
+        }
+        let verified = params.get("code_verifier").is_some_and(|verifier| {
+            let challenge = BASE64_URL.encode(Sha256::digest(verifier.as_bytes()));
+            challenge == record.code_challenge
+        });
+        if !verified {
+            return refuse(state, "code_verifier does not match the code_challenge");
+        }
+        let scope = record.scope.clone();
+        let family = state.new_family(scope.clone());
+        if let Some(record) = state.codes.get_mut(code) {
+            record.exchanged = Some(family);
+        }
+        let with_refresh = self.config.dialect != Dialect::Whoop
+            || scope.as_deref().is_some_and(|s| s.split_ascii_whitespace().any(|s| s == "offline"));
+        let minted = state.mint(&self.config, family, now, with_refresh, false);
+        state.stats.tokens_issued += 1;
+        self.tokens_reply(&minted, scope)
     }
 }

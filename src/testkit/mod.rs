@@ -15,14 +15,18 @@
 //! * **The API's 401**: `WWW-Authenticate: Bearer realm="mock", error="invalid_token", ...` and
 //!   `{"error":"invalid_token","error_description":"..."}`; a request without credentials gets a
 //!   bare challenge (RFC 6750 §3.1).
-//! * **Request shapes**: form or JSON bodies, the `refresh_token` and `client_credentials` grants,
+//! * **Request shapes**: form or JSON bodies, the `authorization_code`, `refresh_token` and
+//!   `client_credentials` grants,
 //!   client authentication by HTTP Basic (Kroger, oslo) or in the body (WHOOP).
 //!
 //! Tests can also inject faults (among them [`Fault::LoseAnswer`], tokens issued but the answer
 //! lost), add latency, drive expiry with a [`ManualClock`](crate::ManualClock), read counters
-//! ([`ProviderStats`]) and the token requests as sent ([`MockProvider::token_requests`]). Not
-//! reproduced: the authorization-code flow ([`MockProvider::issue_tokens`] stands in for it),
-//! refresh-token expiry. The mock's routes are mounted at priority 10, so a [`Mock`] a test mounts
+//! ([`ProviderStats`]) and the token requests as sent ([`MockProvider::token_requests`]).
+//! Logins work too: an authorization endpoint ([`MockProvider::authorize_url`]) that approves at
+//! once (PKCE `S256` required) and the `authorization_code` grant, each code usable once, for
+//! its redirect URI and verifier, within its lifetime (10 minutes; Withings' 30 seconds), a
+//! second use revoking what the first granted; [`MockProvider::approve`] plays the browser, and
+//! [`MockProvider::issue_tokens`] skips the login. Not reproduced: refresh-token expiry. The mock's routes are mounted at priority 10, so a [`Mock`] a test mounts
 //! on [`MockProvider::server`] at the default priority wins.
 //!
 //! ```
@@ -102,7 +106,7 @@ use wiremock::{Mock, MockServer, Request};
 
 use crate::{ClientSecret, Clock, TokenSet};
 use grants::State;
-use wire::{ApiEndpoint, Endpoint, TokenEndpoint};
+use wire::{ApiEndpoint, AuthorizeEndpoint, Endpoint, TokenEndpoint};
 
 pub use dialect::Dialect;
 
@@ -139,6 +143,8 @@ pub struct ProviderStats {
     pub grace_refreshes: u64,
     /// Token calls handled with their answer held back by [`Fault::LoseAnswer`].
     pub answers_lost: u64,
+    /// Authorization codes the authorize endpoint issued (one per approved login).
+    pub authorizations: u64,
     /// Every request to the API.
     pub api_calls: u64,
     /// API requests whose token was accepted (answered `200`).
@@ -317,6 +323,14 @@ impl MockProviderBuilder {
             .named("mock provider: token endpoint")
             .mount(&server)
             .await;
+        let authorize = Endpoint { shared: Arc::clone(&shared), latency: self.api_latency };
+        Mock::given(method("GET"))
+            .and(path(dialect.authorize_path()))
+            .respond_with(AuthorizeEndpoint(authorize))
+            .with_priority(MOUNT_PRIORITY)
+            .named("mock provider: authorization endpoint")
+            .mount(&server)
+            .await;
         let api = Endpoint { shared: Arc::clone(&shared), latency: self.api_latency };
         Mock::given(path_regex("^/api/"))
             .respond_with(ApiEndpoint(api))
@@ -424,6 +438,35 @@ impl MockProvider {
     /// Withings; see [`Dialect`]).
     pub fn token_url(&self) -> String {
         format!("{}{}", self.uri(), self.shared.config.dialect.token_path())
+    }
+
+    /// The authorization endpoint, where a login sends the user: `{uri}/oauth/authorize`, or the
+    /// dialect's path (WHOOP's `/oauth/oauth2/auth`, Kroger's `/v1/connect/oauth2/authorize`,
+    /// Withings' `/oauth2_user/authorize2`). Point a grant at it with
+    /// [`RefreshTokenGrant::authorize_url`](crate::RefreshTokenGrant::authorize_url).
+    pub fn authorize_url(&self) -> String {
+        format!("{}{}", self.uri(), self.shared.config.dialect.authorize_path())
+    }
+
+    /// Plays the user's browser: opens `authorize_url` (from [`Login::start`](crate::Login::start)),
+    /// which the mock approves at once, and returns the URL it redirects back to, the login's
+    /// callback with `code` and `state` (or with `error`, for a request the mock refuses).
+    ///
+    /// # Panics
+    ///
+    /// If the mock does not redirect (a missing or bad `redirect_uri`, an unknown `client_id`):
+    /// the panic says why.
+    pub async fn approve(&self, authorize_url: &url::Url) -> String {
+        let browser = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("a plain reqwest client builds");
+        let answer = browser.get(authorize_url.clone()).send().await.expect("the authorization endpoint answers");
+        let status = answer.status();
+        match answer.headers().get(http::header::LOCATION).and_then(|l| l.to_str().ok()) {
+            Some(location) if status == StatusCode::FOUND => location.to_owned(),
+            _ => panic!("the authorization endpoint refused: {status} {}", answer.text().await.unwrap_or_default()),
+        }
     }
 
     /// The URL of `path` on the protected API, `{uri}/api/{path}` (a leading `/` is dropped).

@@ -328,6 +328,7 @@ async fn stats_count_every_kind_of_call_and_no_credentials_get_a_bare_challenge(
         families_revoked: 1,
         grace_refreshes: 0,
         answers_lost: 0,
+        authorizations: 0,
         api_calls: 3,
         api_ok: 1,
         api_unauthorized: 2,
@@ -358,7 +359,8 @@ async fn malformed_requests_get_an_error_answer_not_a_panic() {
     let provider = MockProvider::start().await;
     let cases = [
         (FORM, "refresh_token=x", "invalid_request"),
-        (FORM, "grant_type=authorization_code&code=x", "unsupported_grant_type"),
+        (FORM, "grant_type=password&username=u&password=p", "unsupported_grant_type"),
+        (FORM, "grant_type=authorization_code&code=x", "invalid_grant"),
         (FORM, "grant_type=refresh_token", "invalid_request"),
         (FORM, "grant_type=refresh_token&grant_type=client_credentials", "invalid_request"),
         (FORM, "grant_type=refresh_token&refresh_token=%FF%FE", "invalid_grant"),

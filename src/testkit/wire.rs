@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 use wiremock::{Request, Respond, ResponseTemplate};
 
+use super::grants::Authorization;
 use super::{Dialect, Fault, Shared};
 
 /// How long [`Fault::LoseAnswer`] holds an answer back: far longer than any test waits.
@@ -237,4 +238,59 @@ impl Respond for ApiEndpoint {
         let template = self.0.shared.config.dialect.api_answer(verdict);
         template.set_delay(self.0.latency)
     }
+}
+
+/// The authorization endpoint, `GET` at the dialect's path. The user approves at once: a valid
+/// request is redirected back with a code (RFC 6749 §4.1.2), and PKCE with `S256` is required.
+pub(super) struct AuthorizeEndpoint(pub(super) Endpoint);
+
+impl Respond for AuthorizeEndpoint {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let config = &self.0.shared.config;
+        let mut params = HashMap::new();
+        for (name, value) in request.url.query_pairs() {
+            if params.insert(name.to_string(), value.to_string()).is_some() {
+                return authorize_page(&format!("parameter {name} is repeated"));
+            }
+        }
+        // RFC 6749 §4.1.2.1: a bad client or redirect URI is told to the user, never redirected.
+        let Some(redirect_uri) = params.get("redirect_uri").filter(|uri| url::Url::parse(uri).is_ok()) else {
+            return authorize_page("redirect_uri is missing or not an absolute URL");
+        };
+        if let Some((id, _)) = &config.client
+            && params.get("client_id") != Some(id)
+        {
+            return authorize_page("unknown client_id");
+        }
+        let state = params.get("state").cloned();
+        let back = |answer: &[(&str, &str)]| {
+            let mut url = url::Url::parse(redirect_uri).expect("checked above");
+            url.query_pairs_mut().extend_pairs(answer).extend_pairs(state.as_deref().map(|s| ("state", s)));
+            ResponseTemplate::new(302).insert_header(header::LOCATION, url.as_str()).set_delay(self.0.latency)
+        };
+        if params.get("response_type").map(String::as_str) != Some("code") {
+            return back(&[("error", "unsupported_response_type")]);
+        }
+        let code_challenge = match (params.get("code_challenge"), params.get("code_challenge_method")) {
+            (Some(challenge), Some(method)) if method == "S256" && challenge.len() == 43 => challenge.clone(),
+            (Some(_), _) => {
+                return back(&[
+                    ("error", "invalid_request"),
+                    ("error_description", "code_challenge_method must be S256"),
+                ]);
+            }
+            (None, _) => {
+                return back(&[("error", "invalid_request"), ("error_description", "code_challenge is required")]);
+            }
+        };
+        let authorization =
+            Authorization { redirect_uri: redirect_uri.clone(), code_challenge, scope: params.get("scope").cloned() };
+        let code = self.0.shared.authorize(authorization);
+        back(&[("code", &code)])
+    }
+}
+
+fn authorize_page(description: &str) -> ResponseTemplate {
+    let body = json!({"error": "invalid_request", "error_description": description}).to_string();
+    ResponseTemplate::new(400).set_body_raw(body, "application/json")
 }

@@ -12,6 +12,7 @@ mod footprint;
 mod grant;
 mod helpers;
 mod hostile;
+mod login;
 mod many_users;
 mod nothing_lost;
 mod origins;
