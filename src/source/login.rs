@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn the_code_challenge_is_rfc_7636_appendix_b() {
-        let pending = PendingLogin::from_parts("s", "dBjftJeZ4CVP-mJ92K27uhbUJU1p1r_wW1gFWFOEjXk");
+        let pending = PendingLogin::from_parts("s", "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
         assert_eq!(pending.code_challenge(), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
     }
 
