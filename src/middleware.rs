@@ -410,7 +410,8 @@ async fn classify(response: Response, timeout: Duration) -> (Response, Rejection
         return (response, from_headers);
     }
     let Peeked { response, head, stalled } = peek_body(response, CLASSIFY_BODY_LIMIT, timeout).await;
-    let rejection = challenge::classify_unauthorized(response.headers(), &head);
+    // A peek may read past the limit (a whole chunk); what is judged stops at it, as documented.
+    let rejection = challenge::classify_unauthorized(response.headers(), &head[..head.len().min(CLASSIFY_BODY_LIMIT)]);
     if stalled {
         tracing::debug!(read = head.len(), ?rejection, "the 401's body stalled; classified from what arrived");
     }

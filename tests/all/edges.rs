@@ -449,6 +449,34 @@ async fn a_token_that_was_accepted_and_then_rejected_is_refreshed_however_young(
     assert_eq!(auth.stats().refreshes_held_back, 0);
 }
 
+#[tokio::test]
+async fn a_retry_a_rejection_rule_lets_through_counts_as_accepted() {
+    // Withings: every answer is a 200, and a rule tells a rejection from an acceptance.
+    let provider = MockProvider::withings().await;
+    let grant = reqwest_token_refresh::providers::withings(
+        reqwest_token_refresh::testkit::MOCK_CLIENT_ID,
+        reqwest_token_refresh::testkit::MOCK_CLIENT_SECRET,
+    )
+    .token_url(provider.token_url());
+    let auth = TokenRefresh::builder(grant)
+        .initial_tokens(provider.issue_tokens())
+        .token_rejected_when(reqwest_token_refresh::providers::withings_token_rejected)
+        .build()
+        .unwrap();
+    let client = client_with(&auth);
+    let url = provider.api_url("measure");
+    // Rejected, refreshed, and the retry with the new token let through by the rule...
+    provider.expire_access_tokens();
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(provider.stats().token_calls, 1);
+    // ...so when that token is rejected in turn, however young, it is refreshed, not held back.
+    provider.expire_access_tokens();
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(provider.stats().token_calls, 2);
+    assert_eq!(auth.stats().refreshes_held_back, 0);
+    assert_eq!(provider.stats().api_ok, 2, "both retries were let through");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_key_fails_fast_between_its_looks_at_the_store() {
     let provider = MockProvider::start().await;

@@ -65,6 +65,34 @@ async fn every_duration_option_at_its_maximum_builds_serves_and_cools_down_witho
 }
 
 #[tokio::test]
+async fn the_flight_deadline_hold_back_and_terminal_recheck_at_their_maximum_refresh_and_go_terminal() {
+    let provider = MockProvider::start().await;
+    let auth = TokenRefresh::builder(grant(&provider))
+        .initial_tokens(provider.issue_tokens())
+        .flight_deadline(Duration::MAX)
+        .min_refresh_interval(Duration::MAX)
+        .terminal_recheck(Duration::MAX)
+        .build()
+        .expect("extreme durations are not a misconfiguration");
+    let client = client_with(&auth);
+    let url = provider.api_url("me");
+
+    assert_eq!(get(&client, &url).await.unwrap(), 200);
+    // A flight with a deadline too far to reach still runs, saves and answers.
+    provider.expire_access_tokens();
+    assert_eq!(get(&client, &url).await.unwrap(), 200);
+    assert_eq!(provider.stats().token_calls, 1);
+    // A dead grant with a recheck too far to reach is terminal, and stays so without a token call.
+    provider.revoke_all();
+    provider.expire_access_tokens();
+    for _ in 0..2 {
+        let err = ours(get(&client, &url).await);
+        assert!(err.is_reauthorization_required(), "{err:?}");
+    }
+    assert_eq!(provider.stats().token_calls, 2);
+}
+
+#[tokio::test]
 async fn every_duration_option_at_zero_builds_and_serves_without_panicking() {
     // Tokens that expire as they are issued, answered with `expires_in: 0` ("no known expiry").
     let provider = MockProvider::builder()

@@ -762,6 +762,20 @@ async fn api_401_with_a_1_mib_body_naming_another_error_passes_through_intact() 
     api_401(&[br#"Bearer error="insufficient_scope""#], &one_mib(), RefreshOn::InvalidTokenOrNoDetail, false).await;
 }
 
+/// The cap is 4 KiB, as documented: a JSON error body just under it is read whole and classified,
+/// one just over it is not.
+#[tokio::test]
+async fn api_401_json_error_bodies_are_read_whole_up_to_4_kib() {
+    let body = |len: usize| {
+        let mut body = br#"{"error":"invalid_token","padding":""#.to_vec();
+        body.resize(len - 2, b'p');
+        body.extend_from_slice(br#""}"#);
+        body
+    };
+    api_401(&[], &body(4096), RefreshOn::InvalidToken, true).await;
+    api_401(&[], &body(4097), RefreshOn::InvalidToken, false).await;
+}
+
 /// The classifier reads the first `CLASSIFY_BODY_LIMIT` bytes. A JSON error body longer than that
 /// cannot be parsed from its start, so it says nothing: refreshed under the default, passed
 /// through under `RefreshOn::InvalidToken`.
