@@ -426,3 +426,61 @@ async fn set_tokens_store_error_means_the_tokens_are_in_use() {
     let status = timeout(BOUND, client_with(&auth).get(provider.api_url("me")).send()).await.unwrap();
     assert_eq!(status.unwrap().status(), 200);
 }
+
+/// A memory store without a lock whose saves fail while `fail` is set.
+#[derive(Debug, Clone, Default)]
+struct FlakyLockless {
+    tokens: MemoryStore,
+    fail: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl TokenStore for FlakyLockless {
+    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
+        self.tokens.load(key).await
+    }
+
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::io("writing tokens", std::io::Error::from_raw_os_error(28)));
+        }
+        self.tokens.save(key, tokens, replaces).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_whose_own_old_set_was_saved_meanwhile_by_the_save_retry_saves_over_it() {
+    let provider = MockProvider::start().await;
+    let old = provider.issue_expired_tokens();
+    let store = FlakyLockless::default();
+    let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let source = GatedSource { inner: grant(&provider), entered: entered.clone(), release: release.clone() };
+    let auth = TokenRefresh::builder(source)
+        .store(store.clone())
+        .min_backoff(Duration::from_millis(50))
+        .max_backoff(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let client = client_with(&auth);
+
+    // The user's tokens are in use but not saved (the disk was full); a retry is on its way.
+    store.fail.store(true, Ordering::SeqCst);
+    let unsaved = timeout(BOUND, auth.set_tokens(old.clone())).await.expect("set_tokens hung");
+    assert!(matches!(unsaved, Err(Error::Store { .. })), "{unsaved:?}");
+    // A refresh starts from them, and while it fetches, the retry saves them.
+    let request = spawn_get(&client, provider.api_url("me"));
+    timeout(BOUND, entered.notified()).await.expect("the refresh started");
+    store.fail.store(false, Ordering::SeqCst);
+    eventually("the save retry saved the old set", || stored(&store.tokens).as_ref() == Some(&old)).await;
+    release.notify_one();
+    assert_eq!(timeout(BOUND, request).await.expect("request hung").unwrap().unwrap(), 200);
+
+    // The old set in the store is the one the refresh replaces, not a newer one to adopt.
+    let new = auth.tokens().expect("tokens in memory");
+    assert_ne!(new.refresh_token(), old.refresh_token(), "the refreshed set is in use");
+    assert_eq!(stored(&store.tokens).as_ref(), Some(&new), "and saved over the old one");
+    provider.expire_access_tokens();
+    release.notify_one();
+    assert_eq!(client.get(provider.api_url("me")).send().await.unwrap().status(), 200);
+    assert_eq!((provider.stats().token_calls, provider.stats().reuse_detected), (2, 0));
+}
