@@ -236,6 +236,8 @@ async fn no_secret_reaches_logs_debug_output_or_errors_across_refresh_failure_an
         assert!(logs.contains(expected), "no {expected:?} line in the captured logs:\n{logs}");
     }
     assert!(logs.lines().all(|line| line.contains("reqwest_token_refresh")), "only this crate's events:\n{logs}");
+    // One token call succeeded: one "token refreshed", not one per set of tokens installed.
+    assert_eq!(logs.matches("token refreshed").count(), 1, "{logs}");
     for secret in SECRETS {
         assert!(!logs.contains(secret), "{secret} leaked in the logs:\n{logs}");
     }
