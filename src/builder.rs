@@ -58,6 +58,7 @@ impl TokenRefreshBuilder {
                 on_reauthorization_required: None,
                 on_client_rejected: None,
                 on_store_error: None,
+                name: None,
             },
             refresh_on: RefreshOn::default(),
             rejected_when: None,
@@ -244,6 +245,14 @@ impl TokenRefreshBuilder {
     /// through another replica. Between looks, its requests fail fast.
     pub fn terminal_recheck(mut self, interval: Duration) -> Self {
         self.cache.policy.terminal_recheck = interval;
+        self
+    }
+
+    /// Names this layer in its tracing spans (the `layer` field) and, with the `metrics`
+    /// feature, its metrics (the `layer` label), to tell one provider's layer from another's
+    /// (default: `default`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.cache.name = Some(name.into());
         self
     }
 

@@ -18,7 +18,7 @@ use crate::key::TokenKey;
 use crate::origin::OriginPolicy;
 use crate::peek::{Peeked, peek_body};
 use crate::source::TokenSource;
-use crate::stats::{Counters, Stats};
+use crate::stats::{Counters, Event, Stats};
 use crate::token::TokenSet;
 
 /// How much of a 401's body is read to classify it; also how much of another answer a
@@ -116,7 +116,7 @@ impl TokenRefresh {
         rejected_when: Option<RejectionRule>,
         classify_timeout: Duration,
     ) -> Self {
-        let stats = Arc::new(Counters::default());
+        let stats = Arc::new(Counters::named(cache.name.clone()));
         let cache = TokenCache::new(cache, stats.clone());
         TokenRefresh { inner: Arc::new(Inner { cache, origins, refresh_on, rejected_when, classify_timeout, stats }) }
     }
@@ -235,7 +235,7 @@ impl Middleware for TokenRefresh {
             tracing::debug!(url = %request.url().origin().ascii_serialization(), why, "no token attached");
             return next.run(request, extensions);
         }
-        Counters::bump(&self.inner.stats.requests);
+        self.inner.stats.count(Event::Request);
         let key = extensions.get::<TokenKey>();
         if let Some((header, sent)) = self.inner.cache.lease_ready(key) {
             return Box::pin(self.send(request, header, sent, extensions, next));
@@ -317,7 +317,7 @@ impl TokenRefresh {
         }
         let timeout = self.inner.classify_timeout;
         if response.status() == StatusCode::UNAUTHORIZED {
-            Counters::bump(&self.inner.stats.unauthorized);
+            self.inner.stats.count(Event::Rejection);
             let (response, rejection) = classify(response, timeout).await;
             let refresh = self.inner.refresh_on.accepts(&rejection);
             tracing::debug!(key = %key, generation, ?rejection, refresh, "401");
@@ -331,7 +331,7 @@ impl TokenRefresh {
         }
         let rejected = rule(status, &head[..head.len().min(CLASSIFY_BODY_LIMIT)]);
         if rejected {
-            Counters::bump(&self.inner.stats.unauthorized);
+            self.inner.stats.count(Event::Rejection);
             tracing::debug!(key = %key, generation, %status, "the answer says the token was rejected");
         }
         (response, rejected)
@@ -367,7 +367,7 @@ impl TokenRefresh {
         drop(response);
         let renewed = self.inner.cache.renew(&sent).await?;
         self.authorize(&mut retry, sent.key(), &renewed)?;
-        Counters::bump(&self.inner.stats.retries);
+        self.inner.stats.count(Event::Retry);
         let sent_to = retry.url().clone();
         let response = next.run(retry, extensions).await?;
         // One retry, no loop: a second rejection goes back as it came, counted.

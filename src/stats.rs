@@ -1,8 +1,60 @@
-//! Counters of what the layer did, for dashboards and tests.
+//! What the layer did, counted: [`Stats`] for a snapshot in code, and, with the `metrics` feature,
+//! the same events on the [`metrics`](https://docs.rs/metrics) facade for a dashboard.
+//!
+//! Every event goes through [`Counters::count`] (or [`Counters::refreshed`] and
+//! [`Counters::waiting`]), so the snapshot and the metrics can never disagree.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-/// A snapshot of the layer's counters, over all token keys, since it was built.
+/// A snapshot of the layer's counters, over all token keys, since it was built; from
+/// [`TokenRefresh::stats`](crate::TokenRefresh::stats).
+///
+/// ```
+/// use reqwest_token_refresh::{Stats, TokenRefresh, TokenSet};
+/// use reqwest_token_refresh::testkit::MockProvider;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let provider = MockProvider::start().await;
+/// let auth = TokenRefresh::builder(reqwest_token_refresh::RefreshTokenGrant::new(provider.token_url()))
+///     .initial_tokens(provider.issue_expired_tokens())
+///     .build()?;
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(auth.clone()).build();
+/// client.get(provider.api_url("me")).send().await?;
+/// let stats: Stats = auth.stats();
+/// assert_eq!((stats.requests, stats.refreshes), (1, 1));
+/// # Ok(()) }
+/// ```
+///
+/// # Spans
+///
+/// Each load, refresh or recheck of a key runs in a `token_refresh` span (fields `layer`, `key`,
+/// `intent`, and for a refresh `outcome` and `duration_ms`), a child of the span of the request
+/// that started it, so it shows inside that request's trace even though it runs in a task of its
+/// own and may outlive the request. The token call inside it has a `token_call` span (`endpoint`,
+/// without user info or query; `grant_type`; the answer's `status`; `duration_ms`).
+///
+/// # Metrics
+///
+/// With the `metrics` feature, whatever recorder the service installed (Prometheus, OpenTelemetry,
+/// StatsD exporters) receives these, each labelled `layer` with the builder's
+/// [`name`](crate::TokenRefreshBuilder::name) (`default` if none). Names follow OpenTelemetry's
+/// style: dot-separated, lower case, the unit not in the name.
+///
+/// | name | kind | labels | what it counts |
+/// | --- | --- | --- | --- |
+/// | `token_refresh.requests` | counter | `layer` | requests sent with a token ([`Stats::requests`]) |
+/// | `token_refresh.rejections` | counter | `layer` | answers that rejected the token: a 401, or a rule's match ([`Stats::unauthorized`]) |
+/// | `token_refresh.refreshes` | counter | `layer`, `outcome` | token calls, by `outcome`: `ok`, `transient`, `terminal` (the user must authorize again), `client_error` (the client's credentials or registration) ([`Stats::refreshes`]) |
+/// | `token_refresh.refresh.duration` | histogram, seconds | `layer`, `outcome` | a refresh from its start (the store's lock included) to its new tokens saved, or its failure |
+/// | `token_refresh.retries` | counter | `layer` | requests sent again with a new token ([`Stats::retries`]) |
+/// | `token_refresh.fail_fast` | counter | `layer` | requests failed with no network call ([`Stats::fail_fast`]) |
+/// | `token_refresh.store.failures` | counter | `layer` | store reads and saves that failed ([`Stats::store_failures`]) |
+/// | `token_refresh.adopted` | counter | `layer` | token sets adopted from the store ([`Stats::adopted`]) |
+/// | `token_refresh.held_back` | counter | `layer` | rejections of a just-fetched token not answered with a refresh ([`Stats::refreshes_held_back`]) |
+/// | `token_refresh.waiting` | gauge | `layer` | requests waiting right now for a load or refresh of their key |
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -30,22 +82,125 @@ pub struct Stats {
     pub refreshes_held_back: u64,
 }
 
+/// Something the layer did that is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    Request,
+    /// A call to the token source is about to be made (its outcome: [`Counters::refreshed`]).
+    TokenCall,
+    /// A refresh failed, in the token call or around it (the store's lock, say).
+    RefreshFailure,
+    Rejection,
+    Retry,
+    FailFast,
+    StoreFailure,
+    Adopted,
+    HeldBack,
+}
+
+/// How a token call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    Transient,
+    Terminal,
+    ClientError,
+}
+
+impl Outcome {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Transient => "transient",
+            Outcome::Terminal => "terminal",
+            Outcome::ClientError => "client_error",
+        }
+    }
+}
+
+/// The layer's counters, shared by its middleware and cache.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) requests: AtomicU64,
-    pub(crate) unauthorized: AtomicU64,
-    pub(crate) refreshes: AtomicU64,
-    pub(crate) refresh_failures: AtomicU64,
-    pub(crate) retries: AtomicU64,
-    pub(crate) fail_fast: AtomicU64,
-    pub(crate) store_failures: AtomicU64,
-    pub(crate) adopted: AtomicU64,
-    pub(crate) refreshes_held_back: AtomicU64,
+    /// The `layer` label of the metrics and field of the spans; `None`: `default`.
+    name: Option<Arc<str>>,
+    requests: AtomicU64,
+    unauthorized: AtomicU64,
+    refreshes: AtomicU64,
+    refresh_failures: AtomicU64,
+    retries: AtomicU64,
+    fail_fast: AtomicU64,
+    store_failures: AtomicU64,
+    adopted: AtomicU64,
+    refreshes_held_back: AtomicU64,
+}
+
+/// Held while a request waits for its key's flight: the `token_refresh.waiting` gauge counts it.
+pub(crate) struct Waiting<'a> {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    counters: &'a Counters,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("token_refresh.waiting", "layer" => self.counters.label()).decrement(1.0);
+    }
 }
 
 impl Counters {
-    pub(crate) fn bump(counter: &AtomicU64) {
+    /// Counters whose metrics carry `name` as their `layer` label.
+    pub(crate) fn named(name: Option<String>) -> Self {
+        Counters { name: name.map(Arc::from), ..Counters::default() }
+    }
+
+    /// The layer's name, for its spans and metrics: the builder's, or `default`.
+    pub(crate) fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("default")
+    }
+
+    #[cfg(feature = "metrics")]
+    fn label(&self) -> String {
+        self.name().to_owned()
+    }
+
+    /// Counts `event`.
+    pub(crate) fn count(&self, event: Event) {
+        let (counter, _metric) = match event {
+            Event::Request => (&self.requests, Some("token_refresh.requests")),
+            // Counted by outcome once it is known, in `refreshed`.
+            Event::TokenCall => (&self.refreshes, None),
+            Event::RefreshFailure => (&self.refresh_failures, None),
+            Event::Rejection => (&self.unauthorized, Some("token_refresh.rejections")),
+            Event::Retry => (&self.retries, Some("token_refresh.retries")),
+            Event::FailFast => (&self.fail_fast, Some("token_refresh.fail_fast")),
+            Event::StoreFailure => (&self.store_failures, Some("token_refresh.store.failures")),
+            Event::Adopted => (&self.adopted, Some("token_refresh.adopted")),
+            Event::HeldBack => (&self.refreshes_held_back, Some("token_refresh.held_back")),
+        };
         counter.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        if let Some(metric) = _metric {
+            metrics::counter!(metric, "layer" => self.label()).increment(1);
+        }
+    }
+
+    /// Records how a token call ended, its refresh having taken `took`.
+    pub(crate) fn refreshed(&self, outcome: Outcome, took: Duration) {
+        #[cfg(not(feature = "metrics"))]
+        let _ = (outcome, took);
+        #[cfg(feature = "metrics")]
+        {
+            let labels = [("layer", self.label()), ("outcome", outcome.as_str().to_owned())];
+            metrics::counter!("token_refresh.refreshes", &labels).increment(1);
+            metrics::histogram!("token_refresh.refresh.duration", &labels).record(took.as_secs_f64());
+        }
+    }
+
+    /// Counts a request waiting for its key's flight until the guard drops.
+    pub(crate) fn waiting(&self) -> Waiting<'_> {
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("token_refresh.waiting", "layer" => self.label()).increment(1.0);
+        Waiting { counters: self }
     }
 
     pub(crate) fn snapshot(&self) -> Stats {

@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use super::persist::{self, Intent};
 use super::slot::{Lease, Slot};
@@ -89,12 +90,24 @@ pub(super) fn launch(cache: &TokenCache, slot: &Arc<Slot>, intent: Intent, base:
     let tx = Arc::new(tx);
     let id = cache.inner.flight_ids.fetch_add(1, Ordering::Relaxed);
     let running = Running { id, base, rx: rx.clone(), tx: Arc::downgrade(&tx) };
+    // Inside the trace of the request that started it (its parent), though it may outlive it.
+    let span = tracing::info_span!(
+        "token_refresh",
+        layer = cache.inner.stats.name(),
+        key = %slot.key,
+        intent = intent.name(),
+        outcome = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+    );
     let (cache, slot) = (cache.clone(), slot.clone());
-    tokio::spawn(async move {
-        let work = tokio::spawn({
-            let (cache, slot) = (cache.clone(), slot.clone());
-            IN_FLIGHT.scope((), async move { persist::run(&cache, &slot, intent).await })
-        });
+    let flight = async move {
+        let work = tokio::spawn(
+            {
+                let (cache, slot) = (cache.clone(), slot.clone());
+                IN_FLIGHT.scope((), async move { persist::run(&cache, &slot, intent).await })
+            }
+            .in_current_span(),
+        );
         let produced = match work.await {
             Ok(produced) => produced,
             Err(join_error) => {
@@ -107,12 +120,14 @@ pub(super) fn launch(cache: &TokenCache, slot: &Arc<Slot>, intent: Intent, base:
         // run (a hook that panics drops the sender, and the waiters learn it from the channel).
         effects.run(&cache, &slot);
         tx.send_replace(Some(outcome));
-    });
+    };
+    tokio::spawn(flight.instrument(span));
     (running, Waiter { id, rx })
 }
 
 /// Waits for a flight's outcome.
 pub(super) async fn wait(cache: &TokenCache, slot: &Arc<Slot>, mut waiter: Waiter) -> Outcome {
+    let _waiting = cache.inner.stats.waiting();
     loop {
         if let Some(outcome) = waiter.rx.borrow_and_update().clone() {
             return outcome;

@@ -33,7 +33,7 @@ use crate::error::{Error, RefreshError, StoreError};
 use crate::key::TokenKey;
 use crate::policy::{Policy, Whose};
 use crate::source::TokenSource;
-use crate::stats::Counters;
+use crate::stats::{Counters, Event};
 use crate::store::TokenStore;
 use crate::token::{self, TokenSet};
 
@@ -66,6 +66,8 @@ pub(crate) struct CacheConfig {
     pub(crate) on_reauthorization_required: Option<TerminalHook>,
     pub(crate) on_client_rejected: Option<TerminalHook>,
     pub(crate) on_store_error: Option<StoreErrorHook>,
+    /// The layer's name in its spans and metrics.
+    pub(crate) name: Option<String>,
 }
 
 /// What a key's tokens are doing; see [`TokenRefresh::state`](crate::TokenRefresh::state). This is
@@ -294,7 +296,7 @@ impl TokenCache {
                     let waiter = self.launch_in(slot, &mut state, Intent::Recheck { revision });
                     return Ok(Step::Wait { waiter, fallback: None, loading: true });
                 }
-                Counters::bump(&self.inner.stats.fail_fast);
+                self.inner.stats.count(Event::FailFast);
                 return Err(SlotState::dead_error(&slot.key, dead));
             }
             _ => {}
@@ -311,7 +313,7 @@ impl TokenCache {
             Err(cooling) => match fallback {
                 Some(fallback) => Ok(Step::Send(fallback)),
                 None => {
-                    Counters::bump(&self.inner.stats.fail_fast);
+                    self.inner.stats.count(Event::FailFast);
                     Err(cooling)
                 }
             },
@@ -348,7 +350,7 @@ impl TokenCache {
         }
         let held = age < policy.refresh_interval(state.quick_rejections);
         if held {
-            Counters::bump(&self.inner.stats.refreshes_held_back);
+            self.inner.stats.count(Event::HeldBack);
             tracing::debug!(key = %sent.key(), generation = current.generation, age_ms = age.as_millis() as u64, "a token fetched moments ago was rejected; not refreshing again yet");
         }
         held
@@ -373,7 +375,7 @@ impl TokenCache {
             let now = self.now();
             let mut state = slot.state.lock();
             if let Phase::Terminal(dead) = &state.phase {
-                Counters::bump(&self.inner.stats.fail_fast);
+                self.inner.stats.count(Event::FailFast);
                 return Err(SlotState::dead_error(key, dead));
             }
             state.rejected = state.rejected.max(rejected);
@@ -386,7 +388,7 @@ impl TokenCache {
             match self.join_or_start_refresh(slot, &mut state, now) {
                 Ok(waiter) => waiter,
                 Err(cooling) => {
-                    Counters::bump(&self.inner.stats.fail_fast);
+                    self.inner.stats.count(Event::FailFast);
                     return Err(cooling);
                 }
             }
@@ -503,11 +505,11 @@ impl TokenCache {
     }
 
     fn count_refresh(&self) {
-        Counters::bump(&self.inner.stats.refreshes);
+        self.inner.stats.count(Event::TokenCall);
     }
 
     fn report_store_error(&self, key: &TokenKey, err: &StoreError) {
-        Counters::bump(&self.inner.stats.store_failures);
+        self.inner.stats.count(Event::StoreFailure);
         tracing::error!(key = %key, error = %err, "token store failed");
         if let Some(hook) = &self.inner.config.on_store_error {
             // Called in the middle of the store protocol, perhaps with a rotated refresh token not

@@ -32,7 +32,8 @@ use tokio::time::Instant;
 use super::TokenCache;
 use super::slot::{Lease, Slot};
 use crate::error::{Error, RefreshError, StoreError};
-use crate::policy::Verdict;
+use crate::policy::{Verdict, Whose};
+use crate::stats::Outcome;
 use crate::store::{Revision, StoreGuard, Stored, TokenStore};
 use crate::token::{self, Freshness, TokenSet};
 
@@ -50,6 +51,19 @@ pub(super) enum Intent {
     Resave { tokens: Arc<TokenSet>, replaces: Revision },
     /// A dead grant resting on `revision`: has another process saved newer tokens?
     Recheck { revision: Revision },
+}
+
+impl Intent {
+    /// What the flight's span calls it.
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Intent::Load { .. } => "load",
+            Intent::Refresh { .. } => "refresh",
+            Intent::Install(_) => "install",
+            Intent::Resave { .. } => "resave",
+            Intent::Recheck { .. } => "recheck",
+        }
+    }
 }
 
 /// Where a set came from.
@@ -116,12 +130,20 @@ pub(super) async fn run(cache: &TokenCache, slot: &Slot, intent: Intent) -> Prod
             Err(source) => Produced::Failed(Error::Store { key: key.clone(), source }),
         },
         Intent::Refresh { base, revision } => {
+            let started = Instant::now();
             match io.lock().await {
                 Ok(()) => {}
                 Err(source) => return Produced::Failed(Error::Store { key: key.clone(), source }),
             }
-            let produced = refresh(&mut io, base, revision, save_window).await;
+            let (produced, called) = refresh(&mut io, base, revision, save_window).await;
             io.unlock().await;
+            if let Some(outcome) = called {
+                let took = started.elapsed();
+                let span = tracing::Span::current();
+                span.record("outcome", outcome.as_str());
+                span.record("duration_ms", u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
+                cache.inner.stats.refreshed(outcome, took);
+            }
             produced
         }
         Intent::Install(tokens) => install(&mut io, tokens, save_window).await,
@@ -156,7 +178,13 @@ pub(super) async fn run(cache: &TokenCache, slot: &Slot, intent: Intent) -> Prod
 }
 
 /// The refresh, under the lock: adopt what another process saved since `revision`, or fetch.
-async fn refresh(io: &mut Io<'_>, base: Option<Arc<TokenSet>>, revision: Revision, save_window: Duration) -> Produced {
+/// With the outcome of the token call, when one was made.
+async fn refresh(
+    io: &mut Io<'_>,
+    base: Option<Arc<TokenSet>>,
+    revision: Revision,
+    save_window: Duration,
+) -> (Produced, Option<Outcome>) {
     let cache = io.cache;
     let config = &cache.inner.config;
     let key = &io.slot.key;
@@ -169,7 +197,7 @@ async fn refresh(io: &mut Io<'_>, base: Option<Arc<TokenSet>>, revision: Revisio
             // Saved since our read, so just issued: judged as the tokens this layer fetches are.
             let fresh = Lease::new(stored.tokens.clone(), 0, Some(now), false).freshness(config.policy.skew, now);
             if fresh == Freshness::Fresh {
-                return publish(stored, Origin::Adopted);
+                return (publish(stored, Origin::Adopted), None);
             }
             (Some(stored.tokens), stored.revision)
         }
@@ -184,7 +212,8 @@ async fn refresh(io: &mut Io<'_>, base: Option<Arc<TokenSet>>, revision: Revisio
         Err(_) => {
             let after = config.policy.flight_deadline;
             tracing::warn!(key = %key, ?after, "the token source did not answer before the flight's deadline");
-            return Produced::Failed(Error::Refresh { key: key.clone(), source: RefreshError::TimedOut { after } });
+            let timed_out = Error::Refresh { key: key.clone(), source: RefreshError::TimedOut { after } };
+            return (Produced::Failed(timed_out), Some(Outcome::Transient));
         }
     };
     // The token call is done: what follows (the save, a re-read) has a window of its own, since
@@ -210,7 +239,7 @@ async fn refresh(io: &mut Io<'_>, base: Option<Arc<TokenSet>>, revision: Revisio
                 let rotation_to_durable_us = u64::try_from(answered.elapsed().as_micros()).unwrap_or(u64::MAX);
                 tracing::debug!(key = %key, %revision, rotation_to_durable_us, "new tokens durable");
             }
-            produced
+            (produced, Some(Outcome::Ok))
         }
         Err(RefreshError::InvalidResponse { status, reason, body, rotated_refresh_token: Some(rotated) }) => {
             // The answer is unusable but carries a new refresh token, and a rotating provider has
@@ -223,10 +252,16 @@ async fn refresh(io: &mut Io<'_>, base: Option<Arc<TokenSet>>, revision: Revisio
                 .with_refresh_token(rotated)
                 .with_expires_at(config.clock.now());
             let failure = RefreshError::InvalidResponse { status, reason, body, rotated_refresh_token: None };
-            io.save_or_adopt(salvaged, replaces, Origin::Fetched, from.as_ref(), Some(failure), save_window).await
+            let produced =
+                io.save_or_adopt(salvaged, replaces, Origin::Fetched, from.as_ref(), Some(failure), save_window).await;
+            (produced, Some(Outcome::Transient))
         }
         Err(reason) => match config.policy.verdict(&reason) {
             Verdict::Terminal(whose) => {
+                let outcome = match whose {
+                    Whose::User => Outcome::Terminal,
+                    Whose::Client => Outcome::ClientError,
+                };
                 // Check before declaring death: another process may have rotated the refresh
                 // token we just spent a stale copy of.
                 if let Ok(Some(stored)) = io.read().await
@@ -235,11 +270,13 @@ async fn refresh(io: &mut Io<'_>, base: Option<Arc<TokenSet>>, revision: Revisio
                         != Freshness::Expired
                 {
                     tracing::info!(key = %key, "refresh token was rejected but the store holds newer tokens; adopting them");
-                    return publish(stored, Origin::Adopted);
+                    return (publish(stored, Origin::Adopted), Some(outcome));
                 }
-                Produced::Failed(super::slot::terminal_error(key, whose, &reason))
+                (Produced::Failed(super::slot::terminal_error(key, whose, &reason)), Some(outcome))
             }
-            Verdict::Transient => Produced::Failed(Error::Refresh { key: key.clone(), source: reason }),
+            Verdict::Transient => {
+                (Produced::Failed(Error::Refresh { key: key.clone(), source: reason }), Some(Outcome::Transient))
+            }
         },
     }
 }

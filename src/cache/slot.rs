@@ -27,7 +27,7 @@ use super::{Effects, Kind};
 use crate::error::{Error, RefreshError};
 use crate::key::TokenKey;
 use crate::policy::{self, Policy, Whose};
-use crate::stats::Counters;
+use crate::stats::{Counters, Event};
 use crate::store::Revision;
 use crate::token::{self, Freshness, TokenSet};
 
@@ -365,7 +365,7 @@ pub(super) fn apply(
                 }
             }
             if origin == Origin::Adopted {
-                Counters::bump(&stats.adopted);
+                stats.count(Event::Adopted);
                 tracing::info!(key = %key, generation = lease.generation, "adopted tokens another process saved");
             }
             let failure = failure.or_else(|| {
@@ -451,7 +451,7 @@ pub(super) fn apply(
                         }
                         Error::Refresh { source, .. } => fail_transiently(state, key, source, policy, stats, now),
                         other => {
-                            Counters::bump(&stats.refresh_failures);
+                            stats.count(Event::RefreshFailure);
                             // A store that cannot be locked or read backs off like a token endpoint
                             // that fails.
                             let wait = state.cool_down(policy, None, now);
@@ -517,7 +517,7 @@ pub(super) fn apply_save(
             if revision != state.revision && state.generation == generation && !state.saved =>
         {
             tracing::warn!(key = %key, generation, "retried save superseded by newer tokens in the store; adopting them");
-            Counters::bump(&stats.adopted);
+            stats.count(Event::Adopted);
             let lease = state.publish(tokens, None, false);
             state.record_save(revision, true);
             effects.refreshed = Some(lease.tokens);
@@ -574,7 +574,7 @@ fn fail_terminally(
     stats: &Counters,
     effects: &mut Effects,
 ) -> Error {
-    Counters::bump(&stats.refresh_failures);
+    stats.count(Event::RefreshFailure);
     if state.die(reason.clone(), whose, policy) {
         match whose {
             Whose::User => {
@@ -598,7 +598,7 @@ fn fail_transiently(
     stats: &Counters,
     now: SystemTime,
 ) -> Error {
-    Counters::bump(&stats.refresh_failures);
+    stats.count(Event::RefreshFailure);
     let wait = state.cool_down(policy, source.retry_after(), now);
     // The caller is told the wait the layer keeps: a broken `Retry-After` capped.
     if let RefreshError::Protocol { retry_after: Some(asked), .. } = &mut source {

@@ -9,6 +9,7 @@ use base64::Engine as _;
 use http::HeaderValue;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use super::response::{self, ResponseMapper};
 use crate::clock::{self, Clock};
@@ -141,7 +142,22 @@ impl TokenEndpoint {
         current: Option<&TokenSet>,
         scoped: Scoped,
     ) -> Result<TokenSet, RefreshError> {
-        self.exchange_unredacted(grant, scoped).await.map_err(|mut err| {
+        let grant_type = grant.iter().find(|(name, _)| *name == "grant_type").map_or("", |(_, value)| *value);
+        // The token URL without user info or query, which could hold a credential.
+        let endpoint = reqwest::Url::parse(&self.url)
+            .map(|url| format!("{}{}", url.origin().ascii_serialization(), url.path()))
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "token_call",
+            endpoint = %endpoint,
+            grant_type,
+            status = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
+        let started = std::time::Instant::now();
+        let answer = self.exchange_unredacted(grant, scoped).instrument(span.clone()).await;
+        span.record("duration_ms", u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        answer.map_err(|mut err| {
             let secrets = self.secrets(grant, current);
             err.redact(&secrets.iter().map(String::as_str).collect::<Vec<_>>());
             err
@@ -207,6 +223,7 @@ impl TokenEndpoint {
 
         let mut answer = request.send().await.map_err(transport)?;
         let status = answer.status();
+        tracing::Span::current().record("status", status.as_u16());
         let headers = answer.headers().clone();
         let mut body = Vec::new();
         while let Some(chunk) = answer.chunk().await.map_err(transport)? {

@@ -15,6 +15,7 @@ mod hostile;
 mod login;
 mod many_users;
 mod nothing_lost;
+mod observability;
 mod origins;
 mod passthrough;
 mod postgres_server;

@@ -53,14 +53,14 @@ impl Captured {
     }
 }
 
-/// Captures this crate's `tracing` events at TRACE level, on this thread, until the guard drops.
-/// With a current-thread runtime that covers the refresh tasks the layer spawns too.
-fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
-    // `tracing` caches per call site whether any subscriber wants its events, for the whole
-    // process. Tests on other threads hit this crate's call sites with no subscriber at all, and
-    // a scoped subscriber installed here may then miss an event whose interest was cached as
-    // "never" in between. A global subscriber that wants every event of this crate (and writes
-    // them nowhere) keeps that interest at "always".
+/// Installs, once per process, a global subscriber that wants every event and span of this crate
+/// (and writes them nowhere).
+///
+/// `tracing` caches per call site whether any subscriber wants its events, for the whole process.
+/// Tests on other threads hit this crate's call sites with no subscriber at all, and a scoped
+/// subscriber installed by a test may then miss an event whose interest was cached as "never" in
+/// between. The global one keeps that interest at "always".
+pub fn want_this_crates_events_everywhere() {
     static GLOBAL: std::sync::Once = std::sync::Once::new();
     GLOBAL.call_once(|| {
         let sink = tracing_subscriber::registry()
@@ -68,6 +68,12 @@ fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
             .with(Targets::new().with_target("reqwest_token_refresh", Level::TRACE));
         let _ = tracing::subscriber::set_global_default(sink);
     });
+}
+
+/// Captures this crate's `tracing` events at TRACE level, on this thread, until the guard drops.
+/// With a current-thread runtime that covers the refresh tasks the layer spawns too.
+fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
+    want_this_crates_events_everywhere();
     let captured = Captured::default();
     let subscriber = tracing_subscriber::registry()
         .with(
