@@ -69,18 +69,21 @@ impl TokenRefreshBuilder {
 
     /// Tokens for the default key to start from. They only seed an empty store: tokens already in
     /// the store win, so a restart never brings back a refresh token that was rotated away.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn initial_tokens(mut self, tokens: TokenSet) -> Self {
         self.cache.initial_tokens = Some(tokens);
         self
     }
 
     /// Where tokens are kept (default: [`MemoryStore`]).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn store(mut self, store: impl TokenStore) -> Self {
         self.cache.store = Arc::new(store);
         self
     }
 
     /// Where tokens are kept, shared.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn store_arc(mut self, store: Arc<dyn TokenStore>) -> Self {
         self.cache.store = store;
         self
@@ -90,12 +93,14 @@ impl TokenRefreshBuilder {
     /// Any length is fine: the window is never more than half a token's lifetime as it was
     /// fetched, and a window longer than the clock can reach counts a token with a known expiry
     /// as due for a refresh.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn refresh_skew(mut self, skew: Duration) -> Self {
         self.cache.policy.skew = skew;
         self
     }
 
     /// Which 401 answers trigger a refresh (default [`RefreshOn::InvalidTokenOrNoDetail`]).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn refresh_on(mut self, refresh_on: RefreshOn) -> Self {
         self.refresh_on = refresh_on;
         self
@@ -125,6 +130,7 @@ impl TokenRefreshBuilder {
     ///     .build()?;
     /// # Ok::<(), reqwest_token_refresh::Error>(())
     /// ```
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn token_rejected_when(mut self, rule: impl Fn(StatusCode, &[u8]) -> bool + Send + Sync + 'static) -> Self {
         self.rejected_when = Some(Arc::new(rule));
         self
@@ -135,6 +141,7 @@ impl TokenRefreshBuilder {
     /// out, the answer is judged by its headers and the bytes that arrived, and handed on at once
     /// with nothing lost. Zero reads only what has already arrived; [`Duration::MAX`] waits for
     /// as long as the body takes.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn classify_timeout(mut self, timeout: Duration) -> Self {
         self.classify_timeout = timeout;
         self
@@ -143,12 +150,14 @@ impl TokenRefreshBuilder {
     /// Only requests to this origin (and others added the same way) get the token; requests to
     /// other origins pass through untouched and never trigger a refresh. Without any, every
     /// `https` origin (and `http` to loopback) gets it.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
         self.allowed_origins.push(origin.into());
         self
     }
 
     /// Lets the token go over plain `http://` to hosts that are not loopback (default: never).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn allow_insecure_http(mut self, allow: bool) -> Self {
         self.allow_insecure_http = allow;
         self
@@ -157,6 +166,7 @@ impl TokenRefreshBuilder {
     /// Adds an OAuth error code that means "re-authorization required", beyond `invalid_grant`
     /// (for providers with their own codes, such as `refresh_token_not_found`). `invalid_client`
     /// and `unauthorized_client` are terminal too, reported as [`Error::ClientRejected`].
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn terminal_error(mut self, code: impl Into<String>) -> Self {
         self.cache.policy.terminal_errors.push(code.into());
         self
@@ -164,18 +174,21 @@ impl TokenRefreshBuilder {
 
     /// The first cool-down after a failed refresh (default [`DEFAULT_MIN_BACKOFF`](crate::DEFAULT_MIN_BACKOFF)); it doubles
     /// with each consecutive failure up to [`max_backoff`](Self::max_backoff).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn min_backoff(mut self, backoff: Duration) -> Self {
         self.cache.policy.min_backoff = backoff;
         self
     }
 
     /// The longest cool-down from backoff (default [`DEFAULT_MAX_BACKOFF`](crate::DEFAULT_MAX_BACKOFF)).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn max_backoff(mut self, backoff: Duration) -> Self {
         self.cache.policy.max_backoff = backoff;
         self
     }
 
     /// The longest `Retry-After` honoured (default [`DEFAULT_MAX_RETRY_AFTER`](crate::DEFAULT_MAX_RETRY_AFTER)).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn max_retry_after(mut self, limit: Duration) -> Self {
         self.cache.policy.max_retry_after = limit;
         self
@@ -183,12 +196,14 @@ impl TokenRefreshBuilder {
 
     /// The clock expiry and cool-downs are measured against (default: the system clock). Give
     /// the token source the same clock.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.cache.clock = Arc::new(clock);
         self
     }
 
     /// Called after each new token set is published (refreshed or adopted from the store).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn on_refresh(mut self, hook: impl Fn(&TokenKey, &TokenSet) + Send + Sync + 'static) -> Self {
         self.cache.on_refresh = Some(Arc::new(hook));
         self
@@ -196,6 +211,7 @@ impl TokenRefreshBuilder {
 
     /// Called once each time a key's grant dies and the user must authorize again
     /// ([`Error::ReauthorizationRequired`]).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn on_reauthorization_required(
         mut self,
         hook: impl Fn(&TokenKey, &RefreshError) + Send + Sync + 'static,
@@ -206,6 +222,7 @@ impl TokenRefreshBuilder {
 
     /// Called when the store fails to load, save or lock (the layer goes on from memory and
     /// retries saves).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn on_store_error(mut self, hook: impl Fn(&TokenKey, &StoreError) + Send + Sync + 'static) -> Self {
         self.cache.on_store_error = Some(Arc::new(hook));
         self
@@ -214,6 +231,7 @@ impl TokenRefreshBuilder {
     /// Called once each time the token endpoint refuses the client itself (`invalid_client`,
     /// `unauthorized_client`: [`Error::ClientRejected`]): its credentials or registration are
     /// wrong, which is for an operator to fix, not a user.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn on_client_rejected(mut self, hook: impl Fn(&TokenKey, &RefreshError) + Send + Sync + 'static) -> Self {
         self.cache.on_client_rejected = Some(Arc::new(hook));
         self
@@ -222,6 +240,7 @@ impl TokenRefreshBuilder {
     /// How long one refresh may take, lock, token call and save included (default
     /// [`DEFAULT_FLIGHT_DEADLINE`](crate::DEFAULT_FLIGHT_DEADLINE)). A token source or store that never answers ends there with
     /// [`RefreshError::TimedOut`]; requests holding a token that is still valid are sent with it.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn flight_deadline(mut self, deadline: Duration) -> Self {
         self.cache.policy.flight_deadline = deadline.max(Duration::from_millis(1));
         self
@@ -234,6 +253,7 @@ impl TokenRefreshBuilder {
     /// that has not seen it yet), and a refresh per request would trip the provider's rate limit.
     /// Such rejections go back to the caller as they came, counted in
     /// [`Stats::refreshes_held_back`](crate::Stats::refreshes_held_back).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn min_refresh_interval(mut self, interval: Duration) -> Self {
         self.cache.policy.min_refresh_interval = interval;
         self
@@ -242,6 +262,7 @@ impl TokenRefreshBuilder {
     /// How often a key whose grant is dead looks in the store for tokens another process saved
     /// (default [`DEFAULT_TERMINAL_RECHECK`](crate::DEFAULT_TERMINAL_RECHECK)): a replica picks up the tokens a user installed
     /// through another replica. Between looks, its requests fail fast.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn terminal_recheck(mut self, interval: Duration) -> Self {
         self.cache.policy.terminal_recheck = interval;
         self
@@ -255,6 +276,7 @@ impl TokenRefreshBuilder {
     /// evicted (it counts toward the capacity once used). What an evicted key leaves behind (that
     /// it was dead, or cooling down) is kept for as many keys again, oldest first out: past that,
     /// a dead key asked for again tries its refresh token once more.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn max_cached_keys(mut self, capacity: usize) -> Self {
         self.cache.max_cached_keys = Some(capacity);
         self

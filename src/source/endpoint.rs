@@ -243,42 +243,49 @@ fn basic_credentials(id: &str, secret: &ClientSecret) -> String {
 macro_rules! endpoint_options {
     () => {
         /// Replaces the token URL (to point a provider preset at a test server, say).
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn token_url(mut self, token_url: impl Into<String>) -> Self {
             self.endpoint.url = token_url.into();
             self
         }
 
         /// Sets the client id.
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
             self.endpoint.client_id = Some(client_id.into());
             self
         }
 
         /// Sets the client secret.
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn client_secret(mut self, client_secret: impl Into<$crate::ClientSecret>) -> Self {
             self.endpoint.client_secret = Some(client_secret.into());
             self
         }
 
         /// Sets how the client id and secret are sent (default: HTTP Basic).
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn client_auth(mut self, client_auth: $crate::ClientAuth) -> Self {
             self.endpoint.client_auth = client_auth;
             self
         }
 
         /// Adds a scope to request; several are joined with spaces.
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn scope(mut self, scope: impl Into<String>) -> Self {
             self.endpoint.scopes.push(scope.into());
             self
         }
 
         /// Adds an extra body field (`action=requesttoken`, `audience=...`).
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
             self.endpoint.params.push((name.into(), value.into()));
             self
         }
 
         /// Sets the body encoding (default: form).
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn encoding(mut self, encoding: $crate::BodyEncoding) -> Self {
             self.endpoint.encoding = encoding;
             self
@@ -287,6 +294,7 @@ macro_rules! endpoint_options {
         /// Maps a successful answer before it is read as a token response: unwrap a provider's
         /// envelope (`{"status":0,"body":{...}}`), or turn an error carried in a 200 into an
         /// [`OAuthError`](crate::OAuthError).
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn map_response<F>(mut self, map: F) -> Self
         where
             F: Fn(serde_json::Value) -> Result<serde_json::Value, $crate::OAuthError> + Send + Sync + 'static,
@@ -300,18 +308,21 @@ macro_rules! endpoint_options {
         /// The crate's own client follows no redirects; give yours the same policy
         /// (`redirect::Policy::none()`), so a refresh token is never replayed to another host. Never
         /// pass a client that goes through this middleware.
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn http_client(mut self, client: reqwest::Client) -> Self {
             self.endpoint.http = Some(client);
             self
         }
 
         /// Sets how long a token call may take (default [`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT)).
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
             self.endpoint.timeout = timeout;
             self
         }
 
         /// Sets the largest answer read (default [`DEFAULT_MAX_RESPONSE_BYTES`](crate::DEFAULT_MAX_RESPONSE_BYTES)).
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn max_response_bytes(mut self, limit: usize) -> Self {
             self.endpoint.max_response_bytes = limit;
             self
@@ -319,6 +330,7 @@ macro_rules! endpoint_options {
 
         /// Sets the clock that turns `expires_in` into an absolute expiry (default: the system
         /// clock). Give it the same clock as the layer.
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn clock(mut self, clock: impl $crate::Clock) -> Self {
             self.endpoint.clock = std::sync::Arc::new(clock);
             self

@@ -108,12 +108,14 @@ impl FileStore {
     }
 
     /// How long to wait for another process's refresh (default [`DEFAULT_FILE_LOCK_TIMEOUT`]).
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn lock_timeout(self, timeout: Duration) -> Self {
         self.map(|inner| inner.lock_timeout = timeout)
     }
 
     /// Lets a save replace a file that cannot be read as tokens (default: no, the save fails with
     /// [`StoreError::Corrupt`] and the file is left for a person to look at).
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn overwrite_corrupt(self, overwrite: bool) -> Self {
         self.map(|inner| inner.overwrite_corrupt = overwrite)
     }

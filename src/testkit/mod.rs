@@ -218,6 +218,7 @@ impl Default for MockProviderBuilder {
 impl MockProviderBuilder {
     /// Which provider to behave like (default [`Dialect::Standard`]); see [`Dialect`]. Settings
     /// made on this builder win over the dialect's defaults, in whichever order they are made.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn dialect(mut self, dialect: Dialect) -> Self {
         self.dialect = dialect;
         self
@@ -227,6 +228,7 @@ impl MockProviderBuilder {
     /// `expires_in` in whole seconds, rounded down, so a client never believes a token lives longer
     /// than it does. A lifetime too long for the provider's clock to represent (`Duration::MAX`)
     /// makes tokens that never expire, sent without `expires_in`.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn access_token_lifetime(mut self, lifetime: Duration) -> Self {
         self.access_token_lifetime = Some(lifetime);
         self
@@ -236,6 +238,7 @@ impl MockProviderBuilder {
     /// one presented. When not, responses carry no `refresh_token` and the client keeps using the
     /// one it has (RFC 6749 §6), which stays valid. [`Dialect::Whoop`] rotates only when the
     /// request asks for `scope=offline`, and never when this is off.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn rotate_refresh_tokens(mut self, yes: bool) -> Self {
         self.rotate_refresh_tokens = yes;
         self
@@ -245,6 +248,7 @@ impl MockProviderBuilder {
     /// RFC 9700 §4.14.2): every access and refresh token descended from that authorization.
     /// Either way the spent token itself is refused. None of the providers' documents mentions
     /// this; the mock does it in every dialect so that a racing client fails loudly.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn reuse_revokes_family(mut self, yes: bool) -> Self {
         self.reuse_revokes_family = yes;
         self
@@ -257,18 +261,21 @@ impl MockProviderBuilder {
     /// pair again, without counting as reuse ([`ProviderStats::grace_refreshes`]); after it, it is
     /// a spent token like any other. This is what saves a client whose refresh answer was lost
     /// ([`Fault::LoseAnswer`]).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn previous_refresh_token_grace(mut self, yes: bool) -> Self {
         self.previous_refresh_token_grace = Some(yes);
         self
     }
 
     /// Delay of every answer of the token endpoint (default none).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn token_latency(mut self, latency: Duration) -> Self {
         self.token_latency = latency;
         self
     }
 
     /// Delay of every answer of the API (default none).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn api_latency(mut self, latency: Duration) -> Self {
         self.api_latency = latency;
         self
@@ -277,6 +284,7 @@ impl MockProviderBuilder {
     /// The clock that decides access-token expiry and the refresh-token grace (default the system
     /// clock); pass a clone of a [`ManualClock`](crate::ManualClock) to expire tokens without
     /// sleeping.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self
@@ -288,6 +296,7 @@ impl MockProviderBuilder {
     /// body parameters, not both; other dialects accept only their provider's way. Wrong or
     /// missing credentials get `401 {"error":"invalid_client"}` with
     /// `WWW-Authenticate: Basic realm="mock"` (or the dialect's equivalent).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn client_credentials(mut self, id: &str, secret: &str) -> Self {
         self.client = Some((id.to_owned(), ClientSecret::new(secret)));
         self

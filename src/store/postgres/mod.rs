@@ -222,6 +222,7 @@ impl PostgresStore {
     /// Keeps tokens in this table (default [`DEFAULT_TABLE`](Self::DEFAULT_TABLE)); `schema.table`
     /// names a schema too (split at the first dot). Both parts are quoted as identifiers, so the
     /// name is taken literally, case included.
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn table(self, name: impl Into<String>) -> Self {
         let name = name.into();
         self.map(|settings| {
@@ -234,6 +235,7 @@ impl PostgresStore {
     /// refreshes (default [`DEFAULT_LOCK_TIMEOUT`](Self::DEFAULT_LOCK_TIMEOUT)); it includes
     /// waiting for a free lock connection. Keep it above the lock-hold limit, or waiters give up
     /// on refreshes that are still allowed to finish.
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn lock_timeout(self, timeout: Duration) -> Self {
         self.map(|settings| settings.lock_timeout = timeout)
     }
@@ -244,6 +246,7 @@ impl PostgresStore {
     /// `idle_in_transaction_session_timeout`. Keep it above your token source's timeout: a lock
     /// lost during a token call lets another replica spend the same refresh token. The
     /// [fence](Self#fencing) keeps a holder that lost its lock from overwriting newer tokens.
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn lock_hold_limit(self, limit: Duration) -> Self {
         self.map(|settings| settings.lock_hold_limit = limit)
     }
@@ -252,6 +255,7 @@ impl PostgresStore {
     /// (default [`DEFAULT_MAX_LOCK_CONNECTIONS`](Self::DEFAULT_MAX_LOCK_CONNECTIONS); at least 1).
     /// Refreshes beyond it wait for a free connection; count these connections, plus one, per
     /// replica against the server's `max_connections`.
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn max_lock_connections(self, connections: usize) -> Self {
         self.map(|settings| settings.max_lock_connections = connections.max(1))
     }
@@ -259,6 +263,7 @@ impl PostgresStore {
     /// How long a load, a save or releasing a lock may take before it fails with
     /// [`StoreError::Backend`] and its connection is replaced (default
     /// [`DEFAULT_QUERY_TIMEOUT`](Self::DEFAULT_QUERY_TIMEOUT)).
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn query_timeout(self, timeout: Duration) -> Self {
         self.map(|settings| settings.query_timeout = timeout)
     }

@@ -207,6 +207,7 @@ impl RedisStore {
     /// Sets the prefix of every Redis key this store uses (default
     /// [`DEFAULT_KEY_PREFIX`](Self::DEFAULT_KEY_PREFIX)). Services that share one Redis but
     /// not their tokens need different prefixes.
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.options.prefix = prefix.into();
         self
@@ -216,6 +217,7 @@ impl RedisStore {
     /// [`DEFAULT_LEASE_TTL`](Self::DEFAULT_LEASE_TTL); at least 1 ms). Make it longer than a
     /// refresh can take, the token call's timeout included: a refresh that outlasts its lease lets
     /// a second replica refresh at the same time.
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.options.lease_ttl = ttl.max(Duration::from_millis(1));
         self
@@ -223,6 +225,7 @@ impl RedisStore {
 
     /// Sets how long [`TokenStore::lock`] waits for another replica's lease before it fails with
     /// [`StoreError::LockTimeout`] (default [`DEFAULT_LOCK_TIMEOUT`](Self::DEFAULT_LOCK_TIMEOUT)).
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.options.lock_timeout = timeout;
         self
@@ -230,6 +233,7 @@ impl RedisStore {
 
     /// Sets how often a replica waiting for the lease tries to take it (default
     /// [`DEFAULT_POLL_INTERVAL`](Self::DEFAULT_POLL_INTERVAL); at least 1 ms).
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.options.poll_interval = interval.max(Duration::from_millis(1));
         self
@@ -239,6 +243,7 @@ impl RedisStore {
     /// [`StoreError::Backend`] (default
     /// [`DEFAULT_COMMAND_TIMEOUT`](Self::DEFAULT_COMMAND_TIMEOUT)). Takes effect if set before
     /// the store is first used.
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.options.command_timeout = timeout.max(Duration::from_millis(1));
         self
