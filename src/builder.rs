@@ -89,10 +89,11 @@ impl TokenRefreshBuilder {
         self
     }
 
-    /// How long before expiry a token is refreshed before use (default [`DEFAULT_REFRESH_SKEW`](crate::DEFAULT_REFRESH_SKEW)).
-    /// Any length is fine: the window is never more than half a token's lifetime as it was
-    /// fetched, and a window longer than the clock can reach counts a token with a known expiry
-    /// as due for a refresh.
+    /// How long before expiry a token is refreshed before use. Any length is fine: the window is
+    /// never more than half a token's lifetime as it was fetched, and a window longer than the
+    /// clock can reach counts a token with a known expiry as due for a refresh.
+    ///
+    /// Default: 30 seconds ([`DEFAULT_REFRESH_SKEW`](crate::DEFAULT_REFRESH_SKEW)).
     #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn refresh_skew(mut self, skew: Duration) -> Self {
         self.cache.policy.skew = skew;
@@ -137,10 +138,11 @@ impl TokenRefreshBuilder {
     }
 
     /// How long to wait for the start of an answer's body when it must be read to tell whether
-    /// the token was rejected (default [`CLASSIFY_BODY_TIMEOUT`], 2 s), in all. When it runs
-    /// out, the answer is judged by its headers and the bytes that arrived, and handed on at once
-    /// with nothing lost. Zero reads only what has already arrived; [`Duration::MAX`] waits for
-    /// as long as the body takes.
+    /// the token was rejected, in all. When it runs out, the answer is judged by its headers and
+    /// the bytes that arrived, and handed on at once with nothing lost. Zero reads only what has
+    /// already arrived; [`Duration::MAX`] waits for as long as the body takes.
+    ///
+    /// Default: 2 seconds ([`CLASSIFY_BODY_TIMEOUT`]).
     #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn classify_timeout(mut self, timeout: Duration) -> Self {
         self.classify_timeout = timeout;
@@ -172,22 +174,28 @@ impl TokenRefreshBuilder {
         self
     }
 
-    /// The first cool-down after a failed refresh (default [`DEFAULT_MIN_BACKOFF`](crate::DEFAULT_MIN_BACKOFF)); it doubles
-    /// with each consecutive failure up to [`max_backoff`](Self::max_backoff).
+    /// The first cool-down after a failed refresh; it doubles with each consecutive failure up to
+    /// [`max_backoff`](Self::max_backoff).
+    ///
+    /// Default: 500 milliseconds ([`DEFAULT_MIN_BACKOFF`](crate::DEFAULT_MIN_BACKOFF)).
     #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn min_backoff(mut self, backoff: Duration) -> Self {
         self.cache.policy.min_backoff = backoff;
         self
     }
 
-    /// The longest cool-down from backoff (default [`DEFAULT_MAX_BACKOFF`](crate::DEFAULT_MAX_BACKOFF)).
+    /// The longest cool-down from backoff.
+    ///
+    /// Default: 30 seconds ([`DEFAULT_MAX_BACKOFF`](crate::DEFAULT_MAX_BACKOFF)).
     #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn max_backoff(mut self, backoff: Duration) -> Self {
         self.cache.policy.max_backoff = backoff;
         self
     }
 
-    /// The longest `Retry-After` honoured (default [`DEFAULT_MAX_RETRY_AFTER`](crate::DEFAULT_MAX_RETRY_AFTER)).
+    /// The longest `Retry-After` honoured; longer asks are cut to this.
+    ///
+    /// Default: 15 minutes ([`DEFAULT_MAX_RETRY_AFTER`](crate::DEFAULT_MAX_RETRY_AFTER)).
     #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn max_retry_after(mut self, limit: Duration) -> Self {
         self.cache.policy.max_retry_after = limit;
@@ -237,9 +245,11 @@ impl TokenRefreshBuilder {
         self
     }
 
-    /// How long one refresh may take, lock, token call and save included (default
-    /// [`DEFAULT_FLIGHT_DEADLINE`](crate::DEFAULT_FLIGHT_DEADLINE)). A token source or store that never answers ends there with
-    /// [`RefreshError::TimedOut`]; requests holding a token that is still valid are sent with it.
+    /// How long one refresh may take, lock, token call and save included. A token source or store
+    /// that never answers ends there with [`RefreshError::TimedOut`]; requests holding a token that
+    /// is still valid are sent with it.
+    ///
+    /// Default: 45 seconds ([`DEFAULT_FLIGHT_DEADLINE`](crate::DEFAULT_FLIGHT_DEADLINE)).
     #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn flight_deadline(mut self, deadline: Duration) -> Self {
         self.cache.policy.flight_deadline = deadline.max(Duration::from_millis(1));
@@ -247,21 +257,25 @@ impl TokenRefreshBuilder {
     }
 
     /// How soon after it was fetched a token may be rejected (401) before the layer stops
-    /// answering rejections with another refresh (default [`DEFAULT_MIN_REFRESH_INTERVAL`](crate::DEFAULT_MIN_REFRESH_INTERVAL); it
-    /// doubles, up to 10 minutes, with each such token in a row). An API that rejects a token
+    /// answering rejections with another refresh (it doubles, up to 10 minutes, with each such
+    /// token in a row). An API that rejects a token
     /// minted a moment ago rejects it for another reason (a wrong audience or scope, a replica
     /// that has not seen it yet), and a refresh per request would trip the provider's rate limit.
     /// Such rejections go back to the caller as they came, counted in
     /// [`Stats::refreshes_held_back`](crate::Stats::refreshes_held_back).
+    ///
+    /// Default: 30 seconds ([`DEFAULT_MIN_REFRESH_INTERVAL`](crate::DEFAULT_MIN_REFRESH_INTERVAL)).
     #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn min_refresh_interval(mut self, interval: Duration) -> Self {
         self.cache.policy.min_refresh_interval = interval;
         self
     }
 
-    /// How often a key whose grant is dead looks in the store for tokens another process saved
-    /// (default [`DEFAULT_TERMINAL_RECHECK`](crate::DEFAULT_TERMINAL_RECHECK)): a replica picks up the tokens a user installed
-    /// through another replica. Between looks, its requests fail fast.
+    /// How often a key whose grant is dead looks in the store for tokens another process saved: a
+    /// replica picks up the tokens a user installed through another replica. Between looks, its
+    /// requests fail fast.
+    ///
+    /// Default: 5 seconds ([`DEFAULT_TERMINAL_RECHECK`](crate::DEFAULT_TERMINAL_RECHECK)).
     #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn terminal_recheck(mut self, interval: Duration) -> Self {
         self.cache.policy.terminal_recheck = interval;

@@ -21,13 +21,13 @@ use crate::source::TokenSource;
 use crate::stats::{Counters, Stats};
 use crate::token::TokenSet;
 
-/// How much of a 401's body is read to classify it; also how much of another answer a
-/// [`token_rejected_when`](TokenRefreshBuilder::token_rejected_when) rule sees.
+/// How much of a 401's body is read to classify it: 4 KiB (4,096 bytes). Also how much of another
+/// answer a [`token_rejected_when`](TokenRefreshBuilder::token_rejected_when) rule sees.
 pub const CLASSIFY_BODY_LIMIT: usize = 4 * 1024;
 
 /// How long the layer waits for the start of a body it reads to classify an answer (up to
 /// [`CLASSIFY_BODY_LIMIT`]), unless set otherwise with
-/// [`classify_timeout`](TokenRefreshBuilder::classify_timeout): 2 seconds, in all.
+/// [`classify_timeout`](TokenRefreshBuilder::classify_timeout): 2 seconds in all.
 ///
 /// A server that sends a 401's headers and then stalls its body must not hang the request. When
 /// the time runs out the answer is classified from its headers and the bytes that did arrive,
@@ -424,6 +424,12 @@ mod tests {
 
     use crate::source::RefreshTokenGrant;
     use crate::token::TokenSet;
+
+    #[test]
+    fn the_classify_limits_are_what_their_docs_say() {
+        assert_eq!(CLASSIFY_BODY_LIMIT, 4_096, "4 KiB");
+        assert_eq!(CLASSIFY_BODY_TIMEOUT, Duration::from_secs(2));
+    }
 
     #[test]
     fn middleware_is_send_sync_and_cheap_to_clone() {

@@ -15,11 +15,12 @@ use crate::clock::{self, Clock};
 use crate::error::RefreshError;
 use crate::token::{ClientSecret, TokenSet};
 
-/// How long a token call may take, connection to last byte, unless set otherwise.
+/// How long a token call may take, connection to last byte, unless set otherwise: 30 seconds.
 pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The largest token-endpoint answer read, unless set otherwise. Real token responses are a few
-/// hundred bytes; a bigger answer is an error page or an attack, and is not buffered whole.
+/// The largest token-endpoint answer read, unless set otherwise: 64 KiB (65,536 bytes). Real token
+/// responses are a few hundred bytes; a bigger answer is an error page or an attack, and is not
+/// buffered whole.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
@@ -314,14 +315,18 @@ macro_rules! endpoint_options {
             self
         }
 
-        /// Sets how long a token call may take (default [`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT)).
+        /// Sets how long a token call may take, connection to last byte.
+        ///
+        /// Default: 30 seconds ([`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT)).
         #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
             self.endpoint.timeout = timeout;
             self
         }
 
-        /// Sets the largest answer read (default [`DEFAULT_MAX_RESPONSE_BYTES`](crate::DEFAULT_MAX_RESPONSE_BYTES)).
+        /// Sets the largest answer read.
+        ///
+        /// Default: 64 KiB ([`DEFAULT_MAX_RESPONSE_BYTES`](crate::DEFAULT_MAX_RESPONSE_BYTES)).
         #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn max_response_bytes(mut self, limit: usize) -> Self {
             self.endpoint.max_response_bytes = limit;
@@ -342,6 +347,12 @@ pub(crate) use endpoint_options;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_defaults_are_what_their_docs_say() {
+        assert_eq!(DEFAULT_TOKEN_TIMEOUT, Duration::from_secs(30));
+        assert_eq!(DEFAULT_MAX_RESPONSE_BYTES, 65_536, "64 KiB");
+    }
 
     #[test]
     fn basic_auth_form_encodes_the_parts() {
