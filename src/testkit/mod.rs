@@ -184,6 +184,40 @@ pub enum Fault {
 }
 
 /// Configures and starts a [`MockProvider`]; from [`MockProvider::builder`].
+///
+/// Five-minute tokens on a clock the test drives, so expiry needs no sleeping. The provider, the
+/// grant and the layer share the clock:
+///
+/// ```
+/// use std::time::Duration;
+/// use reqwest_token_refresh::testkit::MockProvider;
+/// use reqwest_token_refresh::{ManualClock, RefreshTokenGrant, TokenRefresh};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let clock = ManualClock::starting_now();
+/// let provider = MockProvider::builder()
+///     .access_token_lifetime(Duration::from_secs(300))
+///     .clock(clock.clone())
+///     .start()
+///     .await;
+/// let auth = TokenRefresh::builder(RefreshTokenGrant::new(provider.token_url()).clock(clock.clone()))
+///     .initial_tokens(provider.issue_tokens())
+///     .allow_origin(provider.uri())
+///     .clock(clock.clone())
+///     .build()?;
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(auth.clone())
+///     .build();
+///
+/// clock.advance(Duration::from_secs(300));
+/// let response = client.get(provider.api_url("v1/me")).send().await?;
+///
+/// assert_eq!(response.status(), 200);
+/// assert_eq!(provider.stats().token_calls, 1, "the layer saw the expiry and refreshed first");
+/// assert_eq!(provider.stats().api_unauthorized, 0, "no request went out with the expired token");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct MockProviderBuilder {
     dialect: Dialect,
