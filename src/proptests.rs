@@ -728,10 +728,14 @@ proptest! {
 ///
 /// The published package has no `fuzz/`: cargo leaves out a folder that holds a crate of its own.
 /// Only there (cargo writes `Cargo.toml.orig` into every package it makes) is nothing to replay;
-/// in the repository a missing seed folder fails the test.
+/// in the repository a missing seed folder fails the test. The crate's folder is the one cargo
+/// names when it runs the test, not the one it was compiled in: cargo reuses a test binary built
+/// from an identical copy of the package unpacked elsewhere.
 #[test]
 fn fuzz_seeds_replay_clean() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    );
     let fuzz = root.join("fuzz");
     if !fuzz.exists() && root.join("Cargo.toml.orig").exists() {
         return;
