@@ -70,33 +70,39 @@ impl TokenRefreshBuilder {
 
     /// Tokens for the default key to start from. They only seed an empty store: tokens already in
     /// the store win, so a restart never brings back a refresh token that was rotated away.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn initial_tokens(mut self, tokens: TokenSet) -> Self {
         self.cache.initial_tokens = Some(tokens);
         self
     }
 
     /// Where tokens are kept (default: [`MemoryStore`]).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn store(mut self, store: impl TokenStore) -> Self {
         self.cache.store = Arc::new(store);
         self
     }
 
     /// Where tokens are kept, shared.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn store_arc(mut self, store: Arc<dyn TokenStore>) -> Self {
         self.cache.store = store;
         self
     }
 
-    /// How long before expiry a token is refreshed before use (default [`DEFAULT_REFRESH_SKEW`](crate::DEFAULT_REFRESH_SKEW)).
-    /// Any length is fine: the window is never more than half a token's lifetime as it was
-    /// fetched, and a window longer than the clock can reach counts a token with a known expiry
-    /// as due for a refresh.
+    /// How long before expiry a token is refreshed before use. Any length is fine: the window is
+    /// never more than half a token's lifetime as it was fetched, and a window longer than the
+    /// clock can reach counts a token with a known expiry as due for a refresh.
+    ///
+    /// Default: 30 seconds ([`DEFAULT_REFRESH_SKEW`](crate::DEFAULT_REFRESH_SKEW)).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn refresh_skew(mut self, skew: Duration) -> Self {
         self.cache.policy.skew = skew;
         self
     }
 
     /// Which 401 answers trigger a refresh (default [`RefreshOn::InvalidTokenOrNoDetail`]).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn refresh_on(mut self, refresh_on: RefreshOn) -> Self {
         self.refresh_on = refresh_on;
         self
@@ -126,16 +132,19 @@ impl TokenRefreshBuilder {
     ///     .build()?;
     /// # Ok::<(), reqwest_token_refresh::Error>(())
     /// ```
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn token_rejected_when(mut self, rule: impl Fn(StatusCode, &[u8]) -> bool + Send + Sync + 'static) -> Self {
         self.rejected_when = Some(Arc::new(rule));
         self
     }
 
     /// How long to wait for the start of an answer's body when it must be read to tell whether
-    /// the token was rejected (default [`CLASSIFY_BODY_TIMEOUT`], 2 s), in all. When it runs
-    /// out, the answer is judged by its headers and the bytes that arrived, and handed on at once
-    /// with nothing lost. Zero reads only what has already arrived; [`Duration::MAX`] waits for
-    /// as long as the body takes.
+    /// the token was rejected, in all. When it runs out, the answer is judged by its headers and
+    /// the bytes that arrived, and handed on at once with nothing lost. Zero reads only what has
+    /// already arrived; [`Duration::MAX`] waits for as long as the body takes.
+    ///
+    /// Default: 2 seconds ([`CLASSIFY_BODY_TIMEOUT`]).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn classify_timeout(mut self, timeout: Duration) -> Self {
         self.classify_timeout = timeout;
         self
@@ -144,12 +153,14 @@ impl TokenRefreshBuilder {
     /// Only requests to this origin (and others added the same way) get the token; requests to
     /// other origins pass through untouched and never trigger a refresh. Without any, every
     /// `https` origin (and `http` to loopback) gets it.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
         self.allowed_origins.push(origin.into());
         self
     }
 
     /// Lets the token go over plain `http://` to hosts that are not loopback (default: never).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn allow_insecure_http(mut self, allow: bool) -> Self {
         self.allow_insecure_http = allow;
         self
@@ -158,25 +169,35 @@ impl TokenRefreshBuilder {
     /// Adds an OAuth error code that means "re-authorization required", beyond `invalid_grant`
     /// (for providers with their own codes, such as `refresh_token_not_found`). `invalid_client`
     /// and `unauthorized_client` are terminal too, reported as [`Error::ClientRejected`].
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn terminal_error(mut self, code: impl Into<String>) -> Self {
         self.cache.policy.terminal_errors.push(code.into());
         self
     }
 
-    /// The first cool-down after a failed refresh (default [`DEFAULT_MIN_BACKOFF`](crate::DEFAULT_MIN_BACKOFF)); it doubles
-    /// with each consecutive failure up to [`max_backoff`](Self::max_backoff).
+    /// The first cool-down after a failed refresh; it doubles with each consecutive failure up to
+    /// [`max_backoff`](Self::max_backoff).
+    ///
+    /// Default: 500 milliseconds ([`DEFAULT_MIN_BACKOFF`](crate::DEFAULT_MIN_BACKOFF)).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn min_backoff(mut self, backoff: Duration) -> Self {
         self.cache.policy.min_backoff = backoff;
         self
     }
 
-    /// The longest cool-down from backoff (default [`DEFAULT_MAX_BACKOFF`](crate::DEFAULT_MAX_BACKOFF)).
+    /// The longest cool-down from backoff.
+    ///
+    /// Default: 30 seconds ([`DEFAULT_MAX_BACKOFF`](crate::DEFAULT_MAX_BACKOFF)).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn max_backoff(mut self, backoff: Duration) -> Self {
         self.cache.policy.max_backoff = backoff;
         self
     }
 
-    /// The longest `Retry-After` honoured (default [`DEFAULT_MAX_RETRY_AFTER`](crate::DEFAULT_MAX_RETRY_AFTER)).
+    /// The longest `Retry-After` honoured; longer asks are cut to this.
+    ///
+    /// Default: 15 minutes ([`DEFAULT_MAX_RETRY_AFTER`](crate::DEFAULT_MAX_RETRY_AFTER)).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn max_retry_after(mut self, limit: Duration) -> Self {
         self.cache.policy.max_retry_after = limit;
         self
@@ -184,12 +205,14 @@ impl TokenRefreshBuilder {
 
     /// The clock expiry and cool-downs are measured against (default: the system clock). Give
     /// the token source the same clock.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.cache.clock = Arc::new(clock);
         self
     }
 
     /// Called after each new token set is published (refreshed or adopted from the store).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn on_refresh(mut self, hook: impl Fn(&TokenKey, &TokenSet) + Send + Sync + 'static) -> Self {
         self.cache.on_refresh = Some(Arc::new(hook));
         self
@@ -197,6 +220,7 @@ impl TokenRefreshBuilder {
 
     /// Called once each time a key's grant dies and the user must authorize again
     /// ([`Error::ReauthorizationRequired`]).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn on_reauthorization_required(
         mut self,
         hook: impl Fn(&TokenKey, &RefreshError) + Send + Sync + 'static,
@@ -207,6 +231,7 @@ impl TokenRefreshBuilder {
 
     /// Called when the store fails to load, save or lock (the layer goes on from memory and
     /// retries saves).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn on_store_error(mut self, hook: impl Fn(&TokenKey, &StoreError) + Send + Sync + 'static) -> Self {
         self.cache.on_store_error = Some(Arc::new(hook));
         self
@@ -215,34 +240,44 @@ impl TokenRefreshBuilder {
     /// Called once each time the token endpoint refuses the client itself (`invalid_client`,
     /// `unauthorized_client`: [`Error::ClientRejected`]): its credentials or registration are
     /// wrong, which is for an operator to fix, not a user.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn on_client_rejected(mut self, hook: impl Fn(&TokenKey, &RefreshError) + Send + Sync + 'static) -> Self {
         self.cache.on_client_rejected = Some(Arc::new(hook));
         self
     }
 
-    /// How long one refresh may take, lock, token call and save included (default
-    /// [`DEFAULT_FLIGHT_DEADLINE`](crate::DEFAULT_FLIGHT_DEADLINE)). A token source or store that never answers ends there with
-    /// [`RefreshError::TimedOut`]; requests holding a token that is still valid are sent with it.
+    /// How long one refresh may take, lock, token call and save included. A token source or store
+    /// that never answers ends there with [`RefreshError::TimedOut`]; requests holding a token that
+    /// is still valid are sent with it.
+    ///
+    /// Default: 45 seconds ([`DEFAULT_FLIGHT_DEADLINE`](crate::DEFAULT_FLIGHT_DEADLINE)).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn flight_deadline(mut self, deadline: Duration) -> Self {
         self.cache.policy.flight_deadline = deadline.max(Duration::from_millis(1));
         self
     }
 
     /// How soon after it was fetched a token may be rejected (401) before the layer stops
-    /// answering rejections with another refresh (default [`DEFAULT_MIN_REFRESH_INTERVAL`](crate::DEFAULT_MIN_REFRESH_INTERVAL); it
-    /// doubles, up to 10 minutes, with each such token in a row). An API that rejects a token
+    /// answering rejections with another refresh (it doubles, up to 10 minutes, with each such
+    /// token in a row). An API that rejects a token
     /// minted a moment ago rejects it for another reason (a wrong audience or scope, a replica
     /// that has not seen it yet), and a refresh per request would trip the provider's rate limit.
     /// Such rejections go back to the caller as they came, counted in
     /// [`Stats::refreshes_held_back`](crate::Stats::refreshes_held_back).
+    ///
+    /// Default: 30 seconds ([`DEFAULT_MIN_REFRESH_INTERVAL`](crate::DEFAULT_MIN_REFRESH_INTERVAL)).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn min_refresh_interval(mut self, interval: Duration) -> Self {
         self.cache.policy.min_refresh_interval = interval;
         self
     }
 
-    /// How often a key whose grant is dead looks in the store for tokens another process saved
-    /// (default [`DEFAULT_TERMINAL_RECHECK`](crate::DEFAULT_TERMINAL_RECHECK)): a replica picks up the tokens a user installed
-    /// through another replica. Between looks, its requests fail fast.
+    /// How often a key whose grant is dead looks in the store for tokens another process saved: a
+    /// replica picks up the tokens a user installed through another replica. Between looks, its
+    /// requests fail fast.
+    ///
+    /// Default: 5 seconds ([`DEFAULT_TERMINAL_RECHECK`](crate::DEFAULT_TERMINAL_RECHECK)).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn terminal_recheck(mut self, interval: Duration) -> Self {
         self.cache.policy.terminal_recheck = interval;
         self
@@ -251,6 +286,7 @@ impl TokenRefreshBuilder {
     /// Names this layer in its tracing spans (the `layer` field) and, with the `metrics`
     /// feature, its metrics (the `layer` label), to tell one provider's layer from another's
     /// (default: `default`).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.cache.name = Some(name.into());
         self
@@ -264,6 +300,7 @@ impl TokenRefreshBuilder {
     /// evicted (it counts toward the capacity once used). What an evicted key leaves behind (that
     /// it was dead, or cooling down) is kept for as many keys again, oldest first out: past that,
     /// a dead key asked for again tries its refresh token once more.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn max_cached_keys(mut self, capacity: usize) -> Self {
         self.cache.max_cached_keys = Some(capacity);
         self

@@ -162,6 +162,7 @@ impl OAuthError {
     }
 
     /// Adds a description.
+    #[must_use = "returns the changed error; on its own the call changes nothing"]
     pub fn with_description(mut self, description: impl Into<String>) -> Self {
         self.error_description = Some(description.into());
         self

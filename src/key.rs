@@ -25,7 +25,7 @@ use std::sync::Arc;
 pub struct TokenKey(Arc<str>);
 
 impl TokenKey {
-    /// The key used by requests that name none.
+    /// The name of the key used by requests that name none: `default`.
     pub const DEFAULT_NAME: &'static str = "default";
 
     /// A key with the given name (a user id, an account id, ...).

@@ -132,6 +132,9 @@
 //! [reqwest-middleware]: https://docs.rs/reqwest-middleware
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs, missing_debug_implementations)]
+// A builder-style method that takes `self` and returns `Self` says `#[must_use]`: otherwise
+// `store.clone().table("..");` compiles and silently changes nothing.
+#![deny(clippy::return_self_not_must_use)]
 #![forbid(unsafe_code)]
 
 mod builder;

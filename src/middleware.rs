@@ -21,13 +21,13 @@ use crate::source::TokenSource;
 use crate::stats::{Counters, Event, Stats};
 use crate::token::TokenSet;
 
-/// How much of a 401's body is read to classify it; also how much of another answer a
-/// [`token_rejected_when`](TokenRefreshBuilder::token_rejected_when) rule sees.
+/// How much of a 401's body is read to classify it: 4 KiB (4,096 bytes). Also how much of another
+/// answer a [`token_rejected_when`](TokenRefreshBuilder::token_rejected_when) rule sees.
 pub const CLASSIFY_BODY_LIMIT: usize = 4 * 1024;
 
 /// How long the layer waits for the start of a body it reads to classify an answer (up to
 /// [`CLASSIFY_BODY_LIMIT`]), unless set otherwise with
-/// [`classify_timeout`](TokenRefreshBuilder::classify_timeout): 2 seconds, in all.
+/// [`classify_timeout`](TokenRefreshBuilder::classify_timeout): 2 seconds in all.
 ///
 /// A server that sends a 401's headers and then stalls its body must not hang the request. When
 /// the time runs out the answer is classified from its headers and the bytes that did arrive,
@@ -77,6 +77,38 @@ pub struct SkipAuth;
 /// Cheap to clone; clones share tokens, single flights and counters. Build it with
 /// [`TokenRefresh::builder`] and add it to a `reqwest_middleware::ClientBuilder`; see the crate
 /// docs for the whole picture.
+///
+/// # Example
+///
+/// Against the crate's mock provider (`testkit::MockProvider`, feature `testkit`): the API stops
+/// accepting the access token, and the layer refreshes it and sends the request again.
+///
+/// ```
+/// # #[cfg(feature = "testkit")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use reqwest_token_refresh::testkit::MockProvider;
+/// use reqwest_token_refresh::{RefreshTokenGrant, TokenRefresh};
+///
+/// let provider = MockProvider::start().await;
+/// let auth = TokenRefresh::builder(RefreshTokenGrant::new(provider.token_url()))
+///     .initial_tokens(provider.issue_tokens())
+///     .allow_origin(provider.uri())
+///     .build()?;
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(auth.clone())
+///     .build();
+///
+/// provider.expire_access_tokens();
+/// let response = client.get(provider.api_url("v1/me")).send().await?;
+///
+/// assert_eq!(response.status(), 200, "a 401, one refresh, and the retry got through");
+/// assert_eq!(auth.stats().refreshes, 1);
+/// assert_eq!(auth.stats().retries, 1);
+/// # Ok(()) }
+/// # #[cfg(not(feature = "testkit"))]
+/// # fn main() {}
+/// ```
 #[derive(Clone)]
 pub struct TokenRefresh {
     inner: Arc<Inner>,
@@ -163,7 +195,43 @@ impl TokenRefresh {
         self.inner.cache.tokens(key)
     }
 
-    /// What the default key's tokens are doing.
+    /// What the default key's tokens are doing: [`TokenState`].
+    ///
+    /// A key whose grant dies (here the user withdraws consent, and the refresh token is refused)
+    /// stays [`ReauthorizationRequired`](TokenState::ReauthorizationRequired), failing fast, until
+    /// [`set_tokens`](Self::set_tokens) installs new tokens:
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use reqwest_token_refresh::testkit::MockProvider;
+    /// use reqwest_token_refresh::{Error, RefreshTokenGrant, TokenRefresh, TokenState};
+    ///
+    /// let provider = MockProvider::start().await;
+    /// let auth = TokenRefresh::builder(RefreshTokenGrant::new(provider.token_url()))
+    ///     .initial_tokens(provider.issue_tokens())
+    ///     .allow_origin(provider.uri())
+    ///     .build()?;
+    /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    ///     .with(auth.clone())
+    ///     .build();
+    ///
+    /// client.get(provider.api_url("v1/me")).send().await?;
+    /// assert!(matches!(auth.state(), TokenState::Ready { generation: 1, .. }));
+    ///
+    /// provider.revoke_all();
+    /// let err = client.get(provider.api_url("v1/me")).send().await.unwrap_err();
+    /// assert!(Error::from_middleware(&err).is_some_and(Error::is_reauthorization_required));
+    /// assert!(auth.state().is_reauthorization_required());
+    ///
+    /// // The user logs in again; the key is usable at once.
+    /// auth.set_tokens(provider.issue_tokens()).await?;
+    /// assert_eq!(client.get(provider.api_url("v1/me")).send().await?.status(), 200);
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn state(&self) -> TokenState {
         self.state_for(&TokenKey::default())
     }
@@ -425,6 +493,12 @@ mod tests {
 
     use crate::source::RefreshTokenGrant;
     use crate::token::TokenSet;
+
+    #[test]
+    fn the_classify_limits_are_what_their_docs_say() {
+        assert_eq!(CLASSIFY_BODY_LIMIT, 4_096, "4 KiB");
+        assert_eq!(CLASSIFY_BODY_TIMEOUT, Duration::from_secs(2));
+    }
 
     #[test]
     fn middleware_is_send_sync_and_cheap_to_clone() {

@@ -10,31 +10,33 @@ use http::StatusCode;
 
 use crate::error::RefreshError;
 
-/// How long before expiry a token is refreshed proactively, unless set otherwise.
+/// How long before expiry a token is refreshed proactively, unless set otherwise: 30 seconds.
 pub const DEFAULT_REFRESH_SKEW: Duration = Duration::from_secs(30);
 
-/// The first cool-down after a failed refresh, unless set otherwise (500 ms); it doubles with each
-/// consecutive failure.
+/// The first cool-down after a failed refresh, unless set otherwise: 500 milliseconds. It doubles
+/// with each consecutive failure.
 pub const DEFAULT_MIN_BACKOFF: Duration = Duration::from_millis(500);
 
-/// The longest cool-down the backoff grows to, unless set otherwise (30 s).
+/// The longest cool-down the backoff grows to, unless set otherwise: 30 seconds.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// The longest `Retry-After` honoured, unless set otherwise (15 minutes); longer asks are cut to
+/// The longest `Retry-After` honoured, unless set otherwise: 15 minutes. Longer asks are cut to
 /// this, so a broken header cannot stop refreshes for days.
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
 
-/// How long one refresh may take from start to answer, unless set otherwise: the token call's
-/// default timeout ([`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT), 30 s) plus 15 s for
-/// the store's lock, read and save. A token source that never answers ends there.
+/// How long one refresh may take from start to answer, unless set otherwise: 45 seconds, the
+/// token call's default timeout ([`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT), 30
+/// seconds) plus 15 seconds for the store's lock, read and save. A token source that never
+/// answers ends there.
 pub const DEFAULT_FLIGHT_DEADLINE: Duration = Duration::from_secs(45);
 
 /// How soon after it was fetched a token may be rejected before the layer stops believing a new
-/// one would help, unless set otherwise (30 s). Doubles with each such rejection in a row.
+/// one would help, unless set otherwise: 30 seconds. Doubles with each such rejection in a row,
+/// up to 10 minutes.
 pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How often a key whose grant is dead looks in the store for tokens another process saved,
-/// unless set otherwise (5 s).
+/// unless set otherwise: 5 seconds.
 pub const DEFAULT_TERMINAL_RECHECK: Duration = Duration::from_secs(5);
 
 /// OAuth error codes from a refresh that mean the user must authorize again.

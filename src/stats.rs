@@ -11,21 +11,39 @@ use std::time::Duration;
 /// A snapshot of the layer's counters, over all token keys, since it was built; from
 /// [`TokenRefresh::stats`](crate::TokenRefresh::stats).
 ///
-/// ```
-/// use reqwest_token_refresh::{Stats, TokenRefresh, TokenSet};
-/// use reqwest_token_refresh::testkit::MockProvider;
+/// After a storm of requests whose token the API stopped accepting, one refresh served them all:
 ///
+/// ```
+/// # #[cfg(feature = "testkit")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use futures::future::join_all;
+/// use reqwest_token_refresh::testkit::MockProvider;
+/// use reqwest_token_refresh::{RefreshTokenGrant, TokenRefresh};
+///
 /// let provider = MockProvider::start().await;
-/// let auth = TokenRefresh::builder(reqwest_token_refresh::RefreshTokenGrant::new(provider.token_url()))
-///     .initial_tokens(provider.issue_expired_tokens())
+/// let auth = TokenRefresh::builder(RefreshTokenGrant::new(provider.token_url()))
+///     .initial_tokens(provider.issue_tokens())
+///     .allow_origin(provider.uri())
 ///     .build()?;
-/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(auth.clone()).build();
-/// client.get(provider.api_url("me")).send().await?;
-/// let stats: Stats = auth.stats();
-/// assert_eq!((stats.requests, stats.refreshes), (1, 1));
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(auth.clone())
+///     .build();
+///
+/// provider.expire_access_tokens();
+/// let storm = (0..10).map(|_| client.get(provider.api_url("v1/me")).send());
+/// for response in join_all(storm).await {
+///     assert_eq!(response?.status(), 200);
+/// }
+///
+/// let stats = auth.stats();
+/// assert_eq!(stats.requests, 10);
+/// assert_eq!(stats.refreshes, 1, "one token call for the whole storm");
+/// assert_eq!(stats.refresh_failures, 0);
+/// println!("{} answers were 401s; {} requests were sent again", stats.unauthorized, stats.retries);
 /// # Ok(()) }
+/// # #[cfg(not(feature = "testkit"))]
+/// # fn main() {}
 /// ```
 ///
 /// # Spans

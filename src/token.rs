@@ -128,6 +128,7 @@ impl TokenSet {
     }
 
     /// Sets the refresh token.
+    #[must_use = "returns the changed token set; on its own the call changes nothing"]
     pub fn with_refresh_token(mut self, refresh_token: impl Into<RefreshToken>) -> Self {
         self.refresh_token = Some(refresh_token.into());
         self
@@ -138,30 +139,35 @@ impl TokenSet {
     /// An expiry too far ahead for the platform's clock to represent (`Duration::MAX`, say) is
     /// no known expiry: the token is used until a server rejects it, which is what a lifetime
     /// that long means anyway, and what every store can persist.
+    #[must_use = "returns the changed token set; on its own the call changes nothing"]
     pub fn with_expires_in(mut self, expires_in: Duration) -> Self {
         self.expires_at = SystemTime::now().checked_add(expires_in);
         self
     }
 
     /// Sets the expiry to an absolute time.
+    #[must_use = "returns the changed token set; on its own the call changes nothing"]
     pub fn with_expires_at(mut self, expires_at: SystemTime) -> Self {
         self.expires_at = Some(expires_at);
         self
     }
 
     /// Sets the granted scope.
+    #[must_use = "returns the changed token set; on its own the call changes nothing"]
     pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
         self.scope = Some(scope.into());
         self
     }
 
     /// Sets the token type (normally `Bearer`).
+    #[must_use = "returns the changed token set; on its own the call changes nothing"]
     pub fn with_token_type(mut self, token_type: impl Into<String>) -> Self {
         self.token_type = Some(token_type.into());
         self
     }
 
     /// Adds a provider-specific field from the token response (`userid`, `id_token`, ...).
+    #[must_use = "returns the changed token set; on its own the call changes nothing"]
     pub fn with_extra(mut self, name: impl Into<String>, value: serde_json::Value) -> Self {
         self.extra.insert(name.into(), value);
         self

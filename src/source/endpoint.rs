@@ -16,11 +16,12 @@ use crate::clock::{self, Clock};
 use crate::error::RefreshError;
 use crate::token::{ClientSecret, TokenSet};
 
-/// How long a token call may take, connection to last byte, unless set otherwise.
+/// How long a token call may take, connection to last byte, unless set otherwise: 30 seconds.
 pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The largest token-endpoint answer read, unless set otherwise. Real token responses are a few
-/// hundred bytes; a bigger answer is an error page or an attack, and is not buffered whole.
+/// The largest token-endpoint answer read, unless set otherwise: 64 KiB (65,536 bytes). Real token
+/// responses are a few hundred bytes; a bigger answer is an error page or an attack, and is not
+/// buffered whole.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
@@ -276,24 +277,28 @@ fn basic_credentials(id: &str, secret: &ClientSecret) -> String {
 macro_rules! endpoint_options {
     () => {
         /// Replaces the token URL (to point a provider preset at a test server, say).
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn token_url(mut self, token_url: impl Into<String>) -> Self {
             self.endpoint.url = token_url.into();
             self
         }
 
         /// Sets the client id.
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
             self.endpoint.client_id = Some(client_id.into());
             self
         }
 
         /// Sets the client secret.
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn client_secret(mut self, client_secret: impl Into<$crate::ClientSecret>) -> Self {
             self.endpoint.client_secret = Some(client_secret.into());
             self
         }
 
         /// Sets how the client id and secret are sent (default: HTTP Basic).
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn client_auth(mut self, client_auth: $crate::ClientAuth) -> Self {
             self.endpoint.client_auth = client_auth;
             self
@@ -301,6 +306,7 @@ macro_rules! endpoint_options {
 
         /// Adds a scope to request; several are joined with the
         /// [scope delimiter](Self::scope_delimiter).
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn scope(mut self, scope: impl Into<String>) -> Self {
             self.endpoint.scopes.push(scope.into());
             self
@@ -308,18 +314,21 @@ macro_rules! endpoint_options {
 
         /// Sets what joins several scopes (default a space, as RFC 6749 §3.3 says; Withings wants
         /// a comma).
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn scope_delimiter(mut self, delimiter: impl Into<String>) -> Self {
             self.endpoint.scope_delimiter = delimiter.into();
             self
         }
 
         /// Adds an extra body field (`action=requesttoken`, `audience=...`).
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
             self.endpoint.params.push((name.into(), value.into()));
             self
         }
 
         /// Sets the body encoding (default: form).
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn encoding(mut self, encoding: $crate::BodyEncoding) -> Self {
             self.endpoint.encoding = encoding;
             self
@@ -328,6 +337,7 @@ macro_rules! endpoint_options {
         /// Maps a successful answer before it is read as a token response: unwrap a provider's
         /// envelope (`{"status":0,"body":{...}}`), or turn an error carried in a 200 into an
         /// [`OAuthError`](crate::OAuthError).
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn map_response<F>(mut self, map: F) -> Self
         where
             F: Fn(serde_json::Value) -> Result<serde_json::Value, $crate::OAuthError> + Send + Sync + 'static,
@@ -341,18 +351,25 @@ macro_rules! endpoint_options {
         /// The crate's own client follows no redirects; give yours the same policy
         /// (`redirect::Policy::none()`), so a refresh token is never replayed to another host. Never
         /// pass a client that goes through this middleware.
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn http_client(mut self, client: reqwest::Client) -> Self {
             self.endpoint.http = Some(client);
             self
         }
 
-        /// Sets how long a token call may take (default [`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT)).
+        /// Sets how long a token call may take, connection to last byte.
+        ///
+        /// Default: 30 seconds ([`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT)).
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
             self.endpoint.timeout = timeout;
             self
         }
 
-        /// Sets the largest answer read (default [`DEFAULT_MAX_RESPONSE_BYTES`](crate::DEFAULT_MAX_RESPONSE_BYTES)).
+        /// Sets the largest answer read.
+        ///
+        /// Default: 64 KiB ([`DEFAULT_MAX_RESPONSE_BYTES`](crate::DEFAULT_MAX_RESPONSE_BYTES)).
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn max_response_bytes(mut self, limit: usize) -> Self {
             self.endpoint.max_response_bytes = limit;
             self
@@ -360,6 +377,7 @@ macro_rules! endpoint_options {
 
         /// Sets the clock that turns `expires_in` into an absolute expiry (default: the system
         /// clock). Give it the same clock as the layer.
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn clock(mut self, clock: impl $crate::Clock) -> Self {
             self.endpoint.clock = std::sync::Arc::new(clock);
             self
@@ -371,6 +389,12 @@ pub(crate) use endpoint_options;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_defaults_are_what_their_docs_say() {
+        assert_eq!(DEFAULT_TOKEN_TIMEOUT, Duration::from_secs(30));
+        assert_eq!(DEFAULT_MAX_RESPONSE_BYTES, 65_536, "64 KiB");
+    }
 
     #[test]
     fn basic_auth_form_encodes_the_parts() {

@@ -40,6 +40,7 @@ impl RefreshTokenGrant {
 
     /// Sets where users authorize this client (the provider's authorization endpoint), for
     /// [`login`](Self::login). The provider presets set it.
+    #[must_use = "returns the changed grant; on its own the call changes nothing"]
     pub fn authorize_url(mut self, authorize_url: impl Into<String>) -> Self {
         self.endpoint.authorize_url = Some(authorize_url.into());
         self

@@ -32,7 +32,8 @@ use crate::error::StoreError;
 use crate::key::TokenKey;
 use crate::token::TokenSet;
 
-/// How long [`TokenStore::lock`] waits for another process's refresh, unless set otherwise.
+/// How long [`TokenStore::lock`] waits for another process's refresh, unless set otherwise: 60
+/// seconds.
 pub const DEFAULT_FILE_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The format version written to the file: 2 keeps a revision beside each key's tokens.
@@ -107,13 +108,17 @@ impl FileStore {
         }
     }
 
-    /// How long to wait for another process's refresh (default [`DEFAULT_FILE_LOCK_TIMEOUT`]).
+    /// How long to wait for another process's refresh.
+    ///
+    /// Default: 60 seconds ([`DEFAULT_FILE_LOCK_TIMEOUT`]).
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn lock_timeout(self, timeout: Duration) -> Self {
         self.map(|inner| inner.lock_timeout = timeout)
     }
 
     /// Lets a save replace a file that cannot be read as tokens (default: no, the save fails with
     /// [`StoreError::Corrupt`] and the file is left for a person to look at).
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn overwrite_corrupt(self, overwrite: bool) -> Self {
         self.map(|inner| inner.overwrite_corrupt = overwrite)
     }
@@ -349,6 +354,11 @@ async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_lock_timeout_is_what_its_docs_say() {
+        assert_eq!(DEFAULT_FILE_LOCK_TIMEOUT, Duration::from_secs(60));
+    }
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("rtr-file-store-{name}-{}", std::process::id()));

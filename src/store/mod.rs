@@ -49,6 +49,7 @@ impl Revision {
     }
 
     /// The revision a successful save over this one creates.
+    #[must_use]
     pub const fn next(self) -> Revision {
         Revision(self.0.saturating_add(1))
     }

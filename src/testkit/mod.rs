@@ -190,6 +190,40 @@ pub enum Fault {
 }
 
 /// Configures and starts a [`MockProvider`]; from [`MockProvider::builder`].
+///
+/// Five-minute tokens on a clock the test drives, so expiry needs no sleeping. The provider, the
+/// grant and the layer share the clock:
+///
+/// ```
+/// use std::time::Duration;
+/// use reqwest_token_refresh::testkit::MockProvider;
+/// use reqwest_token_refresh::{ManualClock, RefreshTokenGrant, TokenRefresh};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let clock = ManualClock::starting_now();
+/// let provider = MockProvider::builder()
+///     .access_token_lifetime(Duration::from_secs(300))
+///     .clock(clock.clone())
+///     .start()
+///     .await;
+/// let auth = TokenRefresh::builder(RefreshTokenGrant::new(provider.token_url()).clock(clock.clone()))
+///     .initial_tokens(provider.issue_tokens())
+///     .allow_origin(provider.uri())
+///     .clock(clock.clone())
+///     .build()?;
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(auth.clone())
+///     .build();
+///
+/// clock.advance(Duration::from_secs(300));
+/// let response = client.get(provider.api_url("v1/me")).send().await?;
+///
+/// assert_eq!(response.status(), 200);
+/// assert_eq!(provider.stats().token_calls, 1, "the layer saw the expiry and refreshed first");
+/// assert_eq!(provider.stats().api_unauthorized, 0, "no request went out with the expired token");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct MockProviderBuilder {
     dialect: Dialect,
@@ -224,6 +258,7 @@ impl Default for MockProviderBuilder {
 impl MockProviderBuilder {
     /// Which provider to behave like (default [`Dialect::Standard`]); see [`Dialect`]. Settings
     /// made on this builder win over the dialect's defaults, in whichever order they are made.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn dialect(mut self, dialect: Dialect) -> Self {
         self.dialect = dialect;
         self
@@ -233,6 +268,7 @@ impl MockProviderBuilder {
     /// `expires_in` in whole seconds, rounded down, so a client never believes a token lives longer
     /// than it does. A lifetime too long for the provider's clock to represent (`Duration::MAX`)
     /// makes tokens that never expire, sent without `expires_in`.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn access_token_lifetime(mut self, lifetime: Duration) -> Self {
         self.access_token_lifetime = Some(lifetime);
         self
@@ -242,6 +278,7 @@ impl MockProviderBuilder {
     /// one presented. When not, responses carry no `refresh_token` and the client keeps using the
     /// one it has (RFC 6749 §6), which stays valid. [`Dialect::Whoop`] rotates only when the
     /// request asks for `scope=offline`, and never when this is off.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn rotate_refresh_tokens(mut self, yes: bool) -> Self {
         self.rotate_refresh_tokens = yes;
         self
@@ -251,6 +288,7 @@ impl MockProviderBuilder {
     /// RFC 9700 §4.14.2): every access and refresh token descended from that authorization.
     /// Either way the spent token itself is refused. None of the providers' documents mentions
     /// this; the mock does it in every dialect so that a racing client fails loudly.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn reuse_revokes_family(mut self, yes: bool) -> Self {
         self.reuse_revokes_family = yes;
         self
@@ -263,18 +301,21 @@ impl MockProviderBuilder {
     /// pair again, without counting as reuse ([`ProviderStats::grace_refreshes`]); after it, it is
     /// a spent token like any other. This is what saves a client whose refresh answer was lost
     /// ([`Fault::LoseAnswer`]).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn previous_refresh_token_grace(mut self, yes: bool) -> Self {
         self.previous_refresh_token_grace = Some(yes);
         self
     }
 
     /// Delay of every answer of the token endpoint (default none).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn token_latency(mut self, latency: Duration) -> Self {
         self.token_latency = latency;
         self
     }
 
     /// Delay of every answer of the API (default none).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn api_latency(mut self, latency: Duration) -> Self {
         self.api_latency = latency;
         self
@@ -283,6 +324,7 @@ impl MockProviderBuilder {
     /// The clock that decides access-token expiry and the refresh-token grace (default the system
     /// clock); pass a clone of a [`ManualClock`](crate::ManualClock) to expire tokens without
     /// sleeping.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self
@@ -294,6 +336,7 @@ impl MockProviderBuilder {
     /// body parameters, not both; other dialects accept only their provider's way. Wrong or
     /// missing credentials get `401 {"error":"invalid_client"}` with
     /// `WWW-Authenticate: Basic realm="mock"` (or the dialect's equivalent).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn client_credentials(mut self, id: &str, secret: &str) -> Self {
         self.client = Some((id.to_owned(), ClientSecret::new(secret)));
         self

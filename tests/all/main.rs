@@ -4,6 +4,7 @@
 mod bad_input;
 mod cancellation;
 mod chain;
+mod compat;
 mod edges;
 mod extreme_durations;
 mod faults;

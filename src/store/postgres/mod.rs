@@ -149,21 +149,24 @@ struct Settings {
 }
 
 impl PostgresStore {
-    /// The table used unless [`table`](Self::table) names another.
+    /// The table used unless [`table`](Self::table) names another:
+    /// `reqwest_token_refresh_tokens`, in the connection's default schema.
     pub const DEFAULT_TABLE: &'static str = "reqwest_token_refresh_tokens";
     /// How long [`TokenStore::lock`] waits for another replica's refresh (and for a free lock
-    /// connection), unless set otherwise.
+    /// connection), unless set otherwise: 60 seconds.
     pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
     /// How long one store query may take before it fails and its connection is replaced, unless
-    /// set otherwise.
+    /// set otherwise: 10 seconds.
     pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
     /// How long a held lock may stay idle before the server ends its session, unless set
-    /// otherwise: the layer's default flight deadline
-    /// ([`DEFAULT_FLIGHT_DEADLINE`](crate::DEFAULT_FLIGHT_DEADLINE), 45 s: the token call's timeout
-    /// and the store's lock, read and save) plus one query timeout, 55 s. A refresh never holds
-    /// the lock longer than its flight lasts, so a lock held past this belongs to a holder that hung.
+    /// otherwise: 55 seconds, the layer's default flight deadline
+    /// ([`DEFAULT_FLIGHT_DEADLINE`](crate::DEFAULT_FLIGHT_DEADLINE), 45 seconds: the token call's
+    /// timeout and the store's lock, read and save) plus one query timeout (10 seconds). A refresh
+    /// never holds the lock longer than its flight lasts, so a lock held past this belongs to a
+    /// holder that hung.
     pub const DEFAULT_LOCK_HOLD_LIMIT: Duration = DEFAULT_FLIGHT_DEADLINE.saturating_add(Self::DEFAULT_QUERY_TIMEOUT);
-    /// How many locks one store holds at once (each on its own connection), unless set otherwise.
+    /// How many locks one store holds at once (each on its own connection), unless set otherwise:
+    /// 10.
     pub const DEFAULT_MAX_LOCK_CONNECTIONS: usize = 10;
 
     /// Connects to PostgreSQL without TLS; `config` is a tokio-postgres connection string, either
@@ -219,9 +222,11 @@ impl PostgresStore {
         Ok(store)
     }
 
-    /// Keeps tokens in this table (default [`DEFAULT_TABLE`](Self::DEFAULT_TABLE)); `schema.table`
-    /// names a schema too (split at the first dot). Both parts are quoted as identifiers, so the
-    /// name is taken literally, case included.
+    /// Keeps tokens in this table; `schema.table` names a schema too (split at the first dot).
+    /// Both parts are quoted as identifiers, so the name is taken literally, case included.
+    ///
+    /// Default: `reqwest_token_refresh_tokens` ([`DEFAULT_TABLE`](Self::DEFAULT_TABLE)).
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn table(self, name: impl Into<String>) -> Self {
         let name = name.into();
         self.map(|settings| {
@@ -231,34 +236,42 @@ impl PostgresStore {
     }
 
     /// How long [`TokenStore::lock`] waits for the lock, which another replica holds while it
-    /// refreshes (default [`DEFAULT_LOCK_TIMEOUT`](Self::DEFAULT_LOCK_TIMEOUT)); it includes
-    /// waiting for a free lock connection. Keep it above the lock-hold limit, or waiters give up
-    /// on refreshes that are still allowed to finish.
+    /// refreshes; it includes waiting for a free lock connection. Keep it above the lock-hold
+    /// limit, or waiters give up on refreshes that are still allowed to finish.
+    ///
+    /// Default: 60 seconds ([`DEFAULT_LOCK_TIMEOUT`](Self::DEFAULT_LOCK_TIMEOUT)).
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn lock_timeout(self, timeout: Duration) -> Self {
         self.map(|settings| settings.lock_timeout = timeout)
     }
 
     /// How long a held lock may sit idle while the token endpoint is called before the server ends
-    /// the lock's session, releasing the lock (default
-    /// [`DEFAULT_LOCK_HOLD_LIMIT`](Self::DEFAULT_LOCK_HOLD_LIMIT)); set as the lock transaction's
+    /// the lock's session, releasing the lock; set as the lock transaction's
     /// `idle_in_transaction_session_timeout`. Keep it above your token source's timeout: a lock
     /// lost during a token call lets another replica spend the same refresh token. The
     /// [fence](Self#fencing) keeps a holder that lost its lock from overwriting newer tokens.
+    ///
+    /// Default: 55 seconds ([`DEFAULT_LOCK_HOLD_LIMIT`](Self::DEFAULT_LOCK_HOLD_LIMIT)).
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn lock_hold_limit(self, limit: Duration) -> Self {
         self.map(|settings| settings.lock_hold_limit = limit)
     }
 
-    /// How many locks this store (with its clones) holds at once, each on its own connection
-    /// (default [`DEFAULT_MAX_LOCK_CONNECTIONS`](Self::DEFAULT_MAX_LOCK_CONNECTIONS); at least 1).
-    /// Refreshes beyond it wait for a free connection; count these connections, plus one, per
-    /// replica against the server's `max_connections`.
+    /// How many locks this store (with its clones) holds at once, each on its own connection (at
+    /// least 1). Refreshes beyond it wait for a free connection; count these connections, plus
+    /// one, per replica against the server's `max_connections`.
+    ///
+    /// Default: 10 ([`DEFAULT_MAX_LOCK_CONNECTIONS`](Self::DEFAULT_MAX_LOCK_CONNECTIONS)).
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn max_lock_connections(self, connections: usize) -> Self {
         self.map(|settings| settings.max_lock_connections = connections.max(1))
     }
 
     /// How long a load, a save or releasing a lock may take before it fails with
-    /// [`StoreError::Backend`] and its connection is replaced (default
-    /// [`DEFAULT_QUERY_TIMEOUT`](Self::DEFAULT_QUERY_TIMEOUT)).
+    /// [`StoreError::Backend`] and its connection is replaced.
+    ///
+    /// Default: 10 seconds ([`DEFAULT_QUERY_TIMEOUT`](Self::DEFAULT_QUERY_TIMEOUT)).
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn query_timeout(self, timeout: Duration) -> Self {
         self.map(|settings| settings.query_timeout = timeout)
     }
@@ -383,4 +396,18 @@ impl PostgresStore {
 /// A stored generation as a revision (a negative one, written by hand, reads as none).
 fn revision_of(generation: i64) -> Revision {
     Revision::new(u64::try_from(generation).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_postgres_defaults_are_what_their_docs_say() {
+        assert_eq!(PostgresStore::DEFAULT_TABLE, "reqwest_token_refresh_tokens");
+        assert_eq!(PostgresStore::DEFAULT_LOCK_TIMEOUT, Duration::from_secs(60));
+        assert_eq!(PostgresStore::DEFAULT_QUERY_TIMEOUT, Duration::from_secs(10));
+        assert_eq!(PostgresStore::DEFAULT_LOCK_HOLD_LIMIT, Duration::from_secs(55));
+        assert_eq!(PostgresStore::DEFAULT_MAX_LOCK_CONNECTIONS, 10);
+    }
 }

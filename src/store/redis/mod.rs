@@ -165,18 +165,23 @@ struct StoredJson {
 }
 
 impl RedisStore {
-    /// The prefix of every Redis key this store uses, unless set otherwise.
+    /// The prefix of every Redis key this store uses, unless set otherwise:
+    /// `reqwest-token-refresh:`.
     pub const DEFAULT_KEY_PREFIX: &'static str = "reqwest-token-refresh:";
-    /// How long a lease lasts if its holder never releases it, unless set otherwise: longer than
-    /// the token call's default timeout ([`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT),
-    /// 30 s).
+    /// How long a lease lasts if its holder never releases it, unless set otherwise: 45 seconds,
+    /// longer than the token call's default timeout
+    /// ([`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT), 30 seconds) and as long as the
+    /// layer's default flight deadline ([`DEFAULT_FLIGHT_DEADLINE`](crate::DEFAULT_FLIGHT_DEADLINE)).
     pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(45);
-    /// How long [`TokenStore::lock`] waits for another replica's lease, unless set otherwise:
-    /// longer than the lease, so that a dead holder's lease expires before waiters give up.
+    /// How long [`TokenStore::lock`] waits for another replica's lease, unless set otherwise: 60
+    /// seconds, longer than the lease, so that a dead holder's lease expires before waiters give
+    /// up.
     pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
-    /// How often a replica waiting for the lease tries again, unless set otherwise.
+    /// How often a replica waiting for the lease tries again, unless set otherwise: every 50
+    /// milliseconds.
     pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);
-    /// How long one Redis command (or a connection attempt) may take, unless set otherwise.
+    /// How long one Redis command (or a connection attempt) may take, unless set otherwise: 2
+    /// seconds.
     pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
     /// A store on the Redis server at `url` (`redis://[user][:password@]host[:port][/db]`, or
@@ -204,41 +209,51 @@ impl RedisStore {
         }
     }
 
-    /// Sets the prefix of every Redis key this store uses (default
-    /// [`DEFAULT_KEY_PREFIX`](Self::DEFAULT_KEY_PREFIX)). Services that share one Redis but
-    /// not their tokens need different prefixes.
+    /// Sets the prefix of every Redis key this store uses. Services that share one Redis but not
+    /// their tokens need different prefixes.
+    ///
+    /// Default: `reqwest-token-refresh:` ([`DEFAULT_KEY_PREFIX`](Self::DEFAULT_KEY_PREFIX)).
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.options.prefix = prefix.into();
         self
     }
 
-    /// Sets how long a lease lasts if its holder never releases it (default
-    /// [`DEFAULT_LEASE_TTL`](Self::DEFAULT_LEASE_TTL); at least 1 ms). Make it longer than a
-    /// refresh can take, the token call's timeout included: a refresh that outlasts its lease lets
-    /// a second replica refresh at the same time.
+    /// Sets how long a lease lasts if its holder never releases it (at least 1 ms). Make it longer
+    /// than a refresh can take, the token call's timeout included: a refresh that outlasts its
+    /// lease lets a second replica refresh at the same time.
+    ///
+    /// Default: 45 seconds ([`DEFAULT_LEASE_TTL`](Self::DEFAULT_LEASE_TTL)).
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.options.lease_ttl = ttl.max(Duration::from_millis(1));
         self
     }
 
     /// Sets how long [`TokenStore::lock`] waits for another replica's lease before it fails with
-    /// [`StoreError::LockTimeout`] (default [`DEFAULT_LOCK_TIMEOUT`](Self::DEFAULT_LOCK_TIMEOUT)).
+    /// [`StoreError::LockTimeout`].
+    ///
+    /// Default: 60 seconds ([`DEFAULT_LOCK_TIMEOUT`](Self::DEFAULT_LOCK_TIMEOUT)).
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.options.lock_timeout = timeout;
         self
     }
 
-    /// Sets how often a replica waiting for the lease tries to take it (default
-    /// [`DEFAULT_POLL_INTERVAL`](Self::DEFAULT_POLL_INTERVAL); at least 1 ms).
+    /// Sets how often a replica waiting for the lease tries to take it (at least 1 ms).
+    ///
+    /// Default: every 50 milliseconds ([`DEFAULT_POLL_INTERVAL`](Self::DEFAULT_POLL_INTERVAL)).
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.options.poll_interval = interval.max(Duration::from_millis(1));
         self
     }
 
     /// Sets how long one Redis command, or one attempt to connect, may take before it fails with
-    /// [`StoreError::Backend`] (default
-    /// [`DEFAULT_COMMAND_TIMEOUT`](Self::DEFAULT_COMMAND_TIMEOUT)). Takes effect if set before
-    /// the store is first used.
+    /// [`StoreError::Backend`]. Takes effect if set before the store is first used.
+    ///
+    /// Default: 2 seconds ([`DEFAULT_COMMAND_TIMEOUT`](Self::DEFAULT_COMMAND_TIMEOUT)).
+    #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.options.command_timeout = timeout.max(Duration::from_millis(1));
         self
@@ -355,6 +370,16 @@ fn corrupt(name: &str, err: &serde_json::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_redis_defaults_are_what_their_docs_say() {
+        assert_eq!(RedisStore::DEFAULT_KEY_PREFIX, "reqwest-token-refresh:");
+        assert_eq!(RedisStore::DEFAULT_LEASE_TTL, Duration::from_secs(45));
+        assert_eq!(RedisStore::DEFAULT_LEASE_TTL, crate::DEFAULT_FLIGHT_DEADLINE, "as long as a refresh may take");
+        assert_eq!(RedisStore::DEFAULT_LOCK_TIMEOUT, Duration::from_secs(60));
+        assert_eq!(RedisStore::DEFAULT_POLL_INTERVAL, Duration::from_millis(50));
+        assert_eq!(RedisStore::DEFAULT_COMMAND_TIMEOUT, Duration::from_secs(2));
+    }
 
     #[test]
     fn keys_are_named_after_the_prefix_and_the_token_key() {
