@@ -297,8 +297,11 @@ pub(super) fn terminal_error(key: &TokenKey, whose: Whose, reason: &RefreshError
 
 /// An instant so far ahead that it never comes (for durations too long to add).
 pub(super) fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(100 * 365 * 24 * 60 * 60)
+    Instant::now() + FAR
 }
+
+/// A hundred years: farther than any process runs, near enough for every clock to add.
+const FAR: Duration = Duration::from_secs(3_153_600_000);
 
 /// One key: its name, its state, and what eviction needs to know of it.
 pub(super) struct Slot {
@@ -942,6 +945,27 @@ mod tests {
         assert_eq!((state.revision, state.saved), (Revision::new(6), true));
         assert!(effects.refreshed.is_some());
         assert_eq!(stats.snapshot().adopted, 1);
+    }
+
+    #[test]
+    fn an_answer_from_a_flight_that_no_longer_runs_changes_nothing() {
+        let (policy, stats) = (Policy::default(), Counters::default());
+        let mut state = SlotState::new();
+        state.publish(TokenSet::new("a1"), None, false);
+        let (running, _waiter) = test_flight(2, state.generation);
+        state.phase = Phase::Refreshing(running);
+        // Flight 1 answers late (a runtime shutting down under it answers twice): flight 2's
+        // phase stays, with no cool-down and no new token.
+        let failed = Produced::Failed(Error::Refresh { key: key(), source: RefreshError::Aborted });
+        let (outcome, _) = apply(&mut state, &key(), Some(1), failed, &policy, &stats, at(0));
+        assert!(matches!(state.phase, Phase::Refreshing(ref running) if running.id == 2));
+        assert_eq!(state.failures, 0);
+        assert!(outcome.is_ok());
+        let late = publish("b1", Origin::Fetched, Standing::At(Revision::new(9)));
+        let (_, effects) = apply(&mut state, &key(), Some(1), late, &policy, &stats, at(0));
+        assert_eq!((access(&state), state.generation), (Some("a1"), 1));
+        assert!(effects.refreshed.is_none());
+        assert!(matches!(state.phase, Phase::Refreshing(ref running) if running.id == 2));
     }
 
     fn test_flight(id: u64, base: u64) -> (Running, super::super::flight::Waiter) {

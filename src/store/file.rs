@@ -285,7 +285,7 @@ impl TokenStore for FileStore {
                 Ok(()) => return Ok(Some(Box::new(FileGuard { store: self, key: key.clone(), _file: file }))),
                 Err(TryLockError::WouldBlock) if deadline.is_none_or(|deadline| Instant::now() < deadline) => {
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(20));
+                    pause = next_lock_pause(pause);
                 }
                 Err(TryLockError::WouldBlock) => return Err(StoreError::LockTimeout),
                 Err(TryLockError::Error(err)) => {
@@ -319,6 +319,14 @@ impl StoreGuard for FileGuard<'_> {
         Ok(())
     }
 }
+
+/// How long to wait before trying a held lock again: doubling from 1 ms, at most 20 ms, so a lock
+/// freed at once is taken at once and one held long costs a few wake-ups a second.
+fn next_lock_pause(pause: Duration) -> Duration {
+    (pause * 2).min(MAX_LOCK_PAUSE)
+}
+
+const MAX_LOCK_PAUSE: Duration = Duration::from_millis(20);
 
 fn open_lock_file(path: &Path) -> Result<File, StoreError> {
     let mut options = OpenOptions::new();
@@ -354,6 +362,15 @@ async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_lock_is_tried_again_after_a_doubling_pause_of_at_most_20_ms() {
+        let pauses: Vec<u128> = std::iter::successors(Some(Duration::from_millis(1)), |p| Some(next_lock_pause(*p)))
+            .take(7)
+            .map(|p| p.as_millis())
+            .collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 20, 20]);
+    }
 
     #[test]
     fn the_default_lock_timeout_is_what_its_docs_say() {

@@ -484,3 +484,31 @@ async fn a_refresh_whose_own_old_set_was_saved_meanwhile_by_the_save_retry_saves
     assert_eq!(client.get(provider.api_url("me")).send().await.unwrap().status(), 200);
     assert_eq!((provider.stats().token_calls, provider.stats().reuse_detected), (2, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_installed_set_saved_on_retry_stays_the_same_tokens_not_an_adoption() {
+    let provider = MockProvider::start().await;
+    let store = FlakyStore::default();
+    let (refreshed, hooks) = counter();
+    let auth = TokenRefresh::builder(grant(&provider))
+        .store(store.clone())
+        .min_backoff(Duration::from_millis(50))
+        .max_backoff(Duration::from_millis(50))
+        .on_refresh(move |_, _| {
+            refreshed.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    store.fail_all.store(true, Ordering::SeqCst);
+    let user = provider.issue_tokens();
+    let unsaved = timeout(BOUND, auth.set_tokens(user.clone())).await.expect("set_tokens hung");
+    assert!(matches!(unsaved, Err(Error::Store { .. })), "{unsaved:?}");
+    store.fail_all.store(false, Ordering::SeqCst);
+    eventually("the retry saved the user's tokens", || stored(&store.tokens).as_ref() == Some(&user)).await;
+    // The retry's answer is applied right after its save: give it time to (wrongly) count as an
+    // adoption of newer tokens.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(matches!(auth.state(), TokenState::Ready { generation: 1, .. }), "{:?}", auth.state());
+    assert_eq!((auth.stats().adopted, hooks()), (0, 0), "the user's own tokens, saved late, are not new tokens");
+    assert_eq!(auth.tokens().as_ref(), Some(&user));
+}
