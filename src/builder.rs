@@ -203,8 +203,8 @@ impl TokenRefreshBuilder {
         self
     }
 
-    /// The clock expiry and cool-downs are measured against (default: the system clock). Give
-    /// the token source the same clock.
+    /// The clock expiry and cool-downs are measured against (default: the system clock). The
+    /// crate's grants read it too, unless given a clock of their own: give it once, here.
     #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.cache.clock = Arc::new(clock);

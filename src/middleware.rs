@@ -251,6 +251,16 @@ impl TokenRefresh {
         self.inner.stats.snapshot()
     }
 
+    /// The default key's token as the layer would attach it now; see
+    /// [`access_token_for`](Self::access_token_for).
+    ///
+    /// # Errors
+    ///
+    /// As [`access_token_for`](Self::access_token_for).
+    pub async fn access_token(&self) -> Result<crate::AccessToken, Error> {
+        self.access_token_for(&TokenKey::default()).await
+    }
+
     /// A token for `key` as the layer would attach it now: the current one if fresh, else a
     /// refreshed one. For code that must send the token some other way (a websocket handshake).
     ///

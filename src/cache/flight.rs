@@ -23,17 +23,24 @@ use tracing::Instrument as _;
 use super::persist::{self, Intent};
 use super::slot::{Lease, Slot};
 use super::{Effects, TokenCache};
+use crate::clock::Clock;
 use crate::error::{Error, RefreshError};
 
 tokio::task_local! {
-    /// Set while a flight runs. A token source that sends its token request through a client
-    /// wrapped in this same layer would otherwise wait for its own refresh forever.
-    static IN_FLIGHT: ();
+    /// Set while a flight runs, to the layer's clock. A token source that sends its token request
+    /// through a client wrapped in this same layer would otherwise wait for its own refresh
+    /// forever; and a grant given no clock of its own reads the layer's.
+    static IN_FLIGHT: Arc<dyn Clock>;
 }
 
 /// Whether the current task is a flight (see `IN_FLIGHT`).
 pub(crate) fn in_refresh() -> bool {
     IN_FLIGHT.try_with(|_| ()).is_ok()
+}
+
+/// The clock of the layer whose flight this task is, if it is one.
+pub(crate) fn flight_clock() -> Option<Arc<dyn Clock>> {
+    IN_FLIGHT.try_with(Arc::clone).ok()
 }
 
 /// What a flight answers its waiters: a token (`None`: the store has none for the key), or why
@@ -104,7 +111,8 @@ pub(super) fn launch(cache: &TokenCache, slot: &Arc<Slot>, intent: Intent, base:
         let work = tokio::spawn(
             {
                 let (cache, slot) = (cache.clone(), slot.clone());
-                IN_FLIGHT.scope((), async move { persist::run(&cache, &slot, intent).await })
+                let clock = cache.inner.config.clock.clone();
+                IN_FLIGHT.scope(clock, async move { persist::run(&cache, &slot, intent).await })
             }
             .in_current_span(),
         );

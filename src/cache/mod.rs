@@ -37,7 +37,7 @@ use crate::stats::{Counters, Event};
 use crate::store::TokenStore;
 use crate::token::{self, TokenSet};
 
-pub(crate) use flight::in_refresh;
+pub(crate) use flight::{flight_clock, in_refresh};
 pub(crate) use slot::Lease;
 
 use evict::Keys;

@@ -73,7 +73,8 @@ pub(crate) struct TokenEndpoint {
     pub(crate) http: Option<reqwest::Client>,
     pub(crate) timeout: Duration,
     pub(crate) max_response_bytes: usize,
-    pub(crate) clock: Arc<dyn Clock>,
+    /// `None`: the clock of the layer that runs the call, else the system clock.
+    pub(crate) clock: Option<Arc<dyn Clock>>,
     own_http: Arc<OnceLock<Result<reqwest::Client, String>>>,
 }
 
@@ -111,8 +112,17 @@ impl TokenEndpoint {
             http: None,
             timeout: DEFAULT_TOKEN_TIMEOUT,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
-            clock: clock::system(),
+            clock: None,
             own_http: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Now, by the grant's own clock, else by the clock of the layer whose refresh this is (so a
+    /// clock given once, to the layer, decides expiry on both sides), else by the system's.
+    fn now(&self) -> std::time::SystemTime {
+        match &self.clock {
+            Some(clock) => clock.now(),
+            None => crate::cache::flight_clock().unwrap_or_else(clock::system).now(),
         }
     }
 
@@ -232,7 +242,7 @@ impl TokenEndpoint {
                 body.extend_from_slice(&chunk[..self.max_response_bytes.saturating_sub(body.len())]);
                 if !status.is_success() {
                     // An error is judged by its status and `Retry-After`; the body is only shown.
-                    return Err(response::parse_failure(status, &headers, &body, self.clock.now()));
+                    return Err(response::parse_failure(status, &headers, &body, self.now()));
                 }
                 return Err(RefreshError::InvalidResponse {
                     status,
@@ -243,7 +253,7 @@ impl TokenEndpoint {
             }
             body.extend_from_slice(&chunk);
         }
-        let now = self.clock.now();
+        let now = self.now();
         if status.is_success() {
             response::parse_success(status, &body, self.mapper.as_deref(), now)
         } else {
@@ -375,11 +385,12 @@ macro_rules! endpoint_options {
             self
         }
 
-        /// Sets the clock that turns `expires_in` into an absolute expiry (default: the system
-        /// clock). Give it the same clock as the layer.
+        /// Sets the clock that turns `expires_in` into an absolute expiry. Default: the clock of
+        /// the layer the grant serves (its [`clock`](crate::TokenRefreshBuilder::clock)), or the
+        /// system clock when called outside one (a [`Login`](crate::Login)'s exchange).
         #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn clock(mut self, clock: impl $crate::Clock) -> Self {
-            self.endpoint.clock = std::sync::Arc::new(clock);
+            self.endpoint.clock = Some(std::sync::Arc::new(clock));
             self
         }
     };

@@ -12,6 +12,7 @@ use http::Extensions;
 use parking_lot::Mutex;
 use reqwest::{Request, Response};
 use reqwest_middleware::{ClientBuilder, Middleware, Next};
+use reqwest_token_refresh::Clock as _;
 use reqwest_token_refresh::testkit::MockProvider;
 use reqwest_token_refresh::{
     BodyEncoding, ClientAuth, ClientCredentials, Error, RefreshError, RefreshTokenGrant, TokenRefresh, TokenSet,
@@ -418,4 +419,29 @@ async fn client_credentials_needs_no_initial_tokens_and_fetches_one_before_the_f
     let stats = provider.stats();
     assert_eq!((stats.token_calls, stats.tokens_issued, stats.api_unauthorized), (1, 1, 0), "{stats:?}");
     assert_eq!(auth.tokens().unwrap().scope(), Some("read:partner"));
+}
+
+#[tokio::test]
+async fn a_clock_given_once_to_the_layer_also_dates_what_the_grant_fetches() {
+    // A day in the past: a grant reading the system clock would date its tokens a day too late.
+    let clock = reqwest_token_refresh::ManualClock::new(std::time::SystemTime::now() - Duration::from_secs(86_400));
+    let provider = MockProvider::builder().clock(clock.clone()).start().await;
+    let auth = TokenRefresh::builder(RefreshTokenGrant::new(provider.token_url()))
+        .initial_tokens(provider.issue_expired_tokens())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let token = tokio::time::timeout(Duration::from_secs(10), auth.access_token()).await.unwrap().unwrap();
+    assert_eq!(Some(token.secret()), auth.tokens().as_ref().map(|t| t.access_token().secret()));
+    let expires_at = auth.tokens().unwrap().expires_at().expect("the mock sends expires_in");
+    assert_eq!(expires_at, clock.now() + Duration::from_secs(3600), "expiry counted from the layer's clock");
+    // An hour later by that clock the token is due, and the next request refreshes it first.
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(client_with(&auth).get(provider.api_url("me")).send().await.unwrap().status(), 200);
+    assert_eq!(provider.stats().token_calls, 2);
+    // Outside a layer (a login's exchange, say) a grant without a clock reads the system's.
+    let outside = RefreshTokenGrant::new(provider.token_url());
+    let fetched = outside.fetch(auth.tokens().as_ref()).await.unwrap();
+    let lifetime = fetched.expires_at().unwrap().duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(lifetime > Duration::from_secs(3500), "{lifetime:?}");
 }
