@@ -59,6 +59,7 @@ impl TokenRefreshBuilder {
                 on_client_rejected: None,
                 on_store_error: None,
                 name: None,
+                on_event: None,
             },
             refresh_on: RefreshOn::default(),
             rejected_when: None,
@@ -280,6 +281,35 @@ impl TokenRefreshBuilder {
     #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn terminal_recheck(mut self, interval: Duration) -> Self {
         self.cache.policy.terminal_recheck = interval;
+        self
+    }
+
+    /// An async hook for what happens to keys' tokens ([`TokenEvent`](crate::TokenEvent)): new
+    /// tokens, a dead grant, the client refused, a store failure. Each event runs the hook's
+    /// future in a task of its own, so it may take its time (write to a database, call a
+    /// service) without holding up a request; the synchronous hooks run first.
+    ///
+    /// ```
+    /// use reqwest_token_refresh::{TokenEvent, TokenRefresh, RefreshTokenGrant};
+    ///
+    /// # fn build() -> Result<TokenRefresh, reqwest_token_refresh::Error> {
+    /// let auth = TokenRefresh::builder(RefreshTokenGrant::new("https://provider.example/token"))
+    ///     .on_event(|event| async move {
+    ///         if let TokenEvent::ReauthorizationRequired { key, .. } = event {
+    ///             // e.g. `UPDATE users SET must_reconnect = true WHERE id = $1`, with `key`
+    ///             println!("{key} must log in again");
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// # Ok(auth) }
+    /// ```
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn on_event<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(crate::TokenEvent) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.cache.on_event = Some(Arc::new(move |event| Box::pin(hook(event))));
         self
     }
 

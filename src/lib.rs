@@ -142,6 +142,7 @@ mod cache;
 mod challenge;
 mod clock;
 mod error;
+mod event;
 mod key;
 mod middleware;
 mod origin;
@@ -165,6 +166,7 @@ pub use builder::TokenRefreshBuilder;
 pub use cache::TokenState;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, OAuthError, RefreshError, Result, StoreError};
+pub use event::TokenEvent;
 pub use key::TokenKey;
 pub use middleware::{CLASSIFY_BODY_LIMIT, CLASSIFY_BODY_TIMEOUT, RefreshOn, SkipAuth, TokenRefresh};
 pub use policy::{

@@ -30,6 +30,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::clock::Clock;
 use crate::error::{Error, RefreshError, StoreError};
+use crate::event::TokenEvent;
 use crate::key::TokenKey;
 use crate::policy::{Policy, Whose};
 use crate::source::TokenSource;
@@ -68,6 +69,8 @@ pub(crate) struct CacheConfig {
     pub(crate) on_store_error: Option<StoreErrorHook>,
     /// The layer's name in its spans and metrics.
     pub(crate) name: Option<String>,
+    /// The async hook, run in a task of its own for each event.
+    pub(crate) on_event: Option<crate::event::EventHook>,
 }
 
 /// What a key's tokens are doing; see [`TokenRefresh::state`](crate::TokenRefresh::state). This is
@@ -183,19 +186,25 @@ impl Effects {
         if let Some((generation, installed)) = self.retry_save {
             cache.spawn_save_retry(slot.clone(), generation, installed);
         }
-        if let (Some(tokens), Some(hook)) = (self.refreshed, &config.on_refresh) {
-            hook(&slot.key, &tokens);
+        let key = &slot.key;
+        if let Some(tokens) = self.refreshed {
+            if let Some(hook) = &config.on_refresh {
+                hook(key, &tokens);
+            }
+            cache.emit(|| TokenEvent::Refreshed { key: key.clone(), tokens: (*tokens).clone() });
         }
         match self.terminal {
             Some((Whose::User, reason)) => {
                 if let Some(hook) = &config.on_reauthorization_required {
-                    hook(&slot.key, &reason);
+                    hook(key, &reason);
                 }
+                cache.emit(|| TokenEvent::ReauthorizationRequired { key: key.clone(), reason });
             }
             Some((Whose::Client, reason)) => {
                 if let Some(hook) = &config.on_client_rejected {
-                    hook(&slot.key, &reason);
+                    hook(key, &reason);
                 }
+                cache.emit(|| TokenEvent::ClientRejected { key: key.clone(), reason });
             }
             None => {}
         }
@@ -508,6 +517,14 @@ impl TokenCache {
         self.inner.stats.count(Event::TokenCall);
     }
 
+    /// Gives the event `make` builds to the async hook, if there is one, in a task of its own (so
+    /// that a slow or panicking hook holds up nothing).
+    fn emit(&self, make: impl FnOnce() -> TokenEvent) {
+        if let Some(hook) = &self.inner.config.on_event {
+            tokio::spawn(hook(make()));
+        }
+    }
+
     fn report_store_error(&self, key: &TokenKey, err: &StoreError) {
         self.inner.stats.count(Event::StoreFailure);
         tracing::error!(key = %key, error = %err, "token store failed");
@@ -518,6 +535,7 @@ impl TokenCache {
                 tracing::error!(key = %key, "the on_store_error hook panicked; the layer goes on");
             }
         }
+        self.emit(|| TokenEvent::StoreFailed { key: key.clone(), error: err.clone() });
     }
 
     /// Retries saving `generation` until it is saved, superseded or replaced, with the policy's

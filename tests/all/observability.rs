@@ -276,3 +276,62 @@ impl TokenStore for FullDisk {
         Err(StoreError::io("writing tokens", std::io::Error::from_raw_os_error(28)))
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_hook_writes_to_a_store_as_keys_refresh_and_die() {
+    let provider = MockProvider::start().await;
+    // What the service keeps of its users: the tokens last seen, and who must reconnect.
+    let (audit, reconnect) = (reqwest_token_refresh::MemoryStore::new(), reqwest_token_refresh::MemoryStore::new());
+    let auth = TokenRefresh::builder(grant(&provider))
+        .initial_tokens(provider.issue_tokens())
+        .on_event({
+            let (audit, reconnect) = (audit.clone(), reconnect.clone());
+            move |event| {
+                let (audit, reconnect) = (audit.clone(), reconnect.clone());
+                async move {
+                    match event {
+                        reqwest_token_refresh::TokenEvent::Refreshed { key, tokens } => {
+                            let revision = audit.load(&key).await.unwrap().map_or(Revision::NONE, |s| s.revision);
+                            audit.save(&key, &tokens, revision).await.unwrap();
+                        }
+                        reqwest_token_refresh::TokenEvent::ReauthorizationRequired { key, .. } => {
+                            reconnect.save(&key, &TokenSet::new("must-reconnect"), Revision::NONE).await.unwrap();
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let client = client_with(&auth);
+    let url = provider.api_url("me");
+    provider.expire_access_tokens();
+    assert_eq!(count(&storm(&client, &url, 10, None).await, 200), 10);
+    let key = TokenKey::default();
+    let audited = || futures::executor::block_on(audit.load(&key)).unwrap().map(|s| s.tokens);
+    eventually("the hook saved the refreshed tokens", || audited() == auth.tokens()).await;
+
+    provider.revoke_all();
+    provider.expire_access_tokens();
+    assert!(client.get(&url).send().await.is_err());
+    let marked = || futures::executor::block_on(reconnect.load(&key)).unwrap().map(|s| s.tokens);
+    eventually("the hook marked the user", || marked() == Some(TokenSet::new("must-reconnect"))).await;
+
+    // A store failure is an event too.
+    let (seen, read) = crate::helpers::counter();
+    let broken = TokenRefresh::builder(grant(&provider))
+        .store(FullDisk)
+        .on_event(move |event| {
+            let seen = seen.clone();
+            async move {
+                if matches!(event, reqwest_token_refresh::TokenEvent::StoreFailed { .. }) {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    assert!(broken.set_tokens(provider.issue_tokens()).await.is_err());
+    eventually("the hook heard of the store failure", || read() >= 1).await;
+}
