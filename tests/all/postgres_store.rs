@@ -181,6 +181,59 @@ async fn setup_is_idempotent_and_creates_the_documented_table() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_providers_share_a_database_with_a_table_each_in_a_schema_setup_creates() {
+    let server = PgServer::start().await;
+    let connect = |table: &'static str| {
+        let config = server.config();
+        async move { PostgresStore::connect(&config).await.unwrap().table(table) }
+    };
+    let (withings, whoop) = (connect("oauth.withings_tokens").await, connect("oauth.whoop_tokens").await);
+    // A fresh database: no `oauth` schema yet. Both setups at once, each creating what is missing.
+    let (a, b) = tokio::join!(withings.setup(), whoop.setup());
+    a.unwrap();
+    b.unwrap();
+    withings.setup().await.unwrap();
+
+    let key = TokenKey::new("user-1");
+    withings.put(&key, &TokenSet::new("withings-access")).await.unwrap();
+    whoop.put(&key, &TokenSet::new("whoop-access")).await.unwrap();
+    assert_eq!(withings.get(&key).await.unwrap().unwrap().access_token().secret(), "withings-access");
+    assert_eq!(whoop.get(&key).await.unwrap().unwrap().access_token().secret(), "whoop-access");
+    assert_ne!(withings.lock_id(&key), whoop.lock_id(&key), "one user's two refreshes do not wait for each other");
+    let guard = withings.lock(&key).await.unwrap().expect("a lock");
+    let other = tokio::time::timeout(Duration::from_secs(10), whoop.lock(&key)).await.expect("not held by withings");
+    drop(other.unwrap());
+    guard.unlock().await.unwrap();
+    let tables: i64 = sql(&server)
+        .await
+        .query_one("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'oauth'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_without_the_right_to_create_a_schema_says_what_to_create() {
+    let server = PgServer::start().await;
+    let admin = sql(&server).await;
+    admin
+        .batch_execute(
+            "CREATE ROLE limited LOGIN PASSWORD 'limited-pw'; \
+             REVOKE CREATE ON DATABASE postgres FROM PUBLIC; REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+        )
+        .await
+        .unwrap();
+    let limited = server.config().replace("user=postgres", "user=limited password=limited-pw");
+    let store = PostgresStore::connect(&limited).await.unwrap().table("oauth.tokens");
+    let err = store.setup().await.unwrap_err().to_string();
+    assert!(err.contains("CREATE SCHEMA \"oauth\""), "{err}");
+    // Once the schema (and the right to use it) is given, the same role's setup creates the table.
+    admin.batch_execute("CREATE SCHEMA oauth AUTHORIZATION limited").await.unwrap();
+    store.setup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_and_errors_never_show_the_password() {
     let server = PgServer::start().await;
     // The cluster trusts every local connection, so the password is accepted and ignored.

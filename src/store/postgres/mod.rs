@@ -289,19 +289,38 @@ impl PostgresStore {
         lock_id(&self.settings.table, key.as_str())
     }
 
-    /// Creates the table if it does not exist yet (see the [schema](Self#schema)). Idempotent,
-    /// and safe when several replicas run it at once (it runs under an advisory lock of its own).
-    /// An existing table is left as it is, whatever its columns.
+    /// Creates the table if it does not exist yet (see the [schema](Self#schema)), and for a
+    /// `schema.table` name the schema too, if no schema of that name exists. Idempotent, and safe
+    /// when several replicas run it at once (it runs under an advisory lock of its own). An
+    /// existing table is left as it is, whatever its columns.
+    ///
+    /// Several providers share a database with a table each (`oauth.withings_tokens`,
+    /// `oauth.whoop_tokens`): their keys, revisions and locks are independent.
     ///
     /// # Errors
     ///
     /// [`StoreError::Backend`] when PostgreSQL cannot be reached or refuses (the user may not
-    /// create tables: then create the table yourself).
+    /// create tables or the schema: the error says what to create).
     pub async fn setup(&self) -> Result<(), StoreError> {
         let client = self.connection.connect_new().await?;
         let id = lock_id(&self.settings.table, "\0setup");
-        let batch = format!("BEGIN; SELECT pg_advisory_xact_lock({id}); {}; COMMIT", self.settings.sql.create);
-        let action = || format!("creating the table {}", self.settings.table);
+        let sql = &self.settings.sql;
+        // Setups of two tables in one new schema would race to create it: its own lock first.
+        let schema = match (sql.create_schema.as_deref(), self.settings.table.split_once('.')) {
+            (Some(create), Some((schema, _))) => {
+                format!("SELECT pg_advisory_xact_lock({}); {create}; ", lock_id(schema, "\0schema"))
+            }
+            _ => String::new(),
+        };
+        let batch = format!("BEGIN; SELECT pg_advisory_xact_lock({id}); {schema}{}; COMMIT", sql.create);
+        let action = || match self.settings.table.split_once('.') {
+            Some((schema, _)) => format!(
+                "creating the table {} and, if missing, its schema (a role that may not create it needs \
+                 `CREATE SCHEMA \"{schema}\"` run for it first)",
+                self.settings.table
+            ),
+            None => format!("creating the table {}", self.settings.table),
+        };
         match tokio::time::timeout(self.settings.query_timeout, client.batch_execute(&batch)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => Err(PostgresError::new(action(), &err).into_store()),

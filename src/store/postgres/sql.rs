@@ -3,6 +3,9 @@
 
 #[derive(Debug, Clone)]
 pub(super) struct Sql {
+    /// For a schema-qualified table: create the schema unless it exists (checked first, so a role
+    /// that may not create schemas works with one created for it).
+    pub(super) create_schema: Option<String>,
     pub(super) create: String,
     pub(super) load: String,
     pub(super) update_fenced: String,
@@ -12,7 +15,16 @@ pub(super) struct Sql {
 impl Sql {
     pub(super) fn for_table(table: &str) -> Self {
         let t = quote_table(table);
+        let create_schema = table.split_once('.').map(|(schema, _)| {
+            let literal = schema.replace('\'', "''");
+            format!(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = '{literal}') \
+                 THEN CREATE SCHEMA {}; END IF; END $$",
+                quote_identifier(schema)
+            )
+        });
         Self {
+            create_schema,
             create: format!(
                 "CREATE TABLE IF NOT EXISTS {t} (\
                  key text PRIMARY KEY, \
@@ -35,11 +47,14 @@ impl Sql {
 
 /// `name` or `schema.name`, each part quoted as an SQL identifier.
 fn quote_table(table: &str) -> String {
-    let quote = |part: &str| format!("\"{}\"", part.replace('"', "\"\""));
     match table.split_once('.') {
-        Some((schema, name)) => format!("{}.{}", quote(schema), quote(name)),
-        None => quote(table),
+        Some((schema, name)) => format!("{}.{}", quote_identifier(schema), quote_identifier(name)),
+        None => quote_identifier(table),
     }
+}
+
+fn quote_identifier(part: &str) -> String {
+    format!("\"{}\"", part.replace('"', "\"\""))
 }
 
 #[cfg(test)]
@@ -51,5 +66,13 @@ mod tests {
         assert_eq!(quote_table("tokens"), "\"tokens\"");
         assert_eq!(quote_table("auth.Tokens"), "\"auth\".\"Tokens\"");
         assert_eq!(quote_table("we\"ird"), "\"we\"\"ird\"");
+    }
+
+    #[test]
+    fn a_schema_qualified_table_creates_its_schema_first_a_plain_one_none() {
+        assert!(Sql::for_table("tokens").create_schema.is_none());
+        let sql = Sql::for_table("o'auth.withings");
+        let create = sql.create_schema.unwrap();
+        assert!(create.contains("nspname = 'o''auth'") && create.contains("CREATE SCHEMA \"o'auth\""), "{create}");
     }
 }
