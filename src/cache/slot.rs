@@ -948,6 +948,25 @@ mod tests {
     }
 
     #[test]
+    fn an_evicted_key_remembers_a_cool_down_only_while_it_lasts_and_a_dead_grant_always() {
+        let mut state = SlotState::new();
+        state.publish(TokenSet::new("a1"), None, false);
+        state.phase = Phase::CoolingDown(CoolDown::new(Duration::from_secs(10), at(0)));
+        state.failures = 3;
+        match Remembered::of(&state, at(9)) {
+            Some(Remembered::CoolingDown { failures: 3, cool }) => {
+                assert_eq!(cool.remaining(at(9)), Duration::from_secs(1))
+            }
+            _ => panic!("a cool-down with a second left is remembered"),
+        }
+        assert!(Remembered::of(&state, at(10)).is_none(), "an ended cool-down leaves nothing behind");
+        state.phase = Phase::Ready;
+        assert!(Remembered::of(&state, at(10)).is_none());
+        state.die(dead_reason(), Whose::User, &Policy::default());
+        assert!(matches!(Remembered::of(&state, at(1_000)), Some(Remembered::Dead { whose: Whose::User, .. })));
+    }
+
+    #[test]
     fn an_answer_from_a_flight_that_no_longer_runs_changes_nothing() {
         let (policy, stats) = (Policy::default(), Counters::default());
         let mut state = SlotState::new();
