@@ -967,6 +967,63 @@ mod tests {
     }
 
     #[test]
+    fn a_key_evicted_again_before_it_loaded_keeps_what_it_remembered() {
+        let mut state = SlotState::new();
+        let dead = Remembered::Dead { revision: Revision::new(4), reason: dead_reason(), whose: Whose::Client };
+        state.phase = Phase::Unloaded(Some(dead));
+        assert!(matches!(
+            Remembered::of(&state, at(0)),
+            Some(Remembered::Dead { whose: Whose::Client, revision, .. }) if revision == Revision::new(4)
+        ));
+        state.phase = Phase::Unloaded(None);
+        assert!(Remembered::of(&state, at(0)).is_none());
+    }
+
+    #[test]
+    fn a_recheck_that_finds_nothing_new_leaves_the_grant_dead_until_the_next_look() {
+        let (policy, stats) = (Policy::default(), Counters::default());
+        let mut state = SlotState::new();
+        state.publish(TokenSet::new("a1"), None, false);
+        state.die(dead_reason(), Whose::User, &policy);
+        let (running, _waiter) = test_flight(7, state.generation);
+        let before = Instant::now();
+        if let Phase::Terminal(dead) = &mut state.phase {
+            dead.recheck = Some(running);
+            dead.recheck_at = before;
+        }
+        let (outcome, _) = apply(&mut state, &key(), Some(7), Produced::Nothing, &policy, &stats, at(0));
+        assert!(matches!(outcome, Err(Error::ReauthorizationRequired { .. })), "{outcome:?}");
+        match &state.phase {
+            Phase::Terminal(dead) => {
+                assert!(dead.recheck.is_none(), "the recheck is over");
+                assert!(dead.recheck_at >= before + policy.terminal_recheck, "the next look is an interval away");
+            }
+            _ => panic!("still dead"),
+        }
+    }
+
+    #[test]
+    fn a_late_retry_answer_for_an_older_generation_or_a_saved_set_changes_nothing() {
+        let stats = Counters::default();
+        let mut state = SlotState::new();
+        state.publish(TokenSet::new("a1"), None, false);
+        state.publish(TokenSet::new("a2"), None, false);
+        state.record_save(Revision::new(7), false);
+        // The retry of generation 1's save finds revision 5 in the store: generation 2 is current.
+        let late = publish("stored-r5", Origin::Fetched, Standing::At(Revision::new(5)));
+        let (_, effects) = apply_save(&mut state, &key(), 1, late, &stats);
+        assert_eq!((access(&state), state.generation, state.revision), (Some("a2"), 2, Revision::new(7)));
+        assert!(effects.refreshed.is_none());
+        // The current set is saved already: what a retry finds is no news either.
+        state.record_save(Revision::new(7), true);
+        let late = publish("stored-r9", Origin::Fetched, Standing::At(Revision::new(9)));
+        let (_, effects) = apply_save(&mut state, &key(), 2, late, &stats);
+        assert_eq!((access(&state), state.revision), (Some("a2"), Revision::new(7)));
+        assert!(effects.refreshed.is_none());
+        assert_eq!(stats.snapshot().adopted, 0);
+    }
+
+    #[test]
     fn an_answer_from_a_flight_that_no_longer_runs_changes_nothing() {
         let (policy, stats) = (Policy::default(), Counters::default());
         let mut state = SlotState::new();
