@@ -11,10 +11,10 @@ use crate::cache::CacheConfig;
 use crate::clock::{self, Clock};
 use crate::error::{Error, RefreshError, StoreError};
 use crate::key::TokenKey;
-use crate::middleware::{CLASSIFY_BODY_TIMEOUT, RefreshOn, RejectionRule, TokenRefresh};
+use crate::middleware::{CLASSIFY_BODY_TIMEOUT, RefreshOn, TokenRefresh};
 use crate::origin::OriginPolicy;
 use crate::policy::Policy;
-use crate::source::TokenSource;
+use crate::source::{RejectionRule, TokenSource};
 use crate::store::{MemoryStore, TokenStore};
 use crate::token::{self, TokenSet};
 
@@ -25,6 +25,7 @@ pub struct TokenRefreshBuilder {
     cache: CacheConfig,
     refresh_on: RefreshOn,
     rejected_when: Option<RejectionRule>,
+    /// Added to the source's own ([`TokenSource::resource_server`]).
     allowed_origins: Vec<String>,
     allow_insecure_http: bool,
     classify_timeout: Duration,
@@ -113,15 +114,21 @@ impl TokenRefreshBuilder {
     /// (server-sent events, long polls). Without a rule, no answer body is read unless it is a
     /// 401.
     ///
-    /// Withings' data API answers an expired token with HTTP 200 and `{"status":401, ...}`;
-    /// [`providers::withings_token_rejected`](crate::providers::withings_token_rejected) is that
-    /// rule.
+    /// The token source may carry its API's rule ([`TokenSource::resource_server`]); this one
+    /// replaces it. The [`providers::withings`](crate::providers::withings) preset carries
+    /// Withings' ([`providers::withings_token_rejected`](crate::providers::withings_token_rejected)):
+    /// its data API answers an expired token with HTTP 200 and `{"status":401, ...}`.
     ///
     /// ```
-    /// use reqwest_token_refresh::{TokenRefresh, providers};
+    /// use http::StatusCode;
+    /// use reqwest_token_refresh::{RefreshTokenGrant, TokenRefresh};
     ///
-    /// let auth = TokenRefresh::builder(providers::withings("client-id", "client-secret"))
-    ///     .token_rejected_when(providers::withings_token_rejected)
+    /// // An API that answers a dead token with a 403 and `{"code":"token_expired"}`.
+    /// let auth = TokenRefresh::builder(RefreshTokenGrant::new("https://login.example/oauth/token"))
+    ///     .allow_origin("https://api.example")
+    ///     .token_rejected_when(|status, body| {
+    ///         status == StatusCode::FORBIDDEN && body.starts_with(br#"{"code":"token_expired""#)
+    ///     })
     ///     .build()?;
     /// # Ok::<(), reqwest_token_refresh::Error>(())
     /// ```
@@ -140,9 +147,11 @@ impl TokenRefreshBuilder {
         self
     }
 
-    /// Only requests to this origin (and others added the same way) get the token; requests to
-    /// other origins pass through untouched and never trigger a refresh. Without any, every
-    /// `https` origin (and `http` to loopback) gets it.
+    /// Lets requests to this origin (scheme, host and port, such as `https://api.example`) get
+    /// the token, besides the origins the token source names ([`TokenSource::resource_server`]:
+    /// each provider preset names its API's). Requests to any other origin pass through
+    /// untouched and never trigger a refresh. Without any origin from either, every `https`
+    /// origin (and `http` to loopback) gets it.
     pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
         self.allowed_origins.push(origin.into());
         self
@@ -260,18 +269,20 @@ impl TokenRefreshBuilder {
         self
     }
 
-    /// Builds the layer.
+    /// Builds the layer, with the origins and the rejection rule of the token source's
+    /// [`ResourceServer`](crate::ResourceServer) and those set here.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] when an allowed origin does not parse or has no host, when the initial
     /// access token cannot be sent in a header, or when the minimum backoff exceeds the maximum.
     pub fn build(self) -> Result<TokenRefresh, Error> {
-        let allowed = if self.allowed_origins.is_empty() {
+        let (source_origins, source_rule) = self.cache.source.resource_server().into_parts();
+        let origins: Vec<&String> = source_origins.iter().chain(&self.allowed_origins).collect();
+        let allowed = if origins.is_empty() {
             None
         } else {
-            let parsed: Result<Vec<_>, _> =
-                self.allowed_origins.iter().map(|o| OriginPolicy::parse_origin(o)).collect();
+            let parsed: Result<Vec<_>, _> = origins.into_iter().map(|o| OriginPolicy::parse_origin(o)).collect();
             Some(parsed.map_err(Error::Config)?)
         };
         if let Some(tokens) = &self.cache.initial_tokens {
@@ -285,7 +296,7 @@ impl TokenRefreshBuilder {
             self.cache,
             OriginPolicy { allowed, allow_insecure_http: self.allow_insecure_http },
             self.refresh_on,
-            self.rejected_when,
+            self.rejected_when.or(source_rule),
             self.classify_timeout,
         ))
     }

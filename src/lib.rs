@@ -103,14 +103,18 @@
 //!
 //! # Providers
 //!
-//! [`providers`] has grants set up for WHOOP, the WHOOP Partner API, Kroger and Withings
-//! (Withings' `{"status":0,"body":{..}}` envelope included). With the `testkit` feature,
-//! `testkit::MockProvider` is a rotating mock provider to test your own code against.
+//! [`providers`] has grants set up for WHOOP, the WHOOP Partner API, Kroger and Withings, each
+//! complete: its token endpoint and dialect (Withings' `{"status":0,"body":{..}}` envelope
+//! included), its API's origin, and Withings' way of rejecting a token in an HTTP 200, so that
+//! `TokenRefresh::builder(providers::withings(id, secret)).build()` needs nothing more. With the
+//! `testkit` feature, `testkit::MockProvider` is a rotating mock provider to test your own code
+//! against.
 //!
 //! # Security
 //!
-//! - With [`TokenRefreshBuilder::allow_origin`], only those origins get the token; requests to
-//!   others pass through untouched and never trigger a refresh.
+//! - With allowed origins (those the token source names, such as a provider preset's API, and
+//!   those added with [`TokenRefreshBuilder::allow_origin`]), only those origins get the token;
+//!   requests to others pass through untouched and never trigger a refresh.
 //! - The token never goes over plain `http://` except to loopback, unless
 //!   [`TokenRefreshBuilder::allow_insecure_http`] says so.
 //! - A request that already has an `Authorization` header, or carries [`SkipAuth`], is left alone.
@@ -171,7 +175,7 @@ pub use policy::{
 pub use source::providers;
 pub use source::{
     BodyEncoding, ClientAuth, ClientCredentials, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, Login, LoginError,
-    PendingLogin, RefreshTokenGrant, TokenSource,
+    PendingLogin, RefreshTokenGrant, ResourceServer, TokenSource,
 };
 pub use stats::Stats;
 #[cfg(feature = "postgres")]

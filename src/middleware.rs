@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::key::TokenKey;
 use crate::origin::OriginPolicy;
 use crate::peek::{Peeked, peek_body};
-use crate::source::TokenSource;
+use crate::source::{RejectionRule, TokenSource};
 use crate::stats::{Counters, Stats};
 use crate::token::TokenSet;
 
@@ -90,10 +90,6 @@ struct Inner {
     classify_timeout: Duration,
     stats: Arc<Counters>,
 }
-
-/// A rule that finds a rejected token in an answer that is not a 401; see
-/// [`TokenRefreshBuilder::token_rejected_when`].
-pub(crate) type RejectionRule = Arc<dyn Fn(StatusCode, &[u8]) -> bool + Send + Sync>;
 
 impl fmt::Debug for TokenRefresh {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

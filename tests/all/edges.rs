@@ -460,6 +460,7 @@ async fn a_retry_a_rejection_rule_lets_through_counts_as_accepted() {
     .token_url(provider.token_url());
     let auth = TokenRefresh::builder(grant)
         .initial_tokens(provider.issue_tokens())
+        .allow_origin(provider.uri())
         .token_rejected_when(reqwest_token_refresh::providers::withings_token_rejected)
         .build()
         .unwrap();

@@ -1,11 +1,17 @@
-//! Contract point 8, where the token goes: only allowed origins, never plain `http://` to a host
-//! that is not loopback unless the user opts in, never over a request's own `Authorization`
-//! header, never with `SkipAuth`; and none of those requests ever triggers a refresh.
+//! Contract point 8, where the token goes: only allowed origins (the token source's, such as a
+//! preset's API, and the builder's), never plain `http://` to a host that is not loopback unless
+//! the user opts in, never over a request's own `Authorization` header, never with `SkipAuth`;
+//! and none of those requests ever triggers a refresh.
 //! Contract point 19, only the token's own answers count: a 401 from an origin a redirect led
 //! to, which never got the token, triggers no refresh.
 
-use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
-use reqwest_token_refresh::{RefreshTokenGrant, SkipAuth, TokenRefresh, TokenRefreshBuilder, TokenSet};
+use std::sync::{Arc, Mutex};
+
+use http::Extensions;
+use http::header::AUTHORIZATION;
+use reqwest::ResponseBuilderExt;
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
+use reqwest_token_refresh::{RefreshTokenGrant, SkipAuth, TokenRefresh, TokenRefreshBuilder, TokenSet, providers};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -298,5 +304,105 @@ async fn a_401_after_a_redirect_within_the_same_origin_still_refreshes_and_retri
     // reqwest keeps `Authorization` on a redirect within the origin: the 401 was the token's.
     assert_eq!(there, [Some("Bearer a1".to_owned()), Some("Bearer fresh".to_owned())]);
     assert_eq!((auth.stats().refreshes, auth.stats().retries), (1, 1));
+    server.verify().await;
+}
+
+/// Stands in for the https servers these tests cannot run (the test build has no TLS): innermost
+/// in the client, it answers every `https` request itself, as the origin it was sent to, and
+/// records the `Authorization` header it carried. An answer is a 200 to a request with a token,
+/// and to one without, a 401 saying `invalid_token`, which would trigger a refresh had the layer
+/// sent the token. Plain `http` goes on to the network (the wiremock servers).
+#[derive(Clone, Default)]
+struct HttpsStandIn(Arc<Mutex<Vec<Received>>>);
+
+/// An https request's origin and the `Authorization` header it carried.
+type Received = (String, Option<String>);
+
+impl HttpsStandIn {
+    /// Each https request's origin and `Authorization` header, in order.
+    fn received(&self) -> Vec<Received> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for HttpsStandIn {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        if request.url().scheme() != "https" {
+            return next.run(request, extensions).await;
+        }
+        let authorization = request.headers().get(AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned());
+        self.0.lock().unwrap().push((request.url().origin().ascii_serialization(), authorization.clone()));
+        let answer = http::Response::builder().url(request.url().clone());
+        let answer = match authorization {
+            Some(_) => answer.status(200),
+            None => answer.status(401).header("www-authenticate", r#"Bearer error="invalid_token""#),
+        };
+        Ok(reqwest::Response::from(answer.body("").unwrap()))
+    }
+}
+
+fn client_with_https_stand_in(auth: &TokenRefresh, stand_in: &HttpsStandIn) -> ClientWithMiddleware {
+    ClientBuilder::new(reqwest::Client::new()).with(auth.clone()).with(stand_in.clone()).build()
+}
+
+/// The Withings preset as it is, apart from its token endpoint: `token_server`'s `/token`.
+fn withings_preset_layer(token_server: &MockServer) -> TokenRefreshBuilder {
+    TokenRefresh::builder(providers::withings("id", "secret").token_url(format!("{}/token", token_server.uri())))
+        .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+}
+
+#[tokio::test]
+async fn a_presets_token_reaches_only_its_providers_api_and_other_origins_never_refresh() {
+    let (token_server, other) = (MockServer::start().await, MockServer::start().await);
+    token_endpoint_never_called(&token_server).await;
+    Mock::given(path("/v1/me")).respond_with(dead_token_401()).expect(1).mount(&other).await;
+    // Built with no origin of its own: the preset names Withings' API.
+    let auth = withings_preset_layer(&token_server).build().unwrap();
+    let stand_in = HttpsStandIn::default();
+    let client = client_with_https_stand_in(&auth, &stand_in);
+
+    let withings = client.get(format!("{}/measure?action=getmeas", providers::WITHINGS_API_ORIGIN)).send().await;
+    let kroger = client.get("https://api.kroger.com/v1/cart").send().await.unwrap();
+    let look_alike = client.get("https://wbsapi.withings.net.evil.example/measure").send().await.unwrap();
+    let loopback = client.get(format!("{}/v1/me", other.uri())).send().await.unwrap();
+
+    assert_eq!(withings.unwrap().status(), 200);
+    let statuses = [kroger.status(), look_alike.status(), loopback.status()].map(|s| s.as_u16());
+    assert_eq!(statuses, [401, 401, 401], "handed back as they came");
+    assert_eq!(
+        stand_in.received(),
+        [
+            ("https://wbsapi.withings.net".to_owned(), Some("Bearer a1".to_owned())),
+            ("https://api.kroger.com".to_owned(), None),
+            ("https://wbsapi.withings.net.evil.example".to_owned(), None),
+        ]
+    );
+    assert_eq!(authorizations(&other).await, [None], "another origin, loopback or not, gets no token");
+    let stats = auth.stats();
+    assert_eq!((stats.requests, stats.refreshes, stats.unauthorized), (1, 0, 0), "{stats:?}");
+    token_server.verify().await;
+    other.verify().await;
+}
+
+#[tokio::test]
+async fn an_origin_the_builder_allows_is_added_to_the_presets() {
+    let server = MockServer::start().await;
+    token_endpoint_never_called(&server).await;
+    Mock::given(path("/v1/me")).respond_with(ResponseTemplate::new(200)).expect(1).mount(&server).await;
+    let auth = withings_preset_layer(&server).allow_origin(server.uri()).build().unwrap();
+    let stand_in = HttpsStandIn::default();
+    let client = client_with_https_stand_in(&auth, &stand_in);
+
+    assert_eq!(client.get(format!("{}/v1/me", server.uri())).send().await.unwrap().status(), 200);
+    assert_eq!(client.get("https://wbsapi.withings.net/measure").send().await.unwrap().status(), 200);
+
+    assert_eq!(authorizations(&server).await, [Some("Bearer a1".to_owned())]);
+    assert_eq!(stand_in.received(), [("https://wbsapi.withings.net".to_owned(), Some("Bearer a1".to_owned()))]);
     server.verify().await;
 }
