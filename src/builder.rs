@@ -27,9 +27,15 @@ pub struct TokenRefreshBuilder {
     rejected_when: Option<RejectionRule>,
     /// Added to the source's own ([`TokenSource::resource_server`]).
     allowed_origins: Vec<String>,
+    allow_any_origin: bool,
     allow_insecure_http: bool,
     classify_timeout: Duration,
 }
+
+/// Why [`TokenRefreshBuilder::build`] refuses a layer that no origin would get the token from.
+const NO_ALLOWED_ORIGIN: &str = "no origin may receive the token: call allow_origin(..) with the origin of the API \
+     the token is for (such as allow_origin(\"https://api.example\")), or allow_any_origin() to send it to every \
+     https origin the client calls";
 
 impl fmt::Debug for TokenRefreshBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -41,6 +47,7 @@ impl fmt::Debug for TokenRefreshBuilder {
             .field("refresh_on", &self.refresh_on)
             .field("token_rejected_when", &self.rejected_when.as_ref().map(|_| "a rule"))
             .field("allowed_origins", &self.allowed_origins)
+            .field("allow_any_origin", &self.allow_any_origin)
             .finish_non_exhaustive()
     }
 }
@@ -63,6 +70,7 @@ impl TokenRefreshBuilder {
             refresh_on: RefreshOn::default(),
             rejected_when: None,
             allowed_origins: Vec::new(),
+            allow_any_origin: false,
             allow_insecure_http: false,
             classify_timeout: CLASSIFY_BODY_TIMEOUT,
         }
@@ -150,10 +158,28 @@ impl TokenRefreshBuilder {
     /// Lets requests to this origin (scheme, host and port, such as `https://api.example`) get
     /// the token, besides the origins the token source names ([`TokenSource::resource_server`]:
     /// each provider preset names its API's). Requests to any other origin pass through
-    /// untouched and never trigger a refresh. Without any origin from either, every `https`
-    /// origin (and `http` to loopback) gets it.
+    /// untouched and never trigger a refresh. A layer that no origin would get the token from is
+    /// refused by [`build`](Self::build); see [`allow_any_origin`](Self::allow_any_origin) for
+    /// the alternative.
     pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
         self.allowed_origins.push(origin.into());
+        self
+    }
+
+    /// Lets every `https` origin the client calls get the token (and plain `http` to loopback, as
+    /// always), whatever origins the token source or [`allow_origin`](Self::allow_origin) name.
+    ///
+    /// # A risk
+    ///
+    /// The token then goes to every host this client is ever pointed at: a URL built from user
+    /// input, a link an API returns, a third-party service called through the same client. Any
+    /// of them can read it and call the API as your user until it expires; a 401 from any of
+    /// them starts a refresh. Prefer [`allow_origin`](Self::allow_origin) with the API's origin,
+    /// and a separate client for other hosts; use this only for a client that calls nothing but
+    /// the API, on hosts not known in advance.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn allow_any_origin(mut self) -> Self {
+        self.allow_any_origin = true;
         self
     }
 
@@ -274,14 +300,27 @@ impl TokenRefreshBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when an allowed origin does not parse or has no host, when the initial
+    /// [`Error::Config`] when no origin may receive the token (neither the source nor
+    /// [`allow_origin`](Self::allow_origin) names one, and [`allow_any_origin`](Self::allow_any_origin)
+    /// was not called), when an allowed origin does not parse or has no host, when the initial
     /// access token cannot be sent in a header, or when the minimum backoff exceeds the maximum.
+    ///
+    /// ```
+    /// use reqwest_token_refresh::{RefreshTokenGrant, TokenRefresh};
+    ///
+    /// let grant = RefreshTokenGrant::new("https://login.example/oauth/token");
+    /// let err = TokenRefresh::builder(grant).build().unwrap_err();
+    /// assert!(err.to_string().contains("allow_origin(..)"), "{err}");
+    /// ```
     pub fn build(self) -> Result<TokenRefresh, Error> {
         let (source_origins, source_rule) = self.cache.source.resource_server().into_parts();
-        let origins: Vec<&String> = source_origins.iter().chain(&self.allowed_origins).collect();
-        let allowed = if origins.is_empty() {
+        let allowed = if self.allow_any_origin {
             None
         } else {
+            let origins: Vec<&String> = source_origins.iter().chain(&self.allowed_origins).collect();
+            if origins.is_empty() {
+                return Err(Error::Config(NO_ALLOWED_ORIGIN.into()));
+            }
             let parsed: Result<Vec<_>, _> = origins.into_iter().map(|o| OriginPolicy::parse_origin(o)).collect();
             Some(parsed.map_err(Error::Config)?)
         };

@@ -112,9 +112,12 @@
 //!
 //! # Security
 //!
-//! - With allowed origins (those the token source names, such as a provider preset's API, and
-//!   those added with [`TokenRefreshBuilder::allow_origin`]), only those origins get the token;
-//!   requests to others pass through untouched and never trigger a refresh.
+//! - Only the allowed origins get the token: those the token source names
+//!   ([`TokenSource::resource_server`]; each provider preset names its API's) and those added
+//!   with [`TokenRefreshBuilder::allow_origin`]. Requests to others pass through untouched and
+//!   never trigger a refresh. A layer that would allow no origin is refused by
+//!   [`TokenRefreshBuilder::build`]; sending the token to every `https` origin takes an explicit
+//!   [`TokenRefreshBuilder::allow_any_origin`].
 //! - The token never goes over plain `http://` except to loopback, unless
 //!   [`TokenRefreshBuilder::allow_insecure_http`] says so.
 //! - A request that already has an `Authorization` header, or carries [`SkipAuth`], is left alone.

@@ -430,9 +430,11 @@ mod tests {
 
     #[test]
     fn build_rejects_bad_origins_and_bad_initial_tokens() {
-        let grant = || RefreshTokenGrant::new("https://p.example/token");
+        let grant = || RefreshTokenGrant::new("https://p.example/token").api_origin("https://api.p.example");
         let err = TokenRefresh::builder(grant()).allow_origin("not a url").build().unwrap_err();
         assert!(matches!(err, Error::Config(_)), "{err}");
+        let err = TokenRefresh::builder(grant().api_origin("data:text/plain,x")).build().unwrap_err();
+        assert!(err.to_string().contains("has no host"), "a source's origin is checked too: {err}");
         let err = TokenRefresh::builder(grant()).initial_tokens(TokenSet::new("a\r\nb")).build().unwrap_err();
         assert!(err.to_string().contains("not visible ASCII"), "{err}");
         let err = TokenRefresh::builder(grant())

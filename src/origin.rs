@@ -5,9 +5,10 @@ use url::{Host, Origin, Url};
 /// Decides whether a request's URL may carry the bearer token.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct OriginPolicy {
-    /// When set, only these origins get the token. Kept as URLs (`scheme://host[:port]`) and
-    /// compared by [`same_origin`]: every request is checked against them, and building its
-    /// [`Origin`] would cost an allocation per request.
+    /// When set, only these origins get the token; `None` only when the user chose
+    /// [`allow_any_origin`](crate::TokenRefreshBuilder::allow_any_origin). Kept as URLs
+    /// (`scheme://host[:port]`) and compared by [`same_origin`]: every request is checked
+    /// against them, and building its [`Origin`] would cost an allocation per request.
     pub(crate) allowed: Option<Vec<Url>>,
     /// Whether plain `http://` to a host that is not loopback may get the token.
     pub(crate) allow_insecure_http: bool,
@@ -69,7 +70,7 @@ mod tests {
     }
 
     #[test]
-    fn https_is_allowed_by_default() {
+    fn without_a_list_every_https_origin_is_allowed() {
         assert_eq!(OriginPolicy::default().refuses(&url("https://api.example/x")), None);
     }
 

@@ -94,6 +94,7 @@ async fn a_token_source_that_never_answers_ends_at_the_flight_deadline_and_a_val
     let tokens = provider.issue_tokens().with_expires_at(SystemTime::now() + Duration::from_secs(10));
     let auth = TokenRefresh::builder_arc(source.clone())
         .initial_tokens(tokens)
+        .allow_origin(provider.uri())
         .flight_deadline(Duration::from_millis(300))
         .build()
         .unwrap();

@@ -1,7 +1,8 @@
-//! Contract point 8, where the token goes: only allowed origins (the token source's, such as a
-//! preset's API, and the builder's), never plain `http://` to a host that is not loopback unless
-//! the user opts in, never over a request's own `Authorization` header, never with `SkipAuth`;
-//! and none of those requests ever triggers a refresh.
+//! Contract point 8, where the token goes: only allowed origins (the token source's, a
+//! preset's API, the builder's; a builder that allows none is refused unless it says any origin
+//! will do), never plain `http://` to a host that is not loopback unless the user opts in, never
+//! over a request's own `Authorization` header, never with `SkipAuth`; and none of those
+//! requests ever triggers a refresh.
 //! Contract point 19, only the token's own answers count: a 401 from an origin a redirect led
 //! to, which never got the token, triggers no refresh.
 
@@ -11,7 +12,10 @@ use http::Extensions;
 use http::header::AUTHORIZATION;
 use reqwest::ResponseBuilderExt;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
-use reqwest_token_refresh::{RefreshTokenGrant, SkipAuth, TokenRefresh, TokenRefreshBuilder, TokenSet, providers};
+use reqwest_token_refresh::{
+    Error, RefreshError, RefreshTokenGrant, SkipAuth, TokenRefresh, TokenRefreshBuilder, TokenSet, TokenSource,
+    providers,
+};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -108,7 +112,8 @@ async fn plain_http_to_a_host_that_is_not_loopback_gets_no_token_and_no_refresh(
     let server = MockServer::start().await;
     Mock::given(path("/v1/me")).respond_with(dead_token_401()).expect(1).mount(&server).await;
     token_endpoint_never_called(&server).await;
-    let auth = layer(&server).build().unwrap();
+    // Not even a layer that sends the token to any origin sends it over plain http.
+    let auth = layer(&server).allow_any_origin().build().unwrap();
     let client = client_resolving_foreign_host_to(&server, &auth);
 
     let response = client.get(foreign_url(&server, "/v1/me")).send().await.unwrap();
@@ -157,7 +162,11 @@ async fn plain_http_to_a_host_that_is_not_loopback_gets_the_token_when_the_user_
         .expect(1)
         .mount(&server)
         .await;
-    let auth = layer(&server).allow_insecure_http(true).build().unwrap();
+    let auth = layer(&server)
+        .allow_origin(format!("http://{FOREIGN_HOST}:{}", server.address().port()))
+        .allow_insecure_http(true)
+        .build()
+        .unwrap();
 
     let response =
         client_resolving_foreign_host_to(&server, &auth).get(foreign_url(&server, "/v1/me")).send().await.unwrap();
@@ -175,7 +184,7 @@ async fn a_request_with_its_own_authorization_header_is_sent_unchanged_and_never
     let server = MockServer::start().await;
     Mock::given(path("/v1/me")).respond_with(dead_token_401()).expect(2).mount(&server).await;
     token_endpoint_never_called(&server).await;
-    let auth = layer(&server).build().unwrap();
+    let auth = layer(&server).allow_origin(server.uri()).build().unwrap();
     let client = client_with(&auth);
     let url = format!("{}/v1/me", server.uri());
 
@@ -198,7 +207,7 @@ async fn a_request_marked_skip_auth_gets_no_token_and_never_triggers_a_refresh()
     let server = MockServer::start().await;
     Mock::given(path("/health")).respond_with(dead_token_401()).expect(1).mount(&server).await;
     token_endpoint_never_called(&server).await;
-    let auth = layer(&server).build().unwrap();
+    let auth = layer(&server).allow_origin(server.uri()).build().unwrap();
 
     let response =
         client_with(&auth).get(format!("{}/health", server.uri())).with_extension(SkipAuth).send().await.unwrap();
@@ -307,6 +316,30 @@ async fn a_401_after_a_redirect_within_the_same_origin_still_refreshes_and_retri
     server.verify().await;
 }
 
+#[test]
+fn a_builder_that_allows_no_origin_is_refused_with_what_to_call() {
+    #[derive(Debug)]
+    struct KnowsNoApi;
+
+    #[async_trait::async_trait]
+    impl TokenSource for KnowsNoApi {
+        async fn fetch(&self, _current: Option<&TokenSet>) -> Result<TokenSet, RefreshError> {
+            Ok(TokenSet::new("a1"))
+        }
+    }
+
+    let grant = RefreshTokenGrant::new("https://login.example/oauth/token");
+    for refused in [TokenRefresh::builder(grant).build(), TokenRefresh::builder(KnowsNoApi).build()] {
+        match refused {
+            Err(Error::Config(message)) => {
+                assert!(message.contains("allow_origin(..)"), "{message}");
+                assert!(message.contains("allow_any_origin()"), "{message}");
+            }
+            other => panic!("expected Error::Config, got {other:?}"),
+        }
+    }
+}
+
 /// Stands in for the https servers these tests cannot run (the test build has no TLS): innermost
 /// in the client, it answers every `https` request itself, as the origin it was sent to, and
 /// records the `Authorization` header it carried. An answer is a 200 to a request with a token,
@@ -349,6 +382,35 @@ impl Middleware for HttpsStandIn {
 
 fn client_with_https_stand_in(auth: &TokenRefresh, stand_in: &HttpsStandIn) -> ClientWithMiddleware {
     ClientBuilder::new(reqwest::Client::new()).with(auth.clone()).with(stand_in.clone()).build()
+}
+
+#[tokio::test]
+async fn allow_any_origin_sends_the_token_to_every_https_origin_and_loopback() {
+    let server = MockServer::start().await;
+    Mock::given(path("/v1/me")).respond_with(ResponseTemplate::new(200)).expect(1).mount(&server).await;
+    token_endpoint_never_called(&server).await;
+    let auth = layer(&server).allow_any_origin().build().unwrap();
+    let stand_in = HttpsStandIn::default();
+    let client = client_with_https_stand_in(&auth, &stand_in);
+
+    for url in ["https://api.example/v1/me", "https://elsewhere.example:8443/x", "https://wbsapi.withings.net/measure"]
+    {
+        assert_eq!(client.get(url).send().await.unwrap().status(), 200, "{url}");
+    }
+    assert_eq!(client.get(format!("{}/v1/me", server.uri())).send().await.unwrap().status(), 200);
+
+    let bearer = Some("Bearer a1".to_owned());
+    assert_eq!(
+        stand_in.received(),
+        [
+            ("https://api.example".to_owned(), bearer.clone()),
+            ("https://elsewhere.example:8443".to_owned(), bearer.clone()),
+            ("https://wbsapi.withings.net".to_owned(), bearer.clone()),
+        ]
+    );
+    assert_eq!(authorizations(&server).await, [bearer]);
+    assert_eq!(auth.stats().requests, 4);
+    server.verify().await;
 }
 
 /// The Withings preset as it is, apart from its token endpoint: `token_server`'s `/token`.
