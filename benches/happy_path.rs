@@ -163,6 +163,7 @@ fn main() {
             .with_expires_in(start.remaining);
         let auth = TokenRefresh::builder(RefreshTokenGrant::new(server.token_url()).client_id("bench-client"))
             .initial_tokens(tokens)
+            .allow_origin(server.origin())
             .build()
             .expect("a valid layer");
         reqwest_middleware::ClientBuilder::new(http.clone()).with(auth).build()
@@ -279,6 +280,7 @@ fn layer_alone(
         .with_expires_in(start.remaining);
     let auth = TokenRefresh::builder(RefreshTokenGrant::new(server.token_url()).client_id("bench-client"))
         .initial_tokens(tokens)
+        .allow_origin(server.origin())
         .build()
         .expect("a valid layer");
     let without = reqwest_middleware::ClientBuilder::new(http.clone()).with(Canned).build();

@@ -54,6 +54,7 @@ async fn pass(kind: Kind, keys: usize, server: &Server, run: usize) -> (Vec<Dura
         }
     }
     let auth = TokenRefresh::builder(RefreshTokenGrant::new(server.token_url()))
+        .allow_origin(server.origin())
         .store(store)
         .max_cached_keys(CAPACITY)
         .build()

@@ -21,7 +21,10 @@ use reqwest_token_refresh::{Error, TokenRefresh, providers};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let provider = MockProvider::kroger().await;
-    let grant = providers::kroger(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url());
+    // The preset, pointed at the mock's token endpoint and API (it knows Kroger's own).
+    let grant = providers::kroger(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET)
+        .token_url(provider.token_url())
+        .api_origin(provider.uri());
     let first = provider.issue_tokens();
     let auth = TokenRefresh::builder(grant).initial_tokens(first.clone()).build()?;
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(auth.clone()).build();

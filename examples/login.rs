@@ -16,9 +16,11 @@ const REDIRECT_URI: &str = "https://app.example/kroger/callback";
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let provider = MockProvider::kroger().await;
+    // The preset, pointed at the mock's token endpoint, authorize URL and API.
     let grant = providers::kroger(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET)
         .token_url(provider.token_url())
-        .authorize_url(provider.authorize_url());
+        .authorize_url(provider.authorize_url())
+        .api_origin(provider.uri());
     let login = grant.login(REDIRECT_URI)?.scope("cart.basic:write");
     let store = MemoryStore::new();
     let auth = TokenRefresh::builder(grant).store(store.clone()).build()?;

@@ -37,16 +37,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let provider = MockProvider::withings().await;
     let refreshes: Arc<Mutex<BTreeMap<TokenKey, usize>>> = Arc::default();
-    let auth =
-        TokenRefresh::builder(providers::withings(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url()))
-            .on_refresh({
-                let refreshes = refreshes.clone();
-                move |key, _| *refreshes.lock().entry(key.clone()).or_default() += 1
-            })
-            .on_reauthorization_required(|key, reason| println!("user {key} must consent again: {reason}"))
-            // Withings answers an expired token with HTTP 200 and `"status":401`.
-            .token_rejected_when(providers::withings_token_rejected)
-            .build()?;
+    // The preset, pointed at the mock: its token endpoint, and its API in place of Withings'. The
+    // preset knows the rest, Withings' answer to an expired token (HTTP 200, `"status":401`) too.
+    let grant = providers::withings(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET)
+        .token_url(provider.token_url())
+        .api_origin(provider.uri());
+    let auth = TokenRefresh::builder(grant)
+        .on_refresh({
+            let refreshes = refreshes.clone();
+            move |key, _| *refreshes.lock().entry(key.clone()).or_default() += 1
+        })
+        .on_reauthorization_required(|key, reason| println!("user {key} must consent again: {reason}"))
+        .build()?;
     let users: Vec<TokenKey> = (0..USERS).map(|i| TokenKey::new(format!("withings-user-{i}"))).collect();
     for user in &users {
         auth.set_tokens_for(user, provider.issue_tokens()).await?;

@@ -25,6 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         RefreshTokenGrant::new(provider.token_url()).client_id("storm-demo").client_secret("demo-secret"),
     )
     .initial_tokens(tokens)
+    .allow_origin(provider.uri())
     .build()?;
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(auth.clone()).build();
 

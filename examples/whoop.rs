@@ -17,7 +17,9 @@ use reqwest_token_refresh::{TokenKey, TokenRefresh, providers};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let provider = MockProvider::whoop().await;
-    let grant = providers::whoop(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url());
+    // The preset, pointed at the mock's token endpoint and API (it knows WHOOP's own).
+    let grant =
+        providers::whoop(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url()).api_origin(provider.uri());
     // A service that syncs many members' data holds one token set per member.
     let auth = TokenRefresh::builder(grant).build()?;
     let members = [TokenKey::new("member-1"), TokenKey::new("member-2"), TokenKey::new("member-3")];

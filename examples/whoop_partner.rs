@@ -18,7 +18,10 @@ use reqwest_token_refresh::{TokenRefresh, providers};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let provider = MockProvider::whoop_partner().await;
-    let source = providers::whoop_partner(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url());
+    // The preset, pointed at the mock's token endpoint and API (it knows WHOOP's own).
+    let source = providers::whoop_partner(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET)
+        .token_url(provider.token_url())
+        .api_origin(provider.uri());
     // No initial tokens: the first request fetches one.
     let auth = TokenRefresh::builder(source).build()?;
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(auth.clone()).build();

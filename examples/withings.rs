@@ -1,8 +1,8 @@
 //! Withings: `action=requesttoken` and the credentials in the form body, answers wrapped in a
 //! `{"status":0,"body":{...}}` envelope (always HTTP 200, errors in `status`), and a new refresh
 //! token on every refresh that must replace the old one. Its data API answers an expired access
-//! token with HTTP 200 and `"status":401` too: `providers::withings_token_rejected` tells the
-//! layer so.
+//! token with HTTP 200 and `"status":401` too: the preset carries
+//! `providers::withings_token_rejected`, which tells the layer so.
 //!
 //! Runs against the crate's mock of Withings: `cargo run --example withings`.
 //!
@@ -25,14 +25,14 @@ use reqwest_token_refresh::{Error, MemoryStore, TokenKey, TokenRefresh, TokenSto
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let provider = MockProvider::withings().await;
-    let grant = providers::withings(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url());
+    // The preset, pointed at the mock's token endpoint and API (it knows Withings' own, and how
+    // its API rejects a token).
+    let grant = providers::withings(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET)
+        .token_url(provider.token_url())
+        .api_origin(provider.uri());
     let store = MemoryStore::new();
     let first = provider.issue_tokens();
-    let auth = TokenRefresh::builder(grant)
-        .initial_tokens(first.clone())
-        .store(store.clone())
-        .token_rejected_when(providers::withings_token_rejected)
-        .build()?;
+    let auth = TokenRefresh::builder(grant).initial_tokens(first.clone()).store(store.clone()).build()?;
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(auth.clone()).build();
     let url = provider.api_url("measure");
 

@@ -11,10 +11,10 @@ use crate::cache::CacheConfig;
 use crate::clock::{self, Clock};
 use crate::error::{Error, RefreshError, StoreError};
 use crate::key::TokenKey;
-use crate::middleware::{CLASSIFY_BODY_TIMEOUT, RefreshOn, RejectionRule, TokenRefresh};
+use crate::middleware::{CLASSIFY_BODY_TIMEOUT, RefreshOn, TokenRefresh};
 use crate::origin::OriginPolicy;
 use crate::policy::Policy;
-use crate::source::TokenSource;
+use crate::source::{RejectionRule, TokenSource};
 use crate::store::{MemoryStore, TokenStore};
 use crate::token::{self, TokenSet};
 
@@ -25,10 +25,17 @@ pub struct TokenRefreshBuilder {
     cache: CacheConfig,
     refresh_on: RefreshOn,
     rejected_when: Option<RejectionRule>,
+    /// Added to the source's own ([`TokenSource::resource_server`]).
     allowed_origins: Vec<String>,
+    allow_any_origin: bool,
     allow_insecure_http: bool,
     classify_timeout: Duration,
 }
+
+/// Why [`TokenRefreshBuilder::build`] refuses a layer that no origin would get the token from.
+const NO_ALLOWED_ORIGIN: &str = "no origin may receive the token: call allow_origin(..) with the origin of the API \
+     the token is for (such as allow_origin(\"https://api.example\")), or allow_any_origin() to send it to every \
+     https origin the client calls";
 
 impl fmt::Debug for TokenRefreshBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -40,6 +47,7 @@ impl fmt::Debug for TokenRefreshBuilder {
             .field("refresh_on", &self.refresh_on)
             .field("token_rejected_when", &self.rejected_when.as_ref().map(|_| "a rule"))
             .field("allowed_origins", &self.allowed_origins)
+            .field("allow_any_origin", &self.allow_any_origin)
             .finish_non_exhaustive()
     }
 }
@@ -64,6 +72,7 @@ impl TokenRefreshBuilder {
             refresh_on: RefreshOn::default(),
             rejected_when: None,
             allowed_origins: Vec::new(),
+            allow_any_origin: false,
             allow_insecure_http: false,
             classify_timeout: CLASSIFY_BODY_TIMEOUT,
         }
@@ -121,15 +130,21 @@ impl TokenRefreshBuilder {
     /// (server-sent events, long polls). Without a rule, no answer body is read unless it is a
     /// 401.
     ///
-    /// Withings' data API answers an expired token with HTTP 200 and `{"status":401, ...}`;
-    /// [`providers::withings_token_rejected`](crate::providers::withings_token_rejected) is that
-    /// rule.
+    /// The token source may carry its API's rule ([`TokenSource::resource_server`]); this one
+    /// replaces it. The [`providers::withings`](crate::providers::withings) preset carries
+    /// Withings' ([`providers::withings_token_rejected`](crate::providers::withings_token_rejected)):
+    /// its data API answers an expired token with HTTP 200 and `{"status":401, ...}`.
     ///
     /// ```
-    /// use reqwest_token_refresh::{TokenRefresh, providers};
+    /// use http::StatusCode;
+    /// use reqwest_token_refresh::{RefreshTokenGrant, TokenRefresh};
     ///
-    /// let auth = TokenRefresh::builder(providers::withings("client-id", "client-secret"))
-    ///     .token_rejected_when(providers::withings_token_rejected)
+    /// // An API that answers a dead token with a 403 and `{"code":"token_expired"}`.
+    /// let auth = TokenRefresh::builder(RefreshTokenGrant::new("https://login.example/oauth/token"))
+    ///     .allow_origin("https://api.example")
+    ///     .token_rejected_when(|status, body| {
+    ///         status == StatusCode::FORBIDDEN && body.starts_with(br#"{"code":"token_expired""#)
+    ///     })
     ///     .build()?;
     /// # Ok::<(), reqwest_token_refresh::Error>(())
     /// ```
@@ -151,12 +166,32 @@ impl TokenRefreshBuilder {
         self
     }
 
-    /// Only requests to this origin (and others added the same way) get the token; requests to
-    /// other origins pass through untouched and never trigger a refresh. Without any, every
-    /// `https` origin (and `http` to loopback) gets it.
+    /// Lets requests to this origin (scheme, host and port, such as `https://api.example`) get
+    /// the token, besides the origins the token source names ([`TokenSource::resource_server`]:
+    /// each provider preset names its API's). Requests to any other origin pass through
+    /// untouched and never trigger a refresh. A layer that no origin would get the token from is
+    /// refused by [`build`](Self::build); see [`allow_any_origin`](Self::allow_any_origin) for
+    /// the alternative.
     #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
         self.allowed_origins.push(origin.into());
+        self
+    }
+
+    /// Lets every `https` origin the client calls get the token (and plain `http` to loopback, as
+    /// always), whatever origins the token source or [`allow_origin`](Self::allow_origin) name.
+    ///
+    /// # A risk
+    ///
+    /// The token then goes to every host this client is ever pointed at: a URL built from user
+    /// input, a link an API returns, a third-party service called through the same client. Any
+    /// of them can read it and call the API as your user until it expires; a 401 from any of
+    /// them starts a refresh. Prefer [`allow_origin`](Self::allow_origin) with the API's origin,
+    /// and a separate client for other hosts; use this only for a client that calls nothing but
+    /// the API, on hosts not known in advance.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn allow_any_origin(mut self) -> Self {
+        self.allow_any_origin = true;
         self
     }
 
@@ -294,6 +329,7 @@ impl TokenRefreshBuilder {
     ///
     /// # fn build() -> Result<TokenRefresh, reqwest_token_refresh::Error> {
     /// let auth = TokenRefresh::builder(RefreshTokenGrant::new("https://provider.example/token"))
+    ///     .allow_origin("https://api.provider.example")
     ///     .on_event(|event| async move {
     ///         if let TokenEvent::ReauthorizationRequired { key, .. } = event {
     ///             // e.g. `UPDATE users SET must_reconnect = true WHERE id = $1`, with `key`
@@ -336,18 +372,33 @@ impl TokenRefreshBuilder {
         self
     }
 
-    /// Builds the layer.
+    /// Builds the layer, with the origins and the rejection rule of the token source's
+    /// [`ResourceServer`](crate::ResourceServer) and those set here.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when an allowed origin does not parse or has no host, when the initial
+    /// [`Error::Config`] when no origin may receive the token (neither the source nor
+    /// [`allow_origin`](Self::allow_origin) names one, and [`allow_any_origin`](Self::allow_any_origin)
+    /// was not called), when an allowed origin does not parse or has no host, when the initial
     /// access token cannot be sent in a header, or when the minimum backoff exceeds the maximum.
+    ///
+    /// ```
+    /// use reqwest_token_refresh::{RefreshTokenGrant, TokenRefresh};
+    ///
+    /// let grant = RefreshTokenGrant::new("https://login.example/oauth/token");
+    /// let err = TokenRefresh::builder(grant).build().unwrap_err();
+    /// assert!(err.to_string().contains("allow_origin(..)"), "{err}");
+    /// ```
     pub fn build(self) -> Result<TokenRefresh, Error> {
-        let allowed = if self.allowed_origins.is_empty() {
+        let (source_origins, source_rule) = self.cache.source.resource_server().into_parts();
+        let allowed = if self.allow_any_origin {
             None
         } else {
-            let parsed: Result<Vec<_>, _> =
-                self.allowed_origins.iter().map(|o| OriginPolicy::parse_origin(o)).collect();
+            let origins: Vec<&String> = source_origins.iter().chain(&self.allowed_origins).collect();
+            if origins.is_empty() {
+                return Err(Error::Config(NO_ALLOWED_ORIGIN.into()));
+            }
+            let parsed: Result<Vec<_>, _> = origins.into_iter().map(|o| OriginPolicy::parse_origin(o)).collect();
             Some(parsed.map_err(Error::Config)?)
         };
         if let Some(tokens) = &self.cache.initial_tokens {
@@ -361,7 +412,7 @@ impl TokenRefreshBuilder {
             self.cache,
             OriginPolicy { allowed, allow_insecure_http: self.allow_insecure_http },
             self.refresh_on,
-            self.rejected_when,
+            self.rejected_when.or(source_rule),
             self.classify_timeout,
         ))
     }

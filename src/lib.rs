@@ -103,14 +103,21 @@
 //!
 //! # Providers
 //!
-//! [`providers`] has grants set up for WHOOP, the WHOOP Partner API, Kroger and Withings
-//! (Withings' `{"status":0,"body":{..}}` envelope included). With the `testkit` feature,
-//! `testkit::MockProvider` is a rotating mock provider to test your own code against.
+//! [`providers`] has grants set up for WHOOP, the WHOOP Partner API, Kroger and Withings, each
+//! complete: its token endpoint and dialect (Withings' `{"status":0,"body":{..}}` envelope
+//! included), its API's origin, and Withings' way of rejecting a token in an HTTP 200, so that
+//! `TokenRefresh::builder(providers::withings(id, secret)).build()` needs nothing more. With the
+//! `testkit` feature, `testkit::MockProvider` is a rotating mock provider to test your own code
+//! against.
 //!
 //! # Security
 //!
-//! - With [`TokenRefreshBuilder::allow_origin`], only those origins get the token; requests to
-//!   others pass through untouched and never trigger a refresh.
+//! - Only the allowed origins get the token: those the token source names
+//!   ([`TokenSource::resource_server`]; each provider preset names its API's) and those added
+//!   with [`TokenRefreshBuilder::allow_origin`]. Requests to others pass through untouched and
+//!   never trigger a refresh. A layer that would allow no origin is refused by
+//!   [`TokenRefreshBuilder::build`]; sending the token to every `https` origin takes an explicit
+//!   [`TokenRefreshBuilder::allow_any_origin`].
 //! - The token never goes over plain `http://` except to loopback, unless
 //!   [`TokenRefreshBuilder::allow_insecure_http`] says so.
 //! - A request that already has an `Authorization` header, or carries [`SkipAuth`], is left alone.
@@ -176,7 +183,7 @@ pub use policy::{
 pub use source::providers;
 pub use source::{
     BodyEncoding, ClientAuth, ClientCredentials, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, Login, LoginError,
-    PendingLogin, RefreshTokenGrant, TokenSource,
+    PendingLogin, RefreshTokenGrant, ResourceServer, TokenSource,
 };
 pub use stats::Stats;
 #[cfg(feature = "postgres")]

@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::key::TokenKey;
 use crate::origin::OriginPolicy;
 use crate::peek::{Peeked, peek_body};
-use crate::source::TokenSource;
+use crate::source::{RejectionRule, TokenSource};
 use crate::stats::{Counters, Event, Stats};
 use crate::token::TokenSet;
 
@@ -122,10 +122,6 @@ struct Inner {
     classify_timeout: Duration,
     stats: Arc<Counters>,
 }
-
-/// A rule that finds a rejected token in an answer that is not a 401; see
-/// [`TokenRefreshBuilder::token_rejected_when`].
-pub(crate) type RejectionRule = Arc<dyn Fn(StatusCode, &[u8]) -> bool + Send + Sync>;
 
 impl fmt::Debug for TokenRefresh {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -518,9 +514,11 @@ mod tests {
 
     #[test]
     fn build_rejects_bad_origins_and_bad_initial_tokens() {
-        let grant = || RefreshTokenGrant::new("https://p.example/token");
+        let grant = || RefreshTokenGrant::new("https://p.example/token").api_origin("https://api.p.example");
         let err = TokenRefresh::builder(grant()).allow_origin("not a url").build().unwrap_err();
         assert!(matches!(err, Error::Config(_)), "{err}");
+        let err = TokenRefresh::builder(grant().api_origin("data:text/plain,x")).build().unwrap_err();
+        assert!(err.to_string().contains("has no host"), "a source's origin is checked too: {err}");
         let err = TokenRefresh::builder(grant()).initial_tokens(TokenSet::new("a\r\nb")).build().unwrap_err();
         assert!(err.to_string().contains("not visible ASCII"), "{err}");
         let err = TokenRefresh::builder(grant())

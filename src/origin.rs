@@ -5,17 +5,22 @@ use url::{Host, Origin, Url};
 /// Decides whether a request's URL may carry the bearer token.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct OriginPolicy {
-    /// When set, only these origins get the token.
-    pub(crate) allowed: Option<Vec<Origin>>,
+    /// When set, only these origins get the token; `None` only when the user chose
+    /// [`allow_any_origin`](crate::TokenRefreshBuilder::allow_any_origin). Kept as URLs
+    /// (`scheme://host[:port]`) and compared by [`same_origin`]: every request is checked
+    /// against them, and building its [`Origin`] would cost an allocation per request.
+    pub(crate) allowed: Option<Vec<Url>>,
     /// Whether plain `http://` to a host that is not loopback may get the token.
     pub(crate) allow_insecure_http: bool,
 }
 
 impl OriginPolicy {
-    pub(crate) fn parse_origin(origin: &str) -> Result<Origin, String> {
+    /// An allowed origin, as the URL `scheme://host[:port]` its origin serializes to.
+    pub(crate) fn parse_origin(origin: &str) -> Result<Url, String> {
         let url = Url::parse(origin).map_err(|e| format!("allowed origin {origin:?} does not parse: {e}"))?;
         match url.origin() {
-            tuple @ Origin::Tuple(..) => Ok(tuple),
+            tuple @ Origin::Tuple(..) => Url::parse(&tuple.ascii_serialization())
+                .map_err(|e| format!("allowed origin {origin:?} does not parse as an origin: {e}")),
             Origin::Opaque(_) => Err(format!("allowed origin {origin:?} has no host")),
         }
     }
@@ -23,7 +28,7 @@ impl OriginPolicy {
     /// Why `url` must not get the token, or `None` when it may.
     pub(crate) fn refuses(&self, url: &Url) -> Option<&'static str> {
         if let Some(allowed) = &self.allowed
-            && !allowed.contains(&url.origin())
+            && !allowed.iter().any(|origin| same_origin(origin, url))
         {
             return Some("origin not in the allowed list");
         }
@@ -65,7 +70,7 @@ mod tests {
     }
 
     #[test]
-    fn https_is_allowed_by_default() {
+    fn without_a_list_every_https_origin_is_allowed() {
         assert_eq!(OriginPolicy::default().refuses(&url("https://api.example/x")), None);
     }
 
@@ -99,6 +104,19 @@ mod tests {
         assert!(policy.refuses(&url("https://api.example:8443/v1")).is_some());
         assert!(policy.refuses(&url("https://evil.example/v1")).is_some());
         assert!(policy.refuses(&url("https://api.example.evil.example/")).is_some());
+        assert!(policy.refuses(&url("http://api.example/v1")).is_some());
+    }
+
+    #[test]
+    fn an_allowed_origin_given_with_a_path_or_inside_a_blob_url_is_its_origin() {
+        for given in ["https://api.example/v1/ignored?q", "blob:https://api.example/uuid", "https://API.example:443"] {
+            let policy = OriginPolicy {
+                allowed: Some(vec![OriginPolicy::parse_origin(given).unwrap()]),
+                ..OriginPolicy::default()
+            };
+            assert_eq!(policy.refuses(&url("https://api.example/other")), None, "{given}");
+            assert!(policy.refuses(&url("https://other.example/")).is_some(), "{given}");
+        }
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub async fn build(design: Design, server: &Server, http: &reqwest::Client, star
                 RefreshTokenGrant::new(token_url).client_id("bench-client").client_secret("bench-secret"),
             )
             .initial_tokens(tokens)
+            .allow_origin(server.origin())
             .refresh_skew(SKEW)
             .build()
             .expect("a valid layer");

@@ -370,6 +370,12 @@ impl Server {
         &self.provider
     }
 
+    /// The origin the server's API (and token endpoint) is served on: the only one the layer
+    /// under test sends the token to.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     pub fn token_url(&self) -> String {
         format!("http://{}{TOKEN_PATH}", self.addr)
     }

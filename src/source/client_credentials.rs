@@ -4,6 +4,7 @@ use async_trait::async_trait;
 
 use super::TokenSource;
 use super::endpoint::{Scoped, TokenEndpoint, endpoint_options};
+use super::resource_server::{ResourceServer, resource_server_options};
 use crate::error::RefreshError;
 use crate::token::TokenSet;
 
@@ -21,25 +22,32 @@ use crate::token::TokenSet;
 ///     .client_secret("secret")
 ///     .client_auth(ClientAuth::RequestBody)
 ///     .encoding(BodyEncoding::Json)
-///     .scope("read:partner");
+///     .scope("read:partner")
+///     .api_origin("https://api.prod.whoop.com");
 /// ```
 #[derive(Debug, Clone)]
 pub struct ClientCredentials {
     endpoint: TokenEndpoint,
+    resource_server: ResourceServer,
 }
 
 impl ClientCredentials {
     /// A client-credentials grant against the token endpoint at `token_url`.
     pub fn new(token_url: impl Into<String>) -> Self {
-        Self { endpoint: TokenEndpoint::new(token_url) }
+        Self { endpoint: TokenEndpoint::new(token_url), resource_server: ResourceServer::default() }
     }
 
     endpoint_options!();
+    resource_server_options!();
 }
 
 #[async_trait]
 impl TokenSource for ClientCredentials {
     async fn fetch(&self, current: Option<&TokenSet>) -> Result<TokenSet, RefreshError> {
         self.endpoint.exchange(&[("grant_type", "client_credentials")], current, Scoped::Yes).await
+    }
+
+    fn resource_server(&self) -> ResourceServer {
+        self.resource_server.clone()
     }
 }

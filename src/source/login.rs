@@ -116,7 +116,7 @@ fn random_token() -> Result<String, LoginError> {
 /// // 2. On the callback: check it, exchange the code, install the tokens (saved before use).
 /// # let callback = format!("https://app.example/kroger/callback?error=access_denied&state={}", pending.state());
 /// // let callback = /* the URL the user's browser came back with */;
-/// let auth = TokenRefresh::builder(grant).allow_origin("https://api.kroger.com").build()?;
+/// let auth = TokenRefresh::builder(grant).build()?; // the token goes to https://api.kroger.com
 /// match login.exchange(&pending, &callback).await {
 ///     Ok(tokens) => auth.set_tokens_for(&TokenKey::new("user-42"), tokens).await?,
 ///     Err(err) => eprintln!("login failed: {err}"),

@@ -5,6 +5,7 @@ mod endpoint;
 mod login;
 pub mod providers;
 mod refresh_token;
+mod resource_server;
 pub(crate) mod response;
 
 use std::fmt;
@@ -18,6 +19,8 @@ pub use client_credentials::ClientCredentials;
 pub use endpoint::{BodyEncoding, ClientAuth, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT};
 pub use login::{Login, LoginError, PendingLogin};
 pub use refresh_token::RefreshTokenGrant;
+pub(crate) use resource_server::RejectionRule;
+pub use resource_server::ResourceServer;
 
 /// Gets a new token set.
 ///
@@ -25,9 +28,12 @@ pub use refresh_token::RefreshTokenGrant;
 /// anything else (a signed JWT assertion, a vault, another service). The layer calls it from a
 /// single flight: at most one call per token key at a time, in a task of its own.
 ///
+/// A source may also say which API its tokens are for ([`resource_server`](Self::resource_server)),
+/// so that a layer built on it needs no more configuration to send them there and nowhere else.
+///
 /// ```
 /// use async_trait::async_trait;
-/// use reqwest_token_refresh::{RefreshError, TokenSet, TokenSource};
+/// use reqwest_token_refresh::{RefreshError, ResourceServer, TokenRefresh, TokenSet, TokenSource};
 ///
 /// #[derive(Debug)]
 /// struct FromVault;
@@ -37,7 +43,14 @@ pub use refresh_token::RefreshTokenGrant;
 ///     async fn fetch(&self, _current: Option<&TokenSet>) -> Result<TokenSet, RefreshError> {
 ///         Ok(TokenSet::new("token-from-vault"))
 ///     }
+///
+///     fn resource_server(&self) -> ResourceServer {
+///         ResourceServer::new().origin("https://api.example")
+///     }
 /// }
+///
+/// let auth = TokenRefresh::builder(FromVault).build()?;
+/// # Ok::<(), reqwest_token_refresh::Error>(())
 /// ```
 #[async_trait]
 pub trait TokenSource: fmt::Debug + Send + Sync + 'static {
@@ -48,6 +61,16 @@ pub trait TokenSource: fmt::Debug + Send + Sync + 'static {
     /// is terminal), [`RefreshError::NoRefreshToken`] when a token cannot be had without user
     /// interaction, and a transport or other error for anything that may pass.
     async fn fetch(&self, current: Option<&TokenSet>) -> Result<TokenSet, RefreshError>;
+
+    /// What this source knows of the API its tokens are for: the origins that may receive them
+    /// and, for an API that rejects a token without a 401, its rule. A layer built on the source
+    /// starts from it (see [`ResourceServer`]). The default knows nothing, so the layer's builder
+    /// must name the origins itself
+    /// ([`allow_origin`](crate::TokenRefreshBuilder::allow_origin)). A source that wraps another
+    /// (to log its calls, say) should return the inner source's.
+    fn resource_server(&self) -> ResourceServer {
+        ResourceServer::default()
+    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
 //! Ready-made token sources for the providers in the crate's test suite, each set up the way its
 //! own documentation says.
 //!
-//! Every function returns an ordinary [`RefreshTokenGrant`] or [`ClientCredentials`], so anything
-//! can still be changed: `.token_url(..)` to point it at a test server, `.scope(..)` for more
-//! scopes, `.timeout(..)`.
+//! Each preset is complete: it knows its provider's token endpoint, its API's origin (the only
+//! origin a layer built on it sends the token to) and, for Withings, how its API rejects a token
+//! without a 401. Every function returns an ordinary [`RefreshTokenGrant`] or
+//! [`ClientCredentials`], so anything can still be changed: `.token_url(..)` and
+//! `.api_origin(..)` to point it at a test server, `.scope(..)` for more scopes, `.timeout(..)`.
 //!
 //! ```
 //! use reqwest_token_refresh::{TokenRefresh, providers};
 //!
+//! // The token goes to https://api.kroger.com only.
 //! let auth = TokenRefresh::builder(providers::kroger("client-id", "client-secret")).build()?;
 //! # Ok::<(), reqwest_token_refresh::Error>(())
 //! ```
@@ -26,6 +29,17 @@ pub const WHOOP_PARTNER_TOKEN_URL: &str = "https://api.prod.whoop.com/developer/
 pub const KROGER_TOKEN_URL: &str = "https://api.kroger.com/v1/connect/oauth2/token";
 /// Withings' token endpoint (the `requesttoken` action).
 pub const WITHINGS_TOKEN_URL: &str = "https://wbsapi.withings.net/v2/oauth2";
+/// The origin of WHOOP's API (user OAuth), `https://api.prod.whoop.com`: where [`whoop`]'s
+/// tokens go.
+pub const WHOOP_API_ORIGIN: &str = "https://api.prod.whoop.com";
+/// The origin of WHOOP's Partner API, `https://api.prod.whoop.com`: where [`whoop_partner`]'s
+/// tokens go.
+pub const WHOOP_PARTNER_API_ORIGIN: &str = "https://api.prod.whoop.com";
+/// The origin of Kroger's API, `https://api.kroger.com`: where [`kroger`]'s tokens go.
+pub const KROGER_API_ORIGIN: &str = "https://api.kroger.com";
+/// The origin of Withings' data API, `https://wbsapi.withings.net`: where [`withings`]'s tokens
+/// go.
+pub const WITHINGS_API_ORIGIN: &str = "https://wbsapi.withings.net";
 /// WHOOP's authorization endpoint, where users grant access ([`RefreshTokenGrant::login`]).
 pub const WHOOP_AUTHORIZE_URL: &str = "https://api.prod.whoop.com/oauth/oauth2/auth";
 /// Kroger's authorization endpoint.
@@ -34,7 +48,7 @@ pub const KROGER_AUTHORIZE_URL: &str = "https://api.kroger.com/v1/connect/oauth2
 pub const WITHINGS_AUTHORIZE_URL: &str = "https://account.withings.com/oauth2_user/authorize2";
 
 /// WHOOP (user OAuth): a form body carrying `client_id` and `client_secret`, and `scope=offline`,
-/// without which WHOOP returns no new refresh token.
+/// without which WHOOP returns no new refresh token. The token goes to [`WHOOP_API_ORIGIN`].
 pub fn whoop(client_id: impl Into<String>, client_secret: impl Into<ClientSecret>) -> RefreshTokenGrant {
     RefreshTokenGrant::new(WHOOP_TOKEN_URL)
         .client_id(client_id)
@@ -42,10 +56,12 @@ pub fn whoop(client_id: impl Into<String>, client_secret: impl Into<ClientSecret
         .client_auth(crate::ClientAuth::RequestBody)
         .scope("offline")
         .authorize_url(WHOOP_AUTHORIZE_URL)
+        .api_origin(WHOOP_API_ORIGIN)
 }
 
 /// The WHOOP Partner API: the client-credentials grant as a JSON body with the credentials and
-/// the `whoop-partner/token` scope in it. No refresh token; a 401 simply fetches a new token.
+/// the `whoop-partner/token` scope in it. No refresh token; a 401 simply fetches a new token. The
+/// token goes to [`WHOOP_PARTNER_API_ORIGIN`].
 pub fn whoop_partner(client_id: impl Into<String>, client_secret: impl Into<ClientSecret>) -> ClientCredentials {
     ClientCredentials::new(WHOOP_PARTNER_TOKEN_URL)
         .client_id(client_id)
@@ -53,20 +69,25 @@ pub fn whoop_partner(client_id: impl Into<String>, client_secret: impl Into<Clie
         .client_auth(crate::ClientAuth::RequestBody)
         .encoding(crate::BodyEncoding::Json)
         .scope("whoop-partner/token")
+        .api_origin(WHOOP_PARTNER_API_ORIGIN)
 }
 
 /// Kroger: the client id and secret in HTTP Basic, a form body. Refresh tokens are single-use; a
-/// spent one is answered with a plain-text 400, which the layer treats as terminal.
+/// spent one is answered with a plain-text 400, which the layer treats as terminal. The token
+/// goes to [`KROGER_API_ORIGIN`].
 pub fn kroger(client_id: impl Into<String>, client_secret: impl Into<ClientSecret>) -> RefreshTokenGrant {
     RefreshTokenGrant::new(KROGER_TOKEN_URL)
         .client_id(client_id)
         .client_secret(client_secret)
         .authorize_url(KROGER_AUTHORIZE_URL)
+        .api_origin(KROGER_API_ORIGIN)
 }
 
 /// Withings: `action=requesttoken` and the credentials in the form body; every answer is an HTTP
 /// 200 whose `status` field says how it went, with the token response inside `body`. Every
-/// refresh rotates the refresh token.
+/// refresh rotates the refresh token. The token goes to [`WITHINGS_API_ORIGIN`], whose answers
+/// are judged by [`withings_token_rejected`] too: its API rejects a token with HTTP 200 and
+/// `"status":401`, which refreshes the token like a 401 would.
 pub fn withings(client_id: impl Into<String>, client_secret: impl Into<ClientSecret>) -> RefreshTokenGrant {
     RefreshTokenGrant::new(WITHINGS_TOKEN_URL)
         .client_id(client_id)
@@ -76,6 +97,8 @@ pub fn withings(client_id: impl Into<String>, client_secret: impl Into<ClientSec
         .map_response(withings_envelope)
         .authorize_url(WITHINGS_AUTHORIZE_URL)
         .scope_delimiter(",")
+        .api_origin(WITHINGS_API_ORIGIN)
+        .token_rejected_when(withings_token_rejected)
 }
 
 /// Unwraps Withings' `{"status":0,"body":{...}}` envelope, and turns a non-zero `status` into an
@@ -108,9 +131,10 @@ pub fn withings_envelope(answer: Value) -> Result<Value, OAuthError> {
 
 /// Whether a Withings data-API answer says the access token was rejected. Withings answers an
 /// invalid or expired access token with HTTP 200 and `{"status":401,"body":{},"error":"...
-/// invalid_token: ..."}` rather than a 401; give this to
-/// [`TokenRefreshBuilder::token_rejected_when`](crate::TokenRefreshBuilder::token_rejected_when)
-/// so that such answers refresh the token like a 401 would.
+/// invalid_token: ..."}` rather than a 401. The [`withings`] preset carries this rule, so that
+/// such answers refresh the token like a 401 would; give it to
+/// [`token_rejected_when`](crate::TokenRefreshBuilder::token_rejected_when) for a Withings grant
+/// of your own, or to combine it with a rule of yours.
 pub fn withings_token_rejected(status: http::StatusCode, body: &[u8]) -> bool {
     if status != http::StatusCode::OK {
         return false;
@@ -177,6 +201,29 @@ mod tests {
     fn an_answer_without_an_envelope_passes_as_is() {
         let plain = json!({"access_token": "a"});
         assert_eq!(withings_envelope(plain.clone()), Ok(plain));
+    }
+
+    #[test]
+    fn each_preset_sends_its_token_to_its_own_api_only() {
+        use crate::TokenSource;
+        assert_eq!(whoop("id", "s").resource_server().origins(), ["https://api.prod.whoop.com"]);
+        assert_eq!(whoop_partner("id", "s").resource_server().origins(), ["https://api.prod.whoop.com"]);
+        assert_eq!(kroger("id", "s").resource_server().origins(), ["https://api.kroger.com"]);
+        assert_eq!(withings("id", "s").resource_server().origins(), ["https://wbsapi.withings.net"]);
+    }
+
+    #[test]
+    fn only_the_withings_preset_carries_a_rejection_rule_and_it_is_withings_own() {
+        use crate::TokenSource;
+        let rejected = br#"{"status":401,"body":{},"error":"invalid_token"}"#;
+        let (_, rule) = withings("id", "s").resource_server().into_parts();
+        let rule = rule.expect("the Withings preset carries its API's rule");
+        assert!(rule(http::StatusCode::OK, rejected));
+        assert!(!rule(http::StatusCode::OK, br#"{"status":0,"body":{}}"#));
+        for other in [whoop("id", "s").resource_server(), kroger("id", "s").resource_server()] {
+            assert!(other.into_parts().1.is_none());
+        }
+        assert!(whoop_partner("id", "s").resource_server().into_parts().1.is_none());
     }
 
     #[test]

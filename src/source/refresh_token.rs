@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use super::TokenSource;
 use super::endpoint::{Scoped, TokenEndpoint, endpoint_options};
 use super::login::{Login, LoginError};
+use super::resource_server::{ResourceServer, resource_server_options};
 use crate::error::RefreshError;
 use crate::token::TokenSet;
 
@@ -18,25 +19,29 @@ use crate::token::TokenSet;
 /// ```
 /// use reqwest_token_refresh::{ClientAuth, RefreshTokenGrant};
 ///
-/// // WHOOP: client credentials in the form body, `scope=offline` to get a new refresh token.
+/// // WHOOP: client credentials in the form body, `scope=offline` to get a new refresh token,
+/// // and the tokens are for WHOOP's API.
 /// let whoop = RefreshTokenGrant::new("https://api.prod.whoop.com/oauth/oauth2/token")
 ///     .client_id("id")
 ///     .client_secret("secret")
 ///     .client_auth(ClientAuth::RequestBody)
-///     .scope("offline");
+///     .scope("offline")
+///     .api_origin("https://api.prod.whoop.com");
 /// ```
 #[derive(Debug, Clone)]
 pub struct RefreshTokenGrant {
     endpoint: TokenEndpoint,
+    resource_server: ResourceServer,
 }
 
 impl RefreshTokenGrant {
     /// A refresh-token grant against the token endpoint at `token_url`.
     pub fn new(token_url: impl Into<String>) -> Self {
-        Self { endpoint: TokenEndpoint::new(token_url) }
+        Self { endpoint: TokenEndpoint::new(token_url), resource_server: ResourceServer::default() }
     }
 
     endpoint_options!();
+    resource_server_options!();
 
     /// Sets where users authorize this client (the provider's authorization endpoint), for
     /// [`login`](Self::login). The provider presets set it.
@@ -67,5 +72,9 @@ impl TokenSource for RefreshTokenGrant {
         let grant = [("grant_type", "refresh_token"), ("refresh_token", refresh_token.secret())];
         let tokens = self.endpoint.exchange(&grant, current, Scoped::Yes).await?;
         Ok(tokens.inherit_refresh_token(current))
+    }
+
+    fn resource_server(&self) -> ResourceServer {
+        self.resource_server.clone()
     }
 }

@@ -50,6 +50,7 @@ const FORMAT_VERSION_WITHOUT_REVISIONS: u32 = 1;
 /// use reqwest_token_refresh::{FileStore, RefreshTokenGrant, TokenRefresh};
 ///
 /// let auth = TokenRefresh::builder(RefreshTokenGrant::new("https://provider.example/oauth/token"))
+///     .allow_origin("https://api.provider.example")
 ///     .store(FileStore::new("/var/lib/my-service/tokens.json"))
 ///     .build()?;
 /// # Ok(()) }

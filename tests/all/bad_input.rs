@@ -48,6 +48,7 @@ async fn refresh_error_for(answer: ResponseTemplate) -> (Error, String) {
     Mock::given(method("POST")).and(path("/token")).respond_with(answer).expect(1).mount(&server).await;
     let auth = TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", server.uri())))
         .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+        .allow_origin(server.uri())
         .build()
         .unwrap();
 
@@ -151,6 +152,7 @@ fn clocked_layer(server: &MockServer, store: &MemoryStore, clock: &ManualClock) 
         .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
         .store(store.clone())
         .clock(clock.clone())
+        .allow_origin(server.uri())
         .build()
         .unwrap()
 }
@@ -229,8 +231,11 @@ async fn a_new_refresh_token_that_arrives_with_an_absurd_expires_in_is_saved_and
 #[tokio::test]
 async fn set_tokens_refuses_an_access_token_with_a_newline_and_installs_nothing() {
     let store = MemoryStore::new();
-    let auth =
-        TokenRefresh::builder(RefreshTokenGrant::new("http://127.0.0.1:9/token")).store(store.clone()).build().unwrap();
+    let auth = TokenRefresh::builder(RefreshTokenGrant::new("http://127.0.0.1:9/token"))
+        .store(store.clone())
+        .allow_origin("https://api.example")
+        .build()
+        .unwrap();
     auth.set_tokens(TokenSet::new("good").with_refresh_token("r-good")).await.unwrap();
 
     let err = auth
@@ -254,7 +259,10 @@ async fn set_tokens_refuses_an_access_token_with_a_newline_and_installs_nothing(
 
 #[tokio::test]
 async fn set_tokens_for_a_new_key_with_an_unsendable_token_leaves_the_key_empty() {
-    let auth = TokenRefresh::builder(RefreshTokenGrant::new("http://127.0.0.1:9/token")).build().unwrap();
+    let auth = TokenRefresh::builder(RefreshTokenGrant::new("http://127.0.0.1:9/token"))
+        .allow_origin("https://api.example")
+        .build()
+        .unwrap();
     let key = TokenKey::new("user-1");
     for bad in ["a\nb", "a b", "", "é"] {
         let err = auth.set_tokens_for(&key, TokenSet::new(bad)).await.unwrap_err();
@@ -268,9 +276,13 @@ async fn set_tokens_for_a_new_key_with_an_unsendable_token_leaves_the_key_empty(
 fn building_with_an_unsendable_initial_access_token_is_a_config_error() {
     let result = TokenRefresh::builder(RefreshTokenGrant::new("https://provider.example/token"))
         .initial_tokens(TokenSet::new("SECRET-ACCESS\nACCESS-TAIL"))
+        .allow_origin("https://api.provider.example")
         .build();
     match result {
-        Err(err @ Error::Config(_)) => assert_no_secret(&all_text(&err)),
+        Err(err @ Error::Config(_)) => {
+            assert!(err.to_string().contains("initial tokens"), "{err}");
+            assert_no_secret(&all_text(&err));
+        }
         other => panic!("expected Error::Config, got {other:?}"),
     }
 }

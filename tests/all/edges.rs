@@ -94,6 +94,7 @@ async fn a_token_source_that_never_answers_ends_at_the_flight_deadline_and_a_val
     let tokens = provider.issue_tokens().with_expires_at(SystemTime::now() + Duration::from_secs(10));
     let auth = TokenRefresh::builder_arc(source.clone())
         .initial_tokens(tokens)
+        .allow_origin(provider.uri())
         .flight_deadline(Duration::from_millis(300))
         .build()
         .unwrap();
@@ -460,6 +461,7 @@ async fn a_retry_a_rejection_rule_lets_through_counts_as_accepted() {
     .token_url(provider.token_url());
     let auth = TokenRefresh::builder(grant)
         .initial_tokens(provider.issue_tokens())
+        .allow_origin(provider.uri())
         .token_rejected_when(reqwest_token_refresh::providers::withings_token_rejected)
         .build()
         .unwrap();

@@ -59,6 +59,7 @@ async fn rig_with_source(
     let provider = provider.clock(clock.clone()).start().await;
     let builder = TokenRefresh::builder_arc(source(&provider, &clock))
         .initial_tokens(provider.issue_tokens())
+        .allow_origin(provider.uri())
         .clock(clock.clone());
     let auth = layer(builder).build().expect("the layer builds");
     let client = client_with(&auth);

@@ -45,6 +45,7 @@ impl Middleware for Canned {
 async fn the_happy_path_future_fits_the_allocators_thread_cache() {
     let auth = TokenRefresh::builder(RefreshTokenGrant::new("https://provider.example/token"))
         .initial_tokens(TokenSet::new("access").with_expires_in(std::time::Duration::from_secs(3600)))
+        .allow_origin("https://api.example")
         .build()
         .unwrap();
     let sizes = MeasureNext::default();

@@ -68,8 +68,11 @@ fn new_tokens() -> ResponseTemplate {
 
 /// Sends one request through a layer built on `source` holding `old` / `r1`; returns its status.
 async fn one_request(server: &MockServer, source: impl TokenSource) -> u16 {
-    let auth =
-        TokenRefresh::builder(source).initial_tokens(TokenSet::new("old").with_refresh_token("r1")).build().unwrap();
+    let auth = TokenRefresh::builder(source)
+        .initial_tokens(TokenSet::new("old").with_refresh_token("r1"))
+        .allow_origin(server.uri())
+        .build()
+        .unwrap();
     client_with(&auth).get(format!("{}/api", server.uri())).send().await.unwrap().status().as_u16()
 }
 
@@ -258,6 +261,7 @@ async fn a_response_without_a_refresh_token_keeps_the_old_one_for_the_next_refre
         .await;
     let auth = TokenRefresh::builder(RefreshTokenGrant::new(token_url(&server)))
         .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+        .allow_origin(server.uri())
         // a2 is rejected as soon as it is fetched; the next request may still refresh.
         .min_refresh_interval(Duration::ZERO)
         .build()
@@ -309,8 +313,11 @@ async fn a_redirect_from_the_token_endpoint_is_not_followed_and_fails_the_refres
             .mount(&elsewhere)
             .await;
         let grant = RefreshTokenGrant::new(token_url(&server)).client_id("id").client_secret("secret");
-        let auth =
-            TokenRefresh::builder(grant).initial_tokens(TokenSet::new("old").with_refresh_token("r1")).build().unwrap();
+        let auth = TokenRefresh::builder(grant)
+            .initial_tokens(TokenSet::new("old").with_refresh_token("r1"))
+            .allow_origin(server.uri())
+            .build()
+            .unwrap();
 
         let err = client_with(&auth).get(format!("{}/api", server.uri())).send().await.unwrap_err();
 
@@ -353,6 +360,7 @@ async fn the_token_call_does_not_pass_through_the_clients_middleware_chain() {
     Mock::given(path("/token")).respond_with(new_tokens()).expect(1).mount(&server).await;
     let auth = TokenRefresh::builder(RefreshTokenGrant::new(token_url(&server)))
         .initial_tokens(TokenSet::new("old").with_refresh_token("r1"))
+        .allow_origin(server.uri())
         .build()
         .unwrap();
     let (before, after) = (PathRecorder::default(), PathRecorder::default());
@@ -387,7 +395,8 @@ async fn client_credentials_gets_a_new_token_on_401_without_any_refresh_token() 
         .client_secret("SECRET-CLIENT-1")
         .scope("read:partner");
     // The service's current token, as a client-credentials grant issues it: no refresh token.
-    let auth = TokenRefresh::builder(source).initial_tokens(TokenSet::new("old")).build().unwrap();
+    let auth =
+        TokenRefresh::builder(source).initial_tokens(TokenSet::new("old")).allow_origin(server.uri()).build().unwrap();
 
     let response = client_with(&auth).get(format!("{}/api", server.uri())).send().await.unwrap();
 
@@ -408,7 +417,8 @@ async fn client_credentials_needs_no_initial_tokens_and_fetches_one_before_the_f
         .client_secret("hush")
         .client_auth(ClientAuth::RequestBody)
         .encoding(BodyEncoding::Json)
-        .scope("read:partner");
+        .scope("read:partner")
+        .api_origin(provider.uri());
     let auth = TokenRefresh::builder(source).build().unwrap();
     let client = client_with(&auth);
 
@@ -429,6 +439,7 @@ async fn a_clock_given_once_to_the_layer_also_dates_what_the_grant_fetches() {
     let auth = TokenRefresh::builder(RefreshTokenGrant::new(provider.token_url()))
         .initial_tokens(provider.issue_expired_tokens())
         .clock(clock.clone())
+        .allow_origin(provider.uri())
         .build()
         .unwrap();
     let token = tokio::time::timeout(Duration::from_secs(10), auth.access_token()).await.unwrap().unwrap();

@@ -43,9 +43,10 @@ impl reqwest_middleware::Middleware for Bounded {
     }
 }
 
-/// A refresh-token grant against the mock provider's token endpoint.
+/// A refresh-token grant against the mock provider's token endpoint, for the provider's API
+/// (the mock serves both, on one origin): a layer built on it sends the token there only.
 pub fn grant(provider: &MockProvider) -> RefreshTokenGrant {
-    RefreshTokenGrant::new(provider.token_url()).client_id("client").client_secret("secret")
+    RefreshTokenGrant::new(provider.token_url()).client_id("client").client_secret("secret").api_origin(provider.uri())
 }
 
 /// A layer builder for the mock provider, starting from `tokens`.

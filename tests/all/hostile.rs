@@ -50,7 +50,8 @@ async fn a_token_source_that_calls_through_the_same_layer_does_not_deadlock() {
     let tokens = provider.issue_tokens();
     provider.expire_access_tokens();
     let source = Arc::new(ThroughTheLayer { client: OnceLock::new(), token_url: provider.token_url() });
-    let auth = TokenRefresh::builder_arc(source.clone()).initial_tokens(tokens).build().unwrap();
+    let auth =
+        TokenRefresh::builder_arc(source.clone()).initial_tokens(tokens).allow_origin(provider.uri()).build().unwrap();
     let client = client_with(&auth);
     source.client.set(client.clone()).unwrap();
 

@@ -28,7 +28,7 @@ fn preset(provider: &MockProvider) -> RefreshTokenGrant {
         Dialect::Withings => providers::withings(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET),
         _ => RefreshTokenGrant::new("").client_id(MOCK_CLIENT_ID).client_secret(MOCK_CLIENT_SECRET),
     };
-    grant.token_url(provider.token_url()).authorize_url(provider.authorize_url())
+    grant.token_url(provider.token_url()).authorize_url(provider.authorize_url()).api_origin(provider.uri())
 }
 
 /// Starts a login, has the mock approve it, and returns what the callback brings back.

@@ -101,6 +101,7 @@ async fn a_user_key_beside_a_busy_default_key_carries_its_own_token_never_the_de
     let auth = TokenRefresh::builder(reqwest_token_refresh::RefreshTokenGrant::new(format!("{}/token", server.uri())))
         .initial_tokens(TokenSet::new("default-access"))
         .store(store.clone())
+        .allow_origin(server.uri())
         .build()
         .unwrap();
     let client = client_with(&auth);

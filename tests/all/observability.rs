@@ -219,7 +219,8 @@ async fn every_documented_metric_moves_and_agrees_with_stats() {
 
     // The client's own credentials refused.
     let strict = MockProvider::builder().client_credentials("client", "secret").start().await;
-    let wrong = RefreshTokenGrant::new(strict.token_url()).client_id("client").client_secret("wrong");
+    let wrong =
+        RefreshTokenGrant::new(strict.token_url()).client_id("client").client_secret("wrong").api_origin(strict.uri());
     let auth =
         TokenRefresh::builder(wrong).initial_tokens(strict.issue_expired_tokens()).name("client").build().unwrap();
     assert!(client_with(&auth).get(strict.api_url("me")).send().await.is_err());

@@ -1,11 +1,21 @@
-//! Contract point 8, where the token goes: only allowed origins, never plain `http://` to a host
-//! that is not loopback unless the user opts in, never over a request's own `Authorization`
-//! header, never with `SkipAuth`; and none of those requests ever triggers a refresh.
+//! Contract point 8, where the token goes: only allowed origins (the token source's, a
+//! preset's API, the builder's; a builder that allows none is refused unless it says any origin
+//! will do), never plain `http://` to a host that is not loopback unless the user opts in, never
+//! over a request's own `Authorization` header, never with `SkipAuth`; and none of those
+//! requests ever triggers a refresh.
 //! Contract point 19, only the token's own answers count: a 401 from an origin a redirect led
 //! to, which never got the token, triggers no refresh.
 
-use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
-use reqwest_token_refresh::{RefreshTokenGrant, SkipAuth, TokenRefresh, TokenRefreshBuilder, TokenSet};
+use std::sync::{Arc, Mutex};
+
+use http::Extensions;
+use http::header::AUTHORIZATION;
+use reqwest::ResponseBuilderExt;
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
+use reqwest_token_refresh::{
+    Error, RefreshError, RefreshTokenGrant, SkipAuth, TokenRefresh, TokenRefreshBuilder, TokenSet, TokenSource,
+    providers,
+};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -102,7 +112,8 @@ async fn plain_http_to_a_host_that_is_not_loopback_gets_no_token_and_no_refresh(
     let server = MockServer::start().await;
     Mock::given(path("/v1/me")).respond_with(dead_token_401()).expect(1).mount(&server).await;
     token_endpoint_never_called(&server).await;
-    let auth = layer(&server).build().unwrap();
+    // Not even a layer that sends the token to any origin sends it over plain http.
+    let auth = layer(&server).allow_any_origin().build().unwrap();
     let client = client_resolving_foreign_host_to(&server, &auth);
 
     let response = client.get(foreign_url(&server, "/v1/me")).send().await.unwrap();
@@ -151,7 +162,11 @@ async fn plain_http_to_a_host_that_is_not_loopback_gets_the_token_when_the_user_
         .expect(1)
         .mount(&server)
         .await;
-    let auth = layer(&server).allow_insecure_http(true).build().unwrap();
+    let auth = layer(&server)
+        .allow_origin(format!("http://{FOREIGN_HOST}:{}", server.address().port()))
+        .allow_insecure_http(true)
+        .build()
+        .unwrap();
 
     let response =
         client_resolving_foreign_host_to(&server, &auth).get(foreign_url(&server, "/v1/me")).send().await.unwrap();
@@ -169,7 +184,7 @@ async fn a_request_with_its_own_authorization_header_is_sent_unchanged_and_never
     let server = MockServer::start().await;
     Mock::given(path("/v1/me")).respond_with(dead_token_401()).expect(2).mount(&server).await;
     token_endpoint_never_called(&server).await;
-    let auth = layer(&server).build().unwrap();
+    let auth = layer(&server).allow_origin(server.uri()).build().unwrap();
     let client = client_with(&auth);
     let url = format!("{}/v1/me", server.uri());
 
@@ -192,7 +207,7 @@ async fn a_request_marked_skip_auth_gets_no_token_and_never_triggers_a_refresh()
     let server = MockServer::start().await;
     Mock::given(path("/health")).respond_with(dead_token_401()).expect(1).mount(&server).await;
     token_endpoint_never_called(&server).await;
-    let auth = layer(&server).build().unwrap();
+    let auth = layer(&server).allow_origin(server.uri()).build().unwrap();
 
     let response =
         client_with(&auth).get(format!("{}/health", server.uri())).with_extension(SkipAuth).send().await.unwrap();
@@ -298,5 +313,158 @@ async fn a_401_after_a_redirect_within_the_same_origin_still_refreshes_and_retri
     // reqwest keeps `Authorization` on a redirect within the origin: the 401 was the token's.
     assert_eq!(there, [Some("Bearer a1".to_owned()), Some("Bearer fresh".to_owned())]);
     assert_eq!((auth.stats().refreshes, auth.stats().retries), (1, 1));
+    server.verify().await;
+}
+
+#[test]
+fn a_builder_that_allows_no_origin_is_refused_with_what_to_call() {
+    #[derive(Debug)]
+    struct KnowsNoApi;
+
+    #[async_trait::async_trait]
+    impl TokenSource for KnowsNoApi {
+        async fn fetch(&self, _current: Option<&TokenSet>) -> Result<TokenSet, RefreshError> {
+            Ok(TokenSet::new("a1"))
+        }
+    }
+
+    let grant = RefreshTokenGrant::new("https://login.example/oauth/token");
+    for refused in [TokenRefresh::builder(grant).build(), TokenRefresh::builder(KnowsNoApi).build()] {
+        match refused {
+            Err(Error::Config(message)) => {
+                assert!(message.contains("allow_origin(..)"), "{message}");
+                assert!(message.contains("allow_any_origin()"), "{message}");
+            }
+            other => panic!("expected Error::Config, got {other:?}"),
+        }
+    }
+}
+
+/// Stands in for the https servers these tests cannot run (the test build has no TLS): innermost
+/// in the client, it answers every `https` request itself, as the origin it was sent to, and
+/// records the `Authorization` header it carried. An answer is a 200 to a request with a token,
+/// and to one without, a 401 saying `invalid_token`, which would trigger a refresh had the layer
+/// sent the token. Plain `http` goes on to the network (the wiremock servers).
+#[derive(Clone, Default)]
+struct HttpsStandIn(Arc<Mutex<Vec<Received>>>);
+
+/// An https request's origin and the `Authorization` header it carried.
+type Received = (String, Option<String>);
+
+impl HttpsStandIn {
+    /// Each https request's origin and `Authorization` header, in order.
+    fn received(&self) -> Vec<Received> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for HttpsStandIn {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        if request.url().scheme() != "https" {
+            return next.run(request, extensions).await;
+        }
+        let authorization = request.headers().get(AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned());
+        self.0.lock().unwrap().push((request.url().origin().ascii_serialization(), authorization.clone()));
+        let answer = http::Response::builder().url(request.url().clone());
+        let answer = match authorization {
+            Some(_) => answer.status(200),
+            None => answer.status(401).header("www-authenticate", r#"Bearer error="invalid_token""#),
+        };
+        Ok(reqwest::Response::from(answer.body("").unwrap()))
+    }
+}
+
+fn client_with_https_stand_in(auth: &TokenRefresh, stand_in: &HttpsStandIn) -> ClientWithMiddleware {
+    ClientBuilder::new(reqwest::Client::new()).with(auth.clone()).with(stand_in.clone()).build()
+}
+
+#[tokio::test]
+async fn allow_any_origin_sends_the_token_to_every_https_origin_and_loopback() {
+    let server = MockServer::start().await;
+    Mock::given(path("/v1/me")).respond_with(ResponseTemplate::new(200)).expect(1).mount(&server).await;
+    token_endpoint_never_called(&server).await;
+    let auth = layer(&server).allow_any_origin().build().unwrap();
+    let stand_in = HttpsStandIn::default();
+    let client = client_with_https_stand_in(&auth, &stand_in);
+
+    for url in ["https://api.example/v1/me", "https://elsewhere.example:8443/x", "https://wbsapi.withings.net/measure"]
+    {
+        assert_eq!(client.get(url).send().await.unwrap().status(), 200, "{url}");
+    }
+    assert_eq!(client.get(format!("{}/v1/me", server.uri())).send().await.unwrap().status(), 200);
+
+    let bearer = Some("Bearer a1".to_owned());
+    assert_eq!(
+        stand_in.received(),
+        [
+            ("https://api.example".to_owned(), bearer.clone()),
+            ("https://elsewhere.example:8443".to_owned(), bearer.clone()),
+            ("https://wbsapi.withings.net".to_owned(), bearer.clone()),
+        ]
+    );
+    assert_eq!(authorizations(&server).await, [bearer]);
+    assert_eq!(auth.stats().requests, 4);
+    server.verify().await;
+}
+
+/// The Withings preset as it is, apart from its token endpoint: `token_server`'s `/token`.
+fn withings_preset_layer(token_server: &MockServer) -> TokenRefreshBuilder {
+    TokenRefresh::builder(providers::withings("id", "secret").token_url(format!("{}/token", token_server.uri())))
+        .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+}
+
+#[tokio::test]
+async fn a_presets_token_reaches_only_its_providers_api_and_other_origins_never_refresh() {
+    let (token_server, other) = (MockServer::start().await, MockServer::start().await);
+    token_endpoint_never_called(&token_server).await;
+    Mock::given(path("/v1/me")).respond_with(dead_token_401()).expect(1).mount(&other).await;
+    // Built with no origin of its own: the preset names Withings' API.
+    let auth = withings_preset_layer(&token_server).build().unwrap();
+    let stand_in = HttpsStandIn::default();
+    let client = client_with_https_stand_in(&auth, &stand_in);
+
+    let withings = client.get(format!("{}/measure?action=getmeas", providers::WITHINGS_API_ORIGIN)).send().await;
+    let kroger = client.get("https://api.kroger.com/v1/cart").send().await.unwrap();
+    let look_alike = client.get("https://wbsapi.withings.net.evil.example/measure").send().await.unwrap();
+    let loopback = client.get(format!("{}/v1/me", other.uri())).send().await.unwrap();
+
+    assert_eq!(withings.unwrap().status(), 200);
+    let statuses = [kroger.status(), look_alike.status(), loopback.status()].map(|s| s.as_u16());
+    assert_eq!(statuses, [401, 401, 401], "handed back as they came");
+    assert_eq!(
+        stand_in.received(),
+        [
+            ("https://wbsapi.withings.net".to_owned(), Some("Bearer a1".to_owned())),
+            ("https://api.kroger.com".to_owned(), None),
+            ("https://wbsapi.withings.net.evil.example".to_owned(), None),
+        ]
+    );
+    assert_eq!(authorizations(&other).await, [None], "another origin, loopback or not, gets no token");
+    let stats = auth.stats();
+    assert_eq!((stats.requests, stats.refreshes, stats.unauthorized), (1, 0, 0), "{stats:?}");
+    token_server.verify().await;
+    other.verify().await;
+}
+
+#[tokio::test]
+async fn an_origin_the_builder_allows_is_added_to_the_presets() {
+    let server = MockServer::start().await;
+    token_endpoint_never_called(&server).await;
+    Mock::given(path("/v1/me")).respond_with(ResponseTemplate::new(200)).expect(1).mount(&server).await;
+    let auth = withings_preset_layer(&server).allow_origin(server.uri()).build().unwrap();
+    let stand_in = HttpsStandIn::default();
+    let client = client_with_https_stand_in(&auth, &stand_in);
+
+    assert_eq!(client.get(format!("{}/v1/me", server.uri())).send().await.unwrap().status(), 200);
+    assert_eq!(client.get("https://wbsapi.withings.net/measure").send().await.unwrap().status(), 200);
+
+    assert_eq!(authorizations(&server).await, [Some("Bearer a1".to_owned())]);
+    assert_eq!(stand_in.received(), [("https://wbsapi.withings.net".to_owned(), Some("Bearer a1".to_owned()))]);
     server.verify().await;
 }

@@ -18,10 +18,11 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::client_with;
 
-/// A layer holding `old` / `r1` whose token endpoint is `server`'s `/token`.
+/// A layer holding `old` / `r1` whose token endpoint is `server`'s `/token`, for `server`'s API.
 fn layer(server: &MockServer) -> TokenRefreshBuilder {
     TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", server.uri())))
         .initial_tokens(TokenSet::new("old").with_refresh_token("r1"))
+        .allow_origin(server.uri())
 }
 
 /// A token endpoint that answers `new` and is expected to be called `times` times.

@@ -461,7 +461,9 @@ fn postgres_child() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async move {
         let store = PostgresStore::connect(&job.config).await.unwrap();
-        let grant = RefreshTokenGrant::new(&job.token_url).client_id("client").client_secret("secret");
+        let api_origin = url::Url::parse(&job.api_url).unwrap().origin().ascii_serialization();
+        let grant =
+            RefreshTokenGrant::new(&job.token_url).client_id("client").client_secret("secret").api_origin(api_origin);
         let auth = TokenRefresh::builder(grant).store(store).build().unwrap();
         // The mock provider's server is in the parent process, which runs other tests meanwhile.
         let client = limited_client_with(&auth, 100);

@@ -205,7 +205,9 @@ fn child_process() {
     runtime.block_on(async move {
         let store = spec.store.open().await;
         let clock = ManualClock::starting_now();
-        let grant = RefreshTokenGrant::new(&spec.token_url).client_id("client").client_secret("secret");
+        let api_origin = url::Url::parse(&spec.api_url).unwrap().origin().ascii_serialization();
+        let grant =
+            RefreshTokenGrant::new(&spec.token_url).client_id("client").client_secret("secret").api_origin(api_origin);
         let (grant, builder_clock) = match spec.job {
             Job::RotateForever => (grant.clock(clock.clone()), Some(clock.clone())),
             Job::Storm { .. } => (grant, None),

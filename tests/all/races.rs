@@ -183,7 +183,12 @@ async fn overtaken_flight_does_not_overwrite_set_tokens_in_the_store() {
     let store = Lockless::default();
     let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let source = GatedSource { inner: grant(&provider), entered: entered.clone(), release: release.clone() };
-    let auth = TokenRefresh::builder(source).initial_tokens(expired).store(store.clone()).build().unwrap();
+    let auth = TokenRefresh::builder(source)
+        .initial_tokens(expired)
+        .store(store.clone())
+        .allow_origin(provider.uri())
+        .build()
+        .unwrap();
     let client = client_with(&auth);
 
     let starter = spawn_get(&client, provider.api_url("me"));
@@ -216,6 +221,7 @@ async fn requests_waiting_for_an_overtaken_flight_take_the_tokens_set_tokens_ins
     let auth = TokenRefresh::builder(source)
         .initial_tokens(provider.issue_expired_tokens())
         .store(Lockless::default())
+        .allow_origin(provider.uri())
         .build()
         .unwrap();
     let client = client_with(&auth);
@@ -354,6 +360,8 @@ async fn stale_401_is_not_retried_with_the_salvaged_copy_of_the_rejected_token()
 
     let auth = TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", token_server.uri())))
         .initial_tokens(TokenSet::new("a1").with_refresh_token("rt-1"))
+        .allow_origin(api.uri())
+        .allow_origin(url::Url::parse(&slow_api).unwrap().origin().ascii_serialization())
         .min_backoff(Duration::from_secs(60))
         .max_backoff(Duration::from_secs(60))
         .build()
@@ -457,6 +465,7 @@ async fn a_refresh_whose_own_old_set_was_saved_meanwhile_by_the_save_retry_saves
     let source = GatedSource { inner: grant(&provider), entered: entered.clone(), release: release.clone() };
     let auth = TokenRefresh::builder(source)
         .store(store.clone())
+        .allow_origin(provider.uri())
         .min_backoff(Duration::from_millis(50))
         .max_backoff(Duration::from_millis(50))
         .build()

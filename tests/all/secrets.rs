@@ -184,6 +184,7 @@ async fn no_secret_reaches_logs_debug_output_or_errors_across_refresh_failure_an
         .with_expires_at(SystemTime::now() + Duration::from_secs(3600));
     let builder = TokenRefresh::builder(grant.clone())
         .initial_tokens(initial.clone())
+        .allow_origin(server.uri())
         .store(store.clone())
         .clock(clock.clone())
         // The API here rejects every token it is not told to accept: each request refreshes.
@@ -270,6 +271,7 @@ async fn a_token_endpoint_error_page_that_echoes_the_request_puts_no_secret_in_l
         .client_auth(reqwest_token_refresh::ClientAuth::RequestBody);
     let auth = TokenRefresh::builder(grant)
         .initial_tokens(TokenSet::new("SECRET-ACCESS-1").with_refresh_token("SECRET-REFRESH-1"))
+        .allow_origin(server.uri())
         .build()
         .unwrap();
 
@@ -342,6 +344,7 @@ mod echoed {
             .client_secret("SECRET-CLIENT-1");
         let auth = TokenRefresh::builder(grant)
             .initial_tokens(TokenSet::new("SECRET-ACCESS-1").with_refresh_token("SECRET-REFRESH-1"))
+            .allow_origin(server.uri())
             .on_reauthorization_required(|key, err| {
                 tracing::warn!(target: "reqwest_token_refresh::test_hook", %key, %err, ?err, "hook");
             })
@@ -424,6 +427,7 @@ mod echoed {
             .client_secret("SECRET-CLIENT-1");
         let auth = TokenRefresh::builder(grant)
             .initial_tokens(TokenSet::new("SECRET-ACCESS-1").with_refresh_token("SECRET-REFRESH-1"))
+            .allow_origin(server.uri())
             .build()
             .unwrap();
 

@@ -106,9 +106,11 @@ async fn token_endpoint(server: &MockServer, calls: u64) {
         .await;
 }
 
-fn builder(token_server: &MockServer) -> reqwest_token_refresh::TokenRefreshBuilder {
+/// A layer whose token endpoint is `token_server`'s, for the API `api` serves.
+fn builder(token_server: &MockServer, api: &StallingServer) -> reqwest_token_refresh::TokenRefreshBuilder {
     TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", token_server.uri())))
         .initial_tokens(TokenSet::new("a1").with_refresh_token("r1").with_expires_in(Duration::from_secs(3600)))
+        .allow_origin(url::Url::parse(&api.url).unwrap().origin().ascii_serialization())
 }
 
 /// Reads the rest of `response`'s body once the server is released, bounded.
@@ -124,7 +126,7 @@ async fn a_401_whose_body_stalls_comes_back_in_bounded_time_with_every_byte_the_
     let token_server = MockServer::start().await;
     // The first bytes name no error yet: a 401 with no detail, which refreshes by default.
     token_endpoint(&token_server, 1).await;
-    let auth = builder(&token_server).build().unwrap();
+    let auth = builder(&token_server, &server).build().unwrap();
     let client = client_with(&auth);
 
     let started = Instant::now();
@@ -150,8 +152,10 @@ async fn an_answer_a_rejection_rule_reads_that_stalls_comes_back_in_bounded_time
     let server = StallingServer::start(200).await;
     let token_server = MockServer::start().await;
     token_endpoint(&token_server, 0).await;
-    let auth =
-        builder(&token_server).token_rejected_when(|_, body| body.starts_with(b"{\"status\":401")).build().unwrap();
+    let auth = builder(&token_server, &server)
+        .token_rejected_when(|_, body| body.starts_with(b"{\"status\":401"))
+        .build()
+        .unwrap();
     let client = client_with(&auth);
 
     let started = Instant::now();
@@ -173,8 +177,10 @@ async fn classify_timeout_sets_how_long_a_stalled_401_body_is_waited_for() {
     let token_server = MockServer::start().await;
     token_endpoint(&token_server, 0).await;
     // Only an explicit `invalid_token` refreshes; the bytes that arrived do not say it.
-    let auth =
-        builder(&token_server).refresh_on(RefreshOn::InvalidToken).classify_timeout(Duration::from_millis(200)).build();
+    let auth = builder(&token_server, &server)
+        .refresh_on(RefreshOn::InvalidToken)
+        .classify_timeout(Duration::from_millis(200))
+        .build();
     let client = client_with(&auth.unwrap());
 
     let started = Instant::now();

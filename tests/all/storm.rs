@@ -92,6 +92,7 @@ async fn a_401_that_arrives_after_the_refresh_is_retried_without_a_second_refres
         .await;
     let auth = TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", server.uri())))
         .initial_tokens(TokenSet::new("old").with_refresh_token("r1"))
+        .allow_origin(server.uri())
         .build()
         .unwrap();
     let client = client_with(&auth);
@@ -128,6 +129,7 @@ async fn an_api_that_always_answers_401_gets_one_refresh_one_retry_and_no_loop()
         .await;
     let auth = TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", server.uri())))
         .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+        .allow_origin(server.uri())
         .build()
         .unwrap();
 

@@ -69,6 +69,7 @@ async fn krogers_plain_text_400_for_a_spent_refresh_token_is_terminal() {
         .await;
     let auth = TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", server.uri())))
         .initial_tokens(TokenSet::new("a").with_refresh_token("spent"))
+        .allow_origin(server.uri())
         .build()
         .unwrap();
     let client = client_with(&auth);
@@ -95,7 +96,8 @@ async fn a_providers_own_terminal_code_can_be_configured() {
         .await;
     let build = |terminal: bool| {
         let mut builder = TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", server.uri())))
-            .initial_tokens(TokenSet::new("a").with_refresh_token("r"));
+            .initial_tokens(TokenSet::new("a").with_refresh_token("r"))
+            .allow_origin(server.uri());
         if terminal {
             builder = builder.terminal_error("refresh_token_not_found");
         }
@@ -139,6 +141,7 @@ async fn invalid_grant_adopts_tokens_another_process_rotated_instead_of_going_te
         TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", server.uri())))
             .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
             .store(store.clone())
+            .allow_origin(server.uri())
             .build()
             .unwrap()
     };

@@ -47,6 +47,7 @@ async fn a_dead_token_endpoint_is_a_transport_error_not_a_terminal_one() {
     let clock = ManualClock::starting_now();
     let auth = TokenRefresh::builder(RefreshTokenGrant::new(format!("http://{closed}/token")))
         .initial_tokens(TokenSet::new("a").with_refresh_token("r"))
+        .allow_origin(api.uri())
         .clock(clock.clone())
         .build()
         .unwrap();
@@ -77,6 +78,7 @@ async fn a_token_endpoint_timeout_is_transient_and_the_next_request_refreshes() 
         RefreshTokenGrant::new(format!("{}/token", server.uri())).timeout(Duration::from_millis(200)),
     )
     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    .allow_origin(server.uri())
     .clock(clock.clone())
     .build()
     .unwrap();
@@ -171,6 +173,7 @@ async fn requests_held_back_behind_a_failing_refresh_are_sent_with_the_unexpired
         .await;
     let auth = TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", server.uri())))
         .initial_tokens(TokenSet::new("valid").with_refresh_token("r").with_expires_in(Duration::from_secs(3600)))
+        .allow_origin(server.uri())
         .build()
         .unwrap();
     // What the layer was doing when each accepted request reached the API.

@@ -45,6 +45,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// store.setup().await?; // CREATE TABLE IF NOT EXISTS reqwest_token_refresh_tokens (...)
 ///
 /// let auth = TokenRefresh::builder(RefreshTokenGrant::new("https://provider.example/oauth/token"))
+///     .allow_origin("https://api.provider.example")
 ///     .store(store)
 ///     .build()?;
 /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())

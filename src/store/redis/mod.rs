@@ -99,6 +99,7 @@ use crate::token::TokenSet;
 ///     .key_prefix("my-service:oauth:")
 ///     .lease_ttl(Duration::from_secs(45));
 /// let auth = TokenRefresh::builder(RefreshTokenGrant::new("https://provider.example/oauth/token"))
+///     .allow_origin("https://api.provider.example")
 ///     .store(store)
 ///     .build()?;
 /// # Ok(()) }

@@ -10,11 +10,15 @@ use crate::helpers::StoreExt;
 use crate::helpers::{client_with, count, storm};
 
 fn kroger(provider: &MockProvider, tokens: TokenSet, store: &MemoryStore) -> TokenRefresh {
-    TokenRefresh::builder(providers::kroger(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url()))
-        .initial_tokens(tokens)
-        .store(store.clone())
-        .build()
-        .unwrap()
+    TokenRefresh::builder(
+        providers::kroger(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET)
+            .token_url(provider.token_url())
+            .api_origin(provider.uri()),
+    )
+    .initial_tokens(tokens)
+    .store(store.clone())
+    .build()
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,12 +14,13 @@ async fn whoop_storm_of_200_refreshes_once_with_the_documented_form_body_and_sto
     let provider = MockProvider::whoop().await;
     let store = MemoryStore::new();
     let first = provider.issue_tokens();
-    let auth =
-        TokenRefresh::builder(providers::whoop(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url()))
-            .initial_tokens(first.clone())
-            .store(store.clone())
-            .build()
-            .unwrap();
+    let auth = TokenRefresh::builder(
+        providers::whoop(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url()).api_origin(provider.uri()),
+    )
+    .initial_tokens(first.clone())
+    .store(store.clone())
+    .build()
+    .unwrap();
     provider.expire_access_tokens();
 
     let statuses = storm(&client_with(&auth), &provider.api_url("developer/v2/recovery"), 200, None).await;
@@ -52,11 +53,12 @@ async fn whoop_storm_of_200_refreshes_once_with_the_documented_form_body_and_sto
 #[tokio::test]
 async fn whoops_invalid_grant_for_a_revoked_refresh_token_is_terminal() {
     let provider = MockProvider::whoop().await;
-    let auth =
-        TokenRefresh::builder(providers::whoop(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url()))
-            .initial_tokens(provider.issue_tokens())
-            .build()
-            .unwrap();
+    let auth = TokenRefresh::builder(
+        providers::whoop(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url()).api_origin(provider.uri()),
+    )
+    .initial_tokens(provider.issue_tokens())
+    .build()
+    .unwrap();
     provider.revoke_all();
     provider.expire_access_tokens();
 

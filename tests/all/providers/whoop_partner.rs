@@ -12,7 +12,9 @@ use crate::helpers::{client_with, count, storm};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whoop_partner_fetches_once_per_storm_with_the_documented_json_body() {
     let provider = MockProvider::whoop_partner().await;
-    let source = providers::whoop_partner(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url());
+    let source = providers::whoop_partner(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET)
+        .token_url(provider.token_url())
+        .api_origin(provider.uri());
     let auth = TokenRefresh::builder(source).build().unwrap();
     let client = client_with(&auth);
     let url = provider.api_url("developer/v2/partner/members");
@@ -45,7 +47,9 @@ async fn whoop_partner_fetches_once_per_storm_with_the_documented_json_body() {
 #[tokio::test]
 async fn whoop_partner_invalid_client_is_terminal_and_the_clients_fault_not_the_users() {
     let provider = MockProvider::whoop_partner().await;
-    let source = providers::whoop_partner(MOCK_CLIENT_ID, "wrong-secret").token_url(provider.token_url());
+    let source = providers::whoop_partner(MOCK_CLIENT_ID, "wrong-secret")
+        .token_url(provider.token_url())
+        .api_origin(provider.uri());
     let auth = TokenRefresh::builder(source).build().unwrap();
     let client = client_with(&auth);
     let url = provider.api_url("developer/v2/partner/members");

@@ -1,25 +1,26 @@
 //! Withings (`004_…`): `action=requesttoken` and the credentials in the form body, answers in a
 //! `{"status":0,"body":{...}}` envelope, a new refresh token on every refresh, and the old one
 //! valid only until the new access token is used. Its data API rejects a token with HTTP 200 and
-//! `"status":401`, which `providers::withings_token_rejected` recognises.
+//! `"status":401`, which `providers::withings_token_rejected` recognises; the preset carries it.
 
 use std::time::Duration;
 
 use reqwest_token_refresh::testkit::{Fault, MOCK_CLIENT_ID, MOCK_CLIENT_SECRET, MockProvider};
-use reqwest_token_refresh::{Error, MemoryStore, TokenKey, TokenRefresh, TokenSet, providers};
+use reqwest_token_refresh::{Error, MemoryStore, RefreshTokenGrant, TokenKey, TokenRefresh, TokenSet, providers};
 use wiremock::matchers::{header, method};
 
 use super::{assert_matches, form, token_requests};
 use crate::helpers::StoreExt;
 use crate::helpers::{client_with, count, storm};
 
+/// The Withings preset pointed at the mock (its token endpoint, and its API in place of
+/// Withings'), as it is otherwise: with the preset's own rejection rule.
+fn preset(provider: &MockProvider) -> RefreshTokenGrant {
+    providers::withings(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url()).api_origin(provider.uri())
+}
+
 fn withings(provider: &MockProvider, tokens: TokenSet, store: &MemoryStore) -> TokenRefresh {
-    TokenRefresh::builder(providers::withings(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url()))
-        .initial_tokens(tokens)
-        .store(store.clone())
-        .token_rejected_when(providers::withings_token_rejected)
-        .build()
-        .unwrap()
+    TokenRefresh::builder(preset(provider)).initial_tokens(tokens).store(store.clone()).build().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,14 +78,11 @@ async fn withings_grace_recovers_a_refresh_whose_answer_was_lost() {
     let provider = MockProvider::withings().await;
     let store = MemoryStore::new();
     let first = provider.issue_tokens();
-    let grant = providers::withings(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET)
-        .token_url(provider.token_url())
-        .timeout(Duration::from_millis(300));
+    let grant = preset(&provider).timeout(Duration::from_millis(300));
     let auth = TokenRefresh::builder(grant)
         .initial_tokens(first)
         .store(store.clone())
         .min_backoff(Duration::from_millis(1))
-        .token_rejected_when(providers::withings_token_rejected)
         .build()
         .unwrap();
     let client = client_with(&auth);
@@ -104,13 +102,29 @@ async fn withings_grace_recovers_a_refresh_whose_answer_was_lost() {
 }
 
 #[tokio::test]
-async fn without_the_rule_a_withings_rejection_is_an_ordinary_200_and_nothing_refreshes() {
+async fn the_withings_preset_refreshes_on_a_200_with_status_401_with_no_rule_on_the_builder() {
     let provider = MockProvider::withings().await;
-    let auth =
-        TokenRefresh::builder(providers::withings(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET).token_url(provider.token_url()))
-            .initial_tokens(provider.issue_tokens())
-            .build()
-            .unwrap();
+    let auth = TokenRefresh::builder(preset(&provider)).initial_tokens(provider.issue_tokens()).build().unwrap();
+    provider.expire_access_tokens();
+
+    let response = client_with(&auth).get(provider.api_url("measure")).send().await.unwrap();
+
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(answer["status"], 0, "the rejected token was refreshed and the retry got data: {answer}");
+    assert_eq!(provider.stats().token_calls, 1);
+    let stats = auth.stats();
+    assert_eq!((stats.unauthorized, stats.refreshes, stats.retries), (1, 1, 1), "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_rule_on_the_builder_replaces_the_presets_and_one_that_finds_nothing_leaves_withings_200s_alone() {
+    let provider = MockProvider::withings().await;
+    let auth = TokenRefresh::builder(preset(&provider))
+        .initial_tokens(provider.issue_tokens())
+        .token_rejected_when(|_, _| false)
+        .build()
+        .unwrap();
     provider.expire_access_tokens();
 
     let response = client_with(&auth).get(provider.api_url("measure")).send().await.unwrap();
@@ -118,7 +132,8 @@ async fn without_the_rule_a_withings_rejection_is_an_ordinary_200_and_nothing_re
     assert_eq!(response.status(), 200);
     let answer: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
     assert_eq!(answer["status"], 401, "{answer}");
-    assert_eq!(provider.stats().token_calls, 0, "a 200 is not read for a rejection unless a rule is set");
+    assert_eq!(provider.stats().token_calls, 0, "the builder's rule, not the preset's, judged the answer");
+    assert_eq!(provider.stats().api_unauthorized, 1, "the token did reach the API");
 }
 
 #[tokio::test]
@@ -133,7 +148,7 @@ async fn a_large_withings_answer_is_handed_over_without_being_read() {
         .await;
     let auth = TokenRefresh::builder(providers::withings(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET))
         .initial_tokens(TokenSet::new("at").with_expires_in(Duration::from_secs(3600)))
-        .allow_insecure_http(true)
+        .allow_origin(server.uri())
         .token_rejected_when(|_, body: &[u8]| panic!("a {}-byte answer was peeked", body.len()))
         .build()
         .unwrap();
@@ -142,6 +157,8 @@ async fn a_large_withings_answer_is_handed_over_without_being_read() {
 
     assert_eq!(response.text().await.unwrap(), data);
     assert_eq!(auth.stats().refreshes, 0);
+    let received = server.received_requests().await.unwrap();
+    assert_eq!(received[0].headers["authorization"], "Bearer at", "the answer was one to the token");
 }
 
 #[tokio::test]
@@ -162,6 +179,7 @@ async fn a_retry_rejected_again_goes_back_as_it_came_and_both_rejections_are_cou
         .await;
     let auth = TokenRefresh::builder(reqwest_token_refresh::RefreshTokenGrant::new(format!("{}/token", server.uri())))
         .initial_tokens(TokenSet::new("at-1").with_refresh_token("rt-1").with_expires_in(Duration::from_secs(3600)))
+        .allow_origin(server.uri())
         .token_rejected_when(providers::withings_token_rejected)
         .build()
         .unwrap();
