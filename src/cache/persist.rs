@@ -33,7 +33,7 @@ use super::TokenCache;
 use super::slot::{Lease, Slot};
 use crate::error::{Error, RefreshError, StoreError};
 use crate::policy::{Verdict, Whose};
-use crate::stats::Outcome;
+use crate::stats::RefreshOutcome;
 use crate::store::{Revision, StoreGuard, Stored, TokenStore};
 use crate::token::{self, Freshness, TokenSet};
 
@@ -184,7 +184,7 @@ async fn refresh(
     base: Option<Arc<TokenSet>>,
     revision: Revision,
     save_window: Duration,
-) -> (Produced, Option<Outcome>) {
+) -> (Produced, Option<RefreshOutcome>) {
     let cache = io.cache;
     let config = &cache.inner.config;
     let key = &io.slot.key;
@@ -213,7 +213,7 @@ async fn refresh(
             let after = config.policy.flight_deadline;
             tracing::warn!(key = %key, ?after, "the token source did not answer before the flight's deadline");
             let timed_out = Error::Refresh { key: key.clone(), source: RefreshError::TimedOut { after } };
-            return (Produced::Failed(timed_out), Some(Outcome::Transient));
+            return (Produced::Failed(timed_out), Some(RefreshOutcome::Transient));
         }
     };
     // The token call is done: what follows (the save, a re-read) has a window of its own, since
@@ -239,7 +239,7 @@ async fn refresh(
                 let rotation_to_durable_us = u64::try_from(answered.elapsed().as_micros()).unwrap_or(u64::MAX);
                 tracing::debug!(key = %key, %revision, rotation_to_durable_us, "new tokens durable");
             }
-            (produced, Some(Outcome::Ok))
+            (produced, Some(RefreshOutcome::Ok))
         }
         Err(RefreshError::InvalidResponse { status, reason, body, rotated_refresh_token: Some(rotated) }) => {
             // The answer is unusable but carries a new refresh token, and a rotating provider has
@@ -254,13 +254,13 @@ async fn refresh(
             let failure = RefreshError::InvalidResponse { status, reason, body, rotated_refresh_token: None };
             let produced =
                 io.save_or_adopt(salvaged, replaces, Origin::Fetched, from.as_ref(), Some(failure), save_window).await;
-            (produced, Some(Outcome::Transient))
+            (produced, Some(RefreshOutcome::Transient))
         }
         Err(reason) => match config.policy.verdict(&reason) {
             Verdict::Terminal(whose) => {
                 let outcome = match whose {
-                    Whose::User => Outcome::Terminal,
-                    Whose::Client => Outcome::ClientError,
+                    Whose::User => RefreshOutcome::Terminal,
+                    Whose::Client => RefreshOutcome::ClientError,
                 };
                 // Check before declaring death: another process may have rotated the refresh
                 // token we just spent a stale copy of.
@@ -275,7 +275,7 @@ async fn refresh(
                 (Produced::Failed(super::slot::terminal_error(key, whose, &reason)), Some(outcome))
             }
             Verdict::Transient => {
-                (Produced::Failed(Error::Refresh { key: key.clone(), source: reason }), Some(Outcome::Transient))
+                (Produced::Failed(Error::Refresh { key: key.clone(), source: reason }), Some(RefreshOutcome::Transient))
             }
         },
     }
