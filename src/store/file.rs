@@ -446,7 +446,9 @@ mod tests {
         let store = FileStore::new(dir.join("tokens.json")).lock_timeout(Duration::from_millis(100));
         let other = FileStore::new(dir.join("tokens.json")).lock_timeout(Duration::from_millis(100));
         let held = store.lock(&TokenKey::default()).await.unwrap().unwrap();
-        let err = other.lock(&TokenKey::default()).await.unwrap_err();
+        // Bounded here too, so that a lock that never times out fails this test instead of hanging it.
+        let waited = tokio::time::timeout(Duration::from_secs(10), other.lock(&TokenKey::default())).await;
+        let err = waited.expect("the lock timeout ends the wait").unwrap_err();
         assert!(matches!(err, StoreError::LockTimeout), "{err:?}");
         held.unlock().await.unwrap();
         assert!(other.lock(&TokenKey::default()).await.unwrap().is_some());

@@ -480,6 +480,67 @@ async fn a_retry_a_rejection_rule_lets_through_counts_as_accepted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_a_rejection_rule_rejects_again_is_not_an_acceptance() {
+    // Withings' envelope on a route that rejects every token: 200 with `"status":401`.
+    let provider = MockProvider::withings().await;
+    Mock::given(path("/reject"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"status":401,"body":{},"error":"invalid_token"}"#))
+        .with_priority(1)
+        .mount(provider.server())
+        .await;
+    let grant = reqwest_token_refresh::providers::withings(
+        reqwest_token_refresh::testkit::MOCK_CLIENT_ID,
+        reqwest_token_refresh::testkit::MOCK_CLIENT_SECRET,
+    )
+    .token_url(provider.token_url());
+    let auth = TokenRefresh::builder(grant)
+        .initial_tokens(provider.issue_tokens())
+        .allow_origin(provider.uri())
+        .token_rejected_when(reqwest_token_refresh::providers::withings_token_rejected)
+        .build()
+        .unwrap();
+    let client = client_with(&auth);
+    let url = format!("{}/reject", provider.uri());
+    for _ in 0..20 {
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 200, "the rejection goes back as it came");
+    }
+    // The retry's answer was a rejection too: the new token was never accepted, so it is held back.
+    assert_eq!(provider.stats().token_calls, 1);
+    assert_eq!(auth.stats().refreshes_held_back, 19);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_retry_whose_set_was_replaced_meanwhile_stops_and_the_new_set_is_saved_once() {
+    let provider = MockProvider::start().await;
+    let store = Flaky::default();
+    store.inner.put(&key(), &provider.issue_expired_tokens()).await.unwrap();
+    let auth = layer(&provider, provider.issue_tokens())
+        .store(store.clone())
+        .min_backoff(Duration::from_millis(300))
+        .max_backoff(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    // The refresh's save fails (its retry waits 300 ms), then the user authorizes again and that
+    // save fails too (its own retry, a moment later).
+    store.failing_saves.store(2, Ordering::SeqCst);
+    assert_eq!(client_with(&auth).get(provider.api_url("me")).send().await.unwrap().status(), 200);
+    let user = provider.issue_tokens();
+    timeout(BOUND, auth.set_tokens(user.clone())).await.expect("hung").unwrap_err();
+    assert_eq!(store.failing_saves.load(Ordering::SeqCst), 0);
+
+    // The first retry finds its set replaced and stops; the second saves the user's set, once.
+    let saved = async {
+        while store.inner.get(&key()).await.unwrap().unwrap().access_token() != user.access_token() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    timeout(BOUND, saved).await.expect("the user's tokens reach the store");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let stored = store.inner.load(&key()).await.unwrap().unwrap();
+    assert_eq!(stored.revision, Revision::new(2), "seeded, then the user's set saved once and nothing more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_key_fails_fast_between_its_looks_at_the_store() {
     let provider = MockProvider::start().await;
     let store = CountingStore::default();

@@ -19,8 +19,16 @@ mod nothing_lost;
 mod observability;
 mod origins;
 mod passthrough;
+#[cfg(feature = "deadpool-postgres")]
+mod postgres_pool;
 mod postgres_server;
 mod postgres_store;
+/// The same PostgreSQL store tests, every store on a deadpool-postgres pool: one driver mounted
+/// twice on purpose (`postgres_store::open` tells the two apart).
+#[cfg(feature = "deadpool-postgres")]
+#[path = "postgres_store.rs"]
+#[allow(clippy::duplicate_mod, reason = "the same tests, run on both ways of connecting")]
+mod postgres_store_on_a_pool;
 mod processes;
 mod providers;
 mod races;

@@ -2,6 +2,10 @@
 //! `PostgresStore` against a real PostgreSQL server: a throwaway cluster per test
 //! (`postgres_server::PgServer`). Many users through one client, replicas sharing one refresh per
 //! user across processes, the generation fence, and PostgreSQL going away mid-storm.
+//!
+//! `main.rs` mounts this file twice: as `postgres_store`, where every store opens connections of
+//! its own, and (with the `deadpool-postgres` feature) as `postgres_store_on_a_pool`, where every
+//! store runs on a deadpool-postgres pool. [`open`] is the only difference.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,6 +27,27 @@ use reqwest_middleware::{ClientBuilder, Middleware, Next};
 use crate::helpers::StoreExt;
 use crate::helpers::{client_with, grant};
 use crate::postgres_server::{PgServer, Timer};
+
+/// The pool each store gets in the pool copy of these tests: four child processes with a pool each,
+/// and the parent's, stay within the test cluster's 100 connections.
+#[cfg(feature = "deadpool-postgres")]
+const POOL_SIZE: usize = 12;
+
+/// Whether this copy of the tests runs its stores on a pool.
+fn on_a_pool() -> bool {
+    module_path!().ends_with("on_a_pool")
+}
+
+/// A store on `config`, made the way this copy of the tests makes them.
+async fn open(config: &str) -> Result<PostgresStore, StoreError> {
+    #[cfg(feature = "deadpool-postgres")]
+    if on_a_pool() {
+        let manager = deadpool_postgres::Manager::new(config.parse().expect("a connection string"), NoTls);
+        let pool = deadpool_postgres::Pool::builder(manager).max_size(POOL_SIZE).build().expect("a pool");
+        return PostgresStore::from_pool(pool).await;
+    }
+    PostgresStore::connect(config).await
+}
 
 /// What one request ended with: its status, or the middleware's error.
 type Outcome = Result<u16, reqwest_middleware::Error>;
@@ -77,7 +102,7 @@ fn users(n: usize) -> Vec<TokenKey> {
 
 /// A store on `server` with its table set up.
 async fn store_on(server: &PgServer) -> PostgresStore {
-    let store = PostgresStore::connect(&server.config()).await.expect("connecting to the test cluster");
+    let store = open(&server.config()).await.expect("connecting to the test cluster");
     store.setup().await.expect("creating the table");
     store
 }
@@ -118,7 +143,7 @@ async fn setup_is_idempotent_and_creates_the_documented_table() {
     let server = PgServer::start().await;
     let config = server.config();
     let stores: Vec<PostgresStore> =
-        join_all((0..4).map(|_| PostgresStore::connect(&config))).await.into_iter().map(Result::unwrap).collect();
+        join_all((0..4).map(|_| open(&config))).await.into_iter().map(Result::unwrap).collect();
 
     // Before setup, a store says what is missing.
     let err = stores[0].get(&TokenKey::default()).await.unwrap_err();
@@ -174,7 +199,7 @@ async fn setup_is_idempotent_and_creates_the_documented_table() {
 
     // Another table, in another schema, is just as independent.
     sql(&server).await.batch_execute("CREATE SCHEMA auth").await.unwrap();
-    let other = PostgresStore::connect(&server.config()).await.unwrap().table("auth.Tokens");
+    let other = open(&server.config()).await.unwrap().table("auth.Tokens");
     other.setup().await.unwrap();
     assert!(other.get(&key).await.unwrap().is_none());
     assert_ne!(other.lock_id(&key), stores[0].lock_id(&key), "lock ids are per table");
@@ -185,7 +210,7 @@ async fn two_providers_share_a_database_with_a_table_each_in_a_schema_setup_crea
     let server = PgServer::start().await;
     let connect = |table: &'static str| {
         let config = server.config();
-        async move { PostgresStore::connect(&config).await.unwrap().table(table) }
+        async move { open(&config).await.unwrap().table(table) }
     };
     let (withings, whoop) = (connect("oauth.withings_tokens").await, connect("oauth.whoop_tokens").await);
     // A fresh database: no `oauth` schema yet. Both setups at once, each creating what is missing.
@@ -225,7 +250,7 @@ async fn setup_without_the_right_to_create_a_schema_says_what_to_create() {
         .await
         .unwrap();
     let limited = server.config().replace("user=postgres", "user=limited password=limited-pw");
-    let store = PostgresStore::connect(&limited).await.unwrap().table("oauth.tokens");
+    let store = open(&limited).await.unwrap().table("oauth.tokens");
     let err = store.setup().await.unwrap_err().to_string();
     assert!(err.contains("CREATE SCHEMA \"oauth\""), "{err}");
     // Once the schema (and the right to use it) is given, the same role's setup creates the table.
@@ -237,16 +262,16 @@ async fn setup_without_the_right_to_create_a_schema_says_what_to_create() {
 async fn debug_and_errors_never_show_the_password() {
     let server = PgServer::start().await;
     // The cluster trusts every local connection, so the password is accepted and ignored.
-    let store = PostgresStore::connect(&format!("{} password=hunter2-secret", server.config())).await.unwrap();
+    let store = open(&format!("{} password=hunter2-secret", server.config())).await.unwrap();
     let debug = format!("{store:?}");
     assert!(!debug.contains("hunter2"), "{debug}");
-    assert!(debug.contains("127.0.0.1") && debug.contains("reqwest_token_refresh_tokens"), "{debug}");
+    let connects_to = if on_a_pool() { "deadpool-postgres pool" } else { "127.0.0.1" };
+    assert!(debug.contains(connects_to) && debug.contains("reqwest_token_refresh_tokens"), "{debug}");
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let err =
-        PostgresStore::connect(&format!("postgresql://app:hunter2-secret@127.0.0.1:{port}/app")).await.unwrap_err();
+    let err = open(&format!("postgresql://app:hunter2-secret@127.0.0.1:{port}/app")).await.unwrap_err();
     assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
     let report = format!("{err:?} {}", std::error::Error::source(&err).unwrap());
     assert!(!report.contains("hunter2"), "{report}");
@@ -257,7 +282,7 @@ async fn debug_and_errors_never_show_the_password() {
 async fn the_lock_excludes_other_replicas_per_key_and_times_out() {
     let server = PgServer::start().await;
     let a = store_on(&server).await;
-    let b = PostgresStore::connect(&server.config()).await.unwrap().lock_timeout(Duration::from_millis(300));
+    let b = open(&server.config()).await.unwrap().lock_timeout(Duration::from_millis(300));
     let (key, other) = (TokenKey::new("user-1"), TokenKey::new("user-2"));
 
     let held = a.lock(&key).await.unwrap().expect("PostgresStore has a lock");
@@ -269,7 +294,7 @@ async fn the_lock_excludes_other_replicas_per_key_and_times_out() {
 
     // Another key is not held up, and neither is the same key in another table.
     b.lock(&other).await.unwrap().unwrap().unlock().await.unwrap();
-    let elsewhere = PostgresStore::connect(&server.config()).await.unwrap().table("other_tokens");
+    let elsewhere = open(&server.config()).await.unwrap().table("other_tokens");
     elsewhere.setup().await.unwrap();
     elsewhere.lock(&key).await.unwrap().unwrap().unlock().await.unwrap();
 
@@ -313,7 +338,7 @@ async fn a_writer_holding_an_old_generation_is_superseded_and_the_newer_tokens_s
     let old = TokenSet::new("access-0").with_refresh_token("refresh-0");
     // Replica A may hold its lock for 300 ms only; replica B is patient.
     let a = store_on(&server).await.lock_hold_limit(Duration::from_millis(300));
-    let b = PostgresStore::connect(&server.config()).await.unwrap().lock_timeout(Duration::from_secs(5));
+    let b = open(&server.config()).await.unwrap().lock_timeout(Duration::from_secs(5));
     a.put(&key, &old).await.unwrap();
 
     // A takes the lock and reads generation 1, then stalls (a slow token call) past its hold
@@ -379,10 +404,7 @@ async fn a_layer_whose_lock_ran_out_adopts_the_newer_tokens_instead_of_overwriti
     store_a.put(&key, &provider.issue_tokens()).await.unwrap();
     provider.expire_access_tokens();
     let a = TokenRefresh::builder(grant(&provider)).store(store_a.clone()).build().unwrap();
-    let b = TokenRefresh::builder(grant(&provider))
-        .store(PostgresStore::connect(&server.config()).await.unwrap())
-        .build()
-        .unwrap();
+    let b = TokenRefresh::builder(grant(&provider)).store(open(&server.config()).await.unwrap()).build().unwrap();
 
     // A's request gets 401 and A starts refreshing, under the lock.
     let request = tokio::spawn({
@@ -450,7 +472,7 @@ fn unix_ms() -> u128 {
 
 /// The child's side: its own layer over its own `PostgresStore`, `per_user` concurrent requests
 /// for each of `users` users at `start_at_ms`; prints `RESULT <ok> <failed>`. Run only as a child
-/// process, by the test below (this same binary, `--ignored --exact postgres_store::postgres_child`).
+/// process, by the test below (this same binary, `--ignored --exact <this module>::postgres_child`).
 #[test]
 #[ignore = "the body of the child processes that the cross-process PostgreSQL test starts"]
 fn postgres_child() {
@@ -460,7 +482,7 @@ fn postgres_child() {
     .unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async move {
-        let store = PostgresStore::connect(&job.config).await.unwrap();
+        let store = open(&job.config).await.unwrap();
         let api_origin = url::Url::parse(&job.api_url).unwrap().origin().ascii_serialization();
         let grant =
             RefreshTokenGrant::new(&job.token_url).client_id("client").client_secret("secret").api_origin(api_origin);
@@ -498,10 +520,12 @@ async fn four_processes_sharing_a_postgres_store_make_one_token_call_per_user() 
         start_at_ms: unix_ms() + 1000,
     };
     let brief = serde_json::to_string(&job).unwrap();
+    // This copy's child: `postgres_store::postgres_child` or `postgres_store_on_a_pool::…`.
+    let child = format!("{}::postgres_child", module_path!().split_once("::").expect("in the test crate").1);
     let children: Vec<_> = (0..4)
         .map(|_| {
             std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--ignored", "--exact", "postgres_store::postgres_child", "--nocapture", "--test-threads", "1"])
+                .args(["--ignored", "--exact", &child, "--nocapture", "--test-threads", "1"])
                 .env(CHILD_ENV, &brief)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -590,7 +614,7 @@ async fn postgres_stopped_mid_storm_gives_typed_transient_errors_and_loses_no_to
     let connect = |server: &PgServer| {
         let config = server.config();
         async move {
-            PostgresStore::connect(&config)
+            open(&config)
                 .await
                 .unwrap()
                 .max_lock_connections(20)

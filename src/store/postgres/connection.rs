@@ -1,14 +1,18 @@
-//! The connection loads and saves share, made again when it is lost; running a query on it within
-//! the query timeout; and [`PostgresError`], how a PostgreSQL failure reads, never with the
-//! password.
+//! Where the store's connections come from ([`Connections`]: its own, or the service's
+//! `deadpool-postgres` pool), the connection loads and saves share when they are its own, running a
+//! query within the query timeout, the [`Session`] a lock or `setup` holds; and [`PostgresError`],
+//! how a PostgreSQL failure reads, never with the password.
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::time::Instant;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
@@ -16,6 +20,216 @@ use tokio_postgres::{Client, Config, Socket};
 
 use super::PostgresStore;
 use crate::error::StoreError;
+
+/// Where the store's connections come from.
+pub(super) enum Connections {
+    /// Its own: one connection that loads and saves share, and new ones for locks and `setup`.
+    Own(SharedConnection),
+    /// The service's pool: each query checks a connection out for its duration, each held lock for
+    /// as long as it is held.
+    #[cfg(feature = "deadpool-postgres")]
+    Pool(deadpool_postgres::Pool),
+}
+
+/// A connection a query runs on.
+#[allow(clippy::large_enum_variant, reason = "it lives in an `Arc` for the query's duration")]
+pub(super) enum QueryConnection {
+    Shared(Arc<Client>),
+    #[cfg(feature = "deadpool-postgres")]
+    Pooled(deadpool_postgres::Object),
+}
+
+impl Deref for QueryConnection {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        match self {
+            Self::Shared(client) => client,
+            #[cfg(feature = "deadpool-postgres")]
+            Self::Pooled(object) => object,
+        }
+    }
+}
+
+/// A connection held for a session of its own: a lock's transaction, or `setup`'s. Dropped without
+/// [`release`](Session::release) it is closed, never handed back: an open transaction (and the
+/// advisory lock in it) must not go back to a pool.
+pub(super) struct Session {
+    /// `None` only once released.
+    connection: Option<SessionConnection>,
+}
+
+enum SessionConnection {
+    Own(Client),
+    #[cfg(feature = "deadpool-postgres")]
+    Pooled(deadpool_postgres::Object),
+}
+
+impl Deref for Session {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        match self.connection.as_ref().expect("a session's connection is only taken when it ends") {
+            SessionConnection::Own(client) => client,
+            #[cfg(feature = "deadpool-postgres")]
+            SessionConnection::Pooled(object) => object,
+        }
+    }
+}
+
+impl Session {
+    fn own(client: Client) -> Self {
+        Self { connection: Some(SessionConnection::Own(client)) }
+    }
+
+    /// Ends the session with its transaction over: the store's own connection comes back for
+    /// reuse, a pool's goes back to the pool.
+    pub(super) fn release(mut self) -> Option<Client> {
+        match self.connection.take()? {
+            SessionConnection::Own(client) => Some(client),
+            #[cfg(feature = "deadpool-postgres")]
+            SessionConnection::Pooled(object) => {
+                drop(object);
+                None
+            }
+        }
+    }
+
+    /// Whether the connection may be one PostgreSQL has closed since it was last used: a pool's
+    /// always may.
+    pub(super) fn kept(&self, reused: bool) -> bool {
+        match self.connection {
+            Some(SessionConnection::Own(_)) | None => reused,
+            #[cfg(feature = "deadpool-postgres")]
+            Some(SessionConnection::Pooled(_)) => true,
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        #[cfg(feature = "deadpool-postgres")]
+        if let Some(SessionConnection::Pooled(object)) = self.connection.take() {
+            // Detached from the pool and dropped: the connection closes, and the server ends
+            // its transaction and releases its locks.
+            drop(deadpool_postgres::Object::take(object));
+        }
+        // The store's own connection closes as it is dropped.
+    }
+}
+
+impl Connections {
+    /// Where the store connects, for `Debug`: hosts, ports, database and user (never the
+    /// password), or the pool's size.
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Self::Own(shared) => shared.endpoint.clone(),
+            #[cfg(feature = "deadpool-postgres")]
+            Self::Pool(pool) => format!("a deadpool-postgres pool of at most {} connections", pool.status().max_size),
+        }
+    }
+
+    /// How many locks may hold a connection at once: on a pool, one less than its size, so that
+    /// held locks alone never take every connection their saves need.
+    pub(super) fn most_locks(&self) -> usize {
+        match self {
+            Self::Own(_) => usize::MAX,
+            #[cfg(feature = "deadpool-postgres")]
+            Self::Pool(pool) => pool.status().max_size.saturating_sub(1).max(1),
+        }
+    }
+
+    /// A connection for a query, and whether it was made just now (a failure on it is then not a
+    /// stale connection's).
+    async fn for_query(&self, timeout: Duration) -> Result<(Arc<QueryConnection>, bool), StoreError> {
+        match self {
+            Self::Own(shared) => match tokio::time::timeout(timeout, shared.client()).await {
+                Ok(connected) => connected.map(|(client, fresh)| (Arc::new(QueryConnection::Shared(client)), fresh)),
+                Err(_) => {
+                    Err(PostgresError::timed_out(format!("connecting to PostgreSQL ({})", shared.endpoint))
+                        .into_store())
+                }
+            },
+            #[cfg(feature = "deadpool-postgres")]
+            Self::Pool(pool) => {
+                let deadline = Instant::now().checked_add(timeout).unwrap_or_else(far_deadline);
+                let object = from_pool(pool, deadline).await?.ok_or_else(|| {
+                    PostgresError::message(
+                        "waiting for a connection from the pool: none came free within the query timeout",
+                    )
+                    .into_store()
+                })?;
+                Ok((Arc::new(QueryConnection::Pooled(object)), false))
+            }
+        }
+    }
+
+    /// A connection for a session of its own, waiting until `deadline` at most (`Ok(None)` when
+    /// none came by then), and whether it was kept from an earlier session. Takes one of `idle`
+    /// first when the connections are the store's own.
+    pub(super) async fn session(
+        &self,
+        idle: Option<Client>,
+        deadline: Instant,
+    ) -> Result<Option<(Session, bool)>, StoreError> {
+        match self {
+            Self::Own(shared) => match idle {
+                Some(client) => Ok(Some((Session::own(client), true))),
+                None => match tokio::time::timeout_at(deadline, shared.connect_new()).await {
+                    Ok(connected) => Ok(Some((Session::own(connected?), false))),
+                    Err(_) => Ok(None),
+                },
+            },
+            #[cfg(feature = "deadpool-postgres")]
+            Self::Pool(pool) => Ok(from_pool(pool, deadline)
+                .await?
+                .map(|object| (Session { connection: Some(SessionConnection::Pooled(object)) }, true))),
+        }
+    }
+
+    /// Makes sure a connection can be had: at start-up, so that a wrong address or password shows
+    /// then.
+    pub(super) async fn check(&self, timeout: Duration) -> Result<(), StoreError> {
+        self.for_query(timeout).await.map(drop)
+    }
+
+    /// Forgets a connection a query found closed or hung, so that the next query does not use it.
+    fn discard(&self, connection: Arc<QueryConnection>) {
+        match (self, &*connection) {
+            (Self::Own(shared), QueryConnection::Shared(client)) => shared.discard(client),
+            #[cfg(feature = "deadpool-postgres")]
+            (_, QueryConnection::Pooled(_)) => {
+                // The query is over, so this is the only reference left.
+                if let Ok(QueryConnection::Pooled(object)) = Arc::try_unwrap(connection) {
+                    drop(deadpool_postgres::Object::take(object));
+                }
+            }
+            #[cfg(feature = "deadpool-postgres")]
+            (Self::Pool(_), QueryConnection::Shared(_)) => {}
+        }
+    }
+}
+
+/// A deadline far enough away to mean "none", for a timeout too long to represent.
+pub(super) fn far_deadline() -> Instant {
+    Instant::now() + Duration::from_secs(24 * 60 * 60)
+}
+
+/// A connection from `pool`, waiting until `deadline` at most (`Ok(None)` when none came free).
+#[cfg(feature = "deadpool-postgres")]
+async fn from_pool(
+    pool: &deadpool_postgres::Pool,
+    deadline: Instant,
+) -> Result<Option<deadpool_postgres::Object>, StoreError> {
+    match tokio::time::timeout_at(deadline, pool.get()).await {
+        Ok(Ok(object)) => Ok(Some(object)),
+        Ok(Err(deadpool_postgres::PoolError::Backend(err))) => {
+            Err(PostgresError::new("connecting to PostgreSQL through the pool", &err).into_store())
+        }
+        Ok(Err(err)) => Err(PostgresError::chain("taking a connection from the pool", &err).into_store()),
+        Err(_) => Ok(None),
+    }
+}
 
 /// Makes one new connection (its driver task spawned).
 type Connector =
@@ -127,21 +341,22 @@ impl SharedConnection {
 }
 
 impl PostgresStore {
-    /// Runs one query on the shared connection, within the query timeout. A query that fails
-    /// because a connection kept from earlier turned out to be closed (PostgreSQL restarted) is
-    /// tried once more on a new connection.
+    /// Runs one query within the query timeout, on the shared connection or on one from the pool.
+    /// A query that fails because a connection kept from earlier turned out to be closed
+    /// (PostgreSQL restarted) is tried once more on a new connection.
     pub(super) async fn run<T, F, Fut>(&self, action: impl Fn() -> String, query: F) -> Result<T, StoreError>
     where
-        F: Fn(Arc<Client>) -> Fut,
+        F: Fn(Arc<QueryConnection>) -> Fut,
         Fut: Future<Output = Result<T, tokio_postgres::Error>>,
     {
+        let timeout = self.settings.query_timeout;
         let mut retried = false;
         loop {
-            let (client, fresh) = self.connection.client().await?;
-            match tokio::time::timeout(self.settings.query_timeout, query(client.clone())).await {
+            let (connection, fresh) = self.connections.for_query(timeout).await?;
+            match tokio::time::timeout(timeout, query(connection.clone())).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(err)) if err.is_closed() => {
-                    self.connection.discard(&client);
+                    self.connections.discard(connection);
                     if fresh || retried {
                         return Err(PostgresError::new(action(), &err).into_store());
                     }
@@ -151,7 +366,7 @@ impl PostgresStore {
                 Err(_) => {
                     // No answer: the server or the network hangs. A new connection is the only
                     // way to know more.
-                    self.connection.discard(&client);
+                    self.connections.discard(connection);
                     return Err(PostgresError::timed_out(action()).into_store());
                 }
             }
@@ -196,17 +411,27 @@ impl PostgresError {
     pub(super) fn new(action: impl Into<String>, err: &tokio_postgres::Error) -> Self {
         // tokio-postgres says only "db error" or "error connecting to server"; the server's
         // message (severity, message, detail) and the I/O error are its sources.
+        let mut this = Self::chain(action, err);
+        if err.code() == Some(&SqlState::UNDEFINED_TABLE) {
+            this.message.push_str(" (create the table once with PostgresStore::setup)");
+        }
+        this
+    }
+
+    /// `action`, then `err` and each of its sources, on one line.
+    pub(super) fn chain(action: impl Into<String>, err: &(dyn StdError + 'static)) -> Self {
         let mut message = format!("{}: {err}", action.into());
-        let mut source = StdError::source(err);
+        let mut source = err.source();
         while let Some(cause) = source {
             message.push_str(&format!(": {cause}"));
             source = cause.source();
         }
-        message = message.replace('\n', "; ");
-        if err.code() == Some(&SqlState::UNDEFINED_TABLE) {
-            message.push_str(" (create the table once with PostgresStore::setup)");
-        }
-        Self { message }
+        Self { message: message.replace('\n', "; ") }
+    }
+
+    /// A failure that is only what the store says of it.
+    pub(super) fn message(message: &str) -> Self {
+        Self { message: message.to_owned() }
     }
 
     pub(super) fn timed_out(action: impl Into<String>) -> Self {

@@ -14,7 +14,7 @@ use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
 use super::PostgresStore;
-use super::connection::PostgresError;
+use super::connection::{PostgresError, Session};
 use crate::error::StoreError;
 use crate::key::TokenKey;
 use crate::store::{Revision, StoreGuard, Stored, TokenStore};
@@ -26,9 +26,8 @@ impl PostgresStore {
         let settings = &self.settings;
         // A timeout too long to represent is cut to a day: the layer's flight deadline ends the
         // wait long before.
-        let deadline = Instant::now()
-            .checked_add(settings.lock_timeout)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(24 * 60 * 60));
+        let deadline =
+            Instant::now().checked_add(settings.lock_timeout).unwrap_or_else(super::connection::far_deadline);
         let permit = match tokio::time::timeout_at(deadline, self.locks.permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => permit,
             // The semaphore is never closed; a timeout is the only way out.
@@ -38,16 +37,17 @@ impl PostgresStore {
         let action = || format!("taking the refresh lock of key `{key}`");
         let mut retried = false;
         loop {
-            let (client, reused) = match self.locks.take_idle() {
-                Some(client) => (client, true),
-                None => (self.connection.connect_new().await?, false),
+            // Waiting for a free connection counts against the lock timeout too.
+            let Some((session, reused)) = self.connections.session(self.locks.take_idle(), deadline).await? else {
+                return Err(StoreError::LockTimeout);
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                let _ = self.locks.put_back(client, settings.query_timeout).await;
+                let _ = self.locks.put_back(session, settings.query_timeout).await;
                 return Err(StoreError::LockTimeout);
             }
-            // Integer settings are in milliseconds; 0 would mean "no limit".
+            // Integer settings are in milliseconds; 0 would mean "no limit". `SET LOCAL` ends with
+            // the transaction, so a pool's connection goes back with its own settings.
             let wait_ms = remaining.as_millis().max(1);
             let hold_ms = settings.lock_hold_limit.as_millis().max(1);
             let begin = format!(
@@ -55,28 +55,28 @@ impl PostgresStore {
                  SET LOCAL idle_in_transaction_session_timeout = {hold_ms}; \
                  SELECT pg_advisory_xact_lock({id})"
             );
-            let taken = client.batch_execute(&begin);
+            let taken = session.batch_execute(&begin);
             match tokio::time::timeout(remaining.saturating_add(settings.query_timeout), taken).await {
                 Ok(Ok(())) => {
                     return Ok(PostgresGuard {
                         store: self,
                         key: key.clone(),
                         id,
-                        client: Some(client),
+                        session: Some(session),
                         _permit: permit,
                     });
                 }
                 Ok(Err(err)) if err.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                    let _ = self.locks.put_back(client, settings.query_timeout).await;
+                    let _ = self.locks.put_back(session, settings.query_timeout).await;
                     return Err(StoreError::LockTimeout);
                 }
                 // A kept connection that PostgreSQL closed meanwhile (a restart): try a new one.
-                Ok(Err(err)) if err.is_closed() && reused && !retried => retried = true,
+                Ok(Err(err)) if err.is_closed() && session.kept(reused) && !retried => retried = true,
                 Ok(Err(err)) => {
-                    let _ = self.locks.put_back(client, settings.query_timeout).await;
+                    let _ = self.locks.put_back(session, settings.query_timeout).await;
                     return Err(PostgresError::new(action(), &err).into_store());
                 }
-                // The connection is dropped, which ends its session and any wait on the server.
+                // The connection is closed, which ends its session and any wait on the server.
                 Err(_) => return Err(PostgresError::timed_out(action()).into_store()),
             }
         }
@@ -86,7 +86,8 @@ impl PostgresStore {
 /// The locks one store value (and its clones) holds, and the connections they use.
 pub(super) struct Locks {
     permits: Arc<Semaphore>,
-    /// Lock connections between two locks (their transaction ended, so they hold nothing).
+    /// The store's own lock connections between two locks (their transaction ended, so they hold
+    /// nothing). A pool's go back to the pool instead.
     idle: Mutex<Vec<Client>>,
     max_idle: usize,
 }
@@ -106,15 +107,17 @@ impl Locks {
         None
     }
 
-    /// Ends whatever transaction `client` is in and keeps it for the next lock; drops it (closing
-    /// the session, which releases anything it held) if that fails.
-    /// The error is `None` when PostgreSQL did not answer in time.
-    async fn put_back(&self, client: Client, timeout: Duration) -> Result<(), Option<tokio_postgres::Error>> {
-        match tokio::time::timeout(timeout, client.batch_execute("ROLLBACK")).await {
+    /// Ends whatever transaction `session` is in and keeps its connection for the next lock (or
+    /// hands it back to the pool); closes it (which releases anything its session held) if that
+    /// fails. The error is `None` when PostgreSQL did not answer in time.
+    async fn put_back(&self, session: Session, timeout: Duration) -> Result<(), Option<tokio_postgres::Error>> {
+        match tokio::time::timeout(timeout, session.batch_execute("ROLLBACK")).await {
             Ok(Ok(())) => {
-                let mut idle = self.idle.lock();
-                if idle.len() < self.max_idle {
-                    idle.push(client);
+                if let Some(client) = session.release() {
+                    let mut idle = self.idle.lock();
+                    if idle.len() < self.max_idle {
+                        idle.push(client);
+                    }
                 }
                 Ok(())
             }
@@ -125,14 +128,14 @@ impl Locks {
 }
 
 /// A held per-key advisory lock: an open transaction on a connection of its own. Loads and saves
-/// under it go through the store's shared connection (they commit at once) and are fenced by the
+/// under it go through the store's query connections (they commit at once) and are fenced by the
 /// revision they name.
 pub(super) struct PostgresGuard<'a> {
     store: &'a PostgresStore,
     key: TokenKey,
     id: i64,
     /// `None` once released.
-    client: Option<Client>,
+    session: Option<Session>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -145,7 +148,7 @@ impl fmt::Debug for PostgresGuard<'_> {
 #[async_trait]
 impl StoreGuard for PostgresGuard<'_> {
     async fn load(&mut self) -> Result<Option<Stored>, StoreError> {
-        // A statement of its own on the shared connection, started after the lock was granted, so
+        // A statement of its own on a query connection, started after the lock was granted, so
         // it sees what the previous holder committed.
         self.store.load(&self.key).await
     }
@@ -155,11 +158,11 @@ impl StoreGuard for PostgresGuard<'_> {
     }
 
     async fn unlock(mut self: Box<Self>) -> Result<(), StoreError> {
-        let Some(client) = self.client.take() else { return Ok(()) };
+        let Some(session) = self.session.take() else { return Ok(()) };
         // Rolling back ends the transaction and with it the advisory lock (nothing was written in
-        // it: saves go through the shared connection and commit at once).
+        // it: saves go through query connections and commit at once).
         let query_timeout = self.store.settings.query_timeout;
-        self.store.locks.put_back(client, query_timeout).await.map_err(|err| {
+        self.store.locks.put_back(session, query_timeout).await.map_err(|err| {
             let action = format!(
                 "releasing the refresh lock of key `{}` (the lock went with its connection: it was held past the \
                  lock-hold limit, or PostgreSQL went away)",
@@ -176,9 +179,10 @@ impl StoreGuard for PostgresGuard<'_> {
 
 impl Drop for PostgresGuard<'_> {
     fn drop(&mut self) {
-        // Not released with `unlock` (the refresh was cancelled or panicked): dropping the client
-        // closes the connection, and the server releases the lock with the session.
-        drop(self.client.take());
+        // Not released with `unlock` (the refresh was cancelled or panicked): dropping the session
+        // closes its connection (a pool's too: it is not handed back), and the server releases the
+        // lock with the session.
+        drop(self.session.take());
     }
 }
 

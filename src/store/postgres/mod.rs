@@ -1,7 +1,7 @@
 //! [`PostgresStore`]: tokens in PostgreSQL, one row per key, an advisory lock per key. How it
 //! works is documented on the type.
 //!
-//! This file holds the store, its options and its [`TokenStore`] impl. The shared connection and
+//! This file holds the store, its options and its [`TokenStore`] impl. Where connections come from and
 //! PostgreSQL failures are in `connection`, the advisory locks in `lock`, the statements in `sql`.
 
 mod connection;
@@ -18,7 +18,7 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Config, NoTls, Socket};
 
-use self::connection::{PostgresError, SharedConnection};
+use self::connection::{Connections, PostgresError, SharedConnection};
 use self::lock::{Locks, lock_id};
 use self::sql::Sql;
 use super::{Revision, StoreGuard, Stored, TokenStore};
@@ -120,21 +120,29 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`StoreError::Superseded`]: the layer then adopts the stored (newer) tokens instead of
 /// overwriting them. That holds for saves under the lock and without it alike (seeding from the
 /// initial tokens, [`set_tokens`](crate::TokenRefresh::set_tokens), retries of a failed save).
-/// Saves under the lock go through the lock's [`StoreGuard`](crate::StoreGuard) on the shared
-/// connection, so they commit at once: the lock's own transaction writes nothing.
+/// Saves under the lock go through the lock's [`StoreGuard`](crate::StoreGuard) on a query
+/// connection, not the lock's, so they commit at once: the lock's own transaction writes nothing.
 ///
 /// # Connections
 ///
-/// Loads and saves go through one shared connection (tokio-postgres pipelines concurrent queries on
-/// it). Held locks use connections of their own, at most
-/// [`max_lock_connections`](Self::max_lock_connections) at once, kept open between
-/// refreshes. When PostgreSQL is unreachable every call fails with [`StoreError::Backend`]
+/// Made with [`connect`](Self::connect), the store has connections of its own: loads and saves go
+/// through one shared connection (tokio-postgres pipelines concurrent queries on it), and held
+/// locks use connections of their own, at most
+/// [`max_lock_connections`](Self::max_lock_connections) at once, kept open between refreshes. Per
+/// store value (and its clones) that is at most 1 + 10 connections by default.
+///
+/// Made with [`from_pool`](Self::from_pool) (feature `deadpool-postgres`), it has none of its
+/// own: each load and save checks one of the pool's connections out for its statement, and each
+/// held lock one for as long as it is held, at most half the pool by default. Several stores (a
+/// table per provider) share the pool and its limit.
+///
+/// Either way, when PostgreSQL is unreachable every call fails with [`StoreError::Backend`]
 /// (never a panic) and the next call connects again; a query that gets no answer within the query
 /// timeout fails the same way and its connection is replaced.
 #[derive(Clone)]
 pub struct PostgresStore {
     settings: Arc<Settings>,
-    connection: Arc<SharedConnection>,
+    connections: Arc<Connections>,
     locks: Arc<Locks>,
 }
 
@@ -206,21 +214,76 @@ impl PostgresStore {
         if parsed.get_application_name().is_none() {
             parsed.application_name("reqwest-token-refresh");
         }
+        let store = Self::new(Connections::Own(SharedConnection::new(parsed, tls)), Self::DEFAULT_MAX_LOCK_CONNECTIONS);
+        store.connections.check(store.settings.query_timeout).await?;
+        Ok(store)
+    }
+
+    /// Keeps tokens in PostgreSQL through the service's own `deadpool-postgres` pool (version
+    /// 0.14) instead of connections of the store's own. Requires the `deadpool-postgres` feature.
+    ///
+    /// Each load and save checks a connection out for one statement; each held lock keeps one
+    /// for as long as it is held (a refresh: the token call and the save), so that a pool of at
+    /// most `P` connections serves the service's own queries, up to
+    /// [`max_lock_connections`](Self::max_lock_connections) held locks, and one statement per held
+    /// lock. The store starts with `max_lock_connections` at half the pool (at most 10, at least
+    /// 1), which leaves the other half to everything else; a pool of one connection is refused,
+    /// since a held lock and the save under it need two. A lock's connection goes back to the pool
+    /// only once its transaction has been rolled back; one whose lock was abandoned (a cancelled
+    /// refresh) is closed instead, so no pooled connection ever carries a lock or a transaction.
+    ///
+    /// One connection is checked out now, so that a wrong address or password shows up at
+    /// start-up. Waiting for a free connection is bounded by the query timeout (a lock's, by the
+    /// lock timeout), whatever the pool's own timeouts say.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use reqwest_token_refresh::PostgresStore;
+    ///
+    /// let mut config = deadpool_postgres::Config::new();
+    /// config.url = Some("postgresql://sync@db.internal/sync".to_owned());
+    /// let pool = config.create_pool(Some(deadpool_postgres::Runtime::Tokio1), tokio_postgres::NoTls)?;
+    ///
+    /// // The same pool the service queries with; the store holds at most 8 of its 16 for locks.
+    /// let store = PostgresStore::from_pool(pool.clone()).await?.table("oauth.withings_tokens");
+    /// store.setup().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] when the pool has room for fewer than two connections, or no
+    /// connection can be had from it (the server cannot be reached, the pool stays exhausted for
+    /// the query timeout).
+    #[cfg(feature = "deadpool-postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "deadpool-postgres")))]
+    pub async fn from_pool(pool: deadpool_postgres::Pool) -> Result<Self, StoreError> {
+        let size = pool.status().max_size;
+        if size < 2 {
+            return Err(StoreError::backend(PostgresError::message(&format!(
+                "a pool of at most {size} connection cannot hold a refresh lock and save under it: \
+                 give it 2 connections or more"
+            ))));
+        }
+        let store = Self::new(Connections::Pool(pool), (size / 2).min(Self::DEFAULT_MAX_LOCK_CONNECTIONS));
+        store.connections.check(store.settings.query_timeout).await?;
+        Ok(store)
+    }
+
+    fn new(connections: Connections, max_lock_connections: usize) -> Self {
         let settings = Settings {
             table: Self::DEFAULT_TABLE.to_owned(),
             lock_timeout: Self::DEFAULT_LOCK_TIMEOUT,
             lock_hold_limit: Self::DEFAULT_LOCK_HOLD_LIMIT,
-            max_lock_connections: Self::DEFAULT_MAX_LOCK_CONNECTIONS,
+            max_lock_connections,
             query_timeout: Self::DEFAULT_QUERY_TIMEOUT,
             sql: Sql::for_table(Self::DEFAULT_TABLE),
         };
-        let store = Self {
+        Self {
             locks: Arc::new(Locks::new(settings.max_lock_connections)),
             settings: Arc::new(settings),
-            connection: Arc::new(SharedConnection::new(parsed, tls)),
-        };
-        store.connection.client().await?;
-        Ok(store)
+            connections: Arc::new(connections),
+        }
     }
 
     /// Keeps tokens in this table; `schema.table` names a schema too (split at the first dot).
@@ -260,12 +323,17 @@ impl PostgresStore {
 
     /// How many locks this store (with its clones) holds at once, each on its own connection (at
     /// least 1). Refreshes beyond it wait for a free connection; count these connections, plus
-    /// one, per replica against the server's `max_connections`.
+    /// one, per replica against the server's `max_connections`. On a pool
+    /// ([`from_pool`](Self::from_pool)) the locks' connections are the pool's, and the number is
+    /// capped at one less than the pool's size, so that held locks alone never take every connection
+    /// their saves need.
     ///
-    /// Default: 10 ([`DEFAULT_MAX_LOCK_CONNECTIONS`](Self::DEFAULT_MAX_LOCK_CONNECTIONS)).
+    /// Default: 10 ([`DEFAULT_MAX_LOCK_CONNECTIONS`](Self::DEFAULT_MAX_LOCK_CONNECTIONS)); on a
+    /// pool, half its size, at most 10.
     #[must_use = "returns the changed store; on its own the call changes nothing"]
     pub fn max_lock_connections(self, connections: usize) -> Self {
-        self.map(|settings| settings.max_lock_connections = connections.max(1))
+        let most = self.connections.most_locks();
+        self.map(|settings| settings.max_lock_connections = connections.clamp(1, most))
     }
 
     /// How long a load, a save or releasing a lock may take before it fails with
@@ -303,7 +371,13 @@ impl PostgresStore {
     /// [`StoreError::Backend`] when PostgreSQL cannot be reached or refuses (the user may not
     /// create tables or the schema: the error says what to create).
     pub async fn setup(&self) -> Result<(), StoreError> {
-        let client = self.connection.connect_new().await?;
+        let deadline = tokio::time::Instant::now()
+            .checked_add(self.settings.query_timeout)
+            .unwrap_or_else(connection::far_deadline);
+        let Some((session, _)) = self.connections.session(None, deadline).await? else {
+            return Err(PostgresError::message("creating the table: no connection came free within the query timeout")
+                .into_store());
+        };
         let id = lock_id(&self.settings.table, "\0setup");
         let sql = &self.settings.sql;
         // Setups of two tables in one new schema would race to create it: its own lock first.
@@ -322,12 +396,17 @@ impl PostgresStore {
             ),
             None => format!("creating the table {}", self.settings.table),
         };
-        match tokio::time::timeout(self.settings.query_timeout, client.batch_execute(&batch)).await {
-            Ok(Ok(())) => Ok(()),
+        match tokio::time::timeout(self.settings.query_timeout, session.batch_execute(&batch)).await {
+            Ok(Ok(())) => {
+                // Committed: a pool's connection goes back to the pool, the store's own closes.
+                drop(session.release());
+                Ok(())
+            }
             Ok(Err(err)) => Err(PostgresError::new(action(), &err).into_store()),
             Err(_) => Err(PostgresError::timed_out(action()).into_store()),
         }
-        // The dedicated connection closes here, rolling back whatever did not commit.
+        // On failure the session's connection closes here (a pool's is not handed back),
+        // rolling back whatever did not commit.
     }
 
     fn map(mut self, change: impl FnOnce(&mut Settings)) -> Self {
@@ -344,7 +423,7 @@ impl fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let settings = &self.settings;
         f.debug_struct("PostgresStore")
-            .field("endpoint", &self.connection.endpoint)
+            .field("connections", &self.connections.describe())
             .field("table", &settings.table)
             .field("lock_timeout", &settings.lock_timeout)
             .field("lock_hold_limit", &settings.lock_hold_limit)
