@@ -1024,6 +1024,30 @@ mod tests {
     }
 
     #[test]
+    fn a_retried_save_that_lands_for_an_older_generation_leaves_the_newer_set_unsaved() {
+        let stats = Counters::default();
+        let mut state = SlotState::new();
+        state.publish(TokenSet::new("installed"), None, true);
+        // A refresh published generation 2 while the installed set's save was being retried; its
+        // own save has not landed.
+        state.publish(TokenSet::new("refreshed"), None, false);
+        state.record_save(Revision::new(7), false);
+        for landed in [
+            publish("installed", Origin::Installed, Standing::At(Revision::new(8))),
+            Produced::Saved(Revision::new(8)),
+        ] {
+            let (_, effects) = apply_save(&mut state, &key(), 1, landed, &stats);
+            assert!(!state.saved, "generation 2 is still to be saved: its own retry must go on");
+            assert_eq!((access(&state), state.revision), (Some("refreshed"), Revision::new(7)));
+            assert!(effects.refreshed.is_none());
+        }
+        // The current generation's own retry landing is recorded.
+        apply_save(&mut state, &key(), 2, Produced::Saved(Revision::new(9)), &stats);
+        assert!(state.saved);
+        assert_eq!(state.revision, Revision::new(9));
+    }
+
+    #[test]
     fn an_answer_from_a_flight_that_no_longer_runs_changes_nothing() {
         let (policy, stats) = (Policy::default(), Counters::default());
         let mut state = SlotState::new();
