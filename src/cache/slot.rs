@@ -1032,10 +1032,9 @@ mod tests {
         // own save has not landed.
         state.publish(TokenSet::new("refreshed"), None, false);
         state.record_save(Revision::new(7), false);
-        for landed in [
-            publish("installed", Origin::Installed, Standing::At(Revision::new(8))),
-            Produced::Saved(Revision::new(8)),
-        ] {
+        for landed in
+            [publish("installed", Origin::Installed, Standing::At(Revision::new(8))), Produced::Saved(Revision::new(8))]
+        {
             let (_, effects) = apply_save(&mut state, &key(), 1, landed, &stats);
             assert!(!state.saved, "generation 2 is still to be saved: its own retry must go on");
             assert_eq!((access(&state), state.revision), (Some("refreshed"), Revision::new(7)));

@@ -540,6 +540,70 @@ async fn a_save_retry_whose_set_was_replaced_meanwhile_stops_and_the_new_set_is_
     assert_eq!(stored.revision, Revision::new(2), "seeded, then the user's set saved once and nothing more");
 }
 
+/// A store over memory whose lock is released but reports that releasing it failed (a lock whose
+/// connection went away while it was held).
+#[derive(Debug, Clone, Default)]
+struct UnlockFails(MemoryStore);
+
+#[derive(Debug)]
+struct UnlockFailsGuard<'a>(Box<dyn StoreGuard + 'a>);
+
+#[async_trait]
+impl StoreGuard for UnlockFailsGuard<'_> {
+    async fn load(&mut self) -> Result<Option<Stored>, StoreError> {
+        self.0.load().await
+    }
+
+    async fn save(&mut self, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        self.0.save(tokens, replaces).await
+    }
+
+    async fn unlock(self: Box<Self>) -> Result<(), StoreError> {
+        self.0.unlock().await?;
+        Err(StoreError::io("releasing the lock", std::io::Error::from(std::io::ErrorKind::ConnectionReset)))
+    }
+}
+
+#[async_trait]
+impl TokenStore for UnlockFails {
+    async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
+        self.0.load(key).await
+    }
+
+    async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+        self.0.save(key, tokens, replaces).await
+    }
+
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
+        let held = self.0.lock(key).await?.expect("the memory store locks");
+        Ok(Some(Box::new(UnlockFailsGuard(held))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_whose_release_fails_is_reported_once_and_the_refresh_stands() {
+    let provider = MockProvider::start().await;
+    let store = UnlockFails::default();
+    store.0.put(&key(), &provider.issue_expired_tokens()).await.unwrap();
+    let reported = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let auth = layer(&provider, provider.issue_tokens())
+        .store(store.clone())
+        .on_store_error({
+            let reported = reported.clone();
+            move |_, err| reported.lock().push(err.to_string())
+        })
+        .build()
+        .unwrap();
+    assert_eq!(client_with(&auth).get(provider.api_url("me")).send().await.unwrap().status(), 200);
+    assert_eq!(provider.stats().token_calls, 1);
+    let reported = reported.lock().clone();
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert!(reported[0].contains("releasing the lock"), "{reported:?}");
+    assert_eq!(auth.stats().store_failures, 1);
+    // The refresh's tokens were saved before the release failed.
+    assert_eq!(store.0.get(&key()).await.unwrap().unwrap().access_token(), auth.tokens().unwrap().access_token());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_key_fails_fast_between_its_looks_at_the_store() {
     let provider = MockProvider::start().await;
