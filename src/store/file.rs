@@ -455,6 +455,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_waiter_gets_the_lock_when_the_holder_lets_go_within_its_timeout() {
+        let dir = temp_dir("lock-wait");
+        let store = FileStore::new(dir.join("tokens.json"));
+        let patient = FileStore::new(dir.join("tokens.json")).lock_timeout(Duration::from_secs(10));
+        let held = store.lock(&TokenKey::default()).await.unwrap().unwrap();
+        let waiter = tokio::spawn(async move { patient.lock(&TokenKey::default()).await.map(|lock| lock.is_some()) });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished(), "the second holder waits");
+        held.unlock().await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("bounded");
+        assert!(got.unwrap().unwrap(), "the waiter got the lock once it was free");
+    }
+
+    #[test]
+    fn a_bare_file_name_lives_in_the_current_directory() {
+        assert_eq!(FileStore::new("tokens.json").directory(), PathBuf::from("."));
+        assert_eq!(FileStore::new("/var/lib/app/tokens.json").directory(), PathBuf::from("/var/lib/app"));
+    }
+
+    #[tokio::test]
+    async fn a_file_that_cannot_be_read_is_an_error_not_an_empty_store() {
+        // A directory where the file should be: reading it fails, and that is not "no tokens yet".
+        let dir = temp_dir("unreadable");
+        let path = dir.join("tokens.json");
+        fs::create_dir_all(&path).unwrap();
+        let err = FileStore::new(&path).load(&TokenKey::default()).await.unwrap_err();
+        assert!(matches!(&err, StoreError::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains("reading"), "{err}");
+    }
+
+    #[tokio::test]
     async fn a_file_in_the_first_format_reads_as_revision_1_and_is_rewritten_in_the_second() {
         let dir = temp_dir("v1");
         let path = dir.join("tokens.json");
