@@ -18,6 +18,18 @@
 //! from being used (the old refresh token is dead anyway); it is reported and retried, over the
 //! same revision, until it lands or the store turns out to hold something newer.
 //!
+//! # Why a failed read or save under the lock is tried again before the lock goes
+//!
+//! While a refresh holds the store's lock, no other process refreshes the key. Once the lock
+//! goes, another process reads the store and refreshes from what it finds. If this refresh's save
+//! failed, what it finds is the set whose refresh token the provider has just rotated away, and
+//! presenting that one again is reuse: a provider that detects it revokes the whole grant, for
+//! every process. A read that fails under the lock is as bad in the other direction: refreshing
+//! from memory instead may spend a token another process has already rotated. So under a lock a
+//! failed read or save is tried twice more, after the refresh backoff (`min_backoff`, then twice
+//! that), before the refresh goes on without it: a store that fails for a moment (a reset
+//! connection, a pool briefly exhausted) costs a short wait, not the grant.
+//!
 //! # Deadlines
 //!
 //! Taking the lock and the token call share the flight's deadline. A save after a token call has
@@ -107,8 +119,13 @@ pub(super) enum Produced {
 const INSTALL_ATTEMPTS: usize = 8;
 
 /// How many times a save re-reads and tries again over a revision that turned out to be its own
-/// (see `Io::save_or_adopt`) before it is left to the save retry.
+/// (see `Io::save_or_adopt`), or after a failure under the lock, before it is left to the save
+/// retry.
 const SAVE_ATTEMPTS: usize = 4;
+
+/// How many more times a read or save that failed under the store's lock is tried before the
+/// lock goes (see the module docs).
+const RETRIES_UNDER_LOCK: u32 = 2;
 
 /// Runs the protocol for `intent` on `slot`'s key.
 pub(super) async fn run(cache: &TokenCache, slot: &Slot, intent: Intent) -> Produced {
@@ -191,7 +208,7 @@ async fn refresh(
     // Another process may have refreshed while this one waited for the lock: a revision other than
     // ours is newer. Adopt it when fresh, else refresh from it (our refresh token may already have
     // been rotated away).
-    let (from, replaces) = match io.read().await {
+    let (from, replaces) = match io.read_under_lock().await {
         Ok(Some(stored)) if stored.revision != revision => {
             let now = config.clock.now();
             // Saved since our read, so just issued: judged as the tokens this layer fetches are.
@@ -393,6 +410,34 @@ impl<'a> Io<'a> {
         read
     }
 
+    /// Reads, and under the lock tries a failed read again (see the module docs).
+    async fn read_under_lock(&mut self) -> Result<Option<Stored>, StoreError> {
+        let mut retries = 0;
+        loop {
+            match self.read().await {
+                Err(_) if retries < RETRIES_UNDER_LOCK && self.pause_under_lock(retries + 1).await => retries += 1,
+                read => return read,
+            }
+        }
+    }
+
+    /// Under the lock, waits the refresh backoff for the `retry`-th try of a failed read or save,
+    /// and says whether to try; without a lock, or when the wait would outlast the deadline, it
+    /// does not wait.
+    async fn pause_under_lock(&mut self, retry: u32) -> bool {
+        let at = match &self.guard {
+            Some(_) => Instant::now().checked_add(self.cache.inner.config.policy.cool_down(retry, None)),
+            None => None,
+        };
+        match at.filter(|at| *at < self.deadline) {
+            Some(at) => {
+                tokio::time::sleep_until(at).await;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Saves over `replaces`, within `window` (a deadline of its own: see the module docs).
     async fn save(&mut self, tokens: TokenSet, replaces: Revision, window: Duration) -> Result<Revision, StoreError> {
         let save = async {
@@ -431,6 +476,7 @@ impl<'a> Io<'a> {
         window: Duration,
     ) -> Produced {
         let mut replaces = replaces;
+        let mut retries = 0;
         let standing = 'attempts: {
             for _ in 0..SAVE_ATTEMPTS {
                 let error = match self.save(tokens.clone(), replaces, window).await {
@@ -455,6 +501,10 @@ impl<'a> Io<'a> {
                     },
                     Err(error) => error,
                 };
+                if retries < RETRIES_UNDER_LOCK && self.pause_under_lock(retries + 1).await {
+                    retries += 1;
+                    continue;
+                }
                 break 'attempts Standing::Pending { replaces, error };
             }
             Standing::Pending { replaces, error: StoreError::Superseded }

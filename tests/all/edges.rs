@@ -356,7 +356,8 @@ async fn a_late_retried_save_leaves_the_newer_set(store_a: impl TokenStore + Clo
     let b = layer(&provider, provider.issue_expired_tokens()).store(store_b.clone()).build().unwrap();
     let url = provider.api_url("me");
 
-    failing.store(1, Ordering::SeqCst);
+    // The save fails, and so do the two tries A makes again before letting the lock go.
+    failing.store(3, Ordering::SeqCst);
     assert_eq!(client_with(&a).get(&url).send().await.unwrap().status(), 200, "A's tokens are used unsaved");
     let unsaved = a.tokens().unwrap();
     assert_ne!(store_b.get(&key()).await.unwrap().as_ref(), Some(&unsaved));
@@ -520,9 +521,9 @@ async fn a_save_retry_whose_set_was_replaced_meanwhile_stops_and_the_new_set_is_
         .max_backoff(Duration::from_millis(300))
         .build()
         .unwrap();
-    // The refresh's save fails (its retry waits 300 ms), then the user authorizes again and that
-    // save fails too (its own retry, a moment later).
-    store.failing_saves.store(2, Ordering::SeqCst);
+    // The refresh's save fails, under the lock three times (its retry then waits 300 ms); then the
+    // user authorizes again and that save fails too (its own retry, a moment later).
+    store.failing_saves.store(4, Ordering::SeqCst);
     assert_eq!(client_with(&auth).get(provider.api_url("me")).send().await.unwrap().status(), 200);
     let user = provider.issue_tokens();
     timeout(BOUND, auth.set_tokens(user.clone())).await.expect("hung").unwrap_err();
@@ -699,6 +700,38 @@ impl TokenStore for Flaky {
     async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
         crate::helpers::lock_through(self, &self.inner, key).await
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_fails_once_under_the_lock_is_retried_instead_of_refreshing_from_a_stale_memory() {
+    let provider = MockProvider::start().await;
+    let store = Flaky::default();
+    store.inner.put(&key(), &provider.issue_tokens()).await.unwrap();
+    let replica = || {
+        layer(&provider, provider.issue_tokens())
+            .store(store.clone())
+            .min_backoff(Duration::from_millis(20))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (replica(), replica());
+    let url = provider.api_url("me");
+    for auth in [&a, &b] {
+        assert_eq!(client_with(auth).get(&url).send().await.unwrap().status(), 200);
+    }
+    // A refreshes and saves; B still holds the set whose refresh token that rotation spent.
+    provider.expire_access_tokens();
+    assert_eq!(client_with(&a).get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(provider.stats().token_calls, 1);
+
+    // B's token is rejected, and its read under the lock fails once: read again, it finds A's set.
+    store.failing_reads.store(1, Ordering::SeqCst);
+    assert_eq!(client_with(&b).get(&url).send().await.unwrap().status(), 200);
+    let stats = provider.stats();
+    assert_eq!((stats.reuse_detected, stats.invalid_grants), (0, 0), "B never presented the spent token: {stats:?}");
+    assert_eq!(stats.token_calls, 1, "B adopted A's refresh");
+    assert_eq!(store.failing_reads.load(Ordering::SeqCst), 0, "the read did fail");
+    assert_eq!(b.tokens().unwrap().access_token(), a.tokens().unwrap().access_token());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

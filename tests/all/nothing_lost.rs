@@ -96,3 +96,34 @@ async fn new_tokens_are_in_the_store_before_any_request_uses_them() {
     assert_eq!(client_with(&auth).get(provider.api_url("me")).send().await.unwrap().status(), 200);
     assert_eq!(*seen_in_store.lock(), vec![true]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_that_fails_once_under_the_lock_is_retried_before_another_replica_may_refresh() {
+    // Replicas A and B share one store; its next save fails (a connection reset, a pool briefly
+    // exhausted). A refresh that released the lock with its rotation unsaved would let the other
+    // replica spend the refresh token the rotation had just killed: the provider detects the reuse
+    // and revokes the whole grant, for both.
+    let provider = MockProvider::builder().token_latency(Duration::from_millis(50)).start().await;
+    let store = FullDisk::default();
+    store.tokens.put(&TokenKey::default(), &provider.issue_tokens()).await.unwrap();
+    provider.expire_access_tokens();
+    let replica = || {
+        layer(&provider, provider.issue_tokens())
+            .store(store.clone())
+            .min_backoff(Duration::from_millis(20))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (replica(), replica());
+    store.failures.store(1, Ordering::SeqCst);
+
+    let url = provider.api_url("me");
+    let (client_a, client_b) = (client_with(&a), client_with(&b));
+    let (from_a, from_b) = tokio::join!(storm(&client_a, &url, 20, None), storm(&client_b, &url, 20, None));
+    assert_eq!((count(&from_a, 200), count(&from_b, 200)), (20, 20));
+    let stats = provider.stats();
+    assert_eq!((stats.reuse_detected, stats.invalid_grants), (0, 0), "no spent refresh token presented: {stats:?}");
+    assert_eq!(stats.token_calls, 1, "one refresh between the replicas");
+    assert_eq!(store.failures.load(Ordering::SeqCst), 0, "the failure happened");
+    assert_eq!(a.stats().store_failures + b.stats().store_failures, 1, "and was reported");
+}
