@@ -892,6 +892,26 @@ mod tests {
     }
 
     #[test]
+    fn a_load_that_fails_keeps_what_eviction_remembered_for_the_next_load() {
+        let (policy, stats) = (Policy::default(), Counters::default());
+        let remembered = Remembered::Dead { revision: Revision::new(4), reason: dead_reason(), whose: Whose::User };
+        let mut state = SlotState::new();
+        let (running, _waiter) = test_flight(9, 0);
+        state.phase = Phase::Loading(running, Some(remembered));
+        let failed = Produced::Failed(Error::Store {
+            key: key(),
+            source: StoreError::io("reading tokens", std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        });
+        let (outcome, _) = apply(&mut state, &key(), Some(9), failed, &policy, &stats, at(0));
+        assert!(matches!(outcome, Err(Error::Store { .. })), "{outcome:?}");
+        // The next request loads again, and still knows the grant was dead at revision 4.
+        assert!(matches!(
+            &state.phase,
+            Phase::Unloaded(Some(Remembered::Dead { revision, .. })) if *revision == Revision::new(4)
+        ));
+    }
+
+    #[test]
     fn a_refresh_that_fails_after_set_tokens_published_is_moot() {
         let (policy, stats) = (Policy::default(), Counters::default());
         let mut state = SlotState::new();
