@@ -86,6 +86,56 @@ impl TokenSource for Hangs {
     }
 }
 
+/// A token source that calls its token endpoint through a client wrapped in the very layer it
+/// serves, on an origin that layer sends tokens to (the mock's token endpoint and API share one).
+#[derive(Debug, Default)]
+struct ThroughItsOwnLayer {
+    client: std::sync::OnceLock<reqwest_middleware::ClientWithMiddleware>,
+    token_url: String,
+}
+
+#[async_trait]
+impl TokenSource for ThroughItsOwnLayer {
+    async fn fetch(&self, current: Option<&TokenSet>) -> Result<TokenSet, RefreshError> {
+        let refresh = current.and_then(TokenSet::refresh_token).map(|token| token.secret().to_owned());
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "refresh_token")
+            .append_pair("refresh_token", &refresh.unwrap_or_default())
+            .append_pair("client_id", "client")
+            .append_pair("client_secret", "secret")
+            .finish();
+        let client = self.client.get().expect("set once the layer is built");
+        let response = client
+            .post(&self.token_url)
+            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|err| RefreshError::Transport(Arc::new(err)))?;
+        let body = response.bytes().await.map_err(|err| RefreshError::Transport(Arc::new(err)))?;
+        TokenSet::from_token_response(&body)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_source_that_calls_through_its_own_layer_is_not_made_to_wait_for_its_own_refresh() {
+    let provider = MockProvider::start().await;
+    let source = Arc::new(ThroughItsOwnLayer { token_url: provider.token_url(), ..Default::default() });
+    let auth = TokenRefresh::builder_arc(source.clone())
+        .initial_tokens(provider.issue_expired_tokens())
+        .allow_origin(provider.uri())
+        .flight_deadline(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    source.client.set(client_with(&auth)).unwrap();
+
+    let response = timeout(BOUND, client_with(&auth).get(provider.api_url("me")).send()).await.expect("hung");
+    assert_eq!(response.unwrap().status(), 200, "the refresh's own token call went out, untouched");
+    assert_eq!(provider.stats().token_calls, 1);
+    let call = provider.token_requests().pop().expect("a token call");
+    assert!(call.headers.get("authorization").is_none(), "no bearer token on the token call: {:?}", call.headers);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_source_that_never_answers_ends_at_the_flight_deadline_and_a_valid_token_still_goes_out() {
     let provider = MockProvider::start().await;
