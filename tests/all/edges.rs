@@ -785,6 +785,38 @@ async fn a_read_that_fails_once_under_the_lock_is_retried_instead_of_refreshing_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_keeps_failing_under_the_lock_is_tried_three_times_then_the_refresh_goes_on() {
+    let provider = MockProvider::start().await;
+    let store = Flaky::default();
+    store.inner.put(&key(), &provider.issue_tokens()).await.unwrap();
+    // The save retry after the last part waits 200 ms: time enough to count the tries before it.
+    let auth = layer(&provider, provider.issue_tokens())
+        .store(store.clone())
+        .min_backoff(Duration::from_millis(200))
+        .max_backoff(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let client = client_with(&auth);
+    let url = provider.api_url("me");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+
+    // Every read fails: under the lock, three tries, then the refresh goes on from memory (an
+    // outage must not stop the key), and its save lands.
+    provider.expire_access_tokens();
+    store.failing_reads.store(100, Ordering::SeqCst);
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(100 - store.failing_reads.swap(0, Ordering::SeqCst), 3, "one read and two more tries");
+    assert_eq!(provider.stats().token_calls, 1);
+
+    // Every save fails: three tries under the lock, then the new tokens are used unsaved.
+    provider.expire_access_tokens();
+    store.failing_saves.store(100, Ordering::SeqCst);
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(100 - store.failing_saves.swap(0, Ordering::SeqCst), 3, "one save and two more tries");
+    assert_eq!(provider.stats().token_calls, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_set_while_the_store_is_away_win_over_what_another_replica_saves_meanwhile() {
     let provider = MockProvider::start().await;
     let store = Flaky::default();
