@@ -719,12 +719,14 @@ async fn a_store_that_lost_the_key_still_takes_new_tokens_and_the_layer_uses_the
     assert_eq!(store.get(&key()).await.unwrap().unwrap().access_token(), user.access_token());
 }
 
-/// A store over memory whose next `failing_reads` reads and `failing_saves` saves fail.
+/// A store over memory whose next `failing_reads` reads and `failing_saves` saves fail; with
+/// `lockless`, one without a lock (the trait's default).
 #[derive(Debug, Clone, Default)]
 struct Flaky {
     inner: MemoryStore,
     failing_reads: Arc<AtomicUsize>,
     failing_saves: Arc<AtomicUsize>,
+    lockless: bool,
 }
 
 fn take(counter: &AtomicUsize) -> bool {
@@ -748,6 +750,9 @@ impl TokenStore for Flaky {
     }
 
     async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
+        if self.lockless {
+            return Ok(None);
+        }
         crate::helpers::lock_through(self, &self.inner, key).await
     }
 }
@@ -804,8 +809,10 @@ async fn a_store_that_keeps_failing_under_the_lock_is_tried_three_times_then_the
     // outage must not stop the key), and its save lands.
     provider.expire_access_tokens();
     store.failing_reads.store(100, Ordering::SeqCst);
+    let started = Instant::now();
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
     assert_eq!(100 - store.failing_reads.swap(0, Ordering::SeqCst), 3, "one read and two more tries");
+    assert!(started.elapsed() >= Duration::from_millis(600), "after the backoff: 200 ms, then 400 ms");
     assert_eq!(provider.stats().token_calls, 1);
 
     // Every save fails: three tries under the lock, then the new tokens are used unsaved.
@@ -814,6 +821,19 @@ async fn a_store_that_keeps_failing_under_the_lock_is_tried_three_times_then_the
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
     assert_eq!(100 - store.failing_saves.swap(0, Ordering::SeqCst), 3, "one save and two more tries");
     assert_eq!(provider.stats().token_calls, 2);
+
+    // Without a lock there is no other process to keep out: one try each, as before.
+    let store = Flaky { lockless: true, ..Flaky::default() };
+    store.inner.put(&key(), &provider.issue_tokens()).await.unwrap();
+    let auth = layer(&provider, provider.issue_tokens()).store(store.clone()).build().unwrap();
+    let client = client_with(&auth);
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    provider.expire_access_tokens();
+    store.failing_reads.store(100, Ordering::SeqCst);
+    store.failing_saves.store(100, Ordering::SeqCst);
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    let (reads, saves) = (store.failing_reads.swap(0, Ordering::SeqCst), store.failing_saves.swap(0, Ordering::SeqCst));
+    assert_eq!((100 - reads, 100 - saves), (1, 1), "the refresh's read and its save, once each");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
