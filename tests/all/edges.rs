@@ -818,8 +818,10 @@ async fn a_store_that_keeps_failing_under_the_lock_is_tried_three_times_then_the
     // Every save fails: three tries under the lock, then the new tokens are used unsaved.
     provider.expire_access_tokens();
     store.failing_saves.store(100, Ordering::SeqCst);
+    let started = Instant::now();
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
     assert_eq!(100 - store.failing_saves.swap(0, Ordering::SeqCst), 3, "one save and two more tries");
+    assert!(started.elapsed() >= Duration::from_millis(600), "after the backoff: 200 ms, then 400 ms");
     assert_eq!(provider.stats().token_calls, 2);
 
     // Without a lock there is no other process to keep out: one try each, as before.
