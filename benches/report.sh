@@ -16,7 +16,7 @@ rm -rf "$out"
 mkdir -p "$out"
 export RTR_BENCH_OUT="$out"
 
-benches=(happy_path storm proactive memory many_keys)
+benches=(happy_path instructions storm proactive memory many_keys)
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 started="$(date -u +%Y-%m-%dT%H:%MZ)"
 for bench in "${benches[@]}"; do
@@ -95,6 +95,7 @@ cargo bench --bench storm                 # one bench; tables in target/rtr-benc
 cargo bench --bench storm -- storm/1000   # criterion filters work as usual
 RTR_BENCH_QUICK=1 cargo test --bench happy_path --bench storm --bench memory --bench proactive --bench many_keys
                                           # what CI runs: each bench once, N up to 1,000
+cargo bench --bench instructions          # instruction counts (valgrind); CI runs it in quick mode
 ```
 
 | bench | question |
@@ -104,6 +105,7 @@ RTR_BENCH_QUICK=1 cargo test --bench happy_path --bench storm --bench memory --b
 | `benches/proactive.rs` | the same storm with the token inside the skew window: token calls, requests that ever see a 401 |
 | `benches/memory.rs` | peak heap of a 10,000-request storm with every request waiting for the refresh at once, against the same requests through bare reqwest (a counting global allocator) |
 | `benches/many_keys.rs` | 100,000 distinct keys through `max_cached_keys(1,000)`, 1,000 requests a batch: the first and the last batch's time (flat, or growing with the keys seen) and the keys held at the end |
+| `benches/instructions.rs` | instructions per request on the happy path (callgrind, client side only): bare reqwest, reqwest-middleware with no layer, with a layer that does nothing, this layer; and the functions the layer adds. Needs valgrind |
 
 `RTR_BENCH_QUICK=1` makes the storms N = 100 and 1,000 and the measurements short. Raw samples of
 the storm benches are written to `target/rtr-bench/*.csv`.

@@ -1061,7 +1061,9 @@ mod tests {
             assert!(effects.refreshed.is_none());
         }
         // The current generation's own retry landing is recorded.
-        apply_save(&mut state, &key(), 2, Produced::Saved(Revision::new(9)), &stats);
+        let (outcome, effects) = apply_save(&mut state, &key(), 2, Produced::Saved(Revision::new(9)), &stats);
+        assert_eq!(outcome.unwrap().unwrap().tokens.access_token().secret(), "refreshed");
+        assert!(effects.refreshed.is_none());
         assert!(state.saved);
         assert_eq!(state.revision, Revision::new(9));
     }

@@ -1,0 +1,272 @@
+//! Happy-path cost in instructions, not seconds: callgrind counts what the client side of one
+//! request executes, which does not move with the machine's load the way wall time does.
+//!
+//! One process serves (the bench's own hyper provider, in a child process of its own, so its work
+//! is never counted). For each client (bare reqwest, reqwest-middleware with no layer, with a
+//! layer that does nothing, and this crate's layer with a valid token), another child runs under
+//! `valgrind --tool=callgrind` on a current-thread runtime: a warm-up (the connection opened, the
+//! caches filled), then as many sequential requests again inside `rtr_instructions_measured`, the
+//! only function callgrind collects in (`--toggle-collect`). Instructions per request are that
+//! function's total divided by the number of requests.
+//!
+//! `cargo bench --bench instructions` (optimized, the figures to quote); CI runs
+//! `RTR_BENCH_QUICK=1 cargo test --bench instructions` (unoptimized, 200 requests) to check that it
+//! works. Needs valgrind (Debian: `apt-get install valgrind`), and
+//! fails saying so without it. `RTR_INSTRUCTIONS_MAX_RATIO=1.02` makes it fail when the layer
+//! costs more than that over the layer that does nothing. The table goes to
+//! `target/rtr-bench/instructions.md`.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::server::Server;
+use http::{HeaderValue, StatusCode, header::AUTHORIZATION};
+use reqwest_middleware::ClientWithMiddleware;
+use reqwest_token_refresh::{RefreshTokenGrant, TokenRefresh, TokenSet};
+
+/// Requests counted per client (the warm-up sends as many again, uncounted): 2,000, or 200 in
+/// quick mode (`RTR_BENCH_QUICK=1`, what CI runs to check that the bench works).
+fn requests() -> u64 {
+    if common::quick() { 200 } else { 2_000 }
+}
+const ROLE: &str = "RTR_INSTRUCTIONS_ROLE";
+
+/// The clients compared, in the table's order.
+const CLIENTS: [(&str, &str); 4] = [
+    ("bare", "bare reqwest"),
+    ("middleware", "reqwest-middleware, no layer"),
+    ("pass-through", "reqwest-middleware + a layer that does nothing (reference)"),
+    ("ours", "**reqwest-token-refresh** (valid token)"),
+];
+
+/// A layer that does nothing but pass the request on.
+struct PassThrough;
+
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for PassThrough {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        next.run(request, extensions).await
+    }
+}
+
+enum Client {
+    Bare(reqwest::Client, HeaderValue),
+    Middleware(ClientWithMiddleware, Option<HeaderValue>),
+}
+
+impl Client {
+    fn new(id: &str, origin: &str, access_token: &str) -> Client {
+        let http = reqwest::Client::builder().no_proxy().build().expect("a client");
+        let header = HeaderValue::from_str(&format!("Bearer {access_token}")).expect("a header");
+        match id {
+            "bare" => Client::Bare(http, header),
+            "middleware" => Client::Middleware(reqwest_middleware::ClientBuilder::new(http).build(), Some(header)),
+            "pass-through" => {
+                Client::Middleware(reqwest_middleware::ClientBuilder::new(http).with(PassThrough).build(), Some(header))
+            }
+            "ours" => {
+                let tokens = TokenSet::new(access_token).with_expires_in(Duration::from_secs(24 * 60 * 60));
+                let auth = TokenRefresh::builder(RefreshTokenGrant::new(format!("{origin}/never-called")))
+                    .initial_tokens(tokens)
+                    .allow_origin(origin)
+                    .build()
+                    .expect("a layer");
+                Client::Middleware(reqwest_middleware::ClientBuilder::new(http).with(auth).build(), None)
+            }
+            other => panic!("no client {other}"),
+        }
+    }
+
+    async fn get(&self, url: &reqwest::Url) {
+        let response = match self {
+            Client::Bare(client, header) => client
+                .get(url.clone())
+                .header(AUTHORIZATION, header.clone())
+                .send()
+                .await
+                .expect("the request succeeds"),
+            Client::Middleware(client, header) => {
+                let request = client.get(url.clone());
+                let request = match header {
+                    Some(header) => request.header(AUTHORIZATION, header.clone()),
+                    None => request,
+                };
+                request.send().await.expect("the request succeeds")
+            }
+        };
+        assert_eq!(response.status(), StatusCode::OK);
+        response.bytes().await.expect("the body");
+    }
+}
+
+/// The requests callgrind counts; its name is what `--toggle-collect` looks for.
+#[unsafe(no_mangle)]
+#[inline(never)]
+fn rtr_instructions_measured(runtime: &tokio::runtime::Runtime, client: &Client, url: &reqwest::Url) {
+    runtime.block_on(async {
+        for _ in 0..requests() {
+            client.get(url).await;
+        }
+    });
+}
+
+fn main() {
+    match std::env::var(ROLE).as_deref() {
+        Ok("server") => serve(),
+        Ok("client") => client(),
+        _ => drive(),
+    }
+}
+
+/// The server's child: prints its origin and a valid access token, then serves until killed.
+fn serve() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let server = Server::start(Duration::from_millis(1)).await;
+        let tokens = server.provider().issue_tokens();
+        println!("READY {} {} {}", server.origin(), server.api_url(), tokens.access_token);
+        std::future::pending::<()>().await;
+    });
+}
+
+/// A client's child, under callgrind.
+fn client() {
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by the driver"));
+    let (id, origin, url, token) = (var("RTR_CLIENT"), var("RTR_ORIGIN"), var("RTR_URL"), var("RTR_TOKEN"));
+    let url = reqwest::Url::parse(&url).expect("a URL");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = Client::new(&id, &origin, &token);
+    runtime.block_on(async {
+        for _ in 0..requests() {
+            client.get(&url).await;
+        }
+    });
+    rtr_instructions_measured(&runtime, &client, &url);
+}
+
+fn drive() {
+    let valgrind = Command::new("valgrind").arg("--version").output();
+    if !valgrind.as_ref().is_ok_and(|out| out.status.success()) {
+        eprintln!("valgrind not found: install it (Debian: apt-get install valgrind) to count instructions");
+        std::process::exit(1);
+    }
+    let exe = std::env::current_exe().expect("the bench binary");
+    let mut server = Command::new(&exe).env(ROLE, "server").stdout(Stdio::piped()).spawn().expect("the server child");
+    let ready = {
+        use std::io::BufRead as _;
+        let stdout = server.stdout.take().expect("piped");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("the server's first line");
+        line
+    };
+    let mut fields = ready.trim().strip_prefix("READY ").expect("the server is ready").split(' ');
+    let (origin, url, token) = (fields.next().unwrap(), fields.next().unwrap(), fields.next().unwrap());
+
+    let out = common::out_dir();
+    let mut counts = Vec::new();
+    for (id, label) in CLIENTS {
+        let file = out.join(format!("callgrind.{id}.out"));
+        let status = Command::new("valgrind")
+            .args(["--tool=callgrind", "--collect-atstart=no", "--toggle-collect=rtr_instructions_measured"])
+            .arg(format!("--callgrind-out-file={}", file.display()))
+            .arg(&exe)
+            .env(ROLE, "client")
+            .envs([("RTR_CLIENT", id), ("RTR_ORIGIN", origin), ("RTR_URL", url), ("RTR_TOKEN", token)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("valgrind runs");
+        assert!(status.success(), "the {id} client failed under callgrind");
+        let total = total_instructions(&std::fs::read_to_string(&file).expect("callgrind's output"));
+        counts.push((id, label, total as f64 / requests() as f64));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+
+    let per = |wanted: &str| counts.iter().find(|(id, ..)| *id == wanted).map(|(.., n)| *n).unwrap();
+    let (bare, reference, ours) = (per("bare"), per("pass-through"), per("ours"));
+    let mut table = String::from(
+        "| client | instructions per request | vs bare reqwest | vs the layer that does nothing |\n\
+         | --- | ---: | ---: | ---: |\n",
+    );
+    for (_, label, n) in &counts {
+        table.push_str(&format!("| {label} | {n:.0} | {:.3}x | {:.3}x |\n", n / bare, n / reference));
+    }
+    let ratio = ours / reference;
+    table.push_str(&format!(
+        "\n{} sequential requests per client after as many uncounted, client side only (the server \
+         is another process), one current-thread runtime, counted by callgrind. The layer adds {:+.0} \
+         instructions a request over a layer that does nothing ({ratio:.3}x).\n",
+        requests(),
+        ours - reference
+    ));
+    table.push_str(&top_functions(&out.join("callgrind.ours.out"), &out.join("callgrind.pass-through.out")));
+    common::write_tables("instructions", &table);
+    let allowed = std::env::var("RTR_INSTRUCTIONS_MAX_RATIO").ok().and_then(|max| max.parse::<f64>().ok());
+    if let Some(max) = allowed
+        && ratio > max
+    {
+        eprintln!("the layer costs {ratio:.3}x the instructions of a layer that does nothing, over the {max} allowed");
+        std::process::exit(1);
+    }
+}
+
+/// The functions whose own instructions grow most from the layer that does nothing to this layer,
+/// per request, as a table (`callgrind_annotate`, which comes with valgrind, does the reading).
+fn top_functions(ours: &std::path::Path, reference: &std::path::Path) -> String {
+    let per_function = |file: &std::path::Path| -> std::collections::HashMap<String, f64> {
+        let annotated = Command::new("callgrind_annotate")
+            .args(["--threshold=100", "--inclusive=no"])
+            .arg(file)
+            .output()
+            .expect("callgrind_annotate runs");
+        let text = String::from_utf8_lossy(&annotated.stdout);
+        let mut functions = std::collections::HashMap::new();
+        for line in text.lines() {
+            // `  1,234 ( 0.5%)  file:function [object]`
+            let Some((count, rest)) = line.trim_start().split_once(' ') else { continue };
+            let Ok(count) = count.replace(',', "").parse::<f64>() else { continue };
+            let Some((_, name)) = rest.split_once(")  ") else { continue };
+            let name = name.rsplit_once(" [").map_or(name, |(name, _)| name);
+            // A call count, where callgrind_annotate adds one: `function (805x)`.
+            let name = name.rsplit_once(" (").filter(|(_, calls)| calls.ends_with("x)")).map_or(name, |(name, _)| name);
+            let name = name.split_once(':').map_or(name, |(_, function)| function);
+            if name != "PROGRAM TOTALS" {
+                *functions.entry(name.to_owned()).or_insert(0.0) += count / requests() as f64;
+            }
+        }
+        functions
+    };
+    let (ours, reference) = (per_function(ours), per_function(reference));
+    let mut added: Vec<(f64, &str)> = ours
+        .iter()
+        .map(|(name, n)| (n - reference.get(name).copied().unwrap_or(0.0), name.as_str()))
+        .filter(|(delta, _)| *delta >= 1.0)
+        .collect();
+    added.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut table = String::from(
+        "\nWhere they go: the functions whose own instructions per request grow most from the layer that \
+         does nothing to this layer.\n\n| function | instructions per request added |\n| --- | ---: |\n",
+    );
+    for (delta, name) in added.into_iter().take(12) {
+        table.push_str(&format!("| `{}` | {delta:+.0} |\n", name.replace('|', "\\|")));
+    }
+    table
+}
+
+/// The `summary:` (or `totals:`) line of a callgrind output: instructions executed.
+fn total_instructions(output: &str) -> u64 {
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix("summary:").or_else(|| line.strip_prefix("totals:")))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("callgrind wrote a summary line")
+}
