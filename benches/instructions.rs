@@ -223,7 +223,7 @@ fn drive() {
 fn top_functions(ours: &std::path::Path, reference: &std::path::Path) -> String {
     let per_function = |file: &std::path::Path| -> std::collections::HashMap<String, f64> {
         let annotated = Command::new("callgrind_annotate")
-            .args(["--threshold=100", "--inclusive=no"])
+            .args(["--threshold=100", "--inclusive=no", "--auto=no"])
             .arg(file)
             .output()
             .expect("callgrind_annotate runs");
