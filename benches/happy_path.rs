@@ -15,6 +15,7 @@ mod common;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use common::PassThrough;
 use common::designs::{Start, bearer};
 use common::server::Server;
 use criterion::{Criterion, Throughput};
@@ -31,23 +32,6 @@ enum Client {
     /// reqwest-middleware with [`Minimal`] in it: the least any layer that can retry does.
     Minimal(ClientWithMiddleware),
     Ours(ClientWithMiddleware),
-}
-
-/// A layer that does nothing but pass the request on: what reqwest-middleware costs once it
-/// holds any layer at all (it clones its middleware stack for every request and boxes every
-/// layer's future).
-struct PassThrough;
-
-#[async_trait::async_trait]
-impl reqwest_middleware::Middleware for PassThrough {
-    async fn handle(
-        &self,
-        request: reqwest::Request,
-        extensions: &mut http::Extensions,
-        next: reqwest_middleware::Next<'_>,
-    ) -> reqwest_middleware::Result<reqwest::Response> {
-        next.run(request, extensions).await
-    }
 }
 
 /// The least a token layer that can retry a 401 does on the happy path: set a prebuilt header,

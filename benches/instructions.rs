@@ -21,6 +21,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::PassThrough;
 use common::server::Server;
 use http::{HeaderValue, StatusCode, header::AUTHORIZATION};
 use reqwest_middleware::ClientWithMiddleware;
@@ -40,21 +41,6 @@ const CLIENTS: [(&str, &str); 4] = [
     ("pass-through", "reqwest-middleware + a layer that does nothing (reference)"),
     ("ours", "**reqwest-token-refresh** (valid token)"),
 ];
-
-/// A layer that does nothing but pass the request on.
-struct PassThrough;
-
-#[async_trait::async_trait]
-impl reqwest_middleware::Middleware for PassThrough {
-    async fn handle(
-        &self,
-        request: reqwest::Request,
-        extensions: &mut http::Extensions,
-        next: reqwest_middleware::Next<'_>,
-    ) -> reqwest_middleware::Result<reqwest::Response> {
-        next.run(request, extensions).await
-    }
-}
 
 enum Client {
     Bare(reqwest::Client, HeaderValue),

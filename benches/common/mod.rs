@@ -13,6 +13,23 @@ use std::time::Duration;
 
 use criterion::Criterion;
 
+/// A layer that does nothing but pass the request on: what reqwest-middleware costs once it holds
+/// any layer at all (it clones its middleware stack for every request and boxes every layer's
+/// future). The reference the happy-path and instruction-count benches compare the layer with.
+pub struct PassThrough;
+
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for PassThrough {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        next.run(request, extensions).await
+    }
+}
+
 /// `RTR_BENCH_QUICK=1`: small storms and short measurements, so CI can check that every bench
 /// builds and runs (it judges no times).
 pub fn quick() -> bool {

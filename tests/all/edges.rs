@@ -501,21 +501,26 @@ async fn a_token_that_was_accepted_and_then_rejected_is_refreshed_however_young(
     assert_eq!(auth.stats().refreshes_held_back, 0);
 }
 
-#[tokio::test]
-async fn a_retry_a_rejection_rule_lets_through_counts_as_accepted() {
-    // Withings: every answer is a 200, and a rule tells a rejection from an acceptance.
-    let provider = MockProvider::withings().await;
+/// The Withings preset over the mock's Withings dialect, with Withings' rejection rule.
+fn withings_layer(provider: &MockProvider) -> TokenRefresh {
     let grant = reqwest_token_refresh::providers::withings(
         reqwest_token_refresh::testkit::MOCK_CLIENT_ID,
         reqwest_token_refresh::testkit::MOCK_CLIENT_SECRET,
     )
     .token_url(provider.token_url());
-    let auth = TokenRefresh::builder(grant)
+    TokenRefresh::builder(grant)
         .initial_tokens(provider.issue_tokens())
         .allow_origin(provider.uri())
         .token_rejected_when(reqwest_token_refresh::providers::withings_token_rejected)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_retry_a_rejection_rule_lets_through_counts_as_accepted() {
+    // Withings: every answer is a 200, and a rule tells a rejection from an acceptance.
+    let provider = MockProvider::withings().await;
+    let auth = withings_layer(&provider);
     let client = client_with(&auth);
     let url = provider.api_url("measure");
     // Rejected, refreshed, and the retry with the new token let through by the rule...
@@ -539,17 +544,7 @@ async fn a_retry_a_rejection_rule_rejects_again_is_not_an_acceptance() {
         .with_priority(1)
         .mount(provider.server())
         .await;
-    let grant = reqwest_token_refresh::providers::withings(
-        reqwest_token_refresh::testkit::MOCK_CLIENT_ID,
-        reqwest_token_refresh::testkit::MOCK_CLIENT_SECRET,
-    )
-    .token_url(provider.token_url());
-    let auth = TokenRefresh::builder(grant)
-        .initial_tokens(provider.issue_tokens())
-        .allow_origin(provider.uri())
-        .token_rejected_when(reqwest_token_refresh::providers::withings_token_rejected)
-        .build()
-        .unwrap();
+    let auth = withings_layer(&provider);
     let client = client_with(&auth);
     let url = format!("{}/reject", provider.uri());
     for _ in 0..20 {

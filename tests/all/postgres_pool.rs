@@ -83,7 +83,10 @@ async fn a_storm_through_the_services_pool_stays_within_it_beside_the_services_o
         async move {
             let mut answered = 0;
             while storming.load(Ordering::SeqCst) {
-                let connection = pool.get().await.expect("the service gets a connection from its pool");
+                let connection = tokio::time::timeout(Duration::from_secs(30), pool.get())
+                    .await
+                    .expect("the service got a connection within 30 s")
+                    .expect("the service gets a connection from its pool");
                 let row = connection.query_one("SELECT 41 + 1", &[]).await.unwrap();
                 assert_eq!(row.get::<_, i32>(0), 42);
                 answered += 1;
