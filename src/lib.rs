@@ -150,6 +150,7 @@ mod challenge;
 mod clock;
 mod error;
 mod event;
+mod kept;
 mod key;
 mod middleware;
 mod origin;

@@ -14,6 +14,7 @@ use crate::builder::TokenRefreshBuilder;
 use crate::cache::{CacheConfig, Lease, Sent, TokenCache, TokenState};
 use crate::challenge::{self, Rejection};
 use crate::error::Error;
+use crate::kept::Kept;
 use crate::key::TokenKey;
 use crate::origin::OriginPolicy;
 use crate::peek::{Peeked, peek_body};
@@ -340,10 +341,7 @@ impl TokenRefresh {
         next: Next<'a>,
     ) -> impl Future<Output = reqwest_middleware::Result<Response>> + Send + 'a {
         // A body that cannot be cloned (a stream) is sent once; see contract point 11.
-        let kept = match request.try_clone() {
-            Some(copy) => Kept::Copy(copy),
-            None => Kept::Url(request.url().clone()),
-        };
+        let kept = Kept::of(&request);
         request.headers_mut().insert(AUTHORIZATION, header);
         async move {
             let response = next.clone().run(request, extensions).await?;
@@ -365,8 +363,9 @@ impl TokenRefresh {
                 && response.content_length().is_none_or(|length| length <= CLASSIFY_BODY_LIMIT as u64))
     }
 
-    /// Reads whether `response` rejects the token it was sent with (`key`'s `generation`) to
-    /// `sent_to`, and counts it if it does.
+    /// Reads whether `response` rejects the token it was sent with (`key`'s `generation`), and
+    /// counts it if it does; `from_its_origin` is whether the answer came from the origin the
+    /// token was sent to.
     /// Returns an equivalent answer and whether to refresh: a 401 refreshes when
     /// [`RefreshOn`] accepts it, another answer when the rule says the token was rejected.
     ///
@@ -376,11 +375,11 @@ impl TokenRefresh {
     async fn rejects(
         &self,
         response: Response,
-        sent_to: &url::Url,
+        from_its_origin: bool,
         key: &TokenKey,
         generation: u64,
     ) -> (Response, bool) {
-        if !crate::origin::same_origin(response.url(), sent_to) {
+        if !from_its_origin {
             tracing::debug!(
                 key = %key,
                 generation,
@@ -421,7 +420,8 @@ impl TokenRefresh {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let (response, refresh) = self.rejects(response, kept.url(), sent.key(), sent.generation()).await;
+        let from_its_origin = kept.same_origin(response.url());
+        let (response, refresh) = self.rejects(response, from_its_origin, sent.key(), sent.generation()).await;
         if !refresh {
             if response.status() != StatusCode::UNAUTHORIZED {
                 self.inner.cache.accepted(&sent, sent.generation());
@@ -431,7 +431,7 @@ impl TokenRefresh {
         if self.inner.cache.refresh_held_back(&sent) {
             return Ok(response);
         }
-        let Kept::Copy(mut retry) = kept else {
+        let Some(mut retry) = kept.into_retry() else {
             // The body is gone; the refresh still happens, so that the caller's own retry works.
             let _ = self.inner.cache.renew(&sent).await;
             return Ok(response);
@@ -449,29 +449,12 @@ impl TokenRefresh {
             self.inner.cache.accepted(&sent, renewed.generation);
             return Ok(response);
         }
-        let (response, rejected) = self.rejects(response, &sent_to, sent.key(), renewed.generation).await;
+        let from_its_origin = crate::origin::same_origin(&sent_to, response.url());
+        let (response, rejected) = self.rejects(response, from_its_origin, sent.key(), renewed.generation).await;
         if !rejected && response.status() != StatusCode::UNAUTHORIZED {
             self.inner.cache.accepted(&sent, renewed.generation);
         }
         Ok(response)
-    }
-}
-
-/// What the layer keeps of a request it sent with the token: a copy to send again after a
-/// refresh, or, when the body cannot be copied (a stream), where it went, so that an answer can
-/// still be told to come from the token's own origin.
-enum Kept {
-    Copy(Request),
-    Url(url::Url),
-}
-
-impl Kept {
-    /// Where the request was sent (before any redirect).
-    fn url(&self) -> &url::Url {
-        match self {
-            Kept::Copy(request) => request.url(),
-            Kept::Url(url) => url,
-        }
     }
 }
 

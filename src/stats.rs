@@ -137,9 +137,9 @@ impl RefreshOutcome {
 }
 
 /// The layer's counters, shared by its middleware and cache.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
-    /// The `layer` label of the metrics and field of the spans; `None`: `default`.
+    /// The layer's name, for spans and metrics.
     name: Option<Arc<str>>,
     requests: AtomicU64,
     unauthorized: AtomicU64,
@@ -150,9 +150,75 @@ pub(crate) struct Counters {
     store_failures: AtomicU64,
     adopted: AtomicU64,
     refreshes_held_back: AtomicU64,
+    #[cfg(feature = "metrics")]
+    metrics: Metrics,
 }
 
-/// Held while a request waits for its key's flight: the `token_refresh.waiting` gauge counts it.
+impl Default for Counters {
+    fn default() -> Self {
+        Counters::named(None)
+    }
+}
+
+/// The metrics' keys, built once with the layer's label: an event is then one lookup in the
+/// recorder (the key's hash is cached in it), not a key and its label vector built per request.
+#[cfg(feature = "metrics")]
+#[derive(Debug)]
+struct Metrics {
+    label: metrics::SharedString,
+    /// By [`Event`] (see [`Event::metric`]); `None` for the events counted by outcome instead.
+    counters: [Option<metrics::Key>; Event::COUNT],
+    waiting: metrics::Key,
+}
+
+#[cfg(feature = "metrics")]
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+#[cfg(feature = "metrics")]
+impl Metrics {
+    fn new(label: metrics::SharedString) -> Self {
+        let key =
+            |name: &'static str| metrics::Key::from_parts(name, vec![metrics::Label::new("layer", label.clone())]);
+        Metrics {
+            counters: Event::ALL.map(|event| event.metric().map(key)),
+            waiting: key("token_refresh.waiting"),
+            label,
+        }
+    }
+}
+
+impl Event {
+    const COUNT: usize = 9;
+    const ALL: [Event; Event::COUNT] = [
+        Event::Request,
+        Event::TokenCall,
+        Event::RefreshFailure,
+        Event::Rejection,
+        Event::Retry,
+        Event::FailFast,
+        Event::StoreFailure,
+        Event::Adopted,
+        Event::HeldBack,
+    ];
+
+    /// The counter this event increments on the metrics facade; `None` for the token calls and
+    /// their failures, counted by outcome in [`Counters::refreshed`].
+    fn metric(self) -> Option<&'static str> {
+        match self {
+            Event::Request => Some("token_refresh.requests"),
+            Event::TokenCall | Event::RefreshFailure => None,
+            Event::Rejection => Some("token_refresh.rejections"),
+            Event::Retry => Some("token_refresh.retries"),
+            Event::FailFast => Some("token_refresh.fail_fast"),
+            Event::StoreFailure => Some("token_refresh.store.failures"),
+            Event::Adopted => Some("token_refresh.adopted"),
+            Event::HeldBack => Some("token_refresh.held_back"),
+        }
+    }
+}
+
+/// A request waiting for a load or refresh, on the `waiting` gauge until dropped.
 pub(crate) struct Waiting<'a> {
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     counters: &'a Counters,
@@ -161,70 +227,80 @@ pub(crate) struct Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         #[cfg(feature = "metrics")]
-        metrics::gauge!("token_refresh.waiting", "layer" => self.counters.label()).decrement(1.0);
+        metrics::with_recorder(|recorder| {
+            recorder.register_gauge(&self.counters.metrics.waiting, &METADATA).decrement(1.0);
+        });
     }
 }
 
 impl Counters {
-    /// Counters whose metrics carry `name` as their `layer` label.
+    /// Counters for a layer called `name` (`default` in metrics when `None`).
     pub(crate) fn named(name: Option<String>) -> Self {
-        Counters { name: name.map(Arc::from), ..Counters::default() }
+        let name: Option<Arc<str>> = name.map(Arc::from);
+        Counters {
+            #[cfg(feature = "metrics")]
+            metrics: Metrics::new(match &name {
+                Some(name) => name.clone().into(),
+                None => metrics::SharedString::const_str("default"),
+            }),
+            name,
+            requests: AtomicU64::new(0),
+            unauthorized: AtomicU64::new(0),
+            refreshes: AtomicU64::new(0),
+            refresh_failures: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            fail_fast: AtomicU64::new(0),
+            store_failures: AtomicU64::new(0),
+            adopted: AtomicU64::new(0),
+            refreshes_held_back: AtomicU64::new(0),
+        }
     }
 
-    /// The layer's name, for its spans and metrics: the builder's, or `default`.
+    /// The layer's name as its spans show it.
     pub(crate) fn name(&self) -> &str {
         self.name.as_deref().unwrap_or("default")
     }
 
-    /// The `layer` label: a clone of the name's `Arc`, so counting an event (every request
-    /// counts one) allocates nothing.
-    #[cfg(feature = "metrics")]
-    fn label(&self) -> metrics::SharedString {
-        match &self.name {
-            Some(name) => name.clone().into(),
-            None => metrics::SharedString::const_str("default"),
-        }
-    }
-
-    /// Counts `event`.
+    /// Counts one `event`, in the snapshot and on the metrics facade.
     pub(crate) fn count(&self, event: Event) {
-        let (counter, _metric) = match event {
-            Event::Request => (&self.requests, Some("token_refresh.requests")),
+        let counter = match event {
+            Event::Request => &self.requests,
             // Counted by outcome once it is known, in `refreshed`.
-            Event::TokenCall => (&self.refreshes, None),
-            Event::RefreshFailure => (&self.refresh_failures, None),
-            Event::Rejection => (&self.unauthorized, Some("token_refresh.rejections")),
-            Event::Retry => (&self.retries, Some("token_refresh.retries")),
-            Event::FailFast => (&self.fail_fast, Some("token_refresh.fail_fast")),
-            Event::StoreFailure => (&self.store_failures, Some("token_refresh.store.failures")),
-            Event::Adopted => (&self.adopted, Some("token_refresh.adopted")),
-            Event::HeldBack => (&self.refreshes_held_back, Some("token_refresh.held_back")),
+            Event::TokenCall => &self.refreshes,
+            Event::RefreshFailure => &self.refresh_failures,
+            Event::Rejection => &self.unauthorized,
+            Event::Retry => &self.retries,
+            Event::FailFast => &self.fail_fast,
+            Event::StoreFailure => &self.store_failures,
+            Event::Adopted => &self.adopted,
+            Event::HeldBack => &self.refreshes_held_back,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
-        if let Some(metric) = _metric {
-            metrics::counter!(metric, "layer" => self.label()).increment(1);
+        if let Some(key) = &self.metrics.counters[event as usize] {
+            metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA).increment(1));
         }
     }
 
-    /// Records how a token call ended, its refresh having taken `took`.
+    /// A refresh ended with `outcome` after `took`: the metrics' refresh counter and histogram.
     pub(crate) fn refreshed(&self, outcome: RefreshOutcome, took: Duration) {
         #[cfg(not(feature = "metrics"))]
         let _ = (outcome, took);
         #[cfg(feature = "metrics")]
         {
+            let label = self.metrics.label.clone();
             let outcome = metrics::SharedString::const_str(outcome.as_str());
-            metrics::counter!("token_refresh.refreshes", "layer" => self.label(), "outcome" => outcome.clone())
+            metrics::counter!("token_refresh.refreshes", "layer" => label.clone(), "outcome" => outcome.clone())
                 .increment(1);
-            metrics::histogram!("token_refresh.refresh.duration", "layer" => self.label(), "outcome" => outcome)
+            metrics::histogram!("token_refresh.refresh.duration", "layer" => label, "outcome" => outcome)
                 .record(took.as_secs_f64());
         }
     }
 
-    /// Counts a request waiting for its key's flight until the guard drops.
+    /// A request starts waiting for its key's load or refresh; it stops when the guard drops.
     pub(crate) fn waiting(&self) -> Waiting<'_> {
         #[cfg(feature = "metrics")]
-        metrics::gauge!("token_refresh.waiting", "layer" => self.label()).increment(1.0);
+        metrics::with_recorder(|recorder| recorder.register_gauge(&self.metrics.waiting, &METADATA).increment(1.0));
         Waiting { counters: self }
     }
 

@@ -917,3 +917,63 @@ async fn the_hold_back_after_a_fresh_token_is_rejected_counts_each_token_once_an
     send().await;
     assert_eq!(provider.stats().token_calls, 3);
 }
+
+/// A route on `provider` that answers `stale` with 401 `invalid_token` and any other token with
+/// `answer`.
+async fn rejecting_only(provider: &MockProvider, route: &str, stale: &TokenSet, answer: ResponseTemplate) {
+    let stale = format!("Bearer {}", stale.access_token().secret());
+    Mock::given(path(route))
+        .and(wiremock::matchers::header("authorization", stale.as_str()))
+        .respond_with(ResponseTemplate::new(401).insert_header("www-authenticate", r#"Bearer error="invalid_token""#))
+        .with_priority(1)
+        .mount(provider.server())
+        .await;
+    Mock::given(path(route)).respond_with(answer).with_priority(2).mount(provider.server()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_the_request_as_first_sent_with_a_new_token() {
+    let provider = MockProvider::start().await;
+    let stale = provider.issue_tokens();
+    rejecting_only(&provider, "/v1/items/7", &stale, ResponseTemplate::new(200)).await;
+    let auth = layer(&provider, stale).build().unwrap();
+    let request = client_with(&auth)
+        .put(format!("{}/v1/items/7?fields=a,b", provider.uri()))
+        .header("x-trace", "one")
+        .header("x-trace", "two")
+        .header("content-type", "application/json")
+        .body(r#"{"name":"seven"}"#)
+        .send();
+    assert_eq!(timeout(BOUND, request).await.expect("bounded").unwrap().status(), 200);
+
+    let received = timeout(BOUND, provider.server().received_requests()).await.expect("bounded").unwrap();
+    let sent: Vec<_> = received.iter().filter(|r| r.url.path() == "/v1/items/7").collect();
+    assert_eq!(sent.len(), 2, "the first attempt and one retry");
+    let (first, retry) = (sent[0], sent[1]);
+    assert_eq!(retry.method, first.method);
+    assert_eq!(retry.url, first.url, "the query too");
+    assert_eq!(retry.body, first.body);
+    for name in ["x-trace", "content-type"] {
+        let values = |r: &wiremock::Request| r.headers.get_all(name).iter().cloned().collect::<Vec<_>>();
+        assert_eq!(values(retry), values(first), "{name}");
+    }
+    assert_ne!(retry.headers.get("authorization"), first.headers.get("authorization"), "with the new token");
+    assert_eq!(auth.stats().retries, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_keeps_the_requests_own_timeout() {
+    let provider = MockProvider::start().await;
+    let stale = provider.issue_tokens();
+    let hung = ResponseTemplate::new(200).set_delay(Duration::from_secs(60));
+    rejecting_only(&provider, "/v1/slow", &stale, hung).await;
+    let auth = layer(&provider, stale).build().unwrap();
+    let started = Instant::now();
+    let request =
+        client_with(&auth).get(format!("{}/v1/slow", provider.uri())).timeout(Duration::from_millis(300)).send();
+    let err = timeout(BOUND, request).await.expect("the retry ends at the request's timeout, not the server's delay");
+    let err = err.expect_err("the retry timed out");
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(auth.stats().retries, 1, "the retry was sent, and timed out");
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+}
