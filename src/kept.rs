@@ -21,7 +21,7 @@ const INLINE_URL: usize = 160;
 /// What is kept of one request.
 pub(crate) enum Kept {
     /// A request without a body, as its parts.
-    Parts { method: Method, url: SentTo, headers: HeaderMap, version: Version, timeout: Option<Duration> },
+    Parts { method: Method, url: SentTo, headers: Option<HeaderMap>, version: Version, timeout: Option<Duration> },
     /// A request whose body reqwest can copy (its bytes are shared, not copied): reqwest's copy.
     Copy(Request),
     /// A request whose body is a stream, sent once (contract point 11): only where it went.
@@ -46,8 +46,8 @@ impl Kept {
         Kept::Parts {
             method: request.method().clone(),
             url: SentTo::of(request.url()),
-            // An empty map holds no allocation; a clone of one is a new empty map all the same.
-            headers: if request.headers().is_empty() { HeaderMap::new() } else { request.headers().clone() },
+            // Most requests have no headers of their own yet (reqwest adds its defaults later).
+            headers: (!request.headers().is_empty()).then(|| request.headers().clone()),
             version: request.version(),
             timeout: request.timeout().copied(),
         }
@@ -66,7 +66,9 @@ impl Kept {
         match self {
             Kept::Parts { method, url, headers, version, timeout } => {
                 let mut retry = Request::new(method, url.into_url()?);
-                *retry.headers_mut() = headers;
+                if let Some(headers) = headers {
+                    *retry.headers_mut() = headers;
+                }
                 *retry.version_mut() = version;
                 if timeout.is_some() {
                     *retry.timeout_mut() = timeout;

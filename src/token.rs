@@ -253,14 +253,12 @@ pub(crate) fn freshness(expires_at: Option<SystemTime>, skew: Duration, now: Sys
     }
 }
 
-/// The skew window actually used for a token: the configured one, but never more than half the
-/// token's lifetime as it was fetched. Without this bound a provider that issues tokens shorter
-/// than the window (20 s tokens, 30 s skew) would make every request start a refresh.
-pub(crate) fn effective_skew(skew: Duration, fetched_at: SystemTime, expires_at: Option<SystemTime>) -> Duration {
-    match expires_at.and_then(|expires_at| expires_at.duration_since(fetched_at).ok()) {
-        Some(lifetime) => skew.min(lifetime / 2),
-        None => skew,
-    }
+/// The most of the skew window a token allows: half its lifetime as it was fetched (`None` when
+/// its expiry is unknown). The window actually used is the configured one, capped at this: without
+/// the cap a provider that issues tokens shorter than the window (20 s tokens, 30 s skew) would
+/// make every request start a refresh.
+pub(crate) fn skew_cap(fetched_at: SystemTime, expires_at: Option<SystemTime>) -> Option<Duration> {
+    Some(expires_at?.duration_since(fetched_at).ok()? / 2)
 }
 
 /// Why an access token cannot be put in an `Authorization` header.
@@ -387,11 +385,14 @@ mod tests {
 
     #[test]
     fn the_skew_window_is_at_most_half_the_tokens_lifetime() {
-        assert_eq!(effective_skew(SKEW, at(0), Some(at(3600))), SKEW);
-        assert_eq!(effective_skew(SKEW, at(0), Some(at(20))), Duration::from_secs(10));
-        assert_eq!(effective_skew(SKEW, at(0), None), SKEW);
+        let effective_skew =
+            |fetched_at, expires_at| skew_cap(fetched_at, expires_at).map_or(SKEW, |cap| SKEW.min(cap));
+        assert_eq!(effective_skew(at(0), Some(at(3600))), SKEW);
+        assert_eq!(effective_skew(at(0), Some(at(20))), Duration::from_secs(10));
+        assert_eq!(effective_skew(at(0), None), SKEW);
+        assert_eq!(skew_cap(at(30), Some(at(20))), None, "fetched after it expired: the whole window");
         // A 20 s token published at 0 is fresh until 10 s, not refreshed on every request.
-        let skew = effective_skew(SKEW, at(0), Some(at(20)));
+        let skew = effective_skew(at(0), Some(at(20)));
         assert_eq!(freshness(Some(at(20)), skew, at(5)), Freshness::Fresh);
         assert_eq!(freshness(Some(at(20)), skew, at(10)), Freshness::ExpiresSoon);
     }

@@ -40,12 +40,13 @@ pub(crate) struct Lease {
     /// every request; or why the token cannot be sent (a garbled token that was still saved
     /// because it came with a new refresh token).
     pub(crate) header: Result<http::HeaderValue, String>,
-    /// When its lifetime started, by the layer's clock, when known: for tokens this layer fetched,
-    /// and for tokens another process saved while this one waited to refresh (adopted under the
-    /// lock, so just issued). The lifetime bounds the skew window, so that short-lived tokens
-    /// (20 s tokens, 30 s skew) are not refreshed on every request, whichever layer fetched them.
-    /// Unknown for loaded and installed tokens: the full window applies.
-    pub(crate) issued_at: Option<SystemTime>,
+    /// The most of the skew window this token allows: half its lifetime, when its start is known
+    /// (by the layer's clock: for tokens this layer fetched, and for tokens another process saved
+    /// while this one waited to refresh, adopted under the lock, so just issued). It keeps
+    /// short-lived tokens (20 s tokens, 30 s skew) from being refreshed on every request,
+    /// whichever layer fetched them. `None` for loaded and installed tokens: the full window
+    /// applies. Worked out once here, not on every request's freshness check.
+    pub(crate) skew_cap: Option<Duration>,
     /// When this layer fetched it, by the monotonic clock; `None` for loaded, adopted or installed
     /// tokens. A fetched token rejected soon after holds back the next refresh.
     pub(crate) fetched: Option<Instant>,
@@ -54,7 +55,8 @@ pub(crate) struct Lease {
 impl Lease {
     pub(super) fn new(tokens: TokenSet, generation: u64, issued_at: Option<SystemTime>, fetched: bool) -> Self {
         let header = token::bearer_header(tokens.access_token()).map_err(|problem| problem.to_string());
-        Lease { tokens: Arc::new(tokens), generation, header, issued_at, fetched: fetched.then(Instant::now) }
+        let skew_cap = issued_at.and_then(|issued_at| token::skew_cap(issued_at, tokens.expires_at()));
+        Lease { tokens: Arc::new(tokens), generation, header, skew_cap, fetched: fetched.then(Instant::now) }
     }
 
     /// Whether sending this token can succeed at all: usable, and not past its expiry.
@@ -67,10 +69,7 @@ impl Lease {
             return Freshness::Expired;
         }
         let expires_at = self.tokens.expires_at();
-        let skew = match self.issued_at {
-            Some(issued_at) => token::effective_skew(skew, issued_at, expires_at),
-            None => skew,
-        };
+        let skew = self.skew_cap.map_or(skew, |cap| skew.min(cap));
         token::freshness(expires_at, skew, now)
     }
 }
