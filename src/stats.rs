@@ -188,6 +188,7 @@ impl Metrics {
     }
 }
 
+#[cfg(feature = "metrics")]
 impl Event {
     const COUNT: usize = 9;
     const ALL: [Event; Event::COUNT] = [
@@ -316,6 +317,17 @@ impl Counters {
             store_failures: read(&self.store_failures),
             adopted: read(&self.adopted),
             refreshes_held_back: read(&self.refreshes_held_back),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn every_event_has_its_place_in_the_metrics_keys() {
+        for (place, event) in super::Event::ALL.into_iter().enumerate() {
+            assert_eq!(event as usize, place, "{event:?}");
         }
     }
 }
