@@ -23,7 +23,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    fn remaining(self) -> Duration {
+    pub fn remaining(self) -> Duration {
         match self {
             Scenario::Rejected => ACCESS_TOKEN_LIFETIME - Duration::from_secs(1),
             Scenario::InsideSkew => Duration::from_secs(10),
