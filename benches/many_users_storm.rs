@@ -71,8 +71,13 @@ async fn run_pair(transport: Transport, users: usize, server: &Server) -> Pair {
     let families = prepare(server, users).await;
     let mut lower_bound = designs::lower_bound(http, server, &families, PER_USER, LowerBound::Storm).await;
     let lower_bound_seen = server.provider().seen().await;
-    assert_eq!(lower_bound.failed, 0, "{what}: the lower bound must not fail");
-    assert_eq!(lower_bound_seen.token_calls, users as u64, "{what}: the lower bound makes one token call per user");
+    assert!(
+        lower_bound.failed == 0 && lower_bound_seen.token_calls == users as u64,
+        "{what}: the lower bound made {} token calls for {users} users and {} of its requests failed (the first: {:?}); {lower_bound_seen:?}",
+        lower_bound_seen.token_calls,
+        lower_bound.failed,
+        lower_bound.first_failure,
+    );
 
     let http = &transport.connected_client(server).await;
     let families = prepare(server, users).await;
@@ -90,8 +95,14 @@ async fn run_pair(transport: Transport, users: usize, server: &Server) -> Pair {
     let mut run = designs::storm_of(requests).await;
     let seen = server.provider().seen().await;
     let ok = run.latencies.len() - run.failed;
-    assert_eq!(seen.token_calls, users as u64, "{what}: token calls, one per user");
-    assert_eq!(ok, users * PER_USER, "{what}: requests answered 200");
+    assert!(
+        seen.token_calls == users as u64 && ok == users * PER_USER,
+        "{what}: {} token calls for {users} users (one each expected), {ok} of {} requests answered 200 (the first \
+         failure: {:?}); {seen:?}",
+        seen.token_calls,
+        users * PER_USER,
+        run.first_failure,
+    );
     Pair {
         transport,
         wall: run.wall,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates BENCHMARKS.md: runs every bench in full (about five minutes on two cores, after the
+# Regenerates BENCHMARKS.md: runs every bench in full (about twenty minutes on two cores, after the
 # build) and writes the machine, the headline and the tables from this one run.
 #
 #   bash benches/report.sh              # all benches, then BENCHMARKS.md
@@ -111,6 +111,16 @@ its refresh runs; huskarl's cache and the hand-written mutex: behind their lock)
 and 10,000 most requests wait for the new token before they are sent, never see a 401, and the
 storm costs less than the "2N requests" lower bound (a ratio under 1). "Requests answered 401"
 shows how many were already in flight.
+
+Reading the HTTP/1.1 tables: a request in flight holds a connection of its own, and the pool keeps
+at most 32 idle, so what a storm costs there follows how many requests go out at the same moment.
+Waiters released all at once (this crate wakes every request waiting for the refresh together; the
+lower bound's retries go as soon as the token is there) need about as many new connections as
+there are waiters, and all but 32 of them are closed again once their answers are back; waiters
+released one lock hand-off at a time (huskarl's cache, the hand-written mutex) go out while earlier
+answers are coming back, and many find a connection just freed. "Connections opened" shows it. The
+lower bound's 2N requests open about 1.5N: the 401s free their connections together, the pool
+keeps 32, and the retries connect again.
 
 ## How to run
 

@@ -135,6 +135,19 @@ pub struct StormRun {
     pub wall: Duration,
     pub latencies: Vec<Duration>,
     pub failed: usize,
+    /// How the first failed request failed, for the message of a bench that fails on it.
+    pub first_failure: Option<String>,
+}
+
+/// A request's outcome: `Ok` when it was answered 200 and its body read, else how it failed.
+type Outcome = Result<(), String>;
+
+/// Reads a response through to its end (see [`lower_bound`] for why) and says whether it was a 200.
+async fn outcome(response: Result<Response, impl std::fmt::Debug>) -> Outcome {
+    let response = response.map_err(|e| format!("{e:?}"))?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(|e| format!("reading the body: {e:?}"))?;
+    if status == StatusCode::OK { Ok(()) } else { Err(format!("answered {status}: {body:?}")) }
 }
 
 /// The longest a storm may take before the bench fails (a 10,000-request storm takes a second or
@@ -155,11 +168,8 @@ pub async fn storm_of(requests: impl IntoIterator<Item = reqwest_middleware::Req
         .map(|request| {
             tokio::spawn(async move {
                 let sent = Instant::now();
-                let ok = match request.send().await {
-                    Ok(response) => response.status() == StatusCode::OK && response.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                (ok, sent.elapsed())
+                let outcome = outcome(request.send().await).await;
+                (outcome, sent.elapsed())
             })
         })
         .collect();
@@ -168,26 +178,28 @@ pub async fn storm_of(requests: impl IntoIterator<Item = reqwest_middleware::Req
 
 impl StormRun {
     /// Waits (until [`STORM_TIMEOUT`] after `started`) for the storm's request tasks, each
-    /// answering whether it succeeded and its latency, and sums them up, with the wall time since
-    /// `started`.
+    /// answering its outcome and latency, and sums them up, with the wall time since `started`.
     ///
     /// # Panics
     ///
     /// When a request task panicked or the storm outlived [`STORM_TIMEOUT`].
-    async fn collect(started: Instant, tasks: Vec<tokio::task::JoinHandle<(bool, Duration)>>) -> StormRun {
+    async fn collect(started: Instant, tasks: Vec<tokio::task::JoinHandle<(Outcome, Duration)>>) -> StormRun {
         let deadline = tokio::time::Instant::from_std(started + STORM_TIMEOUT);
         let n = tasks.len();
         let mut latencies = Vec::with_capacity(n);
-        let mut failed = 0;
+        let (mut failed, mut first_failure) = (0, None);
         for task in tasks {
             let Ok(joined) = tokio::time::timeout_at(deadline, task).await else {
                 panic!("a storm of {n} requests was not done after {STORM_TIMEOUT:?} ({} answered)", latencies.len());
             };
-            let (ok, latency) = joined.expect("a storm request panicked");
-            failed += usize::from(!ok);
+            let (outcome, latency) = joined.expect("a storm request panicked");
+            if let Err(failure) = outcome {
+                failed += 1;
+                first_failure.get_or_insert(failure);
+            }
             latencies.push(latency);
         }
-        StormRun { wall: started.elapsed(), latencies, failed }
+        StormRun { wall: started.elapsed(), latencies, failed, first_failure }
     }
 }
 
@@ -277,12 +289,9 @@ pub async fn lower_bound(
                         bearer(&tokens.access_token)
                     })
                     .await;
-                let ok = match http.get(url).header(AUTHORIZATION, token.clone()).send().await {
-                    Ok(response) => response.status() == StatusCode::OK && response.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
+                let outcome = outcome(http.get(url).header(AUTHORIZATION, token.clone()).send().await).await;
                 drop(held);
-                (ok, sent.elapsed())
+                (outcome, sent.elapsed())
             })
         })
         .collect();

@@ -71,7 +71,11 @@ pub async fn run_pair(design: Design, n: usize, scenario: Scenario, transport: T
     };
     let mut lower_bound = designs::lower_bound(http, server, std::slice::from_ref(&start), n, shape).await;
     let lower_bound_seen = server.provider().seen().await;
-    assert_eq!(lower_bound.failed, 0, "the lower bound must not fail");
+    assert_eq!(
+        lower_bound.failed, 0,
+        "the lower bound must not fail (the first failure: {:?})",
+        lower_bound.first_failure
+    );
     assert_eq!(lower_bound_seen.token_calls, 1, "the lower bound makes one token call");
 
     let http = &transport.connected_client(server).await;
