@@ -137,7 +137,7 @@ fn main() {
 
     let rt = common::runtime();
     let server = rt.block_on(Server::start(Duration::ZERO));
-    let issued = server.provider().issue_tokens();
+    let issued = rt.block_on(server.provider().issue_tokens());
     let http = reqwest::Client::new();
     let token = bearer(&issued.access_token);
     let start = Start { issued, remaining: Duration::from_secs(3599) };

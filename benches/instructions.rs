@@ -116,7 +116,7 @@ fn serve() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     runtime.block_on(async {
         let server = Server::start(Duration::from_millis(1)).await;
-        let tokens = server.provider().issue_tokens();
+        let tokens = server.provider().issue_tokens().await;
         println!("READY {} {} {}", server.origin(), server.api_url(), tokens.access_token);
         std::future::pending::<()>().await;
     });

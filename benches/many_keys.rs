@@ -48,7 +48,7 @@ async fn pass(kind: Kind, keys: usize, server: &Server, run: usize) -> (Vec<Dura
     let key = |i: usize| TokenKey::new(format!("run-{run}-user-{i}"));
     if kind == Kind::Live {
         for i in 0..keys {
-            let issued = server.provider().issue_tokens();
+            let issued = server.provider().issue_tokens().await;
             let tokens = TokenSet::new(issued.access_token).with_refresh_token(issued.refresh_token);
             store.save(&key(i), &tokens, reqwest_token_refresh::Revision::NONE).await.expect("seed");
         }

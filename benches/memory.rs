@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::designs::{self, Design, LowerBound};
-use common::run::{Scenario, connected_client, prepare};
+use common::run::{Scenario, prepare};
 use common::server::Server;
+use common::transport::Transport;
 use criterion::{Criterion, SamplingMode};
 
 /// Counts live heap bytes and their high-water mark.
@@ -122,13 +123,13 @@ struct Sample {
 }
 
 async fn one(who: Who, n: usize, server: &Server) -> Sample {
-    let http = &connected_client(server).await;
-    let start = prepare(server, Scenario::Rejected);
-    server.provider().gate_token_answers(n);
+    let http = &Transport::Http2.connected_client(server).await;
+    let start = prepare(server, Scenario::Rejected).await;
+    server.provider().gate_token_answers(n).await;
     let (failed, peak) = match who {
         Who::Bare | Who::BareHolding401s => {
             let shape = if who == Who::Bare { LowerBound::Storm } else { LowerBound::StormHolding401s };
-            let (run, peak) = peak_of(designs::lower_bound(http, server, &start, n, shape)).await;
+            let (run, peak) = peak_of(designs::lower_bound(http, server, std::slice::from_ref(&start), n, shape)).await;
             (run.failed, peak)
         }
         Who::Design(design) => {
@@ -138,7 +139,7 @@ async fn one(who: Who, n: usize, server: &Server) -> Sample {
             (run.failed, peak)
         }
     };
-    let seen = server.provider().seen();
+    let seen = server.provider().seen().await;
     Sample { who, peak, failed, token_calls: seen.token_calls, api_401s: seen.api_unauthorized }
 }
 

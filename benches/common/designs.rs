@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use http::{Extensions, HeaderValue, StatusCode, header::AUTHORIZATION};
 use reqwest::{Request, Response};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
-use reqwest_token_refresh::{RefreshTokenGrant, TokenRefresh, TokenSet};
+use reqwest_token_refresh::{RefreshTokenGrant, TokenRefresh, TokenRefreshBuilder, TokenSet};
 
 use super::server::{Issued, Server};
 
@@ -70,9 +70,26 @@ pub struct Start {
 }
 
 impl Start {
-    fn expires_at(&self) -> SystemTime {
+    pub fn expires_at(&self) -> SystemTime {
         SystemTime::now() + self.remaining
     }
+
+    /// The tokens as this crate's layer is given them.
+    pub fn token_set(&self) -> TokenSet {
+        TokenSet::new(self.issued.access_token.clone())
+            .with_refresh_token(self.issued.refresh_token.clone())
+            .with_expires_at(self.expires_at())
+    }
+}
+
+/// This crate's layer as a user builds it against `server`, before its tokens are given:
+/// `RefreshTokenGrant`, the in-memory store, the API's origin allowed, the skew of every design.
+pub fn ours(server: &Server) -> TokenRefreshBuilder {
+    TokenRefresh::builder(
+        RefreshTokenGrant::new(server.token_url()).client_id("bench-client").client_secret("bench-secret"),
+    )
+    .allow_origin(server.origin())
+    .refresh_skew(SKEW)
 }
 
 /// A design's client, ready for a storm.
@@ -88,17 +105,7 @@ pub async fn build(design: Design, server: &Server, http: &reqwest::Client, star
     let builder = ClientBuilder::new(http.clone());
     match design {
         Design::Ours => {
-            let tokens = TokenSet::new(start.issued.access_token.clone())
-                .with_refresh_token(start.issued.refresh_token.clone())
-                .with_expires_at(start.expires_at());
-            let auth = TokenRefresh::builder(
-                RefreshTokenGrant::new(token_url).client_id("bench-client").client_secret("bench-secret"),
-            )
-            .initial_tokens(tokens)
-            .allow_origin(server.origin())
-            .refresh_skew(SKEW)
-            .build()
-            .expect("a valid layer");
+            let auth = ours(server).initial_tokens(start.token_set()).build().expect("a valid layer");
             Built { client: builder.with(auth.clone()).build(), ours: Some(auth) }
         }
         Design::ReqwestChain => {
@@ -128,22 +135,41 @@ pub struct StormRun {
     pub wall: Duration,
     pub latencies: Vec<Duration>,
     pub failed: usize,
+    /// How the first failed request failed, for the message of a bench that fails on it.
+    pub first_failure: Option<String>,
 }
+
+/// A request's outcome: `Ok` when it was answered 200 and its body read, else how it failed.
+type Outcome = Result<(), String>;
+
+/// Reads a response through to its end (see [`lower_bound`] for why) and says whether it was a 200.
+async fn outcome(response: Result<Response, impl std::fmt::Debug>) -> Outcome {
+    let response = response.map_err(|e| format!("{e:?}"))?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(|e| format!("reading the body: {e:?}"))?;
+    if status == StatusCode::OK { Ok(()) } else { Err(format!("answered {status}: {body:?}")) }
+}
+
+/// The longest a storm may take before the bench fails (a 10,000-request storm takes a second or
+/// two; a stuck one would otherwise hang the bench).
+pub const STORM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `n` concurrent requests (one task each, as a server handling `n` requests would) through
 /// `client`; each reads its body. A request fails unless it ends in 200.
 pub async fn storm(client: &ClientWithMiddleware, url: &reqwest::Url, n: usize) -> StormRun {
+    storm_of((0..n).map(|_| client.get(url.clone()))).await
+}
+
+/// The requests `requests` makes, all at once, one task each, as [`storm`] sends them.
+pub async fn storm_of(requests: impl IntoIterator<Item = reqwest_middleware::RequestBuilder>) -> StormRun {
     let started = Instant::now();
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let request = client.get(url.clone());
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|request| {
             tokio::spawn(async move {
                 let sent = Instant::now();
-                let ok = match request.send().await {
-                    Ok(response) => response.status() == StatusCode::OK && response.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                (ok, sent.elapsed())
+                let outcome = outcome(request.send().await).await;
+                (outcome, sent.elapsed())
             })
         })
         .collect();
@@ -151,17 +177,29 @@ pub async fn storm(client: &ClientWithMiddleware, url: &reqwest::Url, n: usize) 
 }
 
 impl StormRun {
-    /// Waits for the storm's request tasks (each answering whether it succeeded, and its
-    /// latency) and sums them up, with the wall time since `started`.
-    async fn collect(started: Instant, tasks: Vec<tokio::task::JoinHandle<(bool, Duration)>>) -> StormRun {
-        let mut latencies = Vec::with_capacity(tasks.len());
-        let mut failed = 0;
+    /// Waits (until [`STORM_TIMEOUT`] after `started`) for the storm's request tasks, each
+    /// answering its outcome and latency, and sums them up, with the wall time since `started`.
+    ///
+    /// # Panics
+    ///
+    /// When a request task panicked or the storm outlived [`STORM_TIMEOUT`].
+    async fn collect(started: Instant, tasks: Vec<tokio::task::JoinHandle<(Outcome, Duration)>>) -> StormRun {
+        let deadline = tokio::time::Instant::from_std(started + STORM_TIMEOUT);
+        let n = tasks.len();
+        let mut latencies = Vec::with_capacity(n);
+        let (mut failed, mut first_failure) = (0, None);
         for task in tasks {
-            let (ok, latency) = task.await.expect("a storm request panicked");
-            failed += usize::from(!ok);
+            let Ok(joined) = tokio::time::timeout_at(deadline, task).await else {
+                panic!("a storm of {n} requests was not done after {STORM_TIMEOUT:?} ({} answered)", latencies.len());
+            };
+            let (outcome, latency) = joined.expect("a storm request panicked");
+            if let Err(failure) = outcome {
+                failed += 1;
+                first_failure.get_or_insert(failure);
+            }
             latencies.push(latency);
         }
-        StormRun { wall: started.elapsed(), latencies, failed }
+        StormRun { wall: started.elapsed(), latencies, failed, first_failure }
     }
 }
 
@@ -183,34 +221,56 @@ pub enum LowerBound {
 /// The tasks overlap as a design's do: a request retries as soon as the token is there, while
 /// others are still getting their 401 (two strict phases of N are slower than that at N = 10,000:
 /// 10,000 streams open at once cost HTTP/2 more than the same requests spread out).
+///
+/// `families` are the token families of the users the requests act for, `per_family` requests
+/// each (in that order, as a design's storm sends them): one for the single-user storms, and then
+/// one token call in all; one per user in the many-users storm, one token call per user, made by
+/// that user's first 401.
 pub async fn lower_bound(
     http: &reqwest::Client,
     server: &Server,
-    start: &Start,
-    n: usize,
+    families: &[Start],
+    per_family: usize,
     shape: LowerBound,
 ) -> StormRun {
+    /// What the tasks acting for one user share.
+    struct Family {
+        stale: HeaderValue,
+        refresh_token: String,
+        fresh: tokio::sync::OnceCell<HeaderValue>,
+    }
     let url = server.api_url();
     let token_url = server.token_url();
-    let refresh_token = start.issued.refresh_token.clone();
-    let fresh = Arc::new(tokio::sync::OnceCell::<HeaderValue>::new());
-    let stale = bearer(&start.issued.access_token);
+    let families: Vec<Arc<Family>> = families
+        .iter()
+        .map(|start| {
+            Arc::new(Family {
+                stale: bearer(&start.issued.access_token),
+                refresh_token: start.issued.refresh_token.clone(),
+                fresh: tokio::sync::OnceCell::new(),
+            })
+        })
+        .collect();
     let started = Instant::now();
     if shape == LowerBound::Proactive {
-        let tokens = fetch(http, &token_url, &refresh_token).await.expect("the token call of the lower bound");
-        let _ = fresh.set(bearer(&tokens.access_token));
+        let fetched = futures::future::join_all(families.iter().map(|family| async {
+            let tokens =
+                fetch(http, &token_url, &family.refresh_token).await.expect("the token call of the lower bound");
+            let _ = family.fresh.set(bearer(&tokens.access_token));
+        }));
+        fetched.await;
     }
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let (http, url, token_url, refresh_token) =
-                (http.clone(), url.clone(), token_url.clone(), refresh_token.clone());
-            let (fresh, stale) = (fresh.clone(), stale.clone());
+    let tasks: Vec<_> = families
+        .iter()
+        .flat_map(|family| std::iter::repeat_n(family, per_family))
+        .map(|family| {
+            let (http, url, token_url, family) = (http.clone(), url.clone(), token_url.clone(), family.clone());
             tokio::spawn(async move {
                 // Proactive: the token call is part of every request's wait.
                 let sent = if shape == LowerBound::Proactive { started } else { Instant::now() };
                 let mut held = None;
                 if shape != LowerBound::Proactive {
-                    let rejected = http.get(url.clone()).header(AUTHORIZATION, stale).send().await;
+                    let rejected = http.get(url.clone()).header(AUTHORIZATION, family.stale.clone()).send().await;
                     match (shape, rejected) {
                         (LowerBound::StormHolding401s, rejected) => held = Some(rejected),
                         // Read to the end: an HTTP/2 response dropped before its body has arrived
@@ -220,19 +280,18 @@ pub async fn lower_bound(
                         (_, Err(_)) => {}
                     }
                 }
-                let token = fresh
+                let token = family
+                    .fresh
                     .get_or_init(|| async {
-                        let tokens =
-                            fetch(&http, &token_url, &refresh_token).await.expect("the token call of the lower bound");
+                        let tokens = fetch(&http, &token_url, &family.refresh_token)
+                            .await
+                            .expect("the token call of the lower bound");
                         bearer(&tokens.access_token)
                     })
                     .await;
-                let ok = match http.get(url).header(AUTHORIZATION, token.clone()).send().await {
-                    Ok(response) => response.status() == StatusCode::OK && response.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
+                let outcome = outcome(http.get(url).header(AUTHORIZATION, token.clone()).send().await).await;
                 drop(held);
-                (ok, sent.elapsed())
+                (outcome, sent.elapsed())
             })
         })
         .collect();

@@ -7,6 +7,7 @@
 pub mod designs;
 pub mod run;
 pub mod server;
+pub mod transport;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -58,9 +59,10 @@ pub fn storm_measurement_time(
     rt: &tokio::runtime::Runtime,
     n: usize,
     scenario: run::Scenario,
+    transport: transport::Transport,
     server: &server::Server,
 ) -> Duration {
-    let pair = rt.block_on(run::run_pair(designs::Design::Ours, n, scenario, server));
+    let pair = rt.block_on(run::run_pair(designs::Design::Ours, n, scenario, transport, server));
     (pair.wall * 12).max(Duration::from_millis(100))
 }
 
@@ -145,12 +147,4 @@ pub fn process_cpu_time() -> Option<Duration> {
         total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
     }
     Some(Duration::from_nanos(total))
-}
-
-/// The client the storm benches share: HTTP/2 with prior knowledge, so that N concurrent requests
-/// are N streams on one connection, as against an API that speaks HTTP/2 over TLS. (Over
-/// HTTP/1.1, 10,000 concurrent requests need 10,000 connections, 20,000 sockets with the server
-/// in the same process: more than the open-file limit of the machines these run on.)
-pub fn storm_client() -> reqwest::Client {
-    reqwest::Client::builder().http2_prior_knowledge().build().expect("a reqwest client")
 }

@@ -1,8 +1,9 @@
-//! A lean rotating OAuth 2.0 provider on one hyper 1.x server, for the benches.
+//! The provider the benches run against: a lean rotating OAuth 2.0 provider, what its hyper
+//! server answers, and what it counts.
 //!
 //! `testkit::MockProvider` is wiremock: every request is matched against every mounted mock and
 //! recorded, which at 20,000 requests per storm costs more than the layer being measured. This
-//! server does the same things the benches need and nothing else:
+//! provider does the same things the benches need and nothing else:
 //!
 //! * `GET /api/...` answers 200 `{"ok":true}` to a valid bearer token, else 401 with
 //!   `WWW-Authenticate: Bearer error="invalid_token"` and a JSON body (RFC 6750 §3.1).
@@ -10,13 +11,10 @@
 //!   accepted in any form and not checked) and rotates: each refresh token works once, and
 //!   presenting a spent one revokes its whole token family (RFC 9700 §4.14.2), as Kroger-style
 //!   providers and `MockProvider` do. The answer is held for a fixed latency.
-//!
-//! It speaks HTTP/1.1 and HTTP/2 (prior knowledge) on the same port, counts what it saw, and
-//! stops when dropped (its accept loop is aborted; connections end with the bench's runtime).
+//! * `GET /warm` answers 200 after [`WARM_HOLD`], counting nothing: what a client sends to open
+//!   its connections before a storm.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -25,32 +23,33 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use parking_lot::{Mutex, RwLock};
-use tokio::net::TcpListener;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 
 /// The path of the token endpoint.
 pub const TOKEN_PATH: &str = "/oauth/token";
 /// How long access tokens live, as the token endpoint says (`expires_in`).
 pub const ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// The path a client warms its connections on (see [`WARM_HOLD`]).
+pub const WARM_PATH: &str = "/warm";
+/// How long `GET /warm` is held: long enough that a client sending K of them at once finds no
+/// connection coming free meanwhile and opens K (connecting on loopback takes well under 1 ms).
+pub const WARM_HOLD: Duration = Duration::from_millis(20);
 /// The longest a held token answer waits for its gate (see [`Provider::gate_token_answers`]).
 const GATE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A gate also opens once no API request has arrived for this long.
 const GATE_QUIET: Duration = Duration::from_millis(50);
 
 /// An access token and refresh token as the provider issued them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Issued {
     pub access_token: String,
     pub refresh_token: String,
 }
 
 /// What the provider saw since the last [`Provider::reset`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seen {
     /// Calls to the token endpoint.
     pub token_calls: u64,
@@ -64,6 +63,8 @@ pub struct Seen {
     pub api_ok: u64,
     /// API requests answered 401.
     pub api_unauthorized: u64,
+    /// TCP connections accepted on the API port (the control port's are not counted).
+    pub connections: u64,
 }
 
 #[derive(Default)]
@@ -74,6 +75,7 @@ struct Counters {
     reuse_detected: AtomicU64,
     api_ok: AtomicU64,
     api_unauthorized: AtomicU64,
+    connections: AtomicU64,
 }
 
 enum RefreshState {
@@ -104,7 +106,7 @@ pub struct Provider {
 }
 
 impl Provider {
-    fn new(token_latency: Duration) -> Self {
+    pub(super) fn new(token_latency: Duration) -> Self {
         Self {
             token_latency,
             access: RwLock::new(HashMap::new()),
@@ -128,6 +130,7 @@ impl Provider {
             &self.counters.reuse_detected,
             &self.counters.api_ok,
             &self.counters.api_unauthorized,
+            &self.counters.connections,
         ] {
             counter.store(0, Ordering::Relaxed);
         }
@@ -142,6 +145,11 @@ impl Provider {
             grants.next
         };
         self.issue(family)
+    }
+
+    /// Issues `n` token families, one per user of a service that holds many.
+    pub fn issue_token_families(&self, n: usize) -> Vec<Issued> {
+        (0..n).map(|_| self.issue_tokens()).collect()
     }
 
     /// Every access token issued so far is rejected from now on (refresh tokens stay valid).
@@ -166,6 +174,7 @@ impl Provider {
             reuse_detected: c.reuse_detected.load(Ordering::Relaxed),
             api_ok: c.api_ok.load(Ordering::Relaxed),
             api_unauthorized: c.api_unauthorized.load(Ordering::Relaxed),
+            connections: c.connections.load(Ordering::Relaxed),
         }
     }
 
@@ -213,9 +222,19 @@ impl Provider {
         }
     }
 
-    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// Counts a connection accepted on the API port.
+    pub(super) fn accepted(&self) {
+        self.counters.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Answers a request to the API port.
+    pub(super) async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
         if request.method() == Method::POST && request.uri().path() == TOKEN_PATH {
             return self.token_endpoint(request).await;
+        }
+        if request.uri().path() == WARM_PATH {
+            tokio::time::sleep(WARM_HOLD).await;
+            return respond(StatusCode::OK, "application/json", r#"{"ok":true}"#);
         }
         if request.uri().path().starts_with("/api/") {
             return self.api(&request);
@@ -321,72 +340,9 @@ impl Provider {
     }
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+pub(super) fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     response
-}
-
-/// The server: a provider on `127.0.0.1`, stopped when dropped.
-pub struct Server {
-    addr: SocketAddr,
-    provider: Arc<Provider>,
-    accept: JoinHandle<()>,
-}
-
-impl Server {
-    /// Starts a server on `127.0.0.1` (a free port) in the current tokio runtime.
-    pub async fn start(token_latency: Duration) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
-        let addr = listener.local_addr().expect("a local address");
-        let provider = Arc::new(Provider::new(token_latency));
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        // A storm multiplexes up to 10,000 requests on one connection; hyper's default is 200.
-        builder.http2().max_concurrent_streams(100_000);
-        let builder = Arc::new(builder);
-        let accept = tokio::spawn({
-            let provider = provider.clone();
-            async move {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else { continue };
-                    let _ = stream.set_nodelay(true);
-                    let provider = provider.clone();
-                    let builder = builder.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |request| {
-                            let provider = provider.clone();
-                            async move { Ok::<_, Infallible>(provider.handle(request).await) }
-                        });
-                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-                    });
-                }
-            }
-        });
-        Server { addr, provider, accept }
-    }
-
-    pub fn provider(&self) -> &Provider {
-        &self.provider
-    }
-
-    /// The origin the server's API (and token endpoint) is served on: the only one the layer
-    /// under test sends the token to.
-    pub fn origin(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn token_url(&self) -> String {
-        format!("http://{}{TOKEN_PATH}", self.addr)
-    }
-
-    pub fn api_url(&self) -> reqwest::Url {
-        reqwest::Url::parse(&format!("http://{}/api/v1/activity", self.addr)).expect("a valid URL")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
 }
