@@ -436,10 +436,11 @@ impl TokenRefresh {
             let _ = self.inner.cache.renew(&sent).await;
             return Ok(response);
         };
-        // The rejected answer is not needed any more: let its connection resources go while the
-        // refresh runs.
-        drop(response);
-        let renewed = self.inner.cache.renew(&sent).await?;
+        // The rejected answer is not needed any more. Its body is read to its end while the
+        // refresh runs, so that its connection is free for the retry: an HTTP/1.1 connection
+        // whose answer was dropped unread is closed, and an HTTP/2 stream reset.
+        let (renewed, ()) = tokio::join!(self.inner.cache.renew(&sent), discard(response, self.inner.classify_timeout));
+        let renewed = renewed?;
         self.authorize(&mut retry, sent.key(), &renewed)?;
         self.inner.stats.count(Event::Retry);
         let sent_to = retry.url().clone();
@@ -456,6 +457,26 @@ impl TokenRefresh {
         }
         Ok(response)
     }
+}
+
+/// How much of a rejected answer's body the layer reads to let its connection go on: 64 KiB. A
+/// longer one is dropped unread (its connection closed, or its stream reset): reading it would
+/// cost more than a new connection.
+const DISCARD_LIMIT: usize = 64 * 1024;
+
+/// Reads what is left of `response`'s body, up to [`DISCARD_LIMIT`] and for at most `timeout`,
+/// and lets it go.
+async fn discard(mut response: Response, timeout: Duration) {
+    let read_to_end = async {
+        let mut read = 0;
+        while read <= DISCARD_LIMIT {
+            match response.chunk().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                Ok(None) | Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, read_to_end).await;
 }
 
 /// Whether a 401 rejects the token. The headers are read first; the body only when they name no

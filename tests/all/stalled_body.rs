@@ -192,3 +192,94 @@ async fn classify_timeout_sets_how_long_a_stalled_401_body_is_waited_for() {
     assert_eq!(rest_of_body(&server, response).await, format!("{FIRST}{REST}"));
     token_server.verify().await;
 }
+
+/// A hyper server on 127.0.0.1 for an HTTP/2 storm: a request with the token `a1` is answered,
+/// after `hold`, with a 401 whose headers say `invalid_token` and whose short body follows 50 ms
+/// after them; any other request gets a 200, 300 ms later if it carries a token.
+/// Returns its URL and a count of the connections it accepted.
+async fn late_bodied_401s(hold: Duration) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/api", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let stale = request.headers().get("authorization").is_some_and(|value| value == "Bearer a1");
+                    async move {
+                        let late = futures::stream::once(async move {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Ok::<_, Infallible>(Frame::data(Bytes::from_static(br#"{"error":"invalid_token"}"#)))
+                        });
+                        let response = if stale {
+                            tokio::time::sleep(hold).await;
+                            http::Response::builder()
+                                .status(401)
+                                .header("www-authenticate", r#"Bearer error="invalid_token""#)
+                                .body(http_body_util::Either::Left(StreamBody::new(late)))
+                        } else {
+                            // Slow enough that the retries are still in flight when the 401s'
+                            // late bodies arrive.
+                            if request.headers().contains_key("authorization") {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                            }
+                            http::Response::builder().status(200).body(http_body_util::Either::Right(
+                                http_body_util::Full::new(Bytes::from_static(b"ok")),
+                            ))
+                        };
+                        Ok::<_, Infallible>(response.unwrap())
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    (url, connections)
+}
+
+fn late_bodied_layer(token_server: &MockServer, api: &str) -> TokenRefresh {
+    TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", token_server.uri())))
+        .initial_tokens(TokenSet::new("a1").with_refresh_token("r1").with_expires_in(Duration::from_secs(3600)))
+        .allow_origin(url::Url::parse(api).unwrap().origin().ascii_serialization())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_rejected_answer_is_read_to_its_end_so_the_retry_reuses_its_http1_connection() {
+    let token_server = MockServer::start().await;
+    token_endpoint(&token_server, 1).await;
+    let (api, connections) = late_bodied_401s(Duration::ZERO).await;
+    let auth = late_bodied_layer(&token_server, &api);
+    let response = tokio::time::timeout(Duration::from_secs(20), client_with(&auth).get(&api).send()).await;
+    assert_eq!(response.expect("bounded").unwrap().status(), 200);
+    assert_eq!(auth.stats().retries, 1);
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "the 401's connection carried the retry");
+}
+
+/// h2 closes a connection, failing every request on it, once it has reset 1,024 streams itself
+/// (`GOAWAY too_many_internal_resets`). A storm of 1,200 rejections on one HTTP/2 connection,
+/// their bodies arriving after their headers, ends with every request answered 200 on that one
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_1200_401s_on_one_http2_connection_resets_no_streams() {
+    let token_server = MockServer::start().await;
+    token_endpoint(&token_server, 1).await;
+    // Held long enough that every first attempt is out before the first 401 is back.
+    let (api, connections) = late_bodied_401s(Duration::from_secs(1)).await;
+    let auth = late_bodied_layer(&token_server, &api);
+    let http = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(http).with(crate::helpers::Bounded).with(auth.clone()).build();
+    // The connection, opened first without a token.
+    let opened = client.get(&api).with_extension(reqwest_token_refresh::SkipAuth).send().await.unwrap();
+    assert_eq!(opened.status(), 200);
+
+    let statuses = crate::helpers::storm(&client, &api, 1_200, None).await;
+    let failed = statuses.iter().filter(|&&status| status != 200).count();
+    assert_eq!(failed, 0, "{failed} of 1,200 failed");
+    assert!(auth.stats().unauthorized > 1_024, "the storm's first attempts were answered 401: {:?}", auth.stats());
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "one connection throughout");
+}
