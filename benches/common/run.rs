@@ -114,8 +114,10 @@ pub struct Summary {
     pub p50: Duration,
     pub p99: Duration,
     pub lower_bound: Duration,
-    /// The median of each storm's wall time over its paired lower bound.
+    /// The median of each storm's wall time over its paired lower bound, and the lowest and
+    /// highest of them: the spread over rounds.
     pub ratio: f64,
+    pub ratio_range: (f64, f64),
     /// The largest token-call count and failure count of any storm.
     pub max_token_calls: u64,
     pub max_failed: usize,
@@ -131,6 +133,7 @@ pub fn summarise(pairs: &[Pair], transport: Transport, design: Design, n: usize)
         Duration::from_secs_f64(median(&runs.iter().map(|p| f(p).as_secs_f64()).collect::<Vec<_>>()))
     };
     let counts = |f: fn(&Pair) -> u64| count_summary(&runs.iter().map(|p| f(p)).collect::<Vec<_>>());
+    let ratios: Vec<f64> = runs.iter().map(|p| p.wall.as_secs_f64() / p.lower_bound.as_secs_f64()).collect();
     Some(Summary {
         design,
         n,
@@ -143,7 +146,8 @@ pub fn summarise(pairs: &[Pair], transport: Transport, design: Design, n: usize)
         p50: secs(|p| p.p50),
         p99: secs(|p| p.p99),
         lower_bound: secs(|p| p.lower_bound),
-        ratio: median(&runs.iter().map(|p| p.wall.as_secs_f64() / p.lower_bound.as_secs_f64()).collect::<Vec<_>>()),
+        ratio: median(&ratios),
+        ratio_range: ratios.iter().fold((f64::INFINITY, 0.0_f64), |(low, high), &r| (low.min(r), high.max(r))),
         max_token_calls: runs.iter().map(|p| p.seen.token_calls).max().unwrap_or(0),
         max_failed: runs.iter().map(|p| p.failed).max().unwrap_or(0),
     })
@@ -192,7 +196,7 @@ fn storm_table(out: &mut String, pairs: &[Pair], transport: Transport, n: usize,
             for s in &summaries {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} ({:.2}–{:.2}) |",
                     s.design.label(),
                     s.token_calls,
                     s.failed,
@@ -201,7 +205,9 @@ fn storm_table(out: &mut String, pairs: &[Pair], transport: Transport, n: usize,
                     ms(s.wall),
                     ms(s.p50),
                     ms(s.p99),
-                    s.ratio
+                    s.ratio,
+                    s.ratio_range.0,
+                    s.ratio_range.1
                 );
             }
         }
@@ -218,7 +224,7 @@ fn storm_table(out: &mut String, pairs: &[Pair], transport: Transport, n: usize,
             for s in &summaries {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {:.2} ({:.2}–{:.2}) |",
                     s.design.label(),
                     s.token_calls,
                     s.api_401s,
@@ -226,14 +232,16 @@ fn storm_table(out: &mut String, pairs: &[Pair], transport: Transport, n: usize,
                     s.connections,
                     ms(s.wall),
                     ms(s.p99),
-                    s.ratio
+                    s.ratio,
+                    s.ratio_range.0,
+                    s.ratio_range.1
                 );
             }
         }
     }
     let _ = writeln!(
         out,
-        "\n{} storms per design, each paired with a lower-bound run just before it; medians, with the range where it varied.\n",
+        "\n{} rounds, each running every design once in turn, each storm paired with a lower-bound run just before it; medians, with the range where it varied (for wall / lower bound, the lowest and highest of the rounds).\n",
         first.samples
     );
 }
@@ -270,14 +278,21 @@ pub fn pairs_csv(pairs: &[Pair]) -> String {
 /// The token endpoint's latency in the storm benches.
 pub const STORM_TOKEN_LATENCY: Duration = Duration::from_millis(20);
 
-/// Runs the storm benches for one scenario: every design at every N over every transport in
-/// `transports`, each storm paired with a lower-bound run, under the criterion group
-/// `<group>/<transport>/<n>`, against a server in a child process (the bench's `main` starts
-/// with [`serve_if_child`](super::server::serve_if_child)). Returns the pairs and the sizes.
-pub fn storm_bench(group: &str, scenario: Scenario, transports: &[Transport]) -> (Vec<Pair>, Vec<usize>) {
-    use criterion::{SamplingMode, Throughput};
+/// Storms per design at each size (quick: 2).
+pub fn storm_rounds() -> usize {
+    if super::quick() { 2 } else { 11 }
+}
 
-    let mut criterion = super::storm_criterion();
+/// Runs the storm benches for one scenario: at every N over every transport, [`storm_rounds`]
+/// rounds, each round every design once (the first design moving down one place a round), each
+/// storm paired with a lower-bound run just before it, against a server in a child process (the
+/// bench's `main` starts with [`serve_if_child`](super::server::serve_if_child)). Interleaved so that whatever load a shared
+/// machine puts on a stretch of the run falls on every design alike; run design by design, a
+/// minute of load would land on one of them. A filter argument (`cargo bench --bench storm --
+/// storm/http1/1000`) keeps only the sizes whose `<group>/<transport>/<n>` begins with it.
+/// Returns the pairs and the sizes.
+pub fn storm_bench(group: &str, scenario: Scenario, transports: &[Transport]) -> (Vec<Pair>, Vec<usize>) {
+    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
     let server = Server::spawn(STORM_TOKEN_LATENCY);
     let rt = super::runtime();
     // Warm both sides (and every transport's code paths) before anything is measured.
@@ -289,26 +304,20 @@ pub fn storm_bench(group: &str, scenario: Scenario, transports: &[Transport]) ->
     let mut pairs = Vec::new();
     for &transport in transports {
         for &n in &sizes {
-            let mut bench = criterion.benchmark_group(format!("{group}/{}/{n}", transport.id()));
-            bench.sampling_mode(SamplingMode::Flat).throughput(Throughput::Elements(n as u64));
-            bench.measurement_time(super::storm_measurement_time(&rt, n, scenario, transport, &server));
-            for design in Design::ALL {
-                bench.bench_function(design.id(), |b| {
-                    b.iter_custom(|iters| {
-                        let mut timed = Duration::ZERO;
-                        for _ in 0..iters {
-                            let pair = rt.block_on(run_pair(design, n, scenario, transport, &server));
-                            timed += pair.wall;
-                            pairs.push(pair);
-                        }
-                        timed
-                    })
-                });
+            let id = format!("{group}/{}/{n}", transport.id());
+            if filter.as_deref().is_some_and(|filter| !id.starts_with(filter)) {
+                continue;
             }
-            bench.finish();
+            let started = std::time::Instant::now();
+            for round in 0..storm_rounds() {
+                for place in 0..Design::ALL.len() {
+                    let design = Design::ALL[(round + place) % Design::ALL.len()];
+                    pairs.push(rt.block_on(run_pair(design, n, scenario, transport, &server)));
+                }
+            }
+            eprintln!("{id}: {} rounds in {:.1} s", storm_rounds(), started.elapsed().as_secs_f64());
         }
     }
-    criterion.final_summary();
     (pairs, sizes)
 }
 

@@ -56,7 +56,7 @@ pub(crate) fn flight_clock() -> Option<Arc<dyn Clock>> {
 
 /// How many of a flight's waiters go on at once once it has answered: each, as it goes, lets the
 /// next one go (see "Why its waiters are released one after another").
-pub(super) const RELAY: usize = 4;
+pub(super) const RELAY: usize = 1;
 
 /// What a flight answers its waiters: a token (`None`: the store has none for the key), or why
 /// there is none.
