@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates BENCHMARKS.md: runs every bench in full (about twenty minutes on two cores, after the
+# Regenerates BENCHMARKS.md: runs every bench in full (about fifteen minutes on two cores, after the
 # build) and writes the machine, the headline and the tables from this one run.
 #
 #   bash benches/report.sh              # all benches, then BENCHMARKS.md
@@ -114,18 +114,20 @@ shows how many were already in flight.
 
 Reading the HTTP/1.1 tables: a request in flight holds a connection of its own, and the pool keeps
 at most 32 idle, so what a storm costs there follows how many requests go out at the same moment.
-Waiters released all at once (this crate wakes every request waiting for the refresh together; the
-lower bound's retries go as soon as the token is there) need about as many new connections as
-there are waiters, and all but 32 of them are closed again once their answers are back; waiters
-released one lock hand-off at a time (huskarl's cache, the hand-written mutex) go out while earlier
-answers are coming back, and many find a connection just freed. "Connections opened" shows it. The
-lower bound's 2N requests open about 1.5N: the 401s free their connections together, the pool
-keeps 32, and the retries connect again.
+Every single-flight design here releases the requests waiting for the refresh one after another
+(this crate: in the order they came, each handing the new token on to the next; huskarl's cache
+and the hand-written mutex: one lock hand-off at a time), so they go out while earlier answers are
+coming back, and many find a connection just freed. What differs is the first wave: the
+lock-based designs take their lock for every request, first attempts included, and send even
+those one hand-off at a time; this crate sends them as the caller does, as bare reqwest would, and
+they need a connection each. "Connections opened" shows it. The lower bound's 2N requests open
+about 1.5N: the 401s free their connections together, the pool keeps 32, and the retries connect
+again.
 
 ## How to run
 
 ```sh
-bash benches/report.sh                    # every bench in full, then this file (about 20 minutes)
+bash benches/report.sh                    # every bench in full, then this file (about 15 minutes)
 cargo bench --bench storm                 # one bench; tables in target/rtr-bench/
 cargo bench --bench storm -- storm/http1/1000   # criterion filters work as usual
 RTR_BENCH_QUICK=1 cargo test --bench happy_path --bench storm --bench many_users_storm --bench memory --bench proactive --bench many_keys
