@@ -232,7 +232,8 @@ mod tests {
         tokio::task::yield_now().await;
         let early = order.lock().unwrap().len();
         for task in tasks {
-            task.await.unwrap();
+            let done = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+            done.expect("every waiter is released").unwrap();
         }
         let order = order.lock().unwrap().clone();
         (early, order)
