@@ -190,8 +190,8 @@ impl Metrics {
 
 #[cfg(feature = "metrics")]
 impl Event {
-    const COUNT: usize = 9;
-    const ALL: [Event; Event::COUNT] = [
+    const COUNT: usize = Event::ALL.len();
+    const ALL: [Event; 9] = [
         Event::Request,
         Event::TokenCall,
         Event::RefreshFailure,

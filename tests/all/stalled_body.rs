@@ -265,7 +265,7 @@ async fn a_rejected_answer_is_read_to_its_end_so_the_retry_reuses_its_http1_conn
 /// their bodies arriving after their headers, ends with every request answered 200 on that one
 /// connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_storm_of_1200_401s_on_one_http2_connection_resets_no_streams() {
+async fn a_storm_of_1200_late_bodied_401s_on_one_http2_connection_ends_200_on_that_connection() {
     let token_server = MockServer::start().await;
     token_endpoint(&token_server, 1).await;
     // Held long enough that every first attempt is out before the first 401 is back.
