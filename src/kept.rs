@@ -18,12 +18,14 @@ use url::Url;
 /// (`tests/all/footprint.rs`).
 const INLINE_URL: usize = 160;
 
-/// What is kept of one request.
+/// What is kept of one request. Every request's future holds one, so what only some requests
+/// need is boxed: their own headers, and reqwest's copy of a request with a body (a `Request` is
+/// 264 bytes); each of those already costs an allocation for the copy itself.
 pub(crate) enum Kept {
     /// A request without a body, as its parts.
-    Parts { method: Method, url: SentTo, headers: Option<HeaderMap>, version: Version, timeout: Option<Duration> },
+    Parts { method: Method, url: SentTo, headers: Option<Box<HeaderMap>>, version: Version, timeout: Option<Duration> },
     /// A request whose body reqwest can copy (its bytes are shared, not copied): reqwest's copy.
-    Copy(Request),
+    Copy(Box<Request>),
     /// A request whose body is a stream, sent once (contract point 11): only where it went.
     Once(SentTo),
 }
@@ -39,7 +41,7 @@ impl Kept {
     pub(crate) fn of(request: &Request) -> Kept {
         if request.body().is_some() {
             return match request.try_clone() {
-                Some(copy) => Kept::Copy(copy),
+                Some(copy) => Kept::Copy(Box::new(copy)),
                 None => Kept::Once(SentTo::of(request.url())),
             };
         }
@@ -47,7 +49,7 @@ impl Kept {
             method: request.method().clone(),
             url: SentTo::of(request.url()),
             // Most requests have no headers of their own yet (reqwest adds its defaults later).
-            headers: (!request.headers().is_empty()).then(|| request.headers().clone()),
+            headers: (!request.headers().is_empty()).then(|| Box::new(request.headers().clone())),
             version: request.version(),
             timeout: request.timeout().copied(),
         }
@@ -67,7 +69,7 @@ impl Kept {
             Kept::Parts { method, url, headers, version, timeout } => {
                 let mut retry = Request::new(method, url.into_url()?);
                 if let Some(headers) = headers {
-                    *retry.headers_mut() = headers;
+                    *retry.headers_mut() = *headers;
                 }
                 *retry.version_mut() = version;
                 if timeout.is_some() {
@@ -75,7 +77,7 @@ impl Kept {
                 }
                 Some(retry)
             }
-            Kept::Copy(request) => Some(request),
+            Kept::Copy(request) => Some(*request),
             Kept::Once(_) => None,
         }
     }
