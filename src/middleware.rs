@@ -11,7 +11,7 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::builder::TokenRefreshBuilder;
-use crate::cache::{CacheConfig, Lease, Sent, TokenCache, TokenState};
+use crate::cache::{CacheConfig, Lease, Sent, TokenCache, TokenState, paced};
 use crate::challenge::{self, Rejection};
 use crate::error::Error;
 use crate::kept::Kept;
@@ -316,11 +316,12 @@ impl Middleware for TokenRefresh {
             return Box::pin(self.send(request, header, sent, extensions, next));
         }
         let key = key.cloned().unwrap_or_default();
-        // One allocation on this path too: the wait and the send share it.
+        // One allocation on this path too: the wait and the send share it. A request that waited
+        // for a flight goes out in its window (see `cache::flight`).
         Box::pin(async move {
-            let (header, sent) = self.inner.cache.lease(&key).await?.into_parts();
+            let (header, sent, pass) = self.inner.cache.lease(&key).await?.into_parts();
             let header = header.map_err(|problem| Error::InvalidAccessToken { key, problem })?;
-            self.send(request, header, sent, extensions, next).await
+            paced(pass, std::pin::pin!(self.send(request, header, sent, extensions, next))).await
         })
     }
 }
@@ -440,11 +441,12 @@ impl TokenRefresh {
         // refresh runs, so that its connection is free for the retry: an HTTP/1.1 connection
         // whose answer was dropped unread is closed, and an HTTP/2 stream reset.
         let (renewed, ()) = tokio::join!(self.inner.cache.renew(&sent), discard(response, self.inner.classify_timeout));
-        let renewed = renewed?;
+        let (renewed, pass) = renewed?;
         self.authorize(&mut retry, sent.key(), &renewed)?;
         self.inner.stats.count(Event::Retry);
         let sent_to = retry.url().clone();
-        let response = next.run(retry, extensions).await?;
+        let mut retried = next.run(retry, extensions);
+        let response = paced(pass, retried.as_mut()).await?;
         // One retry, no loop: a second rejection goes back as it came, counted.
         if !self.may_reject(&response) {
             self.inner.cache.accepted(&sent, renewed.generation);

@@ -8,16 +8,21 @@
 //! the others, and a panic in a user's token source or store still ends the flight with an answer.
 //! Its outcome is broadcast on a `watch` channel.
 //!
-//! # Why its waiters are released one after another
+//! # Why its waiters go out a window at a time, at the pace of their answers
 //!
 //! A storm leaves thousands of requests waiting for one refresh. Woken all at once, they would
-//! all be sent at once: ten thousand streams opened on one HTTP/2 connection (or ten thousand
-//! connections over HTTP/1.1) before the connection's task could write the first of them, and
-//! every one of their futures and buffers alive together. They are released instead in the order
-//! they came, each handing the flight's answer on to the next as it goes ([`RELAY`] at a time):
-//! the connection writes the first ones while the later ones are still being released, and the
-//! storm finishes sooner with less memory in use. The hand-off costs the waiting path one
-//! semaphore permit per request; the happy path never waits.
+//! all be sent at once: ten thousand streams opened on one HTTP/2 connection before the
+//! connection's task could write the first of them, or over HTTP/1.1 a new connection for every
+//! request beyond the few the pool holds idle. They are released instead in the order they came,
+//! at most [`WINDOW`] on their way at a time: each keeps its place (a [`Pass`]) until its answer's
+//! headers are in, and then the next one goes. Over a fast network the released requests take
+//! the connections the earlier ones free instead of opening their own, and only as many futures
+//! and buffers are alive as the window holds.
+//!
+//! A place is kept [`PLACE_HELD_AT_MOST`] at most (see [`paced`]), so neither a slow network nor
+//! a slow endpoint holds the rest back: then the release goes on at [`WINDOW`] requests a
+//! millisecond, and a storm of 1,000 is on its way within about 30 ms. The happy path never waits
+//! and holds no place.
 //!
 //! # Why a deadline
 //!
@@ -25,10 +30,12 @@
 //! forever. The protocol ends at the flight's deadline with a typed transient error; requests
 //! holding a token that is still valid are sent with it meanwhile (see `TokenCache::lease`).
 
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::Instrument as _;
 
 use super::persist::{self, Intent};
@@ -54,9 +61,35 @@ pub(crate) fn flight_clock() -> Option<Arc<dyn Clock>> {
     IN_FLIGHT.try_with(Arc::clone).ok()
 }
 
-/// How many of a flight's waiters go on at once once it has answered: each, as it goes, lets the
-/// next one go (see "Why its waiters are released one after another").
-pub(super) const RELAY: usize = 1;
+/// How many of a flight's released waiters may be on their way at once (see "Why its waiters go
+/// out a window at a time"): within the concurrent streams HTTP/2 servers allow (RFC 9113 §6.5.2
+/// recommends at least 100; hyper's default is 200), and about as many connections as services let
+/// a pool keep idle.
+pub(crate) const WINDOW: usize = 32;
+
+/// The longest a released request keeps its place in the window while its answer is awaited.
+pub(crate) const PLACE_HELD_AT_MOST: Duration = Duration::from_millis(1);
+
+/// A released waiter's place in its flight's window: the next waiter goes when it is dropped.
+pub(crate) struct Pass {
+    _place: OwnedSemaphorePermit,
+}
+
+/// Awaits `send`, the request of a released waiter, keeping `pass` (its place in the window) until
+/// the answer is in or [`PLACE_HELD_AT_MOST`] has passed, whichever comes first. Without a pass
+/// (a request that did not wait), just awaits `send`.
+///
+/// `send` is pinned by the caller, so that this future holds a reference to it, not a second copy.
+pub(crate) async fn paced<F: Future + ?Sized>(pass: Option<Pass>, mut send: Pin<&mut F>) -> F::Output {
+    let Some(pass) = pass else { return send.await };
+    tokio::select! {
+        biased;
+        answer = send.as_mut() => return answer,
+        () = tokio::time::sleep(PLACE_HELD_AT_MOST) => {}
+    }
+    drop(pass);
+    send.await
+}
 
 /// What a flight answers its waiters: a token (`None`: the store has none for the key), or why
 /// there is none.
@@ -82,10 +115,11 @@ struct Answer {
 }
 
 impl Answer {
-    /// Publishes `outcome`, then lets the first waiters through the gate; each lets the next.
+    /// Publishes `outcome`, then opens the window: the first [`WINDOW`] waiters go; each, once its
+    /// [`Pass`] is dropped, lets the next one go.
     fn send(&self, outcome: Outcome) {
         self.tx.send_replace(Some(outcome));
-        self.gate.add_permits(RELAY);
+        self.gate.add_permits(WINDOW);
     }
 }
 
@@ -138,12 +172,11 @@ pub(super) struct Waiter {
 }
 
 impl Waiter {
-    /// The flight's outcome once it is there and this waiter's turn has come; `None` if the flight
-    /// ended without one.
-    async fn outcome(&self) -> Option<Outcome> {
-        // The permit goes back at once: that is what lets the next waiter go.
-        let _ = self.gate.acquire().await;
-        self.rx.borrow().clone()
+    /// The flight's outcome once it is there and this waiter's turn has come, with the waiter's
+    /// place in the window; `None` if the flight ended without one (its gate closed: no place).
+    async fn outcome(&self) -> (Option<Outcome>, Option<Pass>) {
+        let pass = self.gate.clone().acquire_owned().await.ok().map(|place| Pass { _place: place });
+        (self.rx.borrow().clone(), pass)
     }
 }
 
@@ -190,19 +223,20 @@ pub(super) fn launch(cache: &TokenCache, slot: &Arc<Slot>, intent: Intent, base:
     (running, waiter)
 }
 
-/// Waits for a flight's outcome, in line behind the requests that came first (see "Why its
-/// waiters are released one after another").
-pub(super) async fn wait(cache: &TokenCache, slot: &Arc<Slot>, waiter: Waiter) -> Outcome {
+/// Waits for a flight's outcome, in line behind the requests that came first, and returns it with
+/// the request's place in the window (see "Why its waiters go out a window at a time"), to keep
+/// while its request is sent ([`paced`]).
+pub(super) async fn wait(cache: &TokenCache, slot: &Arc<Slot>, waiter: Waiter) -> (Outcome, Option<Pass>) {
     let _waiting = cache.inner.stats.waiting();
-    if let Some(outcome) = waiter.outcome().await {
-        return outcome;
+    if let (Some(outcome), pass) = waiter.outcome().await {
+        return (outcome, pass);
     }
     // The gate closed with no answer: the runtime is shutting down under the flight. Make sure
     // the key is not left waiting for it forever.
     let aborted = Error::Refresh { key: slot.key.clone(), source: RefreshError::Aborted };
     let (outcome, effects): (Outcome, Effects) = cache.finish(slot, waiter.id, persist::Produced::Failed(aborted));
     effects.run(cache, slot);
-    outcome
+    (outcome, None)
 }
 
 #[cfg(test)]
@@ -211,42 +245,79 @@ mod tests {
 
     use std::sync::Mutex;
 
-    /// Spawns `waiters` waiters in order, answers, and returns how many had gone on by the time
-    /// the answering task ran again, and the order they all went in.
-    async fn released_in_order(waiters: usize) -> (usize, Vec<usize>) {
-        let (running, answer) = Running::new(1, 0);
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let tasks: Vec<_> = (0..waiters)
-            .map(|place| {
-                let (waiter, order) = (running.waiter(), order.clone());
-                tokio::spawn(async move {
-                    let outcome = waiter.outcome().await.expect("an outcome");
-                    assert!(matches!(outcome, Ok(None)));
-                    order.lock().unwrap().push(place);
-                })
-            })
-            .collect();
-        // Every waiter is in line before the answer comes.
-        tokio::task::yield_now().await;
-        answer.send(Ok(None));
-        tokio::task::yield_now().await;
-        let early = order.lock().unwrap().len();
-        for task in tasks {
-            let done = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
-            done.expect("every waiter is released").unwrap();
+    /// Lets the other tasks run until none of them has anything left to do (bounded).
+    async fn settle() {
+        for _ in 0..1_000 {
+            tokio::task::yield_now().await;
         }
-        let order = order.lock().unwrap().clone();
-        (early, order)
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn waiters_are_released_in_the_order_they_came_a_few_at_a_time() {
-        let (early, order) = released_in_order(100).await;
-        assert_eq!(order, (0..100).collect::<Vec<_>>());
-        // Woken all at once, all 100 would have run before the answering task ran again; handed
-        // on one to the next, they go on as the scheduler gets to each, the answering task among
-        // them.
-        assert!((1..100).contains(&early), "{early} waiters went on at once");
+    async fn waiters_go_in_the_order_they_came_a_window_at_a_time() {
+        let (running, answer) = Running::new(1, 0);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        // Each waiter, once released, records its place and keeps its pass until told to go.
+        let mut done = Vec::new();
+        let tasks: Vec<_> = (0..100)
+            .map(|place| {
+                let (waiter, order) = (running.waiter(), order.clone());
+                let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+                done.push(finish);
+                tokio::spawn(async move {
+                    let (outcome, pass) = waiter.outcome().await;
+                    assert!(matches!(outcome, Some(Ok(None))), "the flight's outcome");
+                    assert!(pass.is_some(), "a place in the window");
+                    order.lock().unwrap().push(place);
+                    let _ = finished.await;
+                    drop(pass);
+                })
+            })
+            .collect();
+        settle().await;
+        assert!(order.lock().unwrap().is_empty(), "no waiter goes before the answer");
+
+        answer.send(Ok(None));
+        settle().await;
+        assert_eq!(*order.lock().unwrap(), (0..WINDOW).collect::<Vec<_>>(), "the first WINDOW go, in order");
+
+        // One place freed: one more goes, the next in line.
+        let _ = done.remove(0).send(());
+        settle().await;
+        assert_eq!(*order.lock().unwrap(), (0..=WINDOW).collect::<Vec<_>>());
+
+        for finish in done {
+            let _ = finish.send(());
+        }
+        for task in tasks {
+            let ended = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+            ended.expect("every waiter is released").unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), (0..100).collect::<Vec<_>>(), "all of them, in the order they came");
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_place_is_kept_until_the_answer_is_in_or_for_place_held_at_most() {
+        let gate = Arc::new(Semaphore::new(1));
+        let pass = || async { Pass { _place: gate.clone().acquire_owned().await.unwrap() } };
+
+        // Answered at once: the place is back with the answer.
+        let answer = paced(Some(pass().await), std::pin::pin!(async { 7 })).await;
+        assert_eq!(answer, 7);
+        assert_eq!(gate.available_permits(), 1);
+
+        // Never answered: the place is back after PLACE_HELD_AT_MOST, and the answer still awaited.
+        let held = pass().await;
+        let sending =
+            tokio::spawn(async move { paced(Some(held), std::pin::pin!(std::future::pending::<()>())).await });
+        tokio::time::sleep(PLACE_HELD_AT_MOST / 2).await;
+        assert_eq!(gate.available_permits(), 0, "kept while the answer is awaited");
+        tokio::time::sleep(PLACE_HELD_AT_MOST).await;
+        assert_eq!(gate.available_permits(), 1, "given back after PLACE_HELD_AT_MOST");
+        assert!(!sending.is_finished(), "the request is still awaited");
+        sending.abort();
+
+        // Without a place: the request is just awaited.
+        assert_eq!(paced(None, std::pin::pin!(async { 8 })).await, 8);
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -254,7 +325,7 @@ mod tests {
         let (running, answer) = Running::new(1, 0);
         answer.send(Ok(None));
         let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), running.waiter().outcome()).await;
-        assert!(matches!(outcome, Ok(Some(Ok(None)))));
+        assert!(matches!(outcome, Ok((Some(Ok(None)), Some(_)))));
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -264,7 +335,7 @@ mod tests {
         drop(answer);
         for waiter in waiters {
             let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), waiter.outcome()).await;
-            assert!(matches!(outcome, Ok(None)), "no outcome, and no wait for one");
+            assert!(matches!(outcome, Ok((None, None))), "no outcome, no place, and no wait for one");
         }
     }
 
@@ -274,7 +345,7 @@ mod tests {
         let waiter = running.waiter();
         running.answer_early(Ok(None));
         let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), waiter.outcome()).await;
-        assert!(matches!(outcome, Ok(Some(Ok(None)))));
+        assert!(matches!(outcome, Ok((Some(Ok(None)), Some(_)))));
         drop(answer);
     }
 }

@@ -38,7 +38,7 @@ use crate::stats::{Counters, Event};
 use crate::store::TokenStore;
 use crate::token::{self, TokenSet};
 
-pub(crate) use flight::{flight_clock, in_refresh};
+pub(crate) use flight::{Pass, flight_clock, in_refresh, paced};
 pub(crate) use slot::Lease;
 
 use evict::Keys;
@@ -133,13 +133,15 @@ struct Inner {
 pub(crate) struct Ticket {
     pub(crate) lease: Lease,
     slot: Arc<Slot>,
+    /// The request's place in the window of the flight it waited for (see [`flight::paced`]).
+    pass: Option<Pass>,
 }
 
 impl Ticket {
     /// The ticket as a request uses it: the header to send (or why the token cannot be sent),
-    /// and what a rejection will need.
-    pub(crate) fn into_parts(self) -> (Result<http::HeaderValue, String>, Sent<'static>) {
-        (self.lease.header, Sent { generation: self.lease.generation, slot: Cow::Owned(self.slot) })
+    /// what a rejection will need, and the place to keep while the request is sent.
+    pub(crate) fn into_parts(self) -> (Result<http::HeaderValue, String>, Sent<'static>, Option<Pass>) {
+        (self.lease.header, Sent { generation: self.lease.generation, slot: Cow::Owned(self.slot) }, self.pass)
     }
 }
 
@@ -254,30 +256,32 @@ impl TokenCache {
     /// refresh runs) is still sent when that refresh fails transiently.
     pub(crate) async fn lease(&self, key: &TokenKey) -> Result<Ticket, Error> {
         let slot = self.slot(key);
-        let lease = self.lease_in(&slot).await?;
-        Ok(Ticket { lease, slot })
+        let (lease, pass) = self.lease_in(&slot).await?;
+        Ok(Ticket { lease, slot, pass })
     }
 
-    async fn lease_in(&self, slot: &Arc<Slot>) -> Result<Lease, Error> {
+    /// The lease, and the request's place in the window of the flight it waited for, if it did.
+    async fn lease_in(&self, slot: &Arc<Slot>) -> Result<(Lease, Option<Pass>), Error> {
         let mut step = self.next_step(slot)?;
         if let Step::Wait { waiter, loading: true, .. } = step {
             // A key's first load, or a dead key's look at the store: wait for it, then decide
             // again with what it found (the request holds the slot, so it cannot be evicted and
-            // need loading twice).
-            flight::wait(self, slot, waiter).await?;
+            // need loading twice). Its place in the load's window goes back at once.
+            flight::wait(self, slot, waiter).await.0?;
             step = self.next_step(slot)?;
         }
         let (waiter, fallback) = match step {
-            Step::Send(lease) => return Ok(lease),
+            Step::Send(lease) => return Ok((lease, None)),
             Step::Wait { waiter, fallback, .. } => (waiter, fallback),
         };
-        match flight::wait(self, slot, waiter).await {
-            Ok(Some(lease)) => Ok(lease),
+        let (outcome, pass) = flight::wait(self, slot, waiter).await;
+        match outcome {
+            Ok(Some(lease)) => Ok((lease, pass)),
             Ok(None) => Err(Error::Refresh { key: slot.key.clone(), source: RefreshError::NoRefreshToken }),
             Err(err @ (Error::Refresh { .. } | Error::Store { .. })) => match fallback {
                 Some(fallback) => {
                     tracing::debug!(key = %slot.key, error = %err, "refresh failed; the unexpired token is sent");
-                    Ok(fallback)
+                    Ok((fallback, pass))
                 }
                 None => Err(err),
             },
@@ -376,8 +380,9 @@ impl TokenCache {
     }
 
     /// A token newer than the one `sent` carried (which a server just rejected): the already
-    /// published one if there is one, else the outcome of the refresh this starts or joins.
-    pub(crate) async fn renew(&self, sent: &Sent<'_>) -> Result<Lease, Error> {
+    /// published one if there is one, else the outcome of the refresh this starts or joins, with
+    /// the retry's place in that refresh's window.
+    pub(crate) async fn renew(&self, sent: &Sent<'_>) -> Result<(Lease, Option<Pass>), Error> {
         let slot: &Arc<Slot> = &sent.slot;
         let (key, rejected) = (&slot.key, sent.generation);
         let waiter = {
@@ -392,7 +397,7 @@ impl TokenCache {
                 && let Some(current) = state.sendable(now)
             {
                 tracing::debug!(key = %key, rejected, current = current.generation, "stale 401: a newer token is already published");
-                return Ok(current);
+                return Ok((current, None));
             }
             match self.join_or_start_refresh(slot, &mut state, now) {
                 Ok(waiter) => waiter,
@@ -402,8 +407,9 @@ impl TokenCache {
                 }
             }
         };
-        match flight::wait(self, slot, waiter).await? {
-            Some(lease) => Ok(lease),
+        let (outcome, pass) = flight::wait(self, slot, waiter).await;
+        match outcome? {
+            Some(lease) => Ok((lease, pass)),
             None => Err(Error::Refresh { key: key.clone(), source: RefreshError::NoRefreshToken }),
         }
     }

@@ -230,3 +230,35 @@ async fn tokens_shorter_than_the_skew_window_are_not_refreshed_on_every_request(
     }
     assert_eq!(provider.stats().token_calls, 2, "refreshed once in the second half of its life");
 }
+
+/// Requests that waited for a refresh go out a window at a time, each keeping its place until its
+/// answer is in, but only for a moment: 64 requests to an endpoint that answers after a minute,
+/// released first, do not hold back the 8 behind them.
+#[tokio::test(flavor = "current_thread")]
+async fn requests_released_behind_slow_answers_are_not_held_back_by_them() {
+    let provider = MockProvider::start().await;
+    let api = MockServer::start().await;
+    Mock::given(path("/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(60)))
+        .mount(&api)
+        .await;
+    Mock::given(path("/fast")).respond_with(ResponseTemplate::new(200)).mount(&api).await;
+    let auth = layer(&provider, provider.issue_expired_tokens()).allow_origin(api.uri()).build().unwrap();
+    let client = client_with(&auth);
+
+    // On this one-threaded runtime the requests reach the refresh in the order they were spawned,
+    // and it releases them in that order: the slow ones first.
+    let slow: Vec<_> = (0..64).map(|_| spawn_get(&client, format!("{}/slow", api.uri()))).collect();
+    let fast: Vec<_> = (0..8).map(|_| spawn_get(&client, format!("{}/fast", api.uri()))).collect();
+
+    let answered = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(fast)).await;
+    let answered = answered.expect("the requests behind the slow ones were held back by them");
+    for status in answered {
+        assert_eq!(status.unwrap().unwrap(), 200);
+    }
+    assert_eq!(provider.stats().token_calls, 1);
+    for request in &slow {
+        assert!(!request.is_finished(), "a slow request is still waiting for its answer");
+        request.abort();
+    }
+}
