@@ -114,13 +114,13 @@ shows how many were already in flight.
 
 Reading the HTTP/1.1 tables: a request in flight holds a connection of its own, and the pool keeps
 at most 32 idle, so what a storm costs there follows how many requests go out at the same moment.
-Every single-flight design here releases the requests waiting for the refresh one after another
-(this crate: in the order they came, each handing the new token on to the next; huskarl's cache
-and the hand-written mutex: one lock hand-off at a time), so they go out while earlier answers are
-coming back, and many find a connection just freed. What differs is the first wave: the
-lock-based designs take their lock for every request, first attempts included, and send even
-those one hand-off at a time; this crate sends them as the caller does, as bare reqwest would, and
-they need a connection each. "Connections opened" shows it. The lower bound's 2N requests open
+The requests waiting for the refresh are where the designs differ. The lock-based designs
+release them one lock hand-off at a time, at the scheduler's pace, whatever the transport. This
+crate releases them in the order they came, 32 on their way at a time: each keeps its place until
+its answer's headers are in (1 ms at most), so over a fast network the next request takes the
+connection an answer just freed instead of opening its own. The storm's first attempts, sent
+before any 401 is back, go out as the caller sends them in every design (the lock-based ones take
+their lock for those too, one hand-off at a time), and need a connection each. "Connections opened" shows it. The lower bound's 2N requests open
 about 1.5N: the 401s free their connections together, the pool keeps 32, and the retries connect
 again.
 
