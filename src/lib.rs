@@ -110,6 +110,34 @@
 //! `testkit` feature, `testkit::MockProvider` is a rotating mock provider to test your own code
 //! against.
 //!
+//! # Client authentication
+//!
+//! A grant authenticates the client with HTTP Basic ([`ClientAuth::Basic`], the default) or
+//! with its id and secret in the body ([`ClientAuth::RequestBody`]). With the feature
+//! `private-key-jwt`, `ClientAuth::PrivateKeyJwt` sends no secret at all: each token request
+//! (a refresh, a client-credentials grant, a [`Login`]'s code exchange) carries a JWT signed for
+//! it alone with the client's ES256 or RS256 key (RFC 7523), which is what enterprise identity
+//! providers ask of confidential clients:
+//!
+//! ```
+//! # #[cfg(feature = "private-key-jwt")]
+//! # fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use reqwest_token_refresh::{ClientAssertionKey, ClientAuth, ClientCredentials, TokenRefresh};
+//!
+//! # let pem = include_str!("../tests/keys/rs256.pem");
+//! // let pem = std::fs::read_to_string("/run/secrets/client-key.pem")?;
+//! let key = ClientAssertionKey::from_pem(pem)?.with_key_id("2026-01");
+//! println!("register this public key: {}", key.public_jwk());
+//! let grant = ClientCredentials::new("https://login.example/oauth2/v1/token")
+//!     .client_id("reporting-service")
+//!     .client_auth(ClientAuth::PrivateKeyJwt(key))
+//!     .api_origin("https://api.example");
+//! let auth = TokenRefresh::builder(grant).build()?;
+//! # Ok(()) }
+//! # #[cfg(feature = "private-key-jwt")]
+//! # run().unwrap();
+//! ```
+//!
 //! # Security
 //!
 //! - Only the allowed origins get the token: those the token source names
@@ -185,6 +213,11 @@ pub use source::providers;
 pub use source::{
     BodyEncoding, ClientAuth, ClientCredentials, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, Login, LoginError,
     PendingLogin, RefreshTokenGrant, ResourceServer, TokenSource,
+};
+#[cfg(feature = "private-key-jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
+pub use source::{
+    CLIENT_ASSERTION_TYPE, ClientAssertionKey, ClientKeyError, DEFAULT_CLIENT_ASSERTION_LIFETIME, SigningAlgorithm,
 };
 pub use stats::Stats;
 #[cfg(feature = "postgres")]

@@ -11,6 +11,8 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
 use tracing::Instrument as _;
 
+#[cfg(feature = "private-key-jwt")]
+use super::client_assertion::{CLIENT_ASSERTION_TYPE, ClientAssertionKey};
 use super::response::{self, ResponseMapper};
 use crate::clock::{self, Clock};
 use crate::error::RefreshError;
@@ -25,7 +27,10 @@ pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// Not `Copy`: [`PrivateKeyJwt`](Self::PrivateKeyJwt) (feature `private-key-jwt`) holds a key,
+/// and a feature must not take a trait away, so no variant is `Copy` whatever the features.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum ClientAuth {
     /// HTTP Basic with the form-encoded client id and secret; the method every server must
@@ -34,6 +39,15 @@ pub enum ClientAuth {
     Basic,
     /// `client_id` and `client_secret` as fields of the request body (WHOOP, Withings).
     RequestBody,
+    /// `private_key_jwt` (RFC 7523 §2.2, OpenID Connect Core §9): no secret is sent; each token
+    /// request carries `client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer`
+    /// and a `client_assertion`, a JWT signed with this key just for that request (`iss` and
+    /// `sub` the client id, `aud` the token URL, a random `jti`, `iat` now, `exp` a
+    /// [lifetime](ClientAssertionKey::with_lifetime) later), and `client_id`. Needs a client
+    /// id; a client secret, if set, is not sent.
+    #[cfg(feature = "private-key-jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
+    PrivateKeyJwt(ClientAssertionKey),
 }
 
 /// How the token request's body is encoded.
@@ -166,13 +180,31 @@ impl TokenEndpoint {
             duration_ms = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
-        let answer = self.exchange_unredacted(grant, scoped).instrument(span.clone()).await;
+        let assertion = self.client_assertion()?;
+        let answer = self.exchange_unredacted(grant, scoped, assertion.as_deref()).instrument(span.clone()).await;
         span.record("duration_ms", u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
         answer.map_err(|mut err| {
-            let secrets = self.secrets(grant, current);
+            let mut secrets = self.secrets(grant, current);
+            secrets.extend(assertion);
             err.redact(&secrets.iter().map(String::as_str).collect::<Vec<_>>());
             err
         })
+    }
+
+    /// A fresh client assertion for this request, when the client authenticates with one.
+    fn client_assertion(&self) -> Result<Option<String>, RefreshError> {
+        match &self.client_auth {
+            #[cfg(feature = "private-key-jwt")]
+            ClientAuth::PrivateKeyJwt(key) => {
+                let Some(client_id) = &self.client_id else {
+                    return Err(RefreshError::Config(
+                        "private_key_jwt needs a client id: it is the assertion's issuer and subject".into(),
+                    ));
+                };
+                key.assertion(client_id, &self.url, self.now()).map(Some)
+            }
+            ClientAuth::Basic | ClientAuth::RequestBody => Ok(None),
+        }
     }
 
     /// What must never appear in an error: the grant's values (a refresh token; `grant_type`
@@ -197,7 +229,14 @@ impl TokenEndpoint {
         secrets
     }
 
-    async fn exchange_unredacted(&self, grant: &[(&str, &str)], scoped: Scoped) -> Result<TokenSet, RefreshError> {
+    /// The call itself; `assertion` is the client assertion for
+    /// [`ClientAuth::PrivateKeyJwt`](ClientAuth), made by the caller so that it can be redacted.
+    async fn exchange_unredacted(
+        &self,
+        grant: &[(&str, &str)],
+        scoped: Scoped,
+        assertion: Option<&str>,
+    ) -> Result<TokenSet, RefreshError> {
         let url = reqwest::Url::parse(&self.url)
             .map_err(|e| RefreshError::Config(format!("the token URL {:?} does not parse: {e}", self.url)))?;
         let mut fields: Vec<(&str, &str)> = grant.to_vec();
@@ -206,7 +245,15 @@ impl TokenEndpoint {
             fields.push(("scope", &scope));
         }
         let mut request = self.http()?.post(url).timeout(self.timeout).header(ACCEPT, "application/json");
-        match (&self.client_id, &self.client_secret, self.client_auth) {
+        match (&self.client_id, &self.client_secret, &self.client_auth) {
+            (Some(id), _, _) if assertion.is_some() => {
+                // RFC 7521 §4.2: the assertion authenticates the client; `client_id` may come
+                // along, and servers that look the client up before reading the assertion want it.
+                fields.push(("client_id", id));
+                #[cfg(feature = "private-key-jwt")]
+                fields.push(("client_assertion_type", CLIENT_ASSERTION_TYPE));
+                fields.extend(assertion.map(|assertion| ("client_assertion", assertion)));
+            }
             (Some(id), Some(secret), ClientAuth::Basic) => {
                 request = request.header(AUTHORIZATION, basic_auth(id, secret)?);
             }
@@ -307,7 +354,8 @@ macro_rules! endpoint_options {
             self
         }
 
-        /// Sets how the client id and secret are sent (default: HTTP Basic).
+        /// Sets how the client authenticates (default: HTTP Basic with the client id and secret);
+        /// see [`ClientAuth`](crate::ClientAuth).
         #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn client_auth(mut self, client_auth: $crate::ClientAuth) -> Self {
             self.endpoint.client_auth = client_auth;

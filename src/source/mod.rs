@@ -1,5 +1,7 @@
 //! Where new tokens come from: the [`TokenSource`] trait and the OAuth 2.0 grants that implement it.
 
+#[cfg(feature = "private-key-jwt")]
+mod client_assertion;
 mod client_credentials;
 mod endpoint;
 mod login;
@@ -15,6 +17,10 @@ use async_trait::async_trait;
 use crate::error::RefreshError;
 use crate::token::TokenSet;
 
+#[cfg(feature = "private-key-jwt")]
+pub use client_assertion::{
+    CLIENT_ASSERTION_TYPE, ClientAssertionKey, ClientKeyError, DEFAULT_CLIENT_ASSERTION_LIFETIME, SigningAlgorithm,
+};
 pub use client_credentials::ClientCredentials;
 pub use endpoint::{BodyEncoding, ClientAuth, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT};
 pub use login::{Login, LoginError, PendingLogin};

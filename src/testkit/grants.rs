@@ -6,7 +6,7 @@
 //! previous-token grace still covers it. The grant handlers here decide what a call gets;
 //! [`dialect`](super::dialect) shapes the answer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -33,6 +33,8 @@ pub(super) struct State {
     refresh: HashMap<String, RefreshRecord>,
     pub(super) faults: VecDeque<Fault>,
     pub(super) token_requests: Vec<Request>,
+    /// The `jti` of every client assertion accepted so far.
+    pub(super) assertion_ids: HashSet<String>,
     /// Authorization codes the authorize endpoint issued, by code.
     codes: HashMap<String, CodeRecord>,
     serial: u64,
@@ -241,8 +243,8 @@ impl Shared {
         // What needs no state is decided before taking the lock.
         let checked = token_params(request, self.config.dialect).and_then(|params| {
             self.check_action(&params)?;
-            self.authenticate_client(&request.headers, &params)?;
-            Ok(params)
+            let jti = self.authenticate_client(request, &params)?;
+            Ok((params, jti))
         });
         let now = self.config.clock.now();
 
@@ -262,7 +264,11 @@ impl Shared {
             Some(fault) => return (Reply::fault(fault), false),
         };
         let reply = match checked {
-            Ok(params) => self.grant(&mut state, &params, now),
+            // A client assertion works once (RFC 7523 §3, item 7): a replayed one is refused.
+            Ok((_, Some(jti))) if !state.assertion_ids.insert(jti.clone()) => {
+                self.error_reply(OAuthError::new(400, "invalid_client", "the client assertion's jti was already used"))
+            }
+            Ok((params, _)) => self.grant(&mut state, &params, now),
             Err(error) => self.error_reply(error),
         };
         (reply, lost)

@@ -17,7 +17,9 @@
 //!   bare challenge (RFC 6750 §3.1).
 //! * **Request shapes**: form or JSON bodies, the `authorization_code`, `refresh_token` and
 //!   `client_credentials` grants,
-//!   client authentication by HTTP Basic (Kroger, oslo) or in the body (WHOOP).
+//!   client authentication by HTTP Basic (Kroger, oslo) or in the body (WHOOP), or (feature
+//!   `private-key-jwt`) by a signed client assertion, checked against the client's registered
+//!   public key, each `jti` accepted once ([`MockProviderBuilder::client_key`]).
 //!
 //! Tests can also inject faults (among them [`Fault::LoseAnswer`], tokens issued but the answer
 //! lost), add latency, drive expiry with a [`ManualClock`](crate::ManualClock), read counters
@@ -88,6 +90,8 @@
 // each token call; `dialect.rs` is what each `Dialect` changes (paths, client authentication, the
 // shape of answers, the API's 401); `wire.rs` reads requests, builds answers and holds the
 // wiremock responders; `tests.rs` has the unit tests.
+#[cfg(feature = "private-key-jwt")]
+mod assertion;
 mod dialect;
 mod grants;
 #[cfg(test)]
@@ -235,6 +239,8 @@ pub struct MockProviderBuilder {
     previous_refresh_token_grace: Option<bool>,
     clock: Arc<dyn Clock>,
     client: Option<(String, ClientSecret)>,
+    #[cfg(feature = "private-key-jwt")]
+    client_keys: Vec<assertion::ClientKey>,
     token_latency: Duration,
     api_latency: Duration,
 }
@@ -249,6 +255,8 @@ impl Default for MockProviderBuilder {
             previous_refresh_token_grace: None,
             clock: crate::clock::system(),
             client: None,
+            #[cfg(feature = "private-key-jwt")]
+            client_keys: Vec::new(),
             token_latency: Duration::ZERO,
             api_latency: Duration::ZERO,
         }
@@ -342,6 +350,35 @@ impl MockProviderBuilder {
         self
     }
 
+    /// Registers a public key, as a JWK (RFC 7517: an EC P-256 or an RSA key, as
+    /// [`ClientAssertionKey::public_jwk`](crate::ClientAssertionKey::public_jwk) gives it), with
+    /// which client `client_id` signs its `private_key_jwt` assertions (feature
+    /// `private-key-jwt`; [`Dialect::Standard`] only). Call it again to register more keys; a
+    /// JWK's `kid`, if it has one, must match the assertion's.
+    ///
+    /// Once a key is registered, the token endpoint requires client authentication. An
+    /// assertion is accepted when its `client_assertion_type` is RFC 7523's, it is signed by a
+    /// registered key of its issuer with the `alg` of that key, `iss` and `sub` are the client id
+    /// (and so is `client_id`, if sent), `aud` is the token endpoint's URL, `exp` has not passed
+    /// on the provider's clock, `iat` is at most a minute ahead of it, it lives 10 minutes at
+    /// most, and its `jti` was never presented before. Anything else gets
+    /// `400 {"error":"invalid_client"}` saying which check failed; an assertion together with a
+    /// client secret or an `Authorization` header gets `400 invalid_request`.
+    ///
+    /// # Panics
+    ///
+    /// If `jwk` is not an EC P-256 or RSA public key: the panic says why.
+    #[cfg(feature = "private-key-jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn client_key(mut self, client_id: &str, jwk: &serde_json::Value) -> Self {
+        match assertion::ClientKey::from_jwk(client_id, jwk) {
+            Ok(key) => self.client_keys.push(key),
+            Err(why) => panic!("the client key for {client_id:?} is not usable: {why}"),
+        }
+        self
+    }
+
     /// Starts the server on a free port of `127.0.0.1`.
     pub async fn start(self) -> MockProvider {
         let server = MockServer::start().await;
@@ -356,6 +393,10 @@ impl MockProviderBuilder {
             previous_refresh_token_grace: self.previous_refresh_token_grace.unwrap_or(dialect == Dialect::Withings),
             clock: self.clock,
             client: self.client,
+            #[cfg(feature = "private-key-jwt")]
+            client_keys: self.client_keys,
+            #[cfg(feature = "private-key-jwt")]
+            token_url: format!("{}{}", server.uri(), dialect.token_path()),
         };
         let shared = Arc::new(Shared { config, state: Mutex::new(State::default()) });
         let token_endpoint = Endpoint { shared: Arc::clone(&shared), latency: self.token_latency };
@@ -621,4 +662,10 @@ struct Config {
     previous_refresh_token_grace: bool,
     clock: Arc<dyn Clock>,
     client: Option<(String, ClientSecret)>,
+    /// Public keys for `private_key_jwt`, by client.
+    #[cfg(feature = "private-key-jwt")]
+    client_keys: Vec<assertion::ClientKey>,
+    /// The token endpoint's URL, the `aud` of client assertions.
+    #[cfg(feature = "private-key-jwt")]
+    token_url: String,
 }
