@@ -9,6 +9,7 @@ pub mod providers;
 mod refresh_token;
 mod resource_server;
 pub(crate) mod response;
+mod withings_signature;
 
 use std::fmt;
 

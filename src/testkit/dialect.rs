@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use wiremock::{Request, ResponseTemplate};
 
 use super::Shared;
-use super::grants::Minted;
+use super::grants::{Minted, OneTime};
 use super::wire::{OAuthError, Reply, basic_credentials, ordered_json};
 #[cfg(doc)]
 use super::{MockProvider, MockProviderBuilder};
@@ -261,16 +261,19 @@ impl Shared {
         }
     }
 
-    /// Checks the client's credentials. `Ok(Some(jti))` for a client assertion, whose `jti` the
-    /// caller must still find unused.
+    /// Checks the client's credentials. `Ok(Some(..))` for a client assertion or a Withings
+    /// signature, whose `jti` or nonce the caller must still find unused.
     pub(super) fn authenticate_client(
         &self,
         request: &Request,
         params: &HashMap<String, String>,
-    ) -> Result<Option<String>, OAuthError> {
+    ) -> Result<Option<OneTime>, OAuthError> {
         let headers = &request.headers;
         if params.contains_key("client_assertion") || params.contains_key("client_assertion_type") {
-            return self.client_assertion(request, params).map(Some);
+            return self.client_assertion(request, params).map(|jti| Some(OneTime::AssertionId(jti)));
+        }
+        if self.config.dialect == Dialect::Withings && params.contains_key("signature") {
+            return self.verify_withings_signature(params).map(|nonce| Some(OneTime::Nonce(nonce)));
         }
         let in_body = || match (params.get("client_id"), params.get("client_secret")) {
             (Some(id), Some(secret)) => Ok((id.clone(), secret.clone())),

@@ -35,6 +35,8 @@ pub(super) struct State {
     pub(super) token_requests: Vec<Request>,
     /// The `jti` of every client assertion accepted so far.
     pub(super) assertion_ids: HashSet<String>,
+    /// Withings nonces issued and not yet used, with when they were issued.
+    pub(super) nonces: HashMap<String, SystemTime>,
     /// Authorization codes the authorize endpoint issued, by code.
     codes: HashMap<String, CodeRecord>,
     serial: u64,
@@ -112,6 +114,16 @@ impl Refusal {
     fn into_error(self) -> OAuthError {
         OAuthError::new(400, "invalid_grant", self.description())
     }
+}
+
+/// What a token call presents that works once: client authentication checked before the lock,
+/// whose single use is checked under it.
+pub(super) enum OneTime {
+    /// A client assertion's `jti`.
+    #[cfg_attr(not(feature = "private-key-jwt"), allow(dead_code, reason = "made only by the assertion check"))]
+    AssertionId(String),
+    /// A Withings nonce.
+    Nonce(String),
 }
 
 pub(super) struct Minted {
@@ -263,12 +275,17 @@ impl Shared {
             }
             Some(fault) => return (Reply::fault(fault), false),
         };
-        let reply = match checked {
+        let spent = checked.and_then(|(params, once)| match once {
             // A client assertion works once (RFC 7523 §3, item 7): a replayed one is refused.
-            Ok((_, Some(jti))) if !state.assertion_ids.insert(jti.clone()) => {
-                self.error_reply(OAuthError::new(400, "invalid_client", "the client assertion's jti was already used"))
-            }
-            Ok((params, _)) => self.grant(&mut state, &params, now),
+            Some(OneTime::AssertionId(jti)) => match state.assertion_ids.insert(jti) {
+                true => Ok(params),
+                false => Err(OAuthError::new(400, "invalid_client", "the client assertion's jti was already used")),
+            },
+            Some(OneTime::Nonce(nonce)) => state.spend_nonce(&nonce, now).map(|()| params),
+            None => Ok(params),
+        });
+        let reply = match spent {
+            Ok(params) => self.grant(&mut state, &params, now),
             Err(error) => self.error_reply(error),
         };
         (reply, lost)

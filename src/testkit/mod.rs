@@ -78,7 +78,9 @@
 //!   `{"status":503,"body":{},"error":"Invalid Params: ..."}`; 3-hour access tokens; a rotated
 //!   refresh token stays valid until the new access token is used, 8 hours at most
 //!   ([`MockProviderBuilder::previous_refresh_token_grace`]); the API, too, answers `200`, with
-//!   `{"status":401,...}` for a rejected access token.
+//!   `{"status":401,...}` for a rejected access token. Withings' signature service issues
+//!   single-use nonces, and a token call signed with one needs no client secret
+//!   ([`MockProvider::signature_url`]).
 //!
 //! [`MockProvider::whoop`], [`whoop_partner`](MockProvider::whoop_partner),
 //! [`kroger`](MockProvider::kroger) and [`withings`](MockProvider::withings) start one with the
@@ -94,6 +96,7 @@
 mod assertion;
 mod dialect;
 mod grants;
+mod signature;
 #[cfg(test)]
 mod tests;
 mod wire;
@@ -149,6 +152,9 @@ pub struct ProviderStats {
     pub answers_lost: u64,
     /// Authorization codes the authorize endpoint issued (one per approved login).
     pub authorizations: u64,
+    /// Nonces the Withings signature service issued ([`Dialect::Withings`]; see
+    /// [`MockProvider::signature_url`]).
+    pub nonces_issued: u64,
     /// Every request to the API.
     pub api_calls: u64,
     /// API requests whose token was accepted (answered `200`).
@@ -415,6 +421,16 @@ impl MockProviderBuilder {
             .named("mock provider: authorization endpoint")
             .mount(&server)
             .await;
+        if dialect == Dialect::Withings {
+            let signature = Endpoint { shared: Arc::clone(&shared), latency: self.token_latency };
+            Mock::given(method("POST"))
+                .and(path(signature::SIGNATURE_PATH))
+                .respond_with(signature::SignatureEndpoint(signature))
+                .with_priority(MOUNT_PRIORITY)
+                .named("mock provider: Withings signature service")
+                .mount(&server)
+                .await;
+        }
         let api = Endpoint { shared: Arc::clone(&shared), latency: self.api_latency };
         Mock::given(path_regex("^/api/"))
             .respond_with(ApiEndpoint(api))
@@ -522,6 +538,19 @@ impl MockProvider {
     /// Withings; see [`Dialect`]).
     pub fn token_url(&self) -> String {
         format!("{}{}", self.uri(), self.shared.config.dialect.token_path())
+    }
+
+    /// Withings' signature service, `{uri}/v2/signature`, served in [`Dialect::Withings`] only:
+    /// `action=getnonce` with `client_id`, `timestamp` (within ten minutes of the provider's
+    /// clock) and the HMAC-SHA256 `signature` of `getnonce,{client_id},{timestamp}` keyed by the
+    /// client secret gets `{"status":0,"body":{"nonce":"..."}}`. A token call may then send
+    /// `nonce` and the `signature` of `{action},{client_id},{nonce}` instead of its client secret;
+    /// each nonce works once, within 30 minutes. A bad signature, an unknown, used or expired
+    /// nonce, or a signature with a `client_secret` besides, gets Withings' `status` 503
+    /// (`Invalid Params: ...`). Point a grant at it with
+    /// `ClientAuth::WithingsSignature(WithingsSignature::new(provider.signature_url()))`.
+    pub fn signature_url(&self) -> String {
+        format!("{}{}", self.uri(), signature::SIGNATURE_PATH)
     }
 
     /// The authorization endpoint, where a login sends the user: `{uri}/oauth/authorize`, or the
