@@ -138,6 +138,25 @@
 //! # run().unwrap();
 //! ```
 //!
+//! # Discovery
+//!
+//! A grant can start from the authorization server's issuer URL alone: [`Discovery`] (or
+//! [`ServerMetadata::discover`]) reads its metadata (RFC 8414, falling back to OpenID Connect
+//! Discovery), refuses a document that names another issuer or plain-`http` endpoints, and bounds
+//! each fetch in time and size like a token call. [`ServerMetadata::refresh_token_grant`] then
+//! points a grant at the token and authorization endpoints, sending the client secret the way the
+//! server says it takes it.
+//!
+//! ```no_run
+//! use reqwest_token_refresh::{ServerMetadata, TokenRefresh};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let metadata = ServerMetadata::discover("https://login.example/realms/acme").await?;
+//! let grant = metadata.refresh_token_grant().client_id("id").client_secret("secret");
+//! let auth = TokenRefresh::builder(grant).allow_origin("https://api.example").build()?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Security
 //!
 //! - Only the allowed origins get the token: those the token source names
@@ -211,8 +230,8 @@ pub use policy::{
 };
 pub use source::providers;
 pub use source::{
-    BodyEncoding, ClientAuth, ClientCredentials, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, Login, LoginError,
-    PendingLogin, RefreshTokenGrant, ResourceServer, TokenSource,
+    BodyEncoding, ClientAuth, ClientCredentials, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, Discovery,
+    DiscoveryError, Login, LoginError, PendingLogin, RefreshTokenGrant, ResourceServer, ServerMetadata, TokenSource,
 };
 #[cfg(feature = "private-key-jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]

@@ -3,6 +3,7 @@
 #[cfg(feature = "private-key-jwt")]
 mod client_assertion;
 mod client_credentials;
+mod discovery;
 mod endpoint;
 mod login;
 pub mod providers;
@@ -23,6 +24,7 @@ pub use client_assertion::{
     CLIENT_ASSERTION_TYPE, ClientAssertionKey, ClientKeyError, DEFAULT_CLIENT_ASSERTION_LIFETIME, SigningAlgorithm,
 };
 pub use client_credentials::ClientCredentials;
+pub use discovery::{Discovery, DiscoveryError, ServerMetadata};
 pub use endpoint::{BodyEncoding, ClientAuth, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT};
 pub use login::{Login, LoginError, PendingLogin};
 pub use refresh_token::RefreshTokenGrant;

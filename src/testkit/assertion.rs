@@ -161,10 +161,10 @@ impl Shared {
         if params.get("client_id").is_some_and(|id| id != issuer) {
             return Err(invalid_client("client_id is not the assertion's issuer"));
         }
-        let endpoint = self.config.token_url.as_str();
+        let endpoint = format!("{}{}", self.config.issuer, self.config.dialect.token_path());
         let audience_ok = match &claims["aud"] {
-            Value::String(aud) => aud == endpoint,
-            Value::Array(auds) => auds.iter().any(|aud| aud.as_str() == Some(endpoint)),
+            Value::String(aud) => *aud == endpoint,
+            Value::Array(auds) => auds.iter().any(|aud| aud.as_str() == Some(endpoint.as_str())),
             _ => false,
         };
         if !audience_ok {

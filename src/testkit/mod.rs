@@ -96,6 +96,7 @@
 mod assertion;
 mod dialect;
 mod grants;
+mod metadata;
 mod signature;
 #[cfg(test)]
 mod tests;
@@ -247,6 +248,7 @@ pub struct MockProviderBuilder {
     client: Option<(String, ClientSecret)>,
     #[cfg(feature = "private-key-jwt")]
     client_keys: Vec<assertion::ClientKey>,
+    metadata_fields: Vec<(String, serde_json::Value)>,
     token_latency: Duration,
     api_latency: Duration,
 }
@@ -263,6 +265,7 @@ impl Default for MockProviderBuilder {
             client: None,
             #[cfg(feature = "private-key-jwt")]
             client_keys: Vec::new(),
+            metadata_fields: Vec::new(),
             token_latency: Duration::ZERO,
             api_latency: Duration::ZERO,
         }
@@ -385,6 +388,15 @@ impl MockProviderBuilder {
         self
     }
 
+    /// Sets a member of the metadata document (see [`MockProvider::issuer`]), replacing the
+    /// mock's own value or adding one it does not have: a `revocation_endpoint`,
+    /// `dpop_signing_alg_values_supported`, or a wrong `issuer` to see a client refuse it.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn metadata_field(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.metadata_fields.push((name.to_owned(), value));
+        self
+    }
+
     /// Starts the server on a free port of `127.0.0.1`.
     pub async fn start(self) -> MockProvider {
         let server = MockServer::start().await;
@@ -401,8 +413,8 @@ impl MockProviderBuilder {
             client: self.client,
             #[cfg(feature = "private-key-jwt")]
             client_keys: self.client_keys,
-            #[cfg(feature = "private-key-jwt")]
-            token_url: format!("{}{}", server.uri(), dialect.token_path()),
+            issuer: server.uri(),
+            metadata_fields: self.metadata_fields,
         };
         let shared = Arc::new(Shared { config, state: Mutex::new(State::default()) });
         let token_endpoint = Endpoint { shared: Arc::clone(&shared), latency: self.token_latency };
@@ -428,6 +440,16 @@ impl MockProviderBuilder {
                 .respond_with(signature::SignatureEndpoint(signature))
                 .with_priority(MOUNT_PRIORITY)
                 .named("mock provider: Withings signature service")
+                .mount(&server)
+                .await;
+        }
+        for well_known in [metadata::OAUTH_METADATA_PATH, metadata::OPENID_METADATA_PATH] {
+            let metadata = Endpoint { shared: Arc::clone(&shared), latency: self.api_latency };
+            Mock::given(method("GET"))
+                .and(path(well_known))
+                .respond_with(metadata::MetadataEndpoint(metadata))
+                .with_priority(MOUNT_PRIORITY)
+                .named("mock provider: metadata document")
                 .mount(&server)
                 .await;
         }
@@ -538,6 +560,19 @@ impl MockProvider {
     /// Withings; see [`Dialect`]).
     pub fn token_url(&self) -> String {
         format!("{}{}", self.uri(), self.shared.config.dialect.token_path())
+    }
+
+    /// The issuer identifier, the same as [`uri`](Self::uri): its metadata document (RFC 8414
+    /// §2) is served at `{uri}/.well-known/oauth-authorization-server` and, for OpenID Connect
+    /// clients, at `{uri}/.well-known/openid-configuration`, with `issuer`, `token_endpoint`,
+    /// `authorization_endpoint`, `token_endpoint_auth_methods_supported` (the dialect's: Basic
+    /// and the body in the standard one, plus `private_key_jwt` once a
+    /// [client key](MockProviderBuilder::client_key) is registered), `grant_types_supported`,
+    /// `response_types_supported` and `code_challenge_methods_supported`, and whatever
+    /// [`metadata_field`](MockProviderBuilder::metadata_field) set. Read it with
+    /// [`Discovery`](crate::Discovery).
+    pub fn issuer(&self) -> String {
+        self.shared.config.issuer.clone()
     }
 
     /// Withings' signature service, `{uri}/v2/signature`, served in [`Dialect::Withings`] only:
@@ -694,7 +729,8 @@ struct Config {
     /// Public keys for `private_key_jwt`, by client.
     #[cfg(feature = "private-key-jwt")]
     client_keys: Vec<assertion::ClientKey>,
-    /// The token endpoint's URL, the `aud` of client assertions.
-    #[cfg(feature = "private-key-jwt")]
-    token_url: String,
+    /// The server's URI, `http://127.0.0.1:PORT`: its issuer identifier.
+    issuer: String,
+    /// Members set on or added to the metadata document.
+    metadata_fields: Vec<(String, serde_json::Value)>,
 }

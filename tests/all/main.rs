@@ -5,6 +5,7 @@ mod bad_input;
 mod cancellation;
 mod chain;
 mod compat;
+mod discovery;
 mod edges;
 mod extreme_durations;
 mod faults;

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest_token_refresh::testkit::MockProvider;
 use reqwest_token_refresh::{
     CLIENT_ASSERTION_TYPE, ClientAssertionKey, ClientAuth, ClientCredentials, Clock, Error, ManualClock, RefreshError,
-    RefreshTokenGrant, TokenRefresh, TokenSource,
+    RefreshTokenGrant, ServerMetadata, TokenRefresh, TokenSource,
 };
 use serde_json::Value;
 use tokio::time::timeout;
@@ -250,6 +250,18 @@ async fn no_key_and_no_assertion_appear_in_debug_or_errors() {
         }
         assert!(shown.contains("[redacted]"), "{shown}");
     }
+}
+
+#[tokio::test]
+async fn the_mocks_metadata_offers_private_key_jwt_once_a_key_is_registered() {
+    let provider = provider_for(&key(ES256)).await;
+    let metadata = timeout(BOUND, ServerMetadata::discover(provider.issuer())).await.unwrap().unwrap();
+    assert!(metadata.token_endpoint_auth_methods_supported().iter().any(|m| m == "private_key_jwt"));
+    let grant = metadata.client_credentials().client_id(CLIENT).client_auth(ClientAuth::PrivateKeyJwt(key(ES256)));
+    timeout(BOUND, grant.fetch(None)).await.unwrap().expect("the discovered token endpoint takes the assertion");
+    let plain = MockProvider::start().await;
+    let metadata = timeout(BOUND, ServerMetadata::discover(plain.issuer())).await.unwrap().unwrap();
+    assert!(!metadata.token_endpoint_auth_methods_supported().iter().any(|m| m == "private_key_jwt"));
 }
 
 #[tokio::test]
