@@ -129,7 +129,81 @@ impl Respond for SignatureEndpoint {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
+    use crate::ManualClock;
+    use crate::testkit::{Dialect, MOCK_CLIENT_ID, MOCK_CLIENT_SECRET, MockProvider};
+
+    fn hex_hmac(message: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(MOCK_CLIENT_SECRET.as_bytes()).unwrap();
+        mac.update(message.as_bytes());
+        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    async fn post(url: String, fields: &[(&str, &str)]) -> Value {
+        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+        let request = reqwest::Client::new().post(url).header("content-type", "application/x-www-form-urlencoded");
+        let answer = tokio::time::timeout(Duration::from_secs(10), request.body(body).send()).await.unwrap().unwrap();
+        serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap()
+    }
+
+    async fn get_nonce(provider: &MockProvider, timestamp: u64, signature: Option<&str>) -> Value {
+        let timestamp = timestamp.to_string();
+        let signed = hex_hmac(&format!("getnonce,{MOCK_CLIENT_ID},{timestamp}"));
+        let fields = [
+            ("action", "getnonce"),
+            ("client_id", MOCK_CLIENT_ID),
+            ("timestamp", timestamp.as_str()),
+            ("signature", signature.unwrap_or(&signed)),
+        ];
+        post(provider.signature_url(), &fields).await
+    }
+
+    async fn signed_refresh(provider: &MockProvider, refresh_token: &str, nonce: &str) -> Value {
+        let signature = hex_hmac(&format!("requesttoken,{MOCK_CLIENT_ID},{nonce}"));
+        let fields = [
+            ("action", "requesttoken"),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", MOCK_CLIENT_ID),
+            ("nonce", nonce),
+            ("signature", signature.as_str()),
+        ];
+        post(provider.token_url(), &fields).await
+    }
+
+    #[tokio::test]
+    async fn a_nonce_needs_a_signed_request_with_a_current_timestamp_and_works_once_within_30_minutes() {
+        let clock = ManualClock::starting_now();
+        let provider = MockProvider::builder()
+            .dialect(Dialect::Withings)
+            .client_credentials(MOCK_CLIENT_ID, MOCK_CLIENT_SECRET)
+            .clock(clock.clone())
+            .start()
+            .await;
+        let now = crate::Clock::now(&clock).duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+
+        let stale = get_nonce(&provider, now - 3_600, None).await;
+        assert_eq!((stale["status"].as_i64(), stale["error"].as_str()), (Some(503), Some("Invalid Params: timestamp")));
+        let forged = get_nonce(&provider, now, Some(&"0".repeat(64))).await;
+        assert_eq!(forged["error"], "Invalid Params: invalid signature");
+        assert_eq!(provider.stats().nonces_issued, 0);
+
+        let nonce = get_nonce(&provider, now, None).await["body"]["nonce"].as_str().unwrap().to_owned();
+        let tokens = provider.issue_tokens();
+        let refresh_token = tokens.refresh_token().unwrap().secret();
+        let answer = signed_refresh(&provider, refresh_token, &nonce).await;
+        assert_eq!(answer["status"], 0, "{answer}");
+        let again = signed_refresh(&provider, answer["body"]["refresh_token"].as_str().unwrap(), &nonce).await;
+        assert_eq!(again["error"], "Invalid Params: invalid nonce", "a nonce works once");
+
+        let late = get_nonce(&provider, now, None).await["body"]["nonce"].as_str().unwrap().to_owned();
+        clock.advance(NONCE_LIFETIME);
+        let expired = signed_refresh(&provider, answer["body"]["refresh_token"].as_str().unwrap(), &late).await;
+        assert_eq!(expired["error"], "Invalid Params: nonce expired");
+        assert_eq!(provider.stats().tokens_issued, 1);
+    }
 
     #[test]
     fn the_mock_checks_the_worked_example_that_openssl_computed() {
