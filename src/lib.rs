@@ -110,6 +110,53 @@
 //! `testkit` feature, `testkit::MockProvider` is a rotating mock provider to test your own code
 //! against.
 //!
+//! # Client authentication
+//!
+//! A grant authenticates the client with HTTP Basic ([`ClientAuth::Basic`], the default) or
+//! with its id and secret in the body ([`ClientAuth::RequestBody`]). With the feature
+//! `private-key-jwt`, `ClientAuth::PrivateKeyJwt` sends no secret at all: each token request
+//! (a refresh, a client-credentials grant, a [`Login`]'s code exchange) carries a JWT signed for
+//! it alone with the client's ES256 or RS256 key (RFC 7523), which is what enterprise identity
+//! providers ask of confidential clients:
+//!
+//! ```
+//! # #[cfg(feature = "private-key-jwt")]
+//! # fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use reqwest_token_refresh::{ClientAssertionKey, ClientAuth, ClientCredentials, TokenRefresh};
+//!
+//! # let pem = include_str!("../tests/keys/rs256.pem");
+//! // let pem = std::fs::read_to_string("/run/secrets/client-key.pem")?;
+//! let key = ClientAssertionKey::from_pem(pem)?.with_key_id("2026-01");
+//! println!("register this public key: {}", key.public_jwk());
+//! let grant = ClientCredentials::new("https://login.example/oauth2/v1/token")
+//!     .client_id("reporting-service")
+//!     .client_auth(ClientAuth::PrivateKeyJwt(key))
+//!     .api_origin("https://api.example");
+//! let auth = TokenRefresh::builder(grant).build()?;
+//! # Ok(()) }
+//! # #[cfg(feature = "private-key-jwt")]
+//! # run().unwrap();
+//! ```
+//!
+//! # Discovery
+//!
+//! A grant can start from the authorization server's issuer URL alone: [`Discovery`] (or
+//! [`ServerMetadata::discover`]) reads its metadata (RFC 8414, falling back to OpenID Connect
+//! Discovery), refuses a document that names another issuer or plain-`http` endpoints, and bounds
+//! each fetch in time and size like a token call. [`ServerMetadata::refresh_token_grant`] then
+//! points a grant at the token and authorization endpoints, sending the client secret the way the
+//! server says it takes it.
+//!
+//! ```no_run
+//! use reqwest_token_refresh::{ServerMetadata, TokenRefresh};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let metadata = ServerMetadata::discover("https://login.example/realms/acme").await?;
+//! let grant = metadata.refresh_token_grant().client_id("id").client_secret("secret");
+//! let auth = TokenRefresh::builder(grant).allow_origin("https://api.example").build()?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Security
 //!
 //! - Only the allowed origins get the token: those the token source names
@@ -183,8 +230,13 @@ pub use policy::{
 };
 pub use source::providers;
 pub use source::{
-    BodyEncoding, ClientAuth, ClientCredentials, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, Login, LoginError,
-    PendingLogin, RefreshTokenGrant, ResourceServer, TokenSource,
+    BodyEncoding, ClientAuth, ClientCredentials, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, Discovery,
+    DiscoveryError, Login, LoginError, PendingLogin, RefreshTokenGrant, ResourceServer, ServerMetadata, TokenSource,
+};
+#[cfg(feature = "private-key-jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
+pub use source::{
+    CLIENT_ASSERTION_TYPE, ClientAssertionKey, ClientKeyError, DEFAULT_CLIENT_ASSERTION_LIFETIME, SigningAlgorithm,
 };
 pub use stats::Stats;
 #[cfg(feature = "postgres")]

@@ -11,7 +11,10 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
 use tracing::Instrument as _;
 
+#[cfg(feature = "private-key-jwt")]
+use super::client_assertion::{CLIENT_ASSERTION_TYPE, ClientAssertionKey};
 use super::response::{self, ResponseMapper};
+use super::withings_signature::WithingsSignature;
 use crate::clock::{self, Clock};
 use crate::error::RefreshError;
 use crate::token::{ClientSecret, TokenSet};
@@ -25,7 +28,10 @@ pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// Not `Copy`: [`PrivateKeyJwt`](Self::PrivateKeyJwt) (feature `private-key-jwt`) holds a key,
+/// and a feature must not take a trait away, so no variant is `Copy` whatever the features.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum ClientAuth {
     /// HTTP Basic with the form-encoded client id and secret; the method every server must
@@ -34,6 +40,45 @@ pub enum ClientAuth {
     Basic,
     /// `client_id` and `client_secret` as fields of the request body (WHOOP, Withings).
     RequestBody,
+    /// `private_key_jwt` (RFC 7523 §2.2, OpenID Connect Core §9): no secret is sent; each token
+    /// request carries `client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer`
+    /// and a `client_assertion`, a JWT signed with this key just for that request (`iss` and
+    /// `sub` the client id, `aud` the token URL, a random `jti`, `iat` now, `exp` a
+    /// [lifetime](ClientAssertionKey::with_lifetime) later), and `client_id`. Needs a client
+    /// id; a client secret, if set, is not sent.
+    #[cfg(feature = "private-key-jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
+    PrivateKeyJwt(ClientAssertionKey),
+    /// Withings' signed requests: before each token call a one-time nonce from Withings'
+    /// signature service, then `client_id`, `nonce` and an HMAC-SHA256 `signature` keyed by the
+    /// client secret over the call's `action`, the client id and the nonce; the secret itself is
+    /// never sent. Needs a client id, a client secret and an `action` parameter
+    /// (`action=requesttoken`, which the Withings preset sets); see [`WithingsSignature`] and
+    /// [`providers::withings_signed`](crate::providers::withings_signed).
+    WithingsSignature(WithingsSignature),
+}
+
+/// How one token request proves the client's identity beyond its id, made afresh for each.
+enum ClientProof {
+    /// The client secret (by HTTP Basic or in the body), or nothing for a public client.
+    Secret,
+    /// A signed JWT (`private_key_jwt`).
+    #[cfg(feature = "private-key-jwt")]
+    Assertion(String),
+    /// A Withings nonce and the signature over it.
+    WithingsSignature { nonce: String, signature: String },
+}
+
+impl ClientProof {
+    /// The parts an error must not show: each proves the client's identity, once.
+    fn secrets(&self) -> Vec<String> {
+        match self {
+            ClientProof::Secret => Vec::new(),
+            #[cfg(feature = "private-key-jwt")]
+            ClientProof::Assertion(assertion) => vec![assertion.clone()],
+            ClientProof::WithingsSignature { signature, .. } => vec![signature.clone()],
+        }
+    }
 }
 
 /// How the token request's body is encoded.
@@ -119,7 +164,7 @@ impl TokenEndpoint {
 
     /// Now, by the grant's own clock, else by the clock of the layer whose refresh this is (so a
     /// clock given once, to the layer, decides expiry on both sides), else by the system's.
-    fn now(&self) -> std::time::SystemTime {
+    pub(crate) fn now(&self) -> std::time::SystemTime {
         match &self.clock {
             Some(clock) => clock.now(),
             None => crate::cache::flight_clock().unwrap_or_else(clock::system).now(),
@@ -166,13 +211,54 @@ impl TokenEndpoint {
             duration_ms = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
-        let answer = self.exchange_unredacted(grant, scoped).instrument(span.clone()).await;
+        let mut proof_secrets = Vec::new();
+        let answer = async {
+            let proof = self.client_proof().await?;
+            proof_secrets = proof.secrets();
+            self.exchange_unredacted(grant, scoped, &proof).await
+        }
+        .instrument(span.clone())
+        .await;
         span.record("duration_ms", u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
         answer.map_err(|mut err| {
-            let secrets = self.secrets(grant, current);
+            let mut secrets = self.secrets(grant, current);
+            secrets.extend(proof_secrets);
             err.redact(&secrets.iter().map(String::as_str).collect::<Vec<_>>());
             err
         })
+    }
+
+    /// What proves the client's identity in this request: made afresh for each one (a client
+    /// assertion signed for it, a Withings nonce fetched and signed for it).
+    async fn client_proof(&self) -> Result<ClientProof, RefreshError> {
+        match &self.client_auth {
+            ClientAuth::Basic | ClientAuth::RequestBody => Ok(ClientProof::Secret),
+            #[cfg(feature = "private-key-jwt")]
+            ClientAuth::PrivateKeyJwt(key) => {
+                let Some(client_id) = &self.client_id else {
+                    return Err(RefreshError::Config(
+                        "private_key_jwt needs a client id: it is the assertion's issuer and subject".into(),
+                    ));
+                };
+                key.assertion(client_id, &self.url, self.now()).map(ClientProof::Assertion)
+            }
+            ClientAuth::WithingsSignature(signing) => {
+                let (Some(client_id), Some(secret)) = (&self.client_id, &self.client_secret) else {
+                    return Err(RefreshError::Config(
+                        "a Withings signature needs a client id and a client secret to sign with".into(),
+                    ));
+                };
+                let Some((_, action)) = self.params.iter().find(|(name, _)| name == "action") else {
+                    return Err(RefreshError::Config(
+                        "a Withings signature signs the call's `action`: add `.param(\"action\", \"requesttoken\")`"
+                            .into(),
+                    ));
+                };
+                let timestamp = self.now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+                let (nonce, signature) = signing.sign_call(self, client_id, secret, action, timestamp).await?;
+                Ok(ClientProof::WithingsSignature { nonce, signature })
+            }
+        }
     }
 
     /// What must never appear in an error: the grant's values (a refresh token; `grant_type`
@@ -197,7 +283,14 @@ impl TokenEndpoint {
         secrets
     }
 
-    async fn exchange_unredacted(&self, grant: &[(&str, &str)], scoped: Scoped) -> Result<TokenSet, RefreshError> {
+    /// The call itself, with the client's `proof` for it, made by the caller so that an error
+    /// can be redacted of it.
+    async fn exchange_unredacted(
+        &self,
+        grant: &[(&str, &str)],
+        scoped: Scoped,
+        proof: &ClientProof,
+    ) -> Result<TokenSet, RefreshError> {
         let url = reqwest::Url::parse(&self.url)
             .map_err(|e| RefreshError::Config(format!("the token URL {:?} does not parse: {e}", self.url)))?;
         let mut fields: Vec<(&str, &str)> = grant.to_vec();
@@ -205,19 +298,30 @@ impl TokenEndpoint {
         if scoped == Scoped::Yes && !scope.is_empty() {
             fields.push(("scope", &scope));
         }
-        let mut request = self.http()?.post(url).timeout(self.timeout).header(ACCEPT, "application/json");
-        match (&self.client_id, &self.client_secret, self.client_auth) {
-            (Some(id), Some(secret), ClientAuth::Basic) => {
+        let mut request = self.request(http::Method::POST, url)?.header(ACCEPT, "application/json");
+        match (&self.client_id, &self.client_secret, &self.client_auth, proof) {
+            #[cfg(feature = "private-key-jwt")]
+            (Some(id), _, _, ClientProof::Assertion(assertion)) => {
+                // RFC 7521 §4.2: the assertion authenticates the client; `client_id` may come
+                // along, and servers that look the client up before reading the assertion want it.
+                fields.push(("client_id", id));
+                fields.push(("client_assertion_type", CLIENT_ASSERTION_TYPE));
+                fields.push(("client_assertion", assertion));
+            }
+            (Some(id), _, _, ClientProof::WithingsSignature { nonce, signature }) => {
+                fields.extend([("client_id", id.as_str()), ("nonce", nonce), ("signature", signature)]);
+            }
+            (Some(id), Some(secret), ClientAuth::Basic, _) => {
                 request = request.header(AUTHORIZATION, basic_auth(id, secret)?);
             }
-            (Some(id), secret, _) => {
+            (Some(id), secret, _, _) => {
                 // A public client (no secret) identifies itself in the body whatever the method.
                 fields.push(("client_id", id));
                 if let Some(secret) = secret {
                     fields.push(("client_secret", secret.secret()));
                 }
             }
-            (None, _, _) => {}
+            (None, _, _, _) => {}
         }
         fields.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         request = match self.encoding {
@@ -232,26 +336,19 @@ impl TokenEndpoint {
             }
         };
 
-        let mut answer = request.send().await.map_err(transport)?;
-        let status = answer.status();
+        let CappedAnswer { status, headers, body, cut } = self.send_capped(request).await?;
         tracing::Span::current().record("status", status.as_u16());
-        let headers = answer.headers().clone();
-        let mut body = Vec::new();
-        while let Some(chunk) = answer.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > self.max_response_bytes {
-                body.extend_from_slice(&chunk[..self.max_response_bytes.saturating_sub(body.len())]);
-                if !status.is_success() {
-                    // An error is judged by its status and `Retry-After`; the body is only shown.
-                    return Err(response::parse_failure(status, &headers, &body, self.now()));
-                }
-                return Err(RefreshError::InvalidResponse {
-                    status,
-                    reason: format!("the answer is larger than {} bytes", self.max_response_bytes),
-                    body: response::excerpt(&body),
-                    rotated_refresh_token: None,
-                });
+        if cut {
+            if !status.is_success() {
+                // An error is judged by its status and `Retry-After`; the body is only shown.
+                return Err(response::parse_failure(status, &headers, &body, self.now()));
             }
-            body.extend_from_slice(&chunk);
+            return Err(RefreshError::InvalidResponse {
+                status,
+                reason: format!("the answer is larger than {} bytes", self.max_response_bytes),
+                body: response::excerpt(&body),
+                rotated_refresh_token: None,
+            });
         }
         let now = self.now();
         if status.is_success() {
@@ -260,6 +357,46 @@ impl TokenEndpoint {
             Err(response::parse_failure(status, &headers, &body, now))
         }
     }
+
+    /// A request through the token client (see [`http`](Self::http)), bounded by the grant's
+    /// timeout from connection to last byte. Every call this endpoint makes starts here: the
+    /// token call, and the calls that prepare it (a Withings nonce).
+    pub(crate) fn request(
+        &self,
+        method: http::Method,
+        url: reqwest::Url,
+    ) -> Result<reqwest::RequestBuilder, RefreshError> {
+        Ok(self.http()?.request(method, url).timeout(self.timeout))
+    }
+
+    /// Sends `request` and reads its answer to the end or to
+    /// [`max_response_bytes`](Self::max_response_bytes), whichever comes first: a larger answer is
+    /// cut there, never buffered whole. The request's own timeout bounds an answer that never
+    /// ends.
+    pub(crate) async fn send_capped(&self, request: reqwest::RequestBuilder) -> Result<CappedAnswer, RefreshError> {
+        let mut answer = request.send().await.map_err(transport)?;
+        let status = answer.status();
+        let headers = answer.headers().clone();
+        let mut body = Vec::new();
+        while let Some(chunk) = answer.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > self.max_response_bytes {
+                body.extend_from_slice(&chunk[..self.max_response_bytes.saturating_sub(body.len())]);
+                return Ok(CappedAnswer { status, headers, body, cut: true });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(CappedAnswer { status, headers, body, cut: false })
+    }
+}
+
+/// An answer read by [`TokenEndpoint::send_capped`].
+pub(crate) struct CappedAnswer {
+    pub(crate) status: http::StatusCode,
+    pub(crate) headers: http::HeaderMap,
+    /// The body, or its first `max_response_bytes` when `cut`.
+    pub(crate) body: Vec<u8>,
+    /// Whether the answer was longer than the cap (and `body` is its start).
+    pub(crate) cut: bool,
 }
 
 fn transport(err: reqwest::Error) -> RefreshError {
@@ -307,7 +444,8 @@ macro_rules! endpoint_options {
             self
         }
 
-        /// Sets how the client id and secret are sent (default: HTTP Basic).
+        /// Sets how the client authenticates (default: HTTP Basic with the client id and secret);
+        /// see [`ClientAuth`](crate::ClientAuth).
         #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn client_auth(mut self, client_auth: $crate::ClientAuth) -> Self {
             self.endpoint.client_auth = client_auth;

@@ -1,12 +1,16 @@
 //! Where new tokens come from: the [`TokenSource`] trait and the OAuth 2.0 grants that implement it.
 
+#[cfg(feature = "private-key-jwt")]
+mod client_assertion;
 mod client_credentials;
+mod discovery;
 mod endpoint;
 mod login;
 pub mod providers;
 mod refresh_token;
 mod resource_server;
 pub(crate) mod response;
+mod withings_signature;
 
 use std::fmt;
 
@@ -15,7 +19,12 @@ use async_trait::async_trait;
 use crate::error::RefreshError;
 use crate::token::TokenSet;
 
+#[cfg(feature = "private-key-jwt")]
+pub use client_assertion::{
+    CLIENT_ASSERTION_TYPE, ClientAssertionKey, ClientKeyError, DEFAULT_CLIENT_ASSERTION_LIFETIME, SigningAlgorithm,
+};
 pub use client_credentials::ClientCredentials;
+pub use discovery::{Discovery, DiscoveryError, ServerMetadata};
 pub use endpoint::{BodyEncoding, ClientAuth, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT};
 pub use login::{Login, LoginError, PendingLogin};
 pub use refresh_token::RefreshTokenGrant;

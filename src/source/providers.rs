@@ -21,6 +21,8 @@ use super::{ClientCredentials, RefreshTokenGrant};
 use crate::error::OAuthError;
 use crate::token::ClientSecret;
 
+pub use super::withings_signature::{WITHINGS_SIGNATURE_URL, WithingsSignature};
+
 /// WHOOP's token endpoint (user OAuth).
 pub const WHOOP_TOKEN_URL: &str = "https://api.prod.whoop.com/oauth/oauth2/token";
 /// WHOOP's Partner API token endpoint (client credentials).
@@ -87,7 +89,8 @@ pub fn kroger(client_id: impl Into<String>, client_secret: impl Into<ClientSecre
 /// 200 whose `status` field says how it went, with the token response inside `body`. Every
 /// refresh rotates the refresh token. The token goes to [`WITHINGS_API_ORIGIN`], whose answers
 /// are judged by [`withings_token_rejected`] too: its API rejects a token with HTTP 200 and
-/// `"status":401`, which refreshes the token like a 401 would.
+/// `"status":401`, which refreshes the token like a 401 would. [`withings_signed`] is the same
+/// with signed token calls, which send no client secret.
 pub fn withings(client_id: impl Into<String>, client_secret: impl Into<ClientSecret>) -> RefreshTokenGrant {
     RefreshTokenGrant::new(WITHINGS_TOKEN_URL)
         .client_id(client_id)
@@ -99,6 +102,16 @@ pub fn withings(client_id: impl Into<String>, client_secret: impl Into<ClientSec
         .scope_delimiter(",")
         .api_origin(WITHINGS_API_ORIGIN)
         .token_rejected_when(withings_token_rejected)
+}
+
+/// Withings with signed token calls: the [`withings`] preset, but instead of sending the client
+/// secret, each token call (a refresh, a login's code exchange) first gets a one-time nonce from
+/// Withings' signature service ([`WITHINGS_SIGNATURE_URL`]) and carries it with an HMAC-SHA256
+/// `signature` keyed by the secret ([`WithingsSignature`] quotes Withings' rules). The secret never
+/// leaves the process. Point the nonce service elsewhere with
+/// `.client_auth(ClientAuth::WithingsSignature(WithingsSignature::new(url)))`.
+pub fn withings_signed(client_id: impl Into<String>, client_secret: impl Into<ClientSecret>) -> RefreshTokenGrant {
+    withings(client_id, client_secret).client_auth(crate::ClientAuth::WithingsSignature(WithingsSignature::default()))
 }
 
 /// Unwraps Withings' `{"status":0,"body":{...}}` envelope, and turns a non-zero `status` into an

@@ -8,12 +8,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use http::{HeaderMap, header};
+use http::header;
 use serde_json::{Value, json};
-use wiremock::ResponseTemplate;
+use wiremock::{Request, ResponseTemplate};
 
 use super::Shared;
-use super::grants::Minted;
+use super::grants::{Minted, OneTime};
 use super::wire::{OAuthError, Reply, basic_credentials, ordered_json};
 #[cfg(doc)]
 use super::{MockProvider, MockProviderBuilder};
@@ -245,7 +245,7 @@ impl Shared {
                 let body = ordered_json(&[("error", code.into()), ("error_description", description.into())]);
                 // A Basic challenge only where Basic is how clients authenticate.
                 let basic = matches!(self.config.dialect, Dialect::Standard | Dialect::Kroger);
-                let challenge = (basic && code == "invalid_client").then_some("Basic realm=\"mock\"");
+                let challenge = (basic && code == "invalid_client" && status == 401).then_some("Basic realm=\"mock\"");
                 Reply::Json { status, body, challenge, retry_after: None }
             }
         }
@@ -261,19 +261,28 @@ impl Shared {
         }
     }
 
+    /// Checks the client's credentials. `Ok(Some(..))` for a client assertion or a Withings
+    /// signature, whose `jti` or nonce the caller must still find unused.
     pub(super) fn authenticate_client(
         &self,
-        headers: &HeaderMap,
+        request: &Request,
         params: &HashMap<String, String>,
-    ) -> Result<(), OAuthError> {
+    ) -> Result<Option<OneTime>, OAuthError> {
+        let headers = &request.headers;
+        if params.contains_key("client_assertion") || params.contains_key("client_assertion_type") {
+            return self.client_assertion(request, params).map(|jti| Some(OneTime::AssertionId(jti)));
+        }
+        if self.config.dialect == Dialect::Withings && params.contains_key("signature") {
+            return self.verify_withings_signature(params).map(|nonce| Some(OneTime::Nonce(nonce)));
+        }
         let in_body = || match (params.get("client_id"), params.get("client_secret")) {
             (Some(id), Some(secret)) => Ok((id.clone(), secret.clone())),
             _ => Err(OAuthError::invalid_client("client_id and client_secret are required in the body")),
         };
         let (id, secret) = match self.config.dialect {
             Dialect::Standard => {
-                if self.config.client.is_none() {
-                    return Ok(());
+                if self.config.client.is_none() && !self.has_client_keys() {
+                    return Ok(None);
                 }
                 match basic_credentials(headers).map_err(OAuthError::invalid_client)? {
                     Some(_) if params.contains_key("client_secret") => {
@@ -305,7 +314,32 @@ impl Shared {
             Some((expected_id, expected_secret)) if id != *expected_id || secret != expected_secret.secret() => {
                 Err(OAuthError::invalid_client("unknown client or wrong client secret"))
             }
-            _ => Ok(()),
+            None if self.has_client_keys() => {
+                Err(OAuthError::invalid_client("this client authenticates with private_key_jwt, not a secret"))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn has_client_keys(&self) -> bool {
+        #[cfg(feature = "private-key-jwt")]
+        return !self.config.client_keys.is_empty();
+        #[cfg(not(feature = "private-key-jwt"))]
+        false
+    }
+
+    /// A client assertion, checked by the mock's `private_key_jwt` (see
+    /// [`MockProviderBuilder::client_key`]); only the standard dialect takes one.
+    fn client_assertion(&self, request: &Request, params: &HashMap<String, String>) -> Result<String, OAuthError> {
+        if self.config.dialect != Dialect::Standard {
+            return Err(OAuthError::invalid_client("this provider does not accept client assertions"));
+        }
+        #[cfg(feature = "private-key-jwt")]
+        return self.verify_client_assertion(request, params);
+        #[cfg(not(feature = "private-key-jwt"))]
+        {
+            let _ = (request, params);
+            Err(OAuthError::new(400, "invalid_client", "no client key is registered (feature private-key-jwt)"))
         }
     }
 }

@@ -6,7 +6,7 @@
 //! previous-token grace still covers it. The grant handlers here decide what a call gets;
 //! [`dialect`](super::dialect) shapes the answer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -33,6 +33,10 @@ pub(super) struct State {
     refresh: HashMap<String, RefreshRecord>,
     pub(super) faults: VecDeque<Fault>,
     pub(super) token_requests: Vec<Request>,
+    /// The `jti` of every client assertion accepted so far.
+    pub(super) assertion_ids: HashSet<String>,
+    /// Withings nonces issued and not yet used, with when they were issued.
+    pub(super) nonces: HashMap<String, SystemTime>,
     /// Authorization codes the authorize endpoint issued, by code.
     codes: HashMap<String, CodeRecord>,
     serial: u64,
@@ -110,6 +114,16 @@ impl Refusal {
     fn into_error(self) -> OAuthError {
         OAuthError::new(400, "invalid_grant", self.description())
     }
+}
+
+/// What a token call presents that works once: client authentication checked before the lock,
+/// whose single use is checked under it.
+pub(super) enum OneTime {
+    /// A client assertion's `jti`.
+    #[cfg_attr(not(feature = "private-key-jwt"), allow(dead_code, reason = "made only by the assertion check"))]
+    AssertionId(String),
+    /// A Withings nonce.
+    Nonce(String),
 }
 
 pub(super) struct Minted {
@@ -241,8 +255,8 @@ impl Shared {
         // What needs no state is decided before taking the lock.
         let checked = token_params(request, self.config.dialect).and_then(|params| {
             self.check_action(&params)?;
-            self.authenticate_client(&request.headers, &params)?;
-            Ok(params)
+            let jti = self.authenticate_client(request, &params)?;
+            Ok((params, jti))
         });
         let now = self.config.clock.now();
 
@@ -261,7 +275,16 @@ impl Shared {
             }
             Some(fault) => return (Reply::fault(fault), false),
         };
-        let reply = match checked {
+        let spent = checked.and_then(|(params, once)| match once {
+            // A client assertion works once (RFC 7523 §3, item 7): a replayed one is refused.
+            Some(OneTime::AssertionId(jti)) => match state.assertion_ids.insert(jti) {
+                true => Ok(params),
+                false => Err(OAuthError::new(400, "invalid_client", "the client assertion's jti was already used")),
+            },
+            Some(OneTime::Nonce(nonce)) => state.spend_nonce(&nonce, now).map(|()| params),
+            None => Ok(params),
+        });
+        let reply = match spent {
             Ok(params) => self.grant(&mut state, &params, now),
             Err(error) => self.error_reply(error),
         };

@@ -17,7 +17,9 @@
 //!   bare challenge (RFC 6750 §3.1).
 //! * **Request shapes**: form or JSON bodies, the `authorization_code`, `refresh_token` and
 //!   `client_credentials` grants,
-//!   client authentication by HTTP Basic (Kroger, oslo) or in the body (WHOOP).
+//!   client authentication by HTTP Basic (Kroger, oslo) or in the body (WHOOP), or (feature
+//!   `private-key-jwt`) by a signed client assertion, checked against the client's registered
+//!   public key, each `jti` accepted once ([`MockProviderBuilder::client_key`]).
 //!
 //! Tests can also inject faults (among them [`Fault::LoseAnswer`], tokens issued but the answer
 //! lost), add latency, drive expiry with a [`ManualClock`](crate::ManualClock), read counters
@@ -76,7 +78,9 @@
 //!   `{"status":503,"body":{},"error":"Invalid Params: ..."}`; 3-hour access tokens; a rotated
 //!   refresh token stays valid until the new access token is used, 8 hours at most
 //!   ([`MockProviderBuilder::previous_refresh_token_grace`]); the API, too, answers `200`, with
-//!   `{"status":401,...}` for a rejected access token.
+//!   `{"status":401,...}` for a rejected access token. Withings' signature service issues
+//!   single-use nonces, and a token call signed with one needs no client secret
+//!   ([`MockProvider::signature_url`]).
 //!
 //! [`MockProvider::whoop`], [`whoop_partner`](MockProvider::whoop_partner),
 //! [`kroger`](MockProvider::kroger) and [`withings`](MockProvider::withings) start one with the
@@ -88,8 +92,12 @@
 // each token call; `dialect.rs` is what each `Dialect` changes (paths, client authentication, the
 // shape of answers, the API's 401); `wire.rs` reads requests, builds answers and holds the
 // wiremock responders; `tests.rs` has the unit tests.
+#[cfg(feature = "private-key-jwt")]
+mod assertion;
 mod dialect;
 mod grants;
+mod metadata;
+mod signature;
 #[cfg(test)]
 mod tests;
 mod wire;
@@ -145,6 +153,9 @@ pub struct ProviderStats {
     pub answers_lost: u64,
     /// Authorization codes the authorize endpoint issued (one per approved login).
     pub authorizations: u64,
+    /// Nonces the Withings signature service issued ([`Dialect::Withings`]; see
+    /// [`MockProvider::signature_url`]).
+    pub nonces_issued: u64,
     /// Every request to the API.
     pub api_calls: u64,
     /// API requests whose token was accepted (answered `200`).
@@ -235,6 +246,9 @@ pub struct MockProviderBuilder {
     previous_refresh_token_grace: Option<bool>,
     clock: Arc<dyn Clock>,
     client: Option<(String, ClientSecret)>,
+    #[cfg(feature = "private-key-jwt")]
+    client_keys: Vec<assertion::ClientKey>,
+    metadata_fields: Vec<(String, serde_json::Value)>,
     token_latency: Duration,
     api_latency: Duration,
 }
@@ -249,6 +263,9 @@ impl Default for MockProviderBuilder {
             previous_refresh_token_grace: None,
             clock: crate::clock::system(),
             client: None,
+            #[cfg(feature = "private-key-jwt")]
+            client_keys: Vec::new(),
+            metadata_fields: Vec::new(),
             token_latency: Duration::ZERO,
             api_latency: Duration::ZERO,
         }
@@ -342,6 +359,44 @@ impl MockProviderBuilder {
         self
     }
 
+    /// Registers a public key, as a JWK (RFC 7517: an EC P-256 or an RSA key, as
+    /// [`ClientAssertionKey::public_jwk`](crate::ClientAssertionKey::public_jwk) gives it), with
+    /// which client `client_id` signs its `private_key_jwt` assertions (feature
+    /// `private-key-jwt`; [`Dialect::Standard`] only). Call it again to register more keys; a
+    /// JWK's `kid`, if it has one, must match the assertion's.
+    ///
+    /// Once a key is registered, the token endpoint requires client authentication. An
+    /// assertion is accepted when its `client_assertion_type` is RFC 7523's, it is signed by a
+    /// registered key of its issuer with the `alg` of that key, `iss` and `sub` are the client id
+    /// (and so is `client_id`, if sent), `aud` is the token endpoint's URL, `exp` has not passed
+    /// on the provider's clock, `iat` is at most a minute ahead of it, it lives 10 minutes at
+    /// most, and its `jti` was never presented before. Anything else gets
+    /// `400 {"error":"invalid_client"}` saying which check failed; an assertion together with a
+    /// client secret or an `Authorization` header gets `400 invalid_request`.
+    ///
+    /// # Panics
+    ///
+    /// If `jwk` is not an EC P-256 or RSA public key: the panic says why.
+    #[cfg(feature = "private-key-jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn client_key(mut self, client_id: &str, jwk: &serde_json::Value) -> Self {
+        match assertion::ClientKey::from_jwk(client_id, jwk) {
+            Ok(key) => self.client_keys.push(key),
+            Err(why) => panic!("the client key for {client_id:?} is not usable: {why}"),
+        }
+        self
+    }
+
+    /// Sets a member of the metadata document (see [`MockProvider::issuer`]), replacing the
+    /// mock's own value or adding one it does not have: a `revocation_endpoint`,
+    /// `dpop_signing_alg_values_supported`, or a wrong `issuer` to see a client refuse it.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn metadata_field(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.metadata_fields.push((name.to_owned(), value));
+        self
+    }
+
     /// Starts the server on a free port of `127.0.0.1`.
     pub async fn start(self) -> MockProvider {
         let server = MockServer::start().await;
@@ -356,6 +411,10 @@ impl MockProviderBuilder {
             previous_refresh_token_grace: self.previous_refresh_token_grace.unwrap_or(dialect == Dialect::Withings),
             clock: self.clock,
             client: self.client,
+            #[cfg(feature = "private-key-jwt")]
+            client_keys: self.client_keys,
+            issuer: server.uri(),
+            metadata_fields: self.metadata_fields,
         };
         let shared = Arc::new(Shared { config, state: Mutex::new(State::default()) });
         let token_endpoint = Endpoint { shared: Arc::clone(&shared), latency: self.token_latency };
@@ -374,6 +433,26 @@ impl MockProviderBuilder {
             .named("mock provider: authorization endpoint")
             .mount(&server)
             .await;
+        if dialect == Dialect::Withings {
+            let signature = Endpoint { shared: Arc::clone(&shared), latency: self.token_latency };
+            Mock::given(method("POST"))
+                .and(path(signature::SIGNATURE_PATH))
+                .respond_with(signature::SignatureEndpoint(signature))
+                .with_priority(MOUNT_PRIORITY)
+                .named("mock provider: Withings signature service")
+                .mount(&server)
+                .await;
+        }
+        for well_known in [metadata::OAUTH_METADATA_PATH, metadata::OPENID_METADATA_PATH] {
+            let metadata = Endpoint { shared: Arc::clone(&shared), latency: self.api_latency };
+            Mock::given(method("GET"))
+                .and(path(well_known))
+                .respond_with(metadata::MetadataEndpoint(metadata))
+                .with_priority(MOUNT_PRIORITY)
+                .named("mock provider: metadata document")
+                .mount(&server)
+                .await;
+        }
         let api = Endpoint { shared: Arc::clone(&shared), latency: self.api_latency };
         Mock::given(path_regex("^/api/"))
             .respond_with(ApiEndpoint(api))
@@ -481,6 +560,32 @@ impl MockProvider {
     /// Withings; see [`Dialect`]).
     pub fn token_url(&self) -> String {
         format!("{}{}", self.uri(), self.shared.config.dialect.token_path())
+    }
+
+    /// The issuer identifier, the same as [`uri`](Self::uri): its metadata document (RFC 8414
+    /// §2) is served at `{uri}/.well-known/oauth-authorization-server` and, for OpenID Connect
+    /// clients, at `{uri}/.well-known/openid-configuration`, with `issuer`, `token_endpoint`,
+    /// `authorization_endpoint`, `token_endpoint_auth_methods_supported` (the dialect's: Basic
+    /// and the body in the standard one, plus `private_key_jwt` once a
+    /// [client key](MockProviderBuilder::client_key) is registered), `grant_types_supported`,
+    /// `response_types_supported` and `code_challenge_methods_supported`, and whatever
+    /// [`metadata_field`](MockProviderBuilder::metadata_field) set. Read it with
+    /// [`Discovery`](crate::Discovery).
+    pub fn issuer(&self) -> String {
+        self.shared.config.issuer.clone()
+    }
+
+    /// Withings' signature service, `{uri}/v2/signature`, served in [`Dialect::Withings`] only:
+    /// `action=getnonce` with `client_id`, `timestamp` (within ten minutes of the provider's
+    /// clock) and the HMAC-SHA256 `signature` of `getnonce,{client_id},{timestamp}` keyed by the
+    /// client secret gets `{"status":0,"body":{"nonce":"..."}}`. A token call may then send
+    /// `nonce` and the `signature` of `{action},{client_id},{nonce}` instead of its client secret;
+    /// each nonce works once, within 30 minutes. A bad signature, an unknown, used or expired
+    /// nonce, or a signature with a `client_secret` besides, gets Withings' `status` 503
+    /// (`Invalid Params: ...`). Point a grant at it with
+    /// `ClientAuth::WithingsSignature(WithingsSignature::new(provider.signature_url()))`.
+    pub fn signature_url(&self) -> String {
+        format!("{}{}", self.uri(), signature::SIGNATURE_PATH)
     }
 
     /// The authorization endpoint, where a login sends the user: `{uri}/oauth/authorize`, or the
@@ -621,4 +726,11 @@ struct Config {
     previous_refresh_token_grace: bool,
     clock: Arc<dyn Clock>,
     client: Option<(String, ClientSecret)>,
+    /// Public keys for `private_key_jwt`, by client.
+    #[cfg(feature = "private-key-jwt")]
+    client_keys: Vec<assertion::ClientKey>,
+    /// The server's URI, `http://127.0.0.1:PORT`: its issuer identifier.
+    issuer: String,
+    /// Members set on or added to the metadata document.
+    metadata_fields: Vec<(String, serde_json::Value)>,
 }

@@ -329,6 +329,7 @@ async fn stats_count_every_kind_of_call_and_no_credentials_get_a_bare_challenge(
         grace_refreshes: 0,
         answers_lost: 0,
         authorizations: 0,
+        nonces_issued: 0,
         api_calls: 3,
         api_ok: 1,
         api_unauthorized: 2,

@@ -85,7 +85,7 @@ impl Reply {
         }
     }
 
-    fn into_template(self) -> ResponseTemplate {
+    pub(super) fn into_template(self) -> ResponseTemplate {
         match self {
             Reply::Json { status, body, challenge, retry_after } => {
                 let mut template = ResponseTemplate::new(status_code(status))

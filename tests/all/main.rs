@@ -5,6 +5,7 @@ mod bad_input;
 mod cancellation;
 mod chain;
 mod compat;
+mod discovery;
 mod edges;
 mod extreme_durations;
 mod faults;
@@ -29,6 +30,7 @@ mod postgres_store;
 #[path = "postgres_store.rs"]
 #[allow(clippy::duplicate_mod, reason = "the same tests, run on both ways of connecting")]
 mod postgres_store_on_a_pool;
+mod private_key_jwt;
 mod processes;
 mod providers;
 mod races;

@@ -6,6 +6,7 @@ mod kroger;
 mod whoop;
 mod whoop_partner;
 mod withings;
+mod withings_signature;
 
 use reqwest_token_refresh::testkit::MockProvider;
 use wiremock::{Match, Request};

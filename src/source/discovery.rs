@@ -1,0 +1,518 @@
+//! Discovery: an authorization server's metadata read from its issuer URL (RFC 8414, falling
+//! back to OpenID Connect Discovery 1.0), checked, and made into a grant ([`Discovery`],
+//! [`ServerMetadata`]).
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use http::header::ACCEPT;
+use serde_json::Value;
+use url::{Host, Url};
+
+use super::endpoint::{CappedAnswer, TokenEndpoint};
+use super::{ClientAuth, ClientCredentials, RefreshTokenGrant};
+use crate::error::RefreshError;
+
+/// The RFC 8414 §3 well-known suffix.
+const OAUTH_WELL_KNOWN: &str = "/.well-known/oauth-authorization-server";
+/// The OpenID Connect Discovery 1.0 §4 well-known suffix.
+const OPENID_WELL_KNOWN: &str = "/.well-known/openid-configuration";
+
+/// Why an issuer's metadata could not be had or used. No variant holds a secret: discovery sends
+/// none.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscoveryError {
+    /// The issuer is not a URL an authorization server may have (RFC 8414 §2): not `https`
+    /// (plain `http` is allowed to loopback only), or with a query or fragment.
+    #[error("the issuer {issuer:?} cannot be used: {reason}")]
+    InvalidIssuer {
+        /// The issuer as given.
+        issuer: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A metadata URL could not be reached or its answer not read.
+    #[error("the metadata at {url} could not be fetched")]
+    Unreachable {
+        /// The URL fetched.
+        url: String,
+        /// Why.
+        #[source]
+        source: RefreshError,
+    },
+    /// A metadata URL did not answer in time (the [timeout](Discovery::timeout) covers the whole
+    /// exchange, the last byte of the body included).
+    #[error("the metadata at {url} did not arrive within {after:?}")]
+    TimedOut {
+        /// The URL fetched.
+        url: String,
+        /// The timeout it had.
+        after: Duration,
+    },
+    /// A metadata document was larger than the [limit](Discovery::max_response_bytes); it was
+    /// not read past it.
+    #[error("the metadata at {url} is larger than {limit} bytes")]
+    TooLarge {
+        /// The URL fetched.
+        url: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// Neither well-known location served a metadata document.
+    #[error("no metadata document at {}", .tried.join(" or "))]
+    NotFound {
+        /// The URLs tried, in order.
+        tried: Vec<String>,
+        /// The last one's HTTP status.
+        status: http::StatusCode,
+    },
+    /// The document is JSON but not usable metadata (no `token_endpoint`, a field of the wrong
+    /// type, an endpoint that is not a URL).
+    #[error("the metadata at {url} is not usable: {reason}")]
+    Invalid {
+        /// The URL fetched.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The document names another issuer than the one asked for. RFC 8414 §3.3: the `issuer` in
+    /// the document must be identical to the issuer the URL was made from, or the metadata must
+    /// not be used (it could send tokens and credentials to an impostor).
+    #[error("the metadata names issuer {found:?}, not {expected:?}: refused")]
+    IssuerMismatch {
+        /// The issuer asked for.
+        expected: String,
+        /// The issuer the document names.
+        found: String,
+    },
+    /// An endpoint in the document is plain `http` to a host that is not loopback: tokens and
+    /// credentials would travel in clear.
+    #[error("the metadata's {name} {url:?} is not https: refused")]
+    InsecureEndpoint {
+        /// Which endpoint (`token_endpoint`, ...).
+        name: String,
+        /// Its URL.
+        url: String,
+    },
+}
+
+/// Fetches an issuer's metadata; [`ServerMetadata::discover`] with the default bounds.
+///
+/// The document is looked for where RFC 8414 §3.1 puts it, the well-known segment between the
+/// host and the issuer's path (`https://idp.example/tenant` →
+/// `https://idp.example/.well-known/oauth-authorization-server/tenant`), then, if that location
+/// has none (an error status, or a body that is not a JSON object), where OpenID Connect
+/// Discovery §4 puts it, appended to the issuer (`https://idp.example/tenant/.well-known/openid-configuration`).
+/// Each fetch goes through the same kind of client as token calls (it follows no redirects) and
+/// is bounded like them: in time by [`timeout`](Self::timeout), in size by
+/// [`max_response_bytes`](Self::max_response_bytes), so two fetches take at most twice the
+/// timeout.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use reqwest_token_refresh::{Discovery, TokenRefresh};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let metadata = Discovery::new("https://login.example/tenant-7").timeout(Duration::from_secs(5)).fetch().await?;
+/// let grant = metadata.refresh_token_grant().client_id("id").client_secret("secret");
+/// let auth = TokenRefresh::builder(grant).allow_origin("https://api.example").build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    issuer: String,
+    /// Only its client, timeout and answer cap are used: the bounded fetch of token calls.
+    endpoint: TokenEndpoint,
+}
+
+impl Discovery {
+    /// Discovery of the authorization server whose issuer identifier is `issuer`.
+    pub fn new(issuer: impl Into<String>) -> Self {
+        let issuer = issuer.into();
+        Self { endpoint: TokenEndpoint::new(issuer.clone()), issuer }
+    }
+
+    /// Sets how long each fetch may take, connection to last byte. Default: 30 seconds
+    /// ([`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT)).
+    #[must_use = "returns the changed discovery; on its own the call changes nothing"]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.endpoint.timeout = timeout;
+        self
+    }
+
+    /// Sets the largest document read. Default: 64 KiB
+    /// ([`DEFAULT_MAX_RESPONSE_BYTES`](crate::DEFAULT_MAX_RESPONSE_BYTES)); real ones are a few
+    /// KiB.
+    #[must_use = "returns the changed discovery; on its own the call changes nothing"]
+    pub fn max_response_bytes(mut self, limit: usize) -> Self {
+        self.endpoint.max_response_bytes = limit;
+        self
+    }
+
+    /// Fetches through this client instead of the crate's own (which follows no redirects; give
+    /// yours the same policy).
+    #[must_use = "returns the changed discovery; on its own the call changes nothing"]
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.endpoint.http = Some(client);
+        self
+    }
+
+    /// Fetches and checks the metadata.
+    ///
+    /// # Errors
+    ///
+    /// [`DiscoveryError::InvalidIssuer`] before any fetch for an issuer that is not `https` (or
+    /// `http` to loopback), or has a query or fragment; [`DiscoveryError::Unreachable`],
+    /// [`TimedOut`](DiscoveryError::TimedOut) or [`TooLarge`](DiscoveryError::TooLarge) when a
+    /// fetch fails; [`NotFound`](DiscoveryError::NotFound) when neither location has a document;
+    /// [`Invalid`](DiscoveryError::Invalid), [`IssuerMismatch`](DiscoveryError::IssuerMismatch)
+    /// or [`InsecureEndpoint`](DiscoveryError::InsecureEndpoint) for a document that cannot be
+    /// trusted.
+    pub async fn fetch(&self) -> Result<ServerMetadata, DiscoveryError> {
+        let issuer = parse_issuer(&self.issuer)?;
+        let mut tried = Vec::new();
+        let mut last_status = http::StatusCode::NOT_FOUND;
+        for url in metadata_urls(&issuer) {
+            tried.push(url.to_string());
+            match self.fetch_document(url.clone()).await? {
+                Fetched::Document(document) => {
+                    return ServerMetadata::from_document(&self.issuer, url.as_str(), document);
+                }
+                Fetched::Nothing(status) => last_status = status,
+            }
+        }
+        Err(DiscoveryError::NotFound { tried, status: last_status })
+    }
+
+    async fn fetch_document(&self, url: Url) -> Result<Fetched, DiscoveryError> {
+        let shown = url.to_string();
+        let unreachable = |source: RefreshError| match &source {
+            RefreshError::Transport(cause) if is_timeout(cause.as_ref()) => {
+                DiscoveryError::TimedOut { url: shown.clone(), after: self.endpoint.timeout }
+            }
+            _ => DiscoveryError::Unreachable { url: shown.clone(), source },
+        };
+        let request =
+            self.endpoint.request(http::Method::GET, url).map_err(unreachable)?.header(ACCEPT, "application/json");
+        let CappedAnswer { status, body, cut, .. } = self.endpoint.send_capped(request).await.map_err(unreachable)?;
+        if !status.is_success() {
+            return Ok(Fetched::Nothing(status));
+        }
+        if cut {
+            return Err(DiscoveryError::TooLarge { url: shown, limit: self.endpoint.max_response_bytes });
+        }
+        // A catch-all page (`200` with HTML) is as good as a 404 here: look in the other place.
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(document @ Value::Object(_)) => Ok(Fetched::Document(document)),
+            _ => Ok(Fetched::Nothing(status)),
+        }
+    }
+}
+
+enum Fetched {
+    Document(Value),
+    /// No document at this location: the status it answered with.
+    Nothing(http::StatusCode),
+}
+
+/// Whether a transport failure is reqwest's timeout.
+fn is_timeout(cause: &(dyn StdError + Send + Sync + 'static)) -> bool {
+    let mut next: Option<&(dyn StdError + 'static)> = Some(cause);
+    while let Some(error) = next {
+        if error.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_timeout) {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+/// An authorization server's metadata (RFC 8414 §2), checked: its issuer is the one asked for and
+/// its endpoints are `https` (or loopback). From [`Discovery::fetch`] or
+/// [`ServerMetadata::discover`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerMetadata {
+    issuer: String,
+    url: String,
+    token_endpoint: String,
+    authorization_endpoint: Option<String>,
+    revocation_endpoint: Option<String>,
+    token_endpoint_auth_methods_supported: Vec<String>,
+    dpop_signing_alg_values_supported: Vec<String>,
+    document: Value,
+}
+
+impl ServerMetadata {
+    /// Fetches `issuer`'s metadata with the default bounds (30 seconds, 64 KiB a fetch); see
+    /// [`Discovery`] to change them.
+    ///
+    /// # Errors
+    ///
+    /// As [`Discovery::fetch`].
+    pub async fn discover(issuer: impl Into<String>) -> Result<Self, DiscoveryError> {
+        Discovery::new(issuer).fetch().await
+    }
+
+    fn from_document(issuer: &str, url: &str, document: Value) -> Result<Self, DiscoveryError> {
+        let invalid = |reason: String| DiscoveryError::Invalid { url: url.to_owned(), reason };
+        let found = match document.get("issuer") {
+            Some(Value::String(found)) => found,
+            Some(_) => return Err(invalid("`issuer` is not a string".into())),
+            None => return Err(invalid("the document has no `issuer`".into())),
+        };
+        if found != issuer {
+            return Err(DiscoveryError::IssuerMismatch { expected: issuer.to_owned(), found: found.clone() });
+        }
+        let endpoint = |name: &str| -> Result<Option<String>, DiscoveryError> {
+            match document.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(value)) => {
+                    let parsed = Url::parse(value).map_err(|e| invalid(format!("`{name}` is not a URL: {e}")))?;
+                    if !secure(&parsed) {
+                        return Err(DiscoveryError::InsecureEndpoint { name: name.to_owned(), url: value.clone() });
+                    }
+                    Ok(Some(value.clone()))
+                }
+                Some(_) => Err(invalid(format!("`{name}` is not a string"))),
+            }
+        };
+        let strings = |name: &str| -> Result<Option<Vec<String>>, DiscoveryError> {
+            match document.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Array(values)) => values
+                    .iter()
+                    .map(|value| value.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .map(Some)
+                    .ok_or_else(|| invalid(format!("`{name}` is not an array of strings"))),
+                Some(_) => Err(invalid(format!("`{name}` is not an array of strings"))),
+            }
+        };
+        let token_endpoint =
+            endpoint("token_endpoint")?.ok_or_else(|| invalid("the document has no `token_endpoint`".into()))?;
+        Ok(Self {
+            issuer: issuer.to_owned(),
+            url: url.to_owned(),
+            token_endpoint,
+            authorization_endpoint: endpoint("authorization_endpoint")?,
+            revocation_endpoint: endpoint("revocation_endpoint")?,
+            // RFC 8414 §2: "If omitted, the default is client_secret_basic".
+            token_endpoint_auth_methods_supported: strings("token_endpoint_auth_methods_supported")?
+                .unwrap_or_else(|| vec!["client_secret_basic".to_owned()]),
+            dpop_signing_alg_values_supported: strings("dpop_signing_alg_values_supported")?.unwrap_or_default(),
+            document,
+        })
+    }
+
+    /// The issuer identifier, identical to the one asked for.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Where the document was found.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The token endpoint.
+    pub fn token_endpoint(&self) -> &str {
+        &self.token_endpoint
+    }
+
+    /// The authorization endpoint, where users log in, if the server has one.
+    pub fn authorization_endpoint(&self) -> Option<&str> {
+        self.authorization_endpoint.as_deref()
+    }
+
+    /// The token revocation endpoint (RFC 7009), if the server has one.
+    pub fn revocation_endpoint(&self) -> Option<&str> {
+        self.revocation_endpoint.as_deref()
+    }
+
+    /// The client authentication methods the token endpoint takes (`client_secret_basic`,
+    /// `client_secret_post`, `private_key_jwt`, ...); `["client_secret_basic"]` when the document
+    /// does not say, as RFC 8414 §2 has it.
+    pub fn token_endpoint_auth_methods_supported(&self) -> &[String] {
+        &self.token_endpoint_auth_methods_supported
+    }
+
+    /// The JWS algorithms the server takes in DPoP proofs (RFC 9449 §5.1); empty when it does
+    /// not say (it may not support DPoP).
+    pub fn dpop_signing_alg_values_supported(&self) -> &[String] {
+        &self.dpop_signing_alg_values_supported
+    }
+
+    /// The whole document, for members this type does not name.
+    pub fn document(&self) -> &Value {
+        &self.document
+    }
+
+    /// A refresh-token grant against this server's token endpoint, with its authorization
+    /// endpoint for [`login`](RefreshTokenGrant::login) and the client secret sent as the server
+    /// prefers: HTTP Basic if it takes `client_secret_basic`, else in the body if it takes
+    /// `client_secret_post`, else HTTP Basic (set [`client_auth`](RefreshTokenGrant::client_auth)
+    /// yourself for `private_key_jwt`). Add the client id and secret, and where the tokens go.
+    pub fn refresh_token_grant(&self) -> RefreshTokenGrant {
+        let grant = RefreshTokenGrant::new(&self.token_endpoint).client_auth(self.secret_auth());
+        match &self.authorization_endpoint {
+            Some(authorize_url) => grant.authorize_url(authorize_url),
+            None => grant,
+        }
+    }
+
+    /// A client-credentials grant against this server's token endpoint, the client secret sent
+    /// as in [`refresh_token_grant`](Self::refresh_token_grant).
+    pub fn client_credentials(&self) -> ClientCredentials {
+        ClientCredentials::new(&self.token_endpoint).client_auth(self.secret_auth())
+    }
+
+    fn secret_auth(&self) -> ClientAuth {
+        let supports = |method: &str| self.token_endpoint_auth_methods_supported.iter().any(|m| m == method);
+        if !supports("client_secret_basic") && supports("client_secret_post") {
+            ClientAuth::RequestBody
+        } else {
+            ClientAuth::Basic
+        }
+    }
+}
+
+/// The issuer as a URL, if it may be one (RFC 8414 §2: `https`, no query, no fragment; plain
+/// `http` only to loopback, for tests and local servers).
+fn parse_issuer(issuer: &str) -> Result<Url, DiscoveryError> {
+    let refuse = |reason: &str| DiscoveryError::InvalidIssuer { issuer: issuer.to_owned(), reason: reason.to_owned() };
+    let url = Url::parse(issuer).map_err(|e| refuse(&format!("not a URL ({e})")))?;
+    if !secure(&url) {
+        return Err(refuse("not https (plain http is allowed to loopback only)"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(refuse("an issuer has no query or fragment"));
+    }
+    Ok(url)
+}
+
+/// `https`, or `http` to a loopback host.
+fn secure(url: &Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => match url.host() {
+            Some(Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(Host::Domain(name)) => {
+                let name = name.trim_end_matches('.');
+                name == "localhost" || name.ends_with(".localhost")
+            }
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+/// Where the metadata may be, in the order tried: RFC 8414 §3.1 (the well-known segment between
+/// host and path), then OpenID Connect Discovery §4 (appended to the issuer).
+fn metadata_urls(issuer: &Url) -> [Url; 2] {
+    let path = issuer.path().trim_end_matches('/');
+    let mut oauth = issuer.clone();
+    oauth.set_path(&format!("{OAUTH_WELL_KNOWN}{path}"));
+    let mut openid = issuer.clone();
+    openid.set_path(&format!("{path}{OPENID_WELL_KNOWN}"));
+    [oauth, openid]
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn urls(issuer: &str) -> Vec<String> {
+        metadata_urls(&parse_issuer(issuer).unwrap()).iter().map(Url::to_string).collect()
+    }
+
+    #[test]
+    fn the_well_known_segment_goes_between_host_and_path_then_after_the_issuer() {
+        assert_eq!(
+            urls("https://idp.example"),
+            [
+                "https://idp.example/.well-known/oauth-authorization-server",
+                "https://idp.example/.well-known/openid-configuration"
+            ]
+        );
+        // RFC 8414 §3.1's own example.
+        assert_eq!(
+            urls("https://example.com/issuer1"),
+            [
+                "https://example.com/.well-known/oauth-authorization-server/issuer1",
+                "https://example.com/issuer1/.well-known/openid-configuration"
+            ]
+        );
+        assert_eq!(
+            urls("https://idp.example:8443/realms/a/"),
+            [
+                "https://idp.example:8443/.well-known/oauth-authorization-server/realms/a",
+                "https://idp.example:8443/realms/a/.well-known/openid-configuration"
+            ]
+        );
+    }
+
+    #[test]
+    fn only_https_and_loopback_issuers_without_query_or_fragment_are_used() {
+        for good in ["https://idp.example", "http://127.0.0.1:8080", "http://[::1]/x", "http://localhost/realm"] {
+            assert!(parse_issuer(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "http://idp.example",
+            "http://10.0.0.1",
+            "https://idp.example?tenant=a",
+            "https://idp.example#top",
+            "ftp://idp.example",
+            "idp.example",
+        ] {
+            assert!(matches!(parse_issuer(bad), Err(DiscoveryError::InvalidIssuer { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_document_is_read_with_rfc_8414s_defaults() {
+        let document = json!({"issuer": "https://idp.example", "token_endpoint": "https://idp.example/token"});
+        let metadata = ServerMetadata::from_document("https://idp.example", "u", document).unwrap();
+        assert_eq!(metadata.token_endpoint_auth_methods_supported(), ["client_secret_basic"]);
+        assert!(metadata.dpop_signing_alg_values_supported().is_empty());
+        assert_eq!((metadata.authorization_endpoint(), metadata.revocation_endpoint()), (None, None));
+        assert_eq!(metadata.secret_auth(), ClientAuth::Basic);
+    }
+
+    #[test]
+    fn the_secret_goes_where_the_server_takes_it() {
+        let with = |methods: Value| {
+            let document = json!({"issuer": "https://i", "token_endpoint": "https://i/t", "token_endpoint_auth_methods_supported": methods});
+            ServerMetadata::from_document("https://i", "u", document).unwrap().secret_auth()
+        };
+        assert_eq!(with(json!(["client_secret_post"])), ClientAuth::RequestBody);
+        assert_eq!(with(json!(["client_secret_post", "client_secret_basic"])), ClientAuth::Basic);
+        assert_eq!(with(json!(["private_key_jwt"])), ClientAuth::Basic);
+    }
+
+    #[test]
+    fn a_document_that_cannot_be_trusted_or_used_is_refused_with_the_reason() {
+        let read = |document: Value| ServerMetadata::from_document("https://idp.example", "u", document);
+        let mismatch = read(json!({"issuer": "https://idp.example/", "token_endpoint": "https://idp.example/t"}));
+        assert!(
+            matches!(&mismatch, Err(DiscoveryError::IssuerMismatch { found, .. }) if found == "https://idp.example/"),
+            "identical means identical, a trailing slash too: {mismatch:?}"
+        );
+        assert!(matches!(
+            read(json!({"token_endpoint": "https://idp.example/t"})),
+            Err(DiscoveryError::Invalid { .. })
+        ));
+        assert!(matches!(read(json!({"issuer": "https://idp.example"})), Err(DiscoveryError::Invalid { .. })));
+        let insecure = read(json!({"issuer": "https://idp.example", "token_endpoint": "http://idp.example/t"}));
+        assert!(matches!(&insecure, Err(DiscoveryError::InsecureEndpoint { name, .. }) if name == "token_endpoint"));
+        let wrong_type = read(json!({
+            "issuer": "https://idp.example",
+            "token_endpoint": "https://idp.example/t",
+            "token_endpoint_auth_methods_supported": "client_secret_basic",
+        }));
+        assert!(matches!(wrong_type, Err(DiscoveryError::Invalid { .. })));
+    }
+}
