@@ -54,6 +54,14 @@ pub fn layer(provider: &MockProvider, tokens: TokenSet) -> TokenRefreshBuilder {
     TokenRefresh::builder(grant(provider)).initial_tokens(tokens)
 }
 
+/// Drops a wiremock server on a thread of its own. Its `Drop` blocks on an async lock with
+/// `futures::executor::block_on`; dropped in a tokio task that a storm has left without
+/// cooperative-scheduling budget, every poll of that lock yields and wakes itself, and the thread
+/// spins forever (see `MockProvider`'s `Drop`, which does the same).
+pub fn drop_apart(server: wiremock::MockServer) {
+    std::thread::spawn(move || drop(server)).join().expect("the server's checks pass");
+}
+
 /// Sends `n` concurrent GETs to `url` (optionally as `key`) and returns their statuses; a request
 /// that failed in the middleware counts as status 0.
 pub async fn storm(client: &ClientWithMiddleware, url: &str, n: usize, key: Option<TokenKey>) -> Vec<u16> {

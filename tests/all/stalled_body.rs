@@ -282,4 +282,5 @@ async fn a_storm_of_1200_late_bodied_401s_on_one_http2_connection_ends_200_on_th
     assert_eq!(failed, 0, "{failed} of 1,200 failed");
     assert!(auth.stats().unauthorized > 1_024, "the storm's first attempts were answered 401: {:?}", auth.stats());
     assert_eq!(connections.load(Ordering::SeqCst), 1, "one connection throughout");
+    crate::helpers::drop_apart(token_server);
 }
