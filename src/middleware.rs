@@ -434,13 +434,15 @@ impl TokenRefresh {
         }
         let Some(mut retry) = kept.into_retry() else {
             // The body is gone; the refresh still happens, so that the caller's own retry works.
-            let _ = self.inner.cache.renew(&sent).await;
+            let _ = self.inner.cache.renew(&sent, response.version()).await;
             return Ok(response);
         };
         // The rejected answer is not needed any more. Its body is read to its end while the
         // refresh runs, so that its connection is free for the retry: an HTTP/1.1 connection
         // whose answer was dropped unread is closed, and an HTTP/2 stream reset.
-        let (renewed, ()) = tokio::join!(self.inner.cache.renew(&sent), discard(response, self.inner.classify_timeout));
+        let over = response.version();
+        let (renewed, ()) =
+            tokio::join!(self.inner.cache.renew(&sent, over), discard(response, self.inner.classify_timeout));
         let (renewed, pass) = renewed?;
         self.authorize(&mut retry, sent.key(), &renewed)?;
         self.inner.stats.count(Event::Retry);

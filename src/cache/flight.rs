@@ -14,15 +14,22 @@
 //! all be sent at once: ten thousand streams opened on one HTTP/2 connection before the
 //! connection's task could write the first of them, or over HTTP/1.1 a new connection for every
 //! request beyond the few the pool holds idle. They are released instead in the order they came,
-//! at most [`WINDOW`] on their way at a time: each keeps its place (a [`Pass`]) until its answer's
-//! headers are in, and then the next one goes. Over a fast network the released requests take
-//! the connections the earlier ones free instead of opening their own, and only as many futures
-//! and buffers are alive as the window holds.
+//! in one of two ways ([`Release`]), chosen by the connection the key's last rejected answer came
+//! over:
 //!
-//! A place is kept [`PLACE_HELD_AT_MOST`] at most (see [`paced`]), so neither a slow network nor
-//! a slow endpoint holds the rest back: then the release goes on at [`WINDOW`] requests a
-//! millisecond, and a storm of 1,000 is on its way within about 30 ms. The happy path never waits
-//! and holds no place.
+//! - **Over HTTP/1.1**, where each request in flight needs a connection of its own, at most
+//!   [`WINDOW`] are on their way at a time: each keeps its place (a [`Pass`]) until its answer's
+//!   headers are in, and then the next one goes. Over a fast network the released requests take
+//!   the connections the earlier ones free instead of opening their own. A place is kept
+//!   [`PLACE_HELD_AT_MOST`] at most (see [`paced`]), so neither a slow network nor a slow endpoint
+//!   holds the rest back: the release then goes on at [`WINDOW`] requests a millisecond, and a
+//!   storm of 1,000 is on its way within about 30 ms.
+//! - **Over HTTP/2**, where they are all streams on one connection, each lets the next go as it
+//!   goes, keeping no place: the connection writes the first ones while the later ones are still
+//!   being released, and waiting for answers would only delay them.
+//!
+//! Either way the hand-off costs the waiting path one semaphore permit per request; the happy path
+//! never waits and holds no place.
 //!
 //! # Why a deadline
 //!
@@ -82,10 +89,12 @@ pub(crate) struct Pass {
 /// `send` is pinned by the caller, so that this future holds a reference to it, not a second copy.
 pub(crate) async fn paced<F: Future + ?Sized>(pass: Option<Pass>, mut send: Pin<&mut F>) -> F::Output {
     let Some(pass) = pass else { return send.await };
+    // Boxed: a timer entry is large, and every waiting request's future would hold one.
+    let deadline = Box::pin(tokio::time::sleep(PLACE_HELD_AT_MOST));
     tokio::select! {
         biased;
         answer = send.as_mut() => return answer,
-        () = tokio::time::sleep(PLACE_HELD_AT_MOST) => {}
+        () = deadline => {}
     }
     drop(pass);
     send.await
@@ -103,23 +112,47 @@ pub(super) struct Running {
     /// The generation that was current when it started: a flight whose key published something
     /// newer meanwhile (`set_tokens`) is moot, and its failure changes nothing.
     pub(super) base: u64,
-    rx: watch::Receiver<Option<Outcome>>,
+    rx: watch::Receiver<Option<(Outcome, Release)>>,
     tx: Weak<Answer>,
     gate: Arc<Semaphore>,
 }
 
+/// How a flight's waiters go once it has answered (see "Why its waiters go out a window at a
+/// time"), from the connection the key's last rejected answer came over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Release {
+    /// [`WINDOW`] at a time, each keeping its place ([`Pass`]) until its answer is in: over
+    /// HTTP/1.1, where each needs a connection of its own.
+    Window,
+    /// One after another as the scheduler gets to each, keeping no place: over a multiplexed
+    /// connection (HTTP/2), which takes them all as streams, and where waiting for answers would
+    /// only delay them.
+    OneAfterAnother,
+}
+
+impl Release {
+    /// The release for a key whose last rejected answer came over a multiplexed connection, or not.
+    pub(super) fn over(multiplexed: bool) -> Release {
+        if multiplexed { Release::OneAfterAnother } else { Release::Window }
+    }
+}
+
 /// The flight task's side: the outcome, and the gate its waiters pass once it is there.
 struct Answer {
-    tx: watch::Sender<Option<Outcome>>,
+    tx: watch::Sender<Option<(Outcome, Release)>>,
     gate: Arc<Semaphore>,
 }
 
 impl Answer {
-    /// Publishes `outcome`, then opens the window: the first [`WINDOW`] waiters go; each, once its
-    /// [`Pass`] is dropped, lets the next one go.
-    fn send(&self, outcome: Outcome) {
-        self.tx.send_replace(Some(outcome));
-        self.gate.add_permits(WINDOW);
+    /// Publishes `outcome`, then lets the first waiters through the gate: a window of [`WINDOW`],
+    /// each letting the next go once its [`Pass`] is dropped; or one, which lets the next go at
+    /// once.
+    fn send(&self, outcome: Outcome, release: Release) {
+        self.tx.send_replace(Some((outcome, release)));
+        self.gate.add_permits(match release {
+            Release::Window => WINDOW,
+            Release::OneAfterAnother => 1,
+        });
     }
 }
 
@@ -157,9 +190,9 @@ impl Running {
 
     /// Answers the flight's waiters now (with tokens installed meanwhile); the flight's own answer
     /// comes later and finds them gone.
-    pub(super) fn answer_early(&self, outcome: Outcome) {
+    pub(super) fn answer_early(&self, outcome: Outcome, release: Release) {
         if let Some(answer) = self.tx.upgrade() {
-            answer.send(outcome);
+            answer.send(outcome, release);
         }
     }
 }
@@ -167,16 +200,23 @@ impl Running {
 /// A request's hold on a flight.
 pub(super) struct Waiter {
     id: u64,
-    rx: watch::Receiver<Option<Outcome>>,
+    rx: watch::Receiver<Option<(Outcome, Release)>>,
     gate: Arc<Semaphore>,
 }
 
 impl Waiter {
     /// The flight's outcome once it is there and this waiter's turn has come, with the waiter's
-    /// place in the window; `None` if the flight ended without one (its gate closed: no place).
+    /// place in the window if the release keeps places; `None` if the flight ended without one
+    /// (its gate closed: no place).
     async fn outcome(&self) -> (Option<Outcome>, Option<Pass>) {
-        let pass = self.gate.clone().acquire_owned().await.ok().map(|place| Pass { _place: place });
-        (self.rx.borrow().clone(), pass)
+        let place = self.gate.clone().acquire_owned().await.ok();
+        let answer = self.rx.borrow().clone();
+        match answer {
+            Some((outcome, Release::Window)) => (Some(outcome), place.map(|place| Pass { _place: place })),
+            // The permit goes back at once: that is what lets the next waiter go.
+            Some((outcome, Release::OneAfterAnother)) => (Some(outcome), None),
+            None => (None, None),
+        }
     }
 }
 
@@ -217,7 +257,8 @@ pub(super) fn launch(cache: &TokenCache, slot: &Arc<Slot>, intent: Intent, base:
         // Hooks before the waiters are released: a request that returns has seen its key's hook
         // run (a hook that panics drops the sender, and the waiters learn it from the channel).
         effects.run(&cache, &slot);
-        answer.send(outcome);
+        let release = Release::over(slot.state.lock().multiplexed);
+        answer.send(outcome, release);
     };
     tokio::spawn(flight.instrument(span));
     (running, waiter)
@@ -276,7 +317,7 @@ mod tests {
         settle().await;
         assert!(order.lock().unwrap().is_empty(), "no waiter goes before the answer");
 
-        answer.send(Ok(None));
+        answer.send(Ok(None), Release::Window);
         settle().await;
         assert_eq!(*order.lock().unwrap(), (0..WINDOW).collect::<Vec<_>>(), "the first WINDOW go, in order");
 
@@ -293,6 +334,38 @@ mod tests {
             ended.expect("every waiter is released").unwrap();
         }
         assert_eq!(*order.lock().unwrap(), (0..100).collect::<Vec<_>>(), "all of them, in the order they came");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn over_a_multiplexed_connection_waiters_go_one_after_another_keeping_no_place() {
+        let (running, answer) = Running::new(1, 0);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let tasks: Vec<_> = (0..100)
+            .map(|place| {
+                let (waiter, order) = (running.waiter(), order.clone());
+                tokio::spawn(async move {
+                    let (outcome, pass) = waiter.outcome().await;
+                    assert!(matches!(outcome, Some(Ok(None))), "the flight's outcome");
+                    assert!(pass.is_none(), "no place to keep");
+                    order.lock().unwrap().push(place);
+                    // Parked for good: a waiter that went on frees nothing more.
+                    std::future::pending::<()>().await;
+                })
+            })
+            .collect();
+        settle().await;
+        answer.send(Ok(None), Release::OneAfterAnother);
+        settle().await;
+        assert_eq!(*order.lock().unwrap(), (0..100).collect::<Vec<_>>(), "all of them, in the order they came");
+        for task in tasks {
+            task.abort();
+        }
+    }
+
+    #[test]
+    fn the_release_follows_the_connection() {
+        assert_eq!(Release::over(true), Release::OneAfterAnother);
+        assert_eq!(Release::over(false), Release::Window);
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -323,7 +396,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_waiter_that_comes_after_the_answer_goes_at_once() {
         let (running, answer) = Running::new(1, 0);
-        answer.send(Ok(None));
+        answer.send(Ok(None), Release::Window);
         let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), running.waiter().outcome()).await;
         assert!(matches!(outcome, Ok((Some(Ok(None)), Some(_)))));
     }
@@ -343,7 +416,7 @@ mod tests {
     async fn an_early_answer_releases_the_waiters() {
         let (running, answer) = Running::new(1, 0);
         let waiter = running.waiter();
-        running.answer_early(Ok(None));
+        running.answer_early(Ok(None), Release::Window);
         let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), waiter.outcome()).await;
         assert!(matches!(outcome, Ok((Some(Ok(None)), Some(_)))));
         drop(answer);

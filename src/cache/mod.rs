@@ -381,8 +381,9 @@ impl TokenCache {
 
     /// A token newer than the one `sent` carried (which a server just rejected): the already
     /// published one if there is one, else the outcome of the refresh this starts or joins, with
-    /// the retry's place in that refresh's window.
-    pub(crate) async fn renew(&self, sent: &Sent<'_>) -> Result<(Lease, Option<Pass>), Error> {
+    /// the retry's place in that refresh's window. `over` is the version of the connection the
+    /// rejection came over, which decides how the refresh releases its waiters.
+    pub(crate) async fn renew(&self, sent: &Sent<'_>, over: http::Version) -> Result<(Lease, Option<Pass>), Error> {
         let slot: &Arc<Slot> = &sent.slot;
         let (key, rejected) = (&slot.key, sent.generation);
         let waiter = {
@@ -393,6 +394,7 @@ impl TokenCache {
                 return Err(SlotState::dead_error(key, dead));
             }
             state.rejected = state.rejected.max(rejected);
+            state.multiplexed = matches!(over, http::Version::HTTP_2 | http::Version::HTTP_3);
             if state.generation > rejected
                 && let Some(current) = state.sendable(now)
             {

@@ -167,6 +167,9 @@ pub(super) struct SlotState {
     /// counted so (each counts once).
     pub(super) quick_rejections: u32,
     pub(super) quick_generation: u64,
+    /// Whether the last answer that rejected this key's token came over a multiplexed connection
+    /// (HTTP/2 or later): how its flights release their waiters (`flight::Release`).
+    pub(super) multiplexed: bool,
 }
 
 impl SlotState {
@@ -181,6 +184,7 @@ impl SlotState {
             rejected: 0,
             quick_rejections: 0,
             quick_generation: 0,
+            multiplexed: false,
         }
     }
 
@@ -384,7 +388,7 @@ pub(super) fn apply(
             if kind.is_none() {
                 // set_tokens: the requests waiting for a running flight take these tokens now.
                 if let Some(running) = state.flight() {
-                    running.answer_early(Ok(Some(lease.clone())));
+                    running.answer_early(Ok(Some(lease.clone())), super::flight::Release::over(state.multiplexed));
                 }
             }
             match kind {
