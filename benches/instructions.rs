@@ -300,7 +300,28 @@ fn top_functions(ours: &[std::path::PathBuf], reference: &[std::path::PathBuf]) 
     for (delta, name) in added.into_iter().take(12) {
         table.push_str(&format!("| `{}` | {delta:+.0} |\n", name.replace('|', "\\|")));
     }
+    let total = |functions: &std::collections::HashMap<String, f64>| functions.values().sum::<f64>();
+    let allocator = |functions: &std::collections::HashMap<String, f64>| {
+        functions.iter().filter(|(name, _)| in_allocator(name)).map(|(_, n)| n).sum::<f64>()
+    };
+    let (own, reference_own) = (total(&ours) - allocator(&ours), total(&reference) - allocator(&reference));
+    table.push_str(&format!(
+        "\nOf each request's count, glibc's allocator itself (`malloc`, `free` and the bins behind them) \
+         takes {:.0} instructions in this layer's client and {:.0} in the reference's, on average over \
+         the layouts: what its bins cost moves with where chunks happen to lie. Everything else: this \
+         layer {own:.0}, the reference {reference_own:.0}, {:+.0} ({:.3}x).\n",
+        allocator(&ours),
+        allocator(&reference),
+        own - reference_own,
+        own / reference_own
+    ));
     table
+}
+
+/// Whether `function` is glibc's allocator: its entry points and the bin code behind them.
+fn in_allocator(function: &str) -> bool {
+    matches!(function, "malloc" | "free" | "realloc" | "calloc")
+        || ["_int_", "unlink_chunk", "malloc_", "tcache"].iter().any(|prefix| function.starts_with(prefix))
 }
 
 /// The `summary:` (or `totals:`) line of a callgrind output: instructions executed.

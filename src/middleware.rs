@@ -297,7 +297,9 @@ impl Middleware for TokenRefresh {
         'life2: 'async_trait,
         Self: 'async_trait,
     {
-        if extensions.get::<SkipAuth>().is_some() || request.headers().contains_key(AUTHORIZATION) {
+        // Most requests have no headers of their own yet: no lookup (which hashes the name) then.
+        let headers = request.headers();
+        if extensions.get::<SkipAuth>().is_some() || (!headers.is_empty() && headers.contains_key(AUTHORIZATION)) {
             return next.run(request, extensions);
         }
         if crate::cache::in_refresh() {
@@ -343,7 +345,9 @@ impl TokenRefresh {
     ) -> impl Future<Output = reqwest_middleware::Result<Response>> + Send + 'a {
         // A body that cannot be cloned (a stream) is sent once; see contract point 11.
         let kept = Kept::of(&request);
-        request.headers_mut().insert(AUTHORIZATION, header);
+        // `handle` passed on any request that has an `Authorization` of its own, so there is none
+        // to replace: an append, which skips the replacing.
+        request.headers_mut().append(AUTHORIZATION, header);
         async move {
             let response = next.clone().run(request, extensions).await?;
             if !self.may_reject(&response) {
