@@ -101,7 +101,8 @@ pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {
     a.port_or_known_default() == b.port_or_known_default() && a.host_str() == b.host_str() && a.scheme() == b.scheme()
 }
 
-fn is_loopback(url: &Url) -> bool {
+/// Whether `url`'s host is a loopback address or `localhost` (or a name under it).
+pub(crate) fn is_loopback(url: &Url) -> bool {
     is_loopback_host(url.host())
 }
 

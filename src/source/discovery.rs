@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::header::ACCEPT;
 use serde_json::Value;
-use url::{Host, Url};
+use url::Url;
 
 use super::endpoint::{CappedAnswer, TokenEndpoint};
 use super::{ClientAuth, ClientCredentials, RefreshTokenGrant};
@@ -395,15 +395,7 @@ fn parse_issuer(issuer: &str) -> Result<Url, DiscoveryError> {
 fn secure(url: &Url) -> bool {
     match url.scheme() {
         "https" => true,
-        "http" => match url.host() {
-            Some(Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(Host::Domain(name)) => {
-                let name = name.trim_end_matches('.');
-                name == "localhost" || name.ends_with(".localhost")
-            }
-            None => false,
-        },
+        "http" => crate::origin::is_loopback(url),
         _ => false,
     }
 }

@@ -62,6 +62,17 @@ pub fn drop_apart(server: wiremock::MockServer) {
     std::thread::spawn(move || drop(server)).join().expect("the server's checks pass");
 }
 
+/// Sends a captured form-encoded token request to the mock provider's token endpoint again, byte
+/// for byte, as an attacker who captured it would; the provider's answer.
+pub async fn replay_token_request(provider: &MockProvider, body: Vec<u8>) -> reqwest::Response {
+    let replay = reqwest::Client::new()
+        .post(provider.token_url())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send();
+    tokio::time::timeout(Duration::from_secs(10), replay).await.expect("the provider answers").unwrap()
+}
+
 /// Sends `n` concurrent GETs to `url` (optionally as `key`) and returns their statuses; a request
 /// that failed in the middleware counts as status 0.
 pub async fn storm(client: &ClientWithMiddleware, url: &str, n: usize, key: Option<TokenKey>) -> Vec<u16> {

@@ -121,12 +121,7 @@ async fn a_replayed_client_assertion_is_refused_as_invalid_client() {
 
     // The same request again, byte for byte, as an attacker who captured it would send it.
     let captured = provider.token_requests()[0].clone();
-    let replay = reqwest::Client::new()
-        .post(provider.token_url())
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(captured.body.clone())
-        .send();
-    let answer = timeout(BOUND, replay).await.unwrap().unwrap();
+    let answer = crate::helpers::replay_token_request(&provider, captured.body.clone()).await;
     assert_eq!(answer.status(), 400);
     let body: Value = serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
     assert_eq!(body["error"], "invalid_client");

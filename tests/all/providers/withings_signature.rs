@@ -139,12 +139,7 @@ async fn a_replayed_signed_token_call_is_refused_for_its_spent_nonce() {
     timeout(BOUND, grant.fetch(Some(&tokens))).await.unwrap().unwrap();
 
     let captured: Request = token_requests(&provider, 1).remove(0);
-    let replay = reqwest::Client::new()
-        .post(provider.token_url())
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(captured.body.clone())
-        .send();
-    let answer = timeout(BOUND, replay).await.unwrap().unwrap();
+    let answer = crate::helpers::replay_token_request(&provider, captured.body.clone()).await;
     let body: Value = serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
     assert_eq!(body["status"], 503, "{body}");
     assert!(body["error"].as_str().unwrap().contains("nonce"), "{body}");
