@@ -131,9 +131,13 @@ pub(super) enum Release {
 }
 
 impl Release {
-    /// The release for a key whose last rejected answer came over a multiplexed connection, or not.
-    pub(super) fn over(multiplexed: bool) -> Release {
-        if multiplexed { Release::OneAfterAnother } else { Release::Window }
+    /// The release for a key whose last rejected answer came over a connection of `version`:
+    /// HTTP/2 and later multiplex.
+    pub(super) fn over(version: http::Version) -> Release {
+        match version {
+            http::Version::HTTP_2 | http::Version::HTTP_3 => Release::OneAfterAnother,
+            _ => Release::Window,
+        }
     }
 }
 
@@ -257,7 +261,7 @@ pub(super) fn launch(cache: &TokenCache, slot: &Arc<Slot>, intent: Intent, base:
         // Hooks before the waiters are released: a request that returns has seen its key's hook
         // run (a hook that panics drops the sender, and the waiters learn it from the channel).
         effects.run(&cache, &slot);
-        let release = Release::over(slot.state.lock().multiplexed);
+        let release = slot.state.lock().release;
         answer.send(outcome, release);
     };
     tokio::spawn(flight.instrument(span));
@@ -364,8 +368,10 @@ mod tests {
 
     #[test]
     fn the_release_follows_the_connection() {
-        assert_eq!(Release::over(true), Release::OneAfterAnother);
-        assert_eq!(Release::over(false), Release::Window);
+        assert_eq!(Release::over(http::Version::HTTP_2), Release::OneAfterAnother);
+        assert_eq!(Release::over(http::Version::HTTP_3), Release::OneAfterAnother);
+        assert_eq!(Release::over(http::Version::HTTP_11), Release::Window);
+        assert_eq!(Release::over(http::Version::HTTP_10), Release::Window);
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]

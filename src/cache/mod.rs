@@ -38,10 +38,11 @@ use crate::stats::{Counters, Event};
 use crate::store::TokenStore;
 use crate::token::{self, TokenSet};
 
-pub(crate) use flight::{Pass, flight_clock, in_refresh, paced};
+pub(crate) use flight::{flight_clock, in_refresh, paced};
 pub(crate) use slot::Lease;
 
 use evict::Keys;
+use flight::Pass;
 use flight::{Outcome, Waiter};
 use persist::{Intent, Produced};
 use slot::{Phase, Slot, SlotState};
@@ -394,7 +395,7 @@ impl TokenCache {
                 return Err(SlotState::dead_error(key, dead));
             }
             state.rejected = state.rejected.max(rejected);
-            state.multiplexed = matches!(over, http::Version::HTTP_2 | http::Version::HTTP_3);
+            state.release = flight::Release::over(over);
             if state.generation > rejected
                 && let Some(current) = state.sendable(now)
             {

@@ -167,9 +167,9 @@ pub(super) struct SlotState {
     /// counted so (each counts once).
     pub(super) quick_rejections: u32,
     pub(super) quick_generation: u64,
-    /// Whether the last answer that rejected this key's token came over a multiplexed connection
-    /// (HTTP/2 or later): how its flights release their waiters (`flight::Release`).
-    pub(super) multiplexed: bool,
+    /// How this key's flights release their waiters, from the connection the last answer that
+    /// rejected its token came over (a window over HTTP/1.1 until one says otherwise).
+    pub(super) release: super::flight::Release,
 }
 
 impl SlotState {
@@ -184,7 +184,7 @@ impl SlotState {
             rejected: 0,
             quick_rejections: 0,
             quick_generation: 0,
-            multiplexed: false,
+            release: super::flight::Release::Window,
         }
     }
 
@@ -388,7 +388,7 @@ pub(super) fn apply(
             if kind.is_none() {
                 // set_tokens: the requests waiting for a running flight take these tokens now.
                 if let Some(running) = state.flight() {
-                    running.answer_early(Ok(Some(lease.clone())), super::flight::Release::over(state.multiplexed));
+                    running.answer_early(Ok(Some(lease.clone())), state.release);
                 }
             }
             match kind {
