@@ -10,13 +10,14 @@ use http::StatusCode;
 use crate::cache::CacheConfig;
 use crate::clock::{self, Clock};
 use crate::error::{Error, RefreshError, StoreError};
+use crate::exchange::{CLASSIFY_BODY_TIMEOUT, RefreshOn};
 use crate::key::TokenKey;
-use crate::middleware::{CLASSIFY_BODY_TIMEOUT, RefreshOn, TokenRefresh};
 use crate::origin::OriginPolicy;
 use crate::policy::Policy;
-use crate::source::{RejectionRule, TokenSource};
+use crate::source::{HeaderRule, RejectionRule, TokenSource};
 use crate::store::{MemoryStore, TokenStore};
 use crate::token::{self, TokenSet};
+use crate::token_refresh::TokenRefresh;
 
 /// Builds a [`TokenRefresh`]; see [`TokenRefresh::builder`].
 pub struct TokenRefreshBuilder {
@@ -25,6 +26,7 @@ pub struct TokenRefreshBuilder {
     cache: CacheConfig,
     refresh_on: RefreshOn,
     rejected_when: Option<RejectionRule>,
+    rejected_by_headers: Option<HeaderRule>,
     /// Added to the source's own ([`TokenSource::resource_server`]).
     allowed_origins: Vec<String>,
     allow_any_origin: bool,
@@ -46,6 +48,7 @@ impl fmt::Debug for TokenRefreshBuilder {
             .field("max_cached_keys", &self.cache.max_cached_keys)
             .field("refresh_on", &self.refresh_on)
             .field("token_rejected_when", &self.rejected_when.as_ref().map(|_| "a rule"))
+            .field("token_rejected_by_headers", &self.rejected_by_headers.as_ref().map(|_| "a rule"))
             .field("allowed_origins", &self.allowed_origins)
             .field("allow_any_origin", &self.allow_any_origin)
             .finish_non_exhaustive()
@@ -71,6 +74,7 @@ impl TokenRefreshBuilder {
             },
             refresh_on: RefreshOn::default(),
             rejected_when: None,
+            rejected_by_headers: None,
             allowed_origins: Vec::new(),
             allow_any_origin: false,
             allow_insecure_http: false,
@@ -151,6 +155,33 @@ impl TokenRefreshBuilder {
     #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn token_rejected_when(mut self, rule: impl Fn(StatusCode, &[u8]) -> bool + Send + Sync + 'static) -> Self {
         self.rejected_when = Some(Arc::new(rule));
+        self
+    }
+
+    /// Sets a rule that tells from an answer's status and headers alone whether it rejects the
+    /// token; its body is never read for it, so the rule suits any API, streams included. When
+    /// the rule says the token was rejected, the answer is handled as a 401 that says
+    /// `invalid_token`: one refresh for everyone, one retry.
+    ///
+    /// gRPC answers a call with a dead token with HTTP 200 and `grpc-status: 16`
+    /// (`UNAUTHENTICATED`) in a trailers-only answer; [`grpc_unauthenticated`](crate::grpc_unauthenticated)
+    /// is that rule:
+    ///
+    /// ```
+    /// use reqwest_token_refresh::{RefreshTokenGrant, TokenRefresh, grpc_unauthenticated};
+    ///
+    /// let auth = TokenRefresh::builder(RefreshTokenGrant::new("https://login.example/oauth/token"))
+    ///     .allow_origin("https://grpc.example")
+    ///     .token_rejected_by_headers(grpc_unauthenticated)
+    ///     .build()?;
+    /// # Ok::<(), reqwest_token_refresh::Error>(())
+    /// ```
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn token_rejected_by_headers(
+        mut self,
+        rule: impl Fn(StatusCode, &http::HeaderMap) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.rejected_by_headers = Some(Arc::new(rule));
         self
     }
 
@@ -413,6 +444,7 @@ impl TokenRefreshBuilder {
             OriginPolicy { allowed, allow_insecure_http: self.allow_insecure_http },
             self.refresh_on,
             self.rejected_when.or(source_rule),
+            self.rejected_by_headers,
             self.classify_timeout,
         ))
     }

@@ -197,6 +197,7 @@ mod challenge;
 mod clock;
 mod error;
 mod event;
+mod exchange;
 mod kept;
 mod key;
 mod middleware;
@@ -209,6 +210,9 @@ mod source;
 mod stats;
 mod store;
 mod token;
+mod token_refresh;
+#[cfg(feature = "tower")]
+mod tower;
 
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
@@ -217,13 +221,18 @@ pub mod fuzzing;
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
 
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use self::tower::{
+    DEFAULT_REPLAY_LIMIT, ReplayBody, ResponseBody, ResponseFuture, TokenRefreshLayer, TokenRefreshService,
+};
 pub use builder::TokenRefreshBuilder;
 pub use cache::TokenState;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, OAuthError, RefreshError, Result, StoreError};
 pub use event::TokenEvent;
+pub use exchange::{CLASSIFY_BODY_LIMIT, CLASSIFY_BODY_TIMEOUT, RefreshOn, SkipAuth, grpc_unauthenticated};
 pub use key::TokenKey;
-pub use middleware::{CLASSIFY_BODY_LIMIT, CLASSIFY_BODY_TIMEOUT, RefreshOn, SkipAuth, TokenRefresh};
 pub use policy::{
     DEFAULT_FLIGHT_DEADLINE, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MIN_BACKOFF,
     DEFAULT_MIN_REFRESH_INTERVAL, DEFAULT_REFRESH_SKEW, DEFAULT_TERMINAL_RECHECK,
@@ -247,6 +256,7 @@ pub use store::{
     DEFAULT_FILE_LOCK_TIMEOUT, FileStore, MemoryStore, Revision, StoreGuard, Stored, TokenStore, async_trait,
 };
 pub use token::{AccessToken, ClientSecret, RefreshToken, TokenSet};
+pub use token_refresh::TokenRefresh;
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -28,8 +28,8 @@ pub use discovery::{Discovery, DiscoveryError, ServerMetadata};
 pub use endpoint::{BodyEncoding, ClientAuth, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT};
 pub use login::{Login, LoginError, PendingLogin};
 pub use refresh_token::RefreshTokenGrant;
-pub(crate) use resource_server::RejectionRule;
 pub use resource_server::ResourceServer;
+pub(crate) use resource_server::{HeaderRule, RejectionRule};
 
 /// Gets a new token set.
 ///

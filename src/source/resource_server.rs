@@ -10,6 +10,9 @@ use http::StatusCode;
 /// [`TokenRefreshBuilder::token_rejected_when`](crate::TokenRefreshBuilder::token_rejected_when).
 pub(crate) type RejectionRule = Arc<dyn Fn(StatusCode, &[u8]) -> bool + Send + Sync>;
 
+/// A rule that reads only an answer's status and headers (a gRPC status, say), never its body.
+pub(crate) type HeaderRule = Arc<dyn Fn(StatusCode, &http::HeaderMap) -> bool + Send + Sync>;
+
 /// What a [`TokenSource`](crate::TokenSource) knows of the API its tokens are for (the resource
 /// server, in RFC 6749's words): the origins that may receive the tokens, and, for an API that
 /// rejects a token without a 401, how to tell.
