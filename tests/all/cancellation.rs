@@ -6,54 +6,58 @@ use std::time::Duration;
 use reqwest_token_refresh::TokenState;
 use reqwest_token_refresh::testkit::MockProvider;
 
-use crate::helpers::{client_with, count, eventually, layer, spawn_get, storm};
+use crate::fronts::{self, Client, Front};
+use crate::helpers::{client_with, count, eventually, layer, spawn_get};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_request_that_started_the_refresh_does_not_cancel_it() {
-    let provider = MockProvider::builder().token_latency(Duration::from_millis(300)).start().await;
-    let tokens = provider.issue_tokens();
-    provider.expire_access_tokens();
-    let auth = layer(&provider, tokens).build().unwrap();
-    let client = client_with(&auth);
-    let url = provider.api_url("me");
+    for front in Front::ALL {
+        println!("-- through {front:?}");
+        let provider = MockProvider::builder().token_latency(Duration::from_millis(300)).start().await;
+        let tokens = provider.issue_tokens();
+        provider.expire_access_tokens();
+        let auth = layer(&provider, tokens).build().unwrap();
+        let client = Client::new(front, &auth);
+        let url = provider.api_url("me");
 
-    let starter = spawn_get(&client, &url);
-    eventually("the first request has started the refresh", || provider.stats().token_calls == 1).await;
-    starter.abort();
-    assert!(starter.await.unwrap_err().is_cancelled());
+        let starter = client.get(&url).spawn();
+        eventually("the first request has started the refresh", || provider.stats().token_calls == 1).await;
+        starter.abort();
+        assert!(starter.await.unwrap_err().is_cancelled());
 
-    let statuses = storm(&client, &url, 50, None).await;
+        let statuses = fronts::storm(&client, &url, 50, None).await;
 
-    assert_eq!(count(&statuses, 200), 50, "every other waiter succeeds: {statuses:?}");
-    assert_eq!(provider.stats().token_calls, 1, "no second token call");
-    assert_eq!(provider.stats().invalid_grants, 0);
+        assert_eq!(count(&statuses, 200), 50, "every other waiter succeeds: {statuses:?}");
+        assert_eq!(provider.stats().token_calls, 1, "no second token call");
+        assert_eq!(provider.stats().invalid_grants, 0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_whose_waiters_were_all_dropped_still_completes_and_is_kept() {
-    let provider = MockProvider::builder().token_latency(Duration::from_millis(200)).start().await;
-    let tokens = provider.issue_tokens();
-    provider.expire_access_tokens();
-    let auth = layer(&provider, tokens.clone()).build().unwrap();
-    let client = client_with(&auth);
-    let url = provider.api_url("me");
+    for front in Front::ALL {
+        println!("-- through {front:?}");
+        let provider = MockProvider::builder().token_latency(Duration::from_millis(200)).start().await;
+        let tokens = provider.issue_tokens();
+        provider.expire_access_tokens();
+        let auth = layer(&provider, tokens.clone()).build().unwrap();
+        let client = Client::new(front, &auth);
+        let url = provider.api_url("me");
 
-    let waiters: Vec<_> = (0..20)
-        .map(|_| {
-            let (client, url) = (client.clone(), url.clone());
-            tokio::spawn(async move { client.get(url).send().await.map(|r| r.status()) })
+        let waiters: Vec<_> = (0..20).map(|_| client.get(&url).spawn()).collect();
+        eventually("the refresh has started", || provider.stats().token_calls == 1).await;
+        for waiter in &waiters {
+            waiter.abort();
+        }
+
+        eventually("the refresh has been published", || {
+            matches!(auth.state(), TokenState::Ready { generation: 2, .. })
         })
-        .collect();
-    eventually("the refresh has started", || provider.stats().token_calls == 1).await;
-    for waiter in &waiters {
-        waiter.abort();
-    }
-
-    eventually("the refresh has been published", || matches!(auth.state(), TokenState::Ready { generation: 2, .. }))
         .await;
-    assert_ne!(auth.tokens().unwrap().refresh_token(), tokens.refresh_token(), "the rotated token is kept");
-    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
-    assert_eq!(provider.stats().token_calls, 1);
+        assert_ne!(auth.tokens().unwrap().refresh_token(), tokens.refresh_token(), "the rotated token is kept");
+        assert_eq!(client.get(&url).send().await.unwrap().status, 200);
+        assert_eq!(provider.stats().token_calls, 1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ mod extreme_durations;
 mod faults;
 mod file_store;
 mod footprint;
+mod fronts;
 mod grant;
 mod helpers;
 mod hostile;

@@ -13,12 +13,12 @@ use http::header::AUTHORIZATION;
 use reqwest::ResponseBuilderExt;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 use reqwest_token_refresh::{
-    Error, RefreshError, RefreshTokenGrant, SkipAuth, TokenRefresh, TokenRefreshBuilder, TokenSet, TokenSource,
-    providers,
+    Error, RefreshError, RefreshTokenGrant, TokenRefresh, TokenRefreshBuilder, TokenSet, TokenSource, providers,
 };
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::fronts::{Client, Front};
 use crate::helpers::client_with;
 
 /// A host name that is not loopback; the test client resolves it to a local wiremock server.
@@ -68,43 +68,49 @@ async fn authorizations(server: &MockServer) -> Vec<Option<String>> {
 
 #[tokio::test]
 async fn token_is_not_sent_to_an_origin_outside_the_allowed_list() {
-    let (allowed, other) = (MockServer::start().await, MockServer::start().await);
-    Mock::given(path("/v1/me")).respond_with(ResponseTemplate::new(200)).expect(1).mount(&allowed).await;
-    Mock::given(path("/v1/me")).respond_with(ResponseTemplate::new(200)).expect(1).mount(&other).await;
-    token_endpoint_never_called(&allowed).await;
-    let auth = layer(&allowed).allow_origin(allowed.uri()).build().unwrap();
-    let client = client_with(&auth);
+    for front in Front::ALL {
+        println!("-- through {front:?}");
+        let (allowed, other) = (MockServer::start().await, MockServer::start().await);
+        Mock::given(path("/v1/me")).respond_with(ResponseTemplate::new(200)).expect(1).mount(&allowed).await;
+        Mock::given(path("/v1/me")).respond_with(ResponseTemplate::new(200)).expect(1).mount(&other).await;
+        token_endpoint_never_called(&allowed).await;
+        let auth = layer(&allowed).allow_origin(allowed.uri()).build().unwrap();
+        let client = Client::new(front, &auth);
 
-    assert_eq!(client.get(format!("{}/v1/me", allowed.uri())).send().await.unwrap().status(), 200);
-    assert_eq!(client.get(format!("{}/v1/me", other.uri())).send().await.unwrap().status(), 200);
+        assert_eq!(client.get(format!("{}/v1/me", allowed.uri())).send().await.unwrap().status, 200);
+        assert_eq!(client.get(format!("{}/v1/me", other.uri())).send().await.unwrap().status, 200);
 
-    assert_eq!(authorizations(&allowed).await, [Some("Bearer a1".to_owned())], "the allowed origin gets the token");
-    assert_eq!(authorizations(&other).await, [None], "another port on the same host is another origin");
-    assert_eq!(auth.stats().requests, 1, "only the allowed request went through the layer's token path");
-    allowed.verify().await;
-    other.verify().await;
+        assert_eq!(authorizations(&allowed).await, [Some("Bearer a1".to_owned())], "the allowed origin gets the token");
+        assert_eq!(authorizations(&other).await, [None], "another port on the same host is another origin");
+        assert_eq!(auth.stats().requests, 1, "only the allowed request went through the layer's token path");
+        allowed.verify().await;
+        other.verify().await;
+    }
 }
 
 #[tokio::test]
 async fn a_401_from_an_origin_outside_the_allowed_list_triggers_no_refresh() {
-    let (allowed, other) = (MockServer::start().await, MockServer::start().await);
-    Mock::given(path("/v1/me"))
-        .respond_with(dead_token_401().set_body_string("not yours"))
-        .expect(1)
-        .mount(&other)
-        .await;
-    token_endpoint_never_called(&allowed).await;
-    let auth = layer(&allowed).allow_origin(allowed.uri()).build().unwrap();
+    for front in Front::ALL {
+        println!("-- through {front:?}");
+        let (allowed, other) = (MockServer::start().await, MockServer::start().await);
+        Mock::given(path("/v1/me"))
+            .respond_with(dead_token_401().set_body_string("not yours"))
+            .expect(1)
+            .mount(&other)
+            .await;
+        token_endpoint_never_called(&allowed).await;
+        let auth = layer(&allowed).allow_origin(allowed.uri()).build().unwrap();
 
-    let response = client_with(&auth).get(format!("{}/v1/me", other.uri())).send().await.unwrap();
+        let response = Client::new(front, &auth).get(format!("{}/v1/me", other.uri())).send().await.unwrap();
 
-    assert_eq!(response.status(), 401, "the 401 goes back to the caller as it came");
-    assert_eq!(response.text().await.unwrap(), "not yours");
-    let stats = auth.stats();
-    assert_eq!((stats.refreshes, stats.retries, stats.unauthorized), (0, 0, 0), "{stats:?}");
-    assert_eq!(authorizations(&other).await, [None]);
-    allowed.verify().await;
-    other.verify().await;
+        assert_eq!(response.status, 401, "the 401 goes back to the caller as it came");
+        assert_eq!(response.body, "not yours");
+        let stats = auth.stats();
+        assert_eq!((stats.refreshes, stats.retries, stats.unauthorized), (0, 0, 0), "{stats:?}");
+        assert_eq!(authorizations(&other).await, [None]);
+        allowed.verify().await;
+        other.verify().await;
+    }
 }
 
 #[tokio::test]
@@ -181,42 +187,48 @@ async fn plain_http_to_a_host_that_is_not_loopback_gets_the_token_when_the_user_
 
 #[tokio::test]
 async fn a_request_with_its_own_authorization_header_is_sent_unchanged_and_never_refreshed() {
-    let server = MockServer::start().await;
-    Mock::given(path("/v1/me")).respond_with(dead_token_401()).expect(2).mount(&server).await;
-    token_endpoint_never_called(&server).await;
-    let auth = layer(&server).allow_origin(server.uri()).build().unwrap();
-    let client = client_with(&auth);
-    let url = format!("{}/v1/me", server.uri());
+    for front in Front::ALL {
+        println!("-- through {front:?}");
+        let server = MockServer::start().await;
+        Mock::given(path("/v1/me")).respond_with(dead_token_401()).expect(2).mount(&server).await;
+        token_endpoint_never_called(&server).await;
+        let auth = layer(&server).allow_origin(server.uri()).build().unwrap();
+        let client = Client::new(front, &auth);
+        let url = format!("{}/v1/me", server.uri());
 
-    let bearer = client.get(&url).header("authorization", "Bearer users-own").send().await.unwrap();
-    let basic = client.get(&url).basic_auth("user", Some("pass")).send().await.unwrap();
+        let bearer = client.get(&url).header("authorization", "Bearer users-own").send().await.unwrap();
+        let basic = client.get(&url).header("authorization", "Basic dXNlcjpwYXNz").send().await.unwrap();
 
-    assert_eq!((bearer.status().as_u16(), basic.status().as_u16()), (401, 401));
-    assert_eq!(
-        authorizations(&server).await,
-        [Some("Bearer users-own".to_owned()), Some("Basic dXNlcjpwYXNz".to_owned())],
-        "the caller's own header is sent as it was set"
-    );
-    let stats = auth.stats();
-    assert_eq!((stats.requests, stats.refreshes, stats.retries), (0, 0, 0), "{stats:?}");
-    server.verify().await;
+        assert_eq!((bearer.status, basic.status), (401, 401));
+        assert_eq!(
+            authorizations(&server).await,
+            [Some("Bearer users-own".to_owned()), Some("Basic dXNlcjpwYXNz".to_owned())],
+            "the caller's own header is sent as it was set"
+        );
+        let stats = auth.stats();
+        assert_eq!((stats.requests, stats.refreshes, stats.retries), (0, 0, 0), "{stats:?}");
+        server.verify().await;
+    }
 }
 
 #[tokio::test]
 async fn a_request_marked_skip_auth_gets_no_token_and_never_triggers_a_refresh() {
-    let server = MockServer::start().await;
-    Mock::given(path("/health")).respond_with(dead_token_401()).expect(1).mount(&server).await;
-    token_endpoint_never_called(&server).await;
-    let auth = layer(&server).allow_origin(server.uri()).build().unwrap();
+    for front in Front::ALL {
+        println!("-- through {front:?}");
+        let server = MockServer::start().await;
+        Mock::given(path("/health")).respond_with(dead_token_401()).expect(1).mount(&server).await;
+        token_endpoint_never_called(&server).await;
+        let auth = layer(&server).allow_origin(server.uri()).build().unwrap();
 
-    let response =
-        client_with(&auth).get(format!("{}/health", server.uri())).with_extension(SkipAuth).send().await.unwrap();
+        let response =
+            Client::new(front, &auth).get(format!("{}/health", server.uri())).skip_auth().send().await.unwrap();
 
-    assert_eq!(response.status(), 401);
-    assert_eq!(authorizations(&server).await, [None]);
-    let stats = auth.stats();
-    assert_eq!((stats.requests, stats.refreshes, stats.unauthorized), (0, 0, 0), "{stats:?}");
-    server.verify().await;
+        assert_eq!(response.status, 401);
+        assert_eq!(authorizations(&server).await, [None]);
+        let stats = auth.stats();
+        assert_eq!((stats.requests, stats.refreshes, stats.unauthorized), (0, 0, 0), "{stats:?}");
+        server.verify().await;
+    }
 }
 
 /// Mounts `/v1/moved` on `from`: a 302 to `to`.

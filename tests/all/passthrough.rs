@@ -16,6 +16,7 @@ use reqwest_token_refresh::{
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::fronts::{Client, Front};
 use crate::helpers::client_with;
 
 /// A layer holding `old` / `r1` whose token endpoint is `server`'s `/token`, for `server`'s API.
@@ -107,52 +108,58 @@ async fn mount_basic_challenge_401(server: &MockServer, route: &str, body: Vec<u
 
 #[tokio::test]
 async fn a_401_naming_another_bearer_error_is_returned_untouched_without_a_refresh() {
-    let server = MockServer::start().await;
-    Mock::given(path("/v1/me"))
-        .respond_with(
-            ResponseTemplate::new(401)
-                .insert_header("www-authenticate", r#"Bearer realm="api", error="invalid_request""#)
-                .set_body_string("malformed query"),
-        )
-        .expect(1)
-        .mount(&server)
-        .await;
-    token_endpoint(&server, 0).await;
-    let auth = layer(&server).build().unwrap();
+    for front in Front::ALL {
+        println!("-- through {front:?}");
+        let server = MockServer::start().await;
+        Mock::given(path("/v1/me"))
+            .respond_with(
+                ResponseTemplate::new(401)
+                    .insert_header("www-authenticate", r#"Bearer realm="api", error="invalid_request""#)
+                    .set_body_string("malformed query"),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        token_endpoint(&server, 0).await;
+        let auth = layer(&server).build().unwrap();
 
-    let response = client_with(&auth).get(format!("{}/v1/me", server.uri())).send().await.unwrap();
+        let response = Client::new(front, &auth).get(format!("{}/v1/me", server.uri())).send().await.unwrap();
 
-    assert_eq!(response.status(), 401);
-    assert_eq!(response.headers()["www-authenticate"], r#"Bearer realm="api", error="invalid_request""#);
-    assert_eq!(response.text().await.unwrap(), "malformed query");
-    let stats = auth.stats();
-    assert_eq!((stats.refreshes, stats.retries, stats.unauthorized), (0, 0, 1), "{stats:?}");
-    server.verify().await;
+        assert_eq!(response.status, 401);
+        assert_eq!(response.headers["www-authenticate"], r#"Bearer realm="api", error="invalid_request""#);
+        assert_eq!(response.body, "malformed query");
+        let stats = auth.stats();
+        assert_eq!((stats.refreshes, stats.retries, stats.unauthorized), (0, 0, 1), "{stats:?}");
+        server.verify().await;
+    }
 }
 
 #[tokio::test]
 async fn a_403_insufficient_scope_is_returned_untouched_without_a_refresh() {
-    let server = MockServer::start().await;
-    Mock::given(path("/v1/admin"))
-        .respond_with(
-            ResponseTemplate::new(403)
-                .insert_header("www-authenticate", r#"Bearer error="insufficient_scope", scope="admin""#)
-                .set_body_json(serde_json::json!({"error": "insufficient_scope"})),
-        )
-        .expect(1)
-        .mount(&server)
-        .await;
-    token_endpoint(&server, 0).await;
-    let auth = layer(&server).build().unwrap();
+    for front in Front::ALL {
+        println!("-- through {front:?}");
+        let server = MockServer::start().await;
+        Mock::given(path("/v1/admin"))
+            .respond_with(
+                ResponseTemplate::new(403)
+                    .insert_header("www-authenticate", r#"Bearer error="insufficient_scope", scope="admin""#)
+                    .set_body_json(serde_json::json!({"error": "insufficient_scope"})),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        token_endpoint(&server, 0).await;
+        let auth = layer(&server).build().unwrap();
 
-    let response = client_with(&auth).get(format!("{}/v1/admin", server.uri())).send().await.unwrap();
+        let response = Client::new(front, &auth).get(format!("{}/v1/admin", server.uri())).send().await.unwrap();
 
-    assert_eq!(response.status(), 403);
-    let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
-    assert_eq!(body, serde_json::json!({"error": "insufficient_scope"}));
-    assert_eq!(auth.stats().refreshes, 0);
-    assert!(!matches!(auth.state(), reqwest_token_refresh::TokenState::Refreshing { .. }));
-    server.verify().await;
+        assert_eq!(response.status, 403);
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(body, serde_json::json!({"error": "insufficient_scope"}));
+        assert_eq!(auth.stats().refreshes, 0);
+        assert!(!matches!(auth.state(), reqwest_token_refresh::TokenState::Refreshing { .. }));
+        server.verify().await;
+    }
 }
 
 #[tokio::test]

@@ -8,48 +8,55 @@ use reqwest_token_refresh::{Error, ManualClock, RefreshTokenGrant, TokenKey, Tok
 use wiremock::matchers::{body_string_contains, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::fronts::{self, Client, Front};
 use crate::helpers::{client_with, count, eventually, grant, layer, on_a_driven_clock, spawn_get, storm};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storm_of_500_with_a_dead_token_causes_one_refresh() {
-    let provider = MockProvider::start().await;
-    let tokens = provider.issue_tokens();
-    provider.expire_access_tokens();
-    let auth = layer(&provider, tokens).build().unwrap();
-    let client = client_with(&auth);
+    for front in Front::ALL {
+        println!("-- through {front:?}");
+        let provider = MockProvider::start().await;
+        let tokens = provider.issue_tokens();
+        provider.expire_access_tokens();
+        let auth = layer(&provider, tokens).build().unwrap();
+        let client = Client::new(front, &auth);
 
-    let statuses = storm(&client, &provider.api_url("me"), 500, None).await;
+        let statuses = fronts::storm(&client, &provider.api_url("me"), 500, None).await;
 
-    assert_eq!(count(&statuses, 200), 500, "every request succeeds: {statuses:?}");
-    assert_eq!(provider.stats().token_calls, 1, "one token call for the whole storm");
-    let stats = auth.stats();
-    assert_eq!(stats.refreshes, 1);
-    assert_eq!(stats.requests, 500);
-    assert!(stats.retries <= 500, "each request is retried at most once: {stats:?}");
-    assert_eq!(stats.retries, stats.unauthorized, "every 401 was retried once and no retry failed");
-    assert_eq!(provider.stats().invalid_grants, 0);
+        assert_eq!(count(&statuses, 200), 500, "every request succeeds: {statuses:?}");
+        assert_eq!(provider.stats().token_calls, 1, "one token call for the whole storm");
+        let stats = auth.stats();
+        assert_eq!(stats.refreshes, 1);
+        assert_eq!(stats.requests, 500);
+        assert!(stats.retries <= 500, "each request is retried at most once: {stats:?}");
+        assert_eq!(stats.retries, stats.unauthorized, "every 401 was retried once and no retry failed");
+        assert_eq!(provider.stats().invalid_grants, 0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_sent_while_a_rejected_token_is_being_replaced_wait_instead_of_collecting_401s() {
-    let provider = MockProvider::builder().token_latency(Duration::from_millis(300)).start().await;
-    let tokens = provider.issue_tokens();
-    provider.expire_access_tokens();
-    let auth = layer(&provider, tokens).build().unwrap();
-    let client = client_with(&auth);
-    let url = provider.api_url("me");
+    for front in Front::ALL {
+        println!("-- through {front:?}");
+        let provider = MockProvider::builder().token_latency(Duration::from_millis(300)).start().await;
+        let tokens = provider.issue_tokens();
+        provider.expire_access_tokens();
+        let auth = layer(&provider, tokens).build().unwrap();
+        let client = Client::new(front, &auth);
+        let url = provider.api_url("me");
 
-    // The first request's 401 starts the refresh; the token still looks fresh by its expiry.
-    let first = spawn_get(&client, &url);
-    eventually("the first 401 started the refresh", || matches!(auth.state(), TokenState::Refreshing { .. })).await;
-    let later = storm(&client, &url, 100, None).await;
+        // The first request's 401 starts the refresh; the token still looks fresh by its expiry.
+        let first = client.get(&url).spawn();
+        eventually("the first 401 started the refresh", || matches!(auth.state(), TokenState::Refreshing { .. })).await;
+        let later = fronts::storm(&client, &url, 100, None).await;
 
-    assert_eq!(first.await.unwrap().unwrap(), 200);
-    assert_eq!(count(&later, 200), 100, "{later:?}");
-    let seen = provider.stats();
-    assert_eq!(seen.api_unauthorized, 1, "only the first request sent the rejected token: {seen:?}");
-    assert_eq!(seen.token_calls, 1);
-    assert_eq!(auth.stats().retries, 1);
+        assert_eq!(first.await.unwrap().unwrap().status, 200);
+        assert_eq!(count(&later, 200), 100, "{later:?}");
+        let seen = provider.stats();
+        assert_eq!(seen.api_unauthorized, 1, "only the first request sent the rejected token: {seen:?}");
+        assert_eq!(seen.token_calls, 1);
+        assert_eq!(auth.stats().retries, 1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,78 +74,87 @@ async fn storm_with_a_token_known_to_be_expired_refreshes_once_before_sending() 
 
 #[tokio::test]
 async fn a_401_that_arrives_after_the_refresh_is_retried_without_a_second_refresh() {
-    let server = MockServer::start().await;
-    // The slow request is answered 401 long after the fast one has triggered and finished the
-    // refresh: it was sent with generation 1 while generation 2 is published.
-    Mock::given(path("/slow"))
-        .and(header("authorization", "Bearer old"))
-        .respond_with(ResponseTemplate::new(401).set_delay(Duration::from_millis(400)))
-        .mount(&server)
-        .await;
-    Mock::given(path("/fast"))
-        .and(header("authorization", "Bearer old"))
-        .respond_with(ResponseTemplate::new(401))
-        .mount(&server)
-        .await;
-    Mock::given(header("authorization", "Bearer new")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .and(body_string_contains("refresh_token=r1"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
-            "access_token": "new", "refresh_token": "r2", "expires_in": 3600
-        })))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let auth = TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", server.uri())))
-        .initial_tokens(TokenSet::new("old").with_refresh_token("r1"))
-        .allow_origin(server.uri())
-        .build()
-        .unwrap();
-    let client = client_with(&auth);
+    for front in Front::ALL {
+        println!("-- through {front:?}");
+        let server = MockServer::start().await;
+        // The slow request is answered 401 long after the fast one has triggered and finished the
+        // refresh: it was sent with generation 1 while generation 2 is published.
+        Mock::given(path("/slow"))
+            .and(header("authorization", "Bearer old"))
+            .respond_with(ResponseTemplate::new(401).set_delay(Duration::from_millis(400)))
+            .mount(&server)
+            .await;
+        Mock::given(path("/fast"))
+            .and(header("authorization", "Bearer old"))
+            .respond_with(ResponseTemplate::new(401))
+            .mount(&server)
+            .await;
+        Mock::given(header("authorization", "Bearer new"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .and(body_string_contains("refresh_token=r1"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "access_token": "new", "refresh_token": "r2", "expires_in": 3600
+            })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let auth = TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", server.uri())))
+            .initial_tokens(TokenSet::new("old").with_refresh_token("r1"))
+            .allow_origin(server.uri())
+            .build()
+            .unwrap();
+        let client = Client::new(front, &auth);
 
-    let slow = tokio::spawn({
-        let client = client.clone();
-        let url = format!("{}/slow", server.uri());
-        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let fast = client.get(format!("{}/fast", server.uri())).send().await.unwrap();
-    assert_eq!(fast.status(), 200);
-    assert_eq!(slow.await.unwrap().unwrap(), 200);
-    assert_eq!(auth.stats().refreshes, 1);
-    assert_eq!(auth.stats().retries, 2);
+        let slow = tokio::spawn({
+            let client = client.clone();
+            let url = format!("{}/slow", server.uri());
+            async move { client.get(url).send().await.map(|r| r.status) }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let fast = client.get(format!("{}/fast", server.uri())).send().await.unwrap();
+        assert_eq!(fast.status, 200);
+        assert_eq!(slow.await.unwrap().unwrap(), 200);
+        assert_eq!(auth.stats().refreshes, 1);
+        assert_eq!(auth.stats().retries, 2);
+    }
 }
 
 #[tokio::test]
 async fn an_api_that_always_answers_401_gets_one_refresh_one_retry_and_no_loop() {
-    let server = MockServer::start().await;
-    Mock::given(path("/api"))
-        .respond_with(
-            ResponseTemplate::new(401)
-                .insert_header("www-authenticate", r#"Bearer error="invalid_token""#)
-                .set_body_string("still no"),
-        )
-        .expect(2)
-        .mount(&server)
-        .await;
-    Mock::given(path("/token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"access_token": "a2"})))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let auth = TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", server.uri())))
-        .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
-        .allow_origin(server.uri())
-        .build()
-        .unwrap();
+    for front in Front::ALL {
+        println!("-- through {front:?}");
+        let server = MockServer::start().await;
+        Mock::given(path("/api"))
+            .respond_with(
+                ResponseTemplate::new(401)
+                    .insert_header("www-authenticate", r#"Bearer error="invalid_token""#)
+                    .set_body_string("still no"),
+            )
+            .expect(2)
+            .mount(&server)
+            .await;
+        Mock::given(path("/token"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"access_token": "a2"})))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let auth = TokenRefresh::builder(RefreshTokenGrant::new(format!("{}/token", server.uri())))
+            .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+            .allow_origin(server.uri())
+            .build()
+            .unwrap();
 
-    let response = client_with(&auth).get(format!("{}/api", server.uri())).send().await.unwrap();
+        let response = Client::new(front, &auth).get(format!("{}/api", server.uri())).send().await.unwrap();
 
-    assert_eq!(response.status(), 401);
-    assert_eq!(response.text().await.unwrap(), "still no", "the second 401 reaches the caller unchanged");
-    let stats = auth.stats();
-    assert_eq!((stats.refreshes, stats.retries, stats.unauthorized), (1, 1, 2));
+        assert_eq!(response.status, 401);
+        assert_eq!(response.body, "still no", "the second 401 reaches the caller unchanged");
+        let stats = auth.stats();
+        assert_eq!((stats.refreshes, stats.retries, stats.unauthorized), (1, 1, 2));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,4 +277,24 @@ async fn requests_released_behind_slow_answers_are_not_held_back_by_them() {
         assert!(!request.is_finished(), "a slow request is still waiting for its answer");
         request.abort();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reqwest_client_and_a_tower_stack_sharing_one_layer_refresh_once_in_one_storm() {
+    let provider = MockProvider::start().await;
+    let tokens = provider.issue_tokens();
+    provider.expire_access_tokens();
+    let auth = layer(&provider, tokens).build().unwrap();
+    let (reqwest, tower) = (Client::new(Front::Reqwest, &auth), Client::new(Front::Tower, &auth));
+    let url = provider.api_url("me");
+
+    let (through_reqwest, through_tower) =
+        tokio::join!(fronts::storm(&reqwest, &url, 200, None), fronts::storm(&tower, &url, 200, None));
+
+    assert_eq!(count(&through_reqwest, 200), 200, "{through_reqwest:?}");
+    assert_eq!(count(&through_tower, 200), 200, "{through_tower:?}");
+    assert_eq!(provider.stats().token_calls, 1, "one token call between the two front ends");
+    assert_eq!(provider.stats().invalid_grants, 0);
+    let stats = auth.stats();
+    assert_eq!((stats.requests, stats.refreshes), (400, 1), "{stats:?}");
 }

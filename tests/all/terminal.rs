@@ -9,47 +9,50 @@ use reqwest_token_refresh::{Error, MemoryStore, RefreshError, RefreshTokenGrant,
 use wiremock::matchers::{body_string_contains, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::fronts::{self, Client, Front};
 use crate::helpers::StoreExt;
-use crate::helpers::{Lockless, client_with, count, counter, layer, mount_api_accepting, storm};
+use crate::helpers::{Lockless, client_with, count, counter, layer, mount_api_accepting};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_grant_fails_waiters_then_fails_fast_until_set_tokens() {
-    let provider = MockProvider::start().await;
-    let tokens = provider.issue_tokens();
-    provider.expire_access_tokens();
-    provider.revoke_all();
-    let (fired, hook_calls) = counter();
-    let auth = layer(&provider, tokens)
-        .on_reauthorization_required(move |key, reason| {
-            assert_eq!(key, &TokenKey::default());
-            assert_eq!(reason.oauth_error().map(|e| e.error.as_str()), Some("invalid_grant"));
-            fired.fetch_add(1, Ordering::SeqCst);
-        })
-        .build()
-        .unwrap();
-    let client = client_with(&auth);
-    let url = provider.api_url("me");
+    for front in Front::ALL {
+        println!("-- through {front:?}");
+        let provider = MockProvider::start().await;
+        let tokens = provider.issue_tokens();
+        provider.expire_access_tokens();
+        provider.revoke_all();
+        let (fired, hook_calls) = counter();
+        let auth = layer(&provider, tokens)
+            .on_reauthorization_required(move |key, reason| {
+                assert_eq!(key, &TokenKey::default());
+                assert_eq!(reason.oauth_error().map(|e| e.error.as_str()), Some("invalid_grant"));
+                fired.fetch_add(1, Ordering::SeqCst);
+            })
+            .build()
+            .unwrap();
+        let client = Client::new(front, &auth);
+        let url = provider.api_url("me");
 
-    let statuses = storm(&client, &url, 50, None).await;
-    assert_eq!(count(&statuses, 0), 50, "every waiter gets the terminal error");
-    assert_eq!(provider.stats().token_calls, 1);
-    assert_eq!(hook_calls(), 1);
-    assert!(auth.state().is_reauthorization_required());
+        let statuses = fronts::storm(&client, &url, 50, None).await;
+        assert_eq!(count(&statuses, 0), 50, "every waiter gets the terminal error");
+        assert_eq!(provider.stats().token_calls, 1);
+        assert_eq!(hook_calls(), 1);
+        assert!(auth.state().is_reauthorization_required());
 
-    let calls_before = provider.stats();
-    let fail_fast_before = auth.stats().fail_fast;
-    for _ in 0..20 {
-        let err = client.get(&url).send().await.unwrap_err();
-        let ours = Error::from_middleware(&err).expect("our error");
-        assert!(ours.is_reauthorization_required(), "{ours}");
+        let calls_before = provider.stats();
+        let fail_fast_before = auth.stats().fail_fast;
+        for _ in 0..20 {
+            let err = client.get(&url).send().await.unwrap_err();
+            assert!(err.ours && err.reauthorization_required, "{err:?}");
+        }
+        assert_eq!(provider.stats(), calls_before, "failing fast makes no network call at all");
+        assert_eq!(auth.stats().fail_fast - fail_fast_before, 20);
+        assert_eq!(hook_calls(), 1, "the hook fires once per terminal event");
+
+        auth.set_tokens(provider.issue_tokens()).await.unwrap();
+        assert_eq!(count(&fronts::storm(&client, &url, 10, None).await, 200), 10, "set_tokens brings the layer back");
+        assert!(!auth.state().is_reauthorization_required());
     }
-    assert_eq!(provider.stats(), calls_before, "failing fast makes no network call at all");
-    assert_eq!(auth.stats().fail_fast - fail_fast_before, 20);
-    assert_eq!(hook_calls(), 1, "the hook fires once per terminal event");
-
-    auth.set_tokens(provider.issue_tokens()).await.unwrap();
-    assert_eq!(count(&storm(&client, &url, 10, None).await, 200), 10, "set_tokens brings the layer back");
-    assert!(!auth.state().is_reauthorization_required());
 }
 
 #[tokio::test]
