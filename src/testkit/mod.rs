@@ -674,6 +674,13 @@ impl MockProvider {
         }
     }
 
+    /// Whether the provider's API would accept `access_token` now, counted in [`stats`](Self::stats)
+    /// as a call to its API. For a resource server of your own in front of the mock (a gRPC
+    /// service, say) that checks tokens the way the mock's API does.
+    pub fn accepts_access_token(&self, access_token: &str) -> bool {
+        self.shared.admit(Some(access_token)).is_ok()
+    }
+
     /// Revokes every token family issued so far, as if each user withdrew consent: refresh tokens
     /// are refused (`400 invalid_grant` in the standard dialect), access tokens get `401`.
     pub fn revoke_all(&self) {

@@ -207,6 +207,25 @@ fn form_decode(input: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+impl Shared {
+    /// Whether the API accepts `bearer` (`None`: no credentials), counted as a call to it: why
+    /// not, when the token is known to be bad, and `Err(None)` when there was no token at all.
+    pub(super) fn admit(&self, bearer: Option<&str>) -> Result<(), Option<&'static str>> {
+        let now = self.config.clock.now();
+        let mut state = self.state.lock();
+        state.stats.api_calls += 1;
+        let verdict = match bearer {
+            None => Err(None),
+            Some(token) => state.admit(token, now).map_err(Some),
+        };
+        match verdict {
+            Ok(()) => state.stats.api_ok += 1,
+            Err(_) => state.stats.api_unauthorized += 1,
+        }
+        verdict
+    }
+}
+
 /// The protected API, any method under `/api/`.
 pub(super) struct ApiEndpoint(pub(super) Endpoint);
 
@@ -221,20 +240,7 @@ impl Respond for ApiEndpoint {
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
             }
         });
-        let now = self.0.shared.config.clock.now();
-        let verdict = {
-            let mut state = self.0.shared.state.lock();
-            state.stats.api_calls += 1;
-            let verdict = match &bearer {
-                None => Err(None),
-                Some(token) => state.admit(token, now).map_err(Some),
-            };
-            match verdict {
-                Ok(()) => state.stats.api_ok += 1,
-                Err(_) => state.stats.api_unauthorized += 1,
-            }
-            verdict
-        };
+        let verdict = self.0.shared.admit(bearer.as_deref());
         let template = self.0.shared.config.dialect.api_answer(verdict);
         template.set_delay(self.0.latency)
     }
