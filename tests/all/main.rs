@@ -43,4 +43,5 @@ mod soak;
 mod stalled_body;
 mod storm;
 mod terminal;
+mod tower;
 mod transient;
