@@ -157,6 +157,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Beyond reqwest
+//!
+//! With the feature `tower`, [`TokenRefresh::layer`] wraps any tower service that sends
+//! `http::Request`s (a tonic channel, hyper-util's client) with the same exchange: the same
+//! tokens, single flights, stores, terminal state and counters, so a reqwest client and a tower
+//! stack given clones of one `TokenRefresh` refresh once between them. gRPC refuses a dead token
+//! with `grpc-status: 16`, which
+//! [`token_rejected_by_headers`](TokenRefreshBuilder::token_rejected_by_headers)`(`[`grpc_unauthenticated`]`)`
+//! reads from the headers alone. [`TokenRefresh::access_token`] hands the token to anything else.
+//!
 //! # Security
 //!
 //! - Only the allowed origins get the token: those the token source names

@@ -760,3 +760,19 @@ async fn every_dialect_answers_malformed_requests_with_its_error_not_a_panic() {
         assert_eq!(provider.stats().tokens_issued, 0, "{dialect:?}");
     }
 }
+
+#[tokio::test]
+async fn accepts_access_token_checks_a_token_as_the_api_does_and_counts_it() {
+    let provider = MockProvider::start().await;
+    let tokens = provider.issue_tokens();
+    let token = tokens.access_token().secret();
+
+    assert!(provider.accepts_access_token(token));
+    assert!(!provider.accepts_access_token("never-issued"));
+    provider.expire_access_tokens();
+    assert!(!provider.accepts_access_token(token), "an expired token is refused");
+    assert_eq!(provider.api(token).await.status, 401, "as the API refuses it");
+
+    let stats = provider.stats();
+    assert_eq!((stats.api_calls, stats.api_ok, stats.api_unauthorized), (4, 1, 3), "{stats:?}");
+}
