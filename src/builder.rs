@@ -8,9 +8,9 @@ use std::time::Duration;
 use http::StatusCode;
 
 use crate::cache::CacheConfig;
+use crate::challenge::{CLASSIFY_BODY_TIMEOUT, RefreshOn};
 use crate::clock::{self, Clock};
 use crate::error::{Error, RefreshError, StoreError};
-use crate::exchange::{CLASSIFY_BODY_TIMEOUT, RefreshOn};
 use crate::key::TokenKey;
 use crate::origin::OriginPolicy;
 use crate::policy::Policy;

@@ -12,55 +12,16 @@ use bytes::Bytes;
 use http::{Extensions, HeaderMap, HeaderValue, StatusCode, Version, header::AUTHORIZATION};
 
 use crate::cache::{Sent, paced};
-use crate::challenge::{self, Rejection};
+use crate::challenge::{self, CLASSIFY_BODY_LIMIT, Rejection};
 use crate::error::Error;
 use crate::key::TokenKey;
 use crate::stats::Event;
 use crate::token_refresh::TokenRefresh;
 
-/// How much of a 401's body is read to classify it: 4 KiB (4,096 bytes). Also how much of another
-/// answer a [`token_rejected_when`](crate::TokenRefreshBuilder::token_rejected_when) rule sees.
-pub const CLASSIFY_BODY_LIMIT: usize = 4 * 1024;
-
-/// How long the layer waits for the start of a body it reads to classify an answer (up to
-/// [`CLASSIFY_BODY_LIMIT`]), unless set otherwise with
-/// [`classify_timeout`](crate::TokenRefreshBuilder::classify_timeout): 2 seconds in all.
-///
-/// A server that sends a 401's headers and then stalls its body must not hang the request. When
-/// the time runs out the answer is classified from its headers and the bytes that did arrive,
-/// and handed on at once: the caller reads those bytes, then the rest of the body as the server
-/// sends it. A stalled body that names no error counts as a 401 with no error detail (what
-/// [`RefreshOn`] decides for those): the layer cannot know what the rest would have said, and a
-/// dead token behind a slow proxy must still be refreshed.
-pub const CLASSIFY_BODY_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// How much of a rejected answer's body the layer reads to let its connection go on: 64 KiB. A
 /// longer one is dropped unread (its connection closed, or its stream reset): reading it would
 /// cost more than a new connection.
 pub(crate) const DISCARD_LIMIT: usize = 64 * 1024;
-
-/// Which 401 answers make the layer refresh the token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum RefreshOn {
-    /// Only a 401 that says the token is invalid: `WWW-Authenticate: Bearer error="invalid_token"`
-    /// (RFC 6750 §3.1) or a JSON body `{"error":"invalid_token"}`.
-    InvalidToken,
-    /// Those, and a 401 with no error detail at all (WHOOP answers an expired token with a bare
-    /// 401). The default.
-    #[default]
-    InvalidTokenOrNoDetail,
-}
-
-impl RefreshOn {
-    pub(crate) fn accepts(self, rejection: &Rejection) -> bool {
-        match rejection {
-            Rejection::InvalidToken => true,
-            Rejection::NoDetail => self == RefreshOn::InvalidTokenOrNoDetail,
-            Rejection::OtherError(_) | Rejection::OtherScheme => false,
-        }
-    }
-}
 
 /// A request extension: the request gets no token and never triggers a refresh.
 ///
@@ -75,17 +36,6 @@ impl RefreshOn {
 /// Through the tower layer, put it in the `http::Request`'s extensions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SkipAuth;
-
-/// Whether a gRPC answer says the call was not authenticated: `grpc-status: 16`
-/// (`UNAUTHENTICATED`) in its headers, which is where a trailers-only answer (a call refused
-/// before any message) carries its status. A rule for
-/// [`token_rejected_by_headers`](crate::TokenRefreshBuilder::token_rejected_by_headers).
-///
-/// An answer that streamed messages carries its status in trailers, after the body: the call was
-/// accepted, so it says nothing about the token.
-pub fn grpc_unauthenticated(_status: StatusCode, headers: &HeaderMap) -> bool {
-    headers.get("grpc-status").is_some_and(|status| status.as_bytes().trim_ascii() == b"16")
-}
 
 /// What an answer of a front end offers the exchange.
 pub(crate) trait Answer: Sized + Send {
@@ -260,33 +210,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_classify_limits_are_what_their_docs_say() {
-        assert_eq!(CLASSIFY_BODY_LIMIT, 4_096, "4 KiB");
-        assert_eq!(CLASSIFY_BODY_TIMEOUT, Duration::from_secs(2));
+    fn the_discard_limit_is_what_its_doc_says() {
         assert_eq!(DISCARD_LIMIT, 65_536, "64 KiB");
-    }
-
-    #[test]
-    fn refresh_on_decides_which_401s_refresh() {
-        assert!(RefreshOn::InvalidToken.accepts(&Rejection::InvalidToken));
-        assert!(!RefreshOn::InvalidToken.accepts(&Rejection::NoDetail));
-        assert!(RefreshOn::InvalidTokenOrNoDetail.accepts(&Rejection::NoDetail));
-        assert!(!RefreshOn::InvalidTokenOrNoDetail.accepts(&Rejection::OtherError("insufficient_scope".into())));
-        assert!(!RefreshOn::InvalidTokenOrNoDetail.accepts(&Rejection::OtherScheme));
-    }
-
-    #[test]
-    fn grpc_unauthenticated_is_status_16_in_the_headers() {
-        let headers = |value: &'static str| {
-            let mut headers = HeaderMap::new();
-            headers.insert("grpc-status", HeaderValue::from_static(value));
-            headers
-        };
-        assert!(grpc_unauthenticated(StatusCode::OK, &headers("16")));
-        assert!(grpc_unauthenticated(StatusCode::OK, &headers(" 16 ")));
-        for other in ["0", "7", "160", "1", ""] {
-            assert!(!grpc_unauthenticated(StatusCode::OK, &headers(other)), "{other}");
-        }
-        assert!(!grpc_unauthenticated(StatusCode::OK, &HeaderMap::new()));
     }
 }

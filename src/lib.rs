@@ -238,10 +238,11 @@ pub use self::tower::{
 };
 pub use builder::TokenRefreshBuilder;
 pub use cache::TokenState;
+pub use challenge::{CLASSIFY_BODY_LIMIT, CLASSIFY_BODY_TIMEOUT, RefreshOn, grpc_unauthenticated};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, OAuthError, RefreshError, Result, StoreError};
 pub use event::TokenEvent;
-pub use exchange::{CLASSIFY_BODY_LIMIT, CLASSIFY_BODY_TIMEOUT, RefreshOn, SkipAuth, grpc_unauthenticated};
+pub use exchange::SkipAuth;
 pub use key::TokenKey;
 pub use policy::{
     DEFAULT_FLIGHT_DEADLINE, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MIN_BACKOFF,

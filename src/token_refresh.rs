@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use crate::builder::TokenRefreshBuilder;
 use crate::cache::{CacheConfig, TokenCache, TokenState};
+use crate::challenge::RefreshOn;
 use crate::error::Error;
-use crate::exchange::RefreshOn;
 use crate::key::TokenKey;
 use crate::origin::OriginPolicy;
 use crate::source::{HeaderRule, RejectionRule, TokenSource};

@@ -35,8 +35,60 @@ mod body;
 mod tests;
 mod www_authenticate;
 
-use http::HeaderMap;
+use std::time::Duration;
+
 use http::header::WWW_AUTHENTICATE;
+use http::{HeaderMap, StatusCode};
+
+/// How much of a 401's body is read to classify it: 4 KiB (4,096 bytes). Also how much of another
+/// answer a [`token_rejected_when`](crate::TokenRefreshBuilder::token_rejected_when) rule sees.
+pub const CLASSIFY_BODY_LIMIT: usize = 4 * 1024;
+
+/// How long the layer waits for the start of a body it reads to classify an answer (up to
+/// [`CLASSIFY_BODY_LIMIT`]), unless set otherwise with
+/// [`classify_timeout`](crate::TokenRefreshBuilder::classify_timeout): 2 seconds in all.
+///
+/// A server that sends a 401's headers and then stalls its body must not hang the request. When
+/// the time runs out the answer is classified from its headers and the bytes that did arrive,
+/// and handed on at once: the caller reads those bytes, then the rest of the body as the server
+/// sends it. A stalled body that names no error counts as a 401 with no error detail (what
+/// [`RefreshOn`] decides for those): the layer cannot know what the rest would have said, and a
+/// dead token behind a slow proxy must still be refreshed.
+pub const CLASSIFY_BODY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Which 401 answers make the layer refresh the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RefreshOn {
+    /// Only a 401 that says the token is invalid: `WWW-Authenticate: Bearer error="invalid_token"`
+    /// (RFC 6750 §3.1) or a JSON body `{"error":"invalid_token"}`.
+    InvalidToken,
+    /// Those, and a 401 with no error detail at all (WHOOP answers an expired token with a bare
+    /// 401). The default.
+    #[default]
+    InvalidTokenOrNoDetail,
+}
+
+impl RefreshOn {
+    pub(crate) fn accepts(self, rejection: &Rejection) -> bool {
+        match rejection {
+            Rejection::InvalidToken => true,
+            Rejection::NoDetail => self == RefreshOn::InvalidTokenOrNoDetail,
+            Rejection::OtherError(_) | Rejection::OtherScheme => false,
+        }
+    }
+}
+
+/// Whether a gRPC answer says the call was not authenticated: `grpc-status: 16`
+/// (`UNAUTHENTICATED`) in its headers, which is where a trailers-only answer (a call refused
+/// before any message) carries its status. A rule for
+/// [`token_rejected_by_headers`](crate::TokenRefreshBuilder::token_rejected_by_headers).
+///
+/// An answer that streamed messages carries its status in trailers, after the body: the call was
+/// accepted, so it says nothing about the token.
+pub fn grpc_unauthenticated(_status: StatusCode, headers: &HeaderMap) -> bool {
+    headers.get("grpc-status").is_some_and(|status| status.as_bytes().trim_ascii() == b"16")
+}
 
 use body::body_error;
 pub(crate) use www_authenticate::parse_challenges;

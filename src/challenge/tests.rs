@@ -634,3 +634,33 @@ fn random_inputs_never_panic() {
     // Guards the generators: a run that never reached an answer tested little on its way there.
     assert!(seen.iter().all(|&count| count >= 100), "answers seen: {seen:?}");
 }
+
+#[test]
+fn the_classify_limits_are_what_their_docs_say() {
+    assert_eq!(CLASSIFY_BODY_LIMIT, 4_096, "4 KiB");
+    assert_eq!(CLASSIFY_BODY_TIMEOUT, Duration::from_secs(2));
+}
+
+#[test]
+fn refresh_on_decides_which_401s_refresh() {
+    assert!(RefreshOn::InvalidToken.accepts(&Rejection::InvalidToken));
+    assert!(!RefreshOn::InvalidToken.accepts(&Rejection::NoDetail));
+    assert!(RefreshOn::InvalidTokenOrNoDetail.accepts(&Rejection::NoDetail));
+    assert!(!RefreshOn::InvalidTokenOrNoDetail.accepts(&Rejection::OtherError("insufficient_scope".into())));
+    assert!(!RefreshOn::InvalidTokenOrNoDetail.accepts(&Rejection::OtherScheme));
+}
+
+#[test]
+fn grpc_unauthenticated_is_status_16_in_the_headers() {
+    let headers = |value: &'static str| {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-status", HeaderValue::from_static(value));
+        headers
+    };
+    assert!(grpc_unauthenticated(StatusCode::OK, &headers("16")));
+    assert!(grpc_unauthenticated(StatusCode::OK, &headers(" 16 ")));
+    for other in ["0", "7", "160", "1", ""] {
+        assert!(!grpc_unauthenticated(StatusCode::OK, &headers(other)), "{other}");
+    }
+    assert!(!grpc_unauthenticated(StatusCode::OK, &HeaderMap::new()));
+}
