@@ -1,6 +1,7 @@
 //! The crate's errors.
 //!
-//! [`Error`] is what reaches the caller (wrapped in `reqwest_middleware::Error::Middleware`);
+//! [`Error`] is what reaches the caller (wrapped in `reqwest_middleware::Error::Middleware`
+//! through reqwest, boxed through tower);
 //! [`RefreshError`] says why a token endpoint (or any [`TokenSource`](crate::TokenSource)) gave no
 //! token; [`StoreError`] says why a [`TokenStore`](crate::TokenStore) failed. All are `Clone`: one
 //! refresh's outcome is shared by every request that waited for it.
@@ -19,8 +20,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What the layer reports to the caller.
 ///
-/// It reaches the caller as `reqwest_middleware::Error::Middleware`; [`Error::from_middleware`]
-/// gets it back out.
+/// It reaches a reqwest caller as `reqwest_middleware::Error::Middleware`, which
+/// [`Error::from_middleware`] gets it back out of; a tower caller gets it boxed, and
+/// `err.downcast_ref::<Error>()` gets it back.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -85,33 +87,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// Gets this crate's error back out of a `reqwest_middleware::Error`, if it is one.
-    ///
-    /// ```
-    /// # fn handle(err: reqwest_middleware::Error) {
-    /// use reqwest_token_refresh::Error;
-    ///
-    /// match Error::from_middleware(&err) {
-    ///     Some(Error::ReauthorizationRequired { key, .. }) => {
-    ///         println!("user {key} must log in again");
-    ///     }
-    ///     Some(other) => println!("token problem: {other}"),
-    ///     None => println!("HTTP problem: {err}"),
-    /// }
-    /// # }
-    /// ```
-    ///
-    /// Our error is also found inside another middleware's error when that error names it as its
-    /// `source()`. reqwest-retry's `RetryError` does not (it is transparent): match
-    /// `RetryError::Error(inner)` first, or put the retry layer inside this one, as the README
-    /// recommends.
-    pub fn from_middleware(err: &reqwest_middleware::Error) -> Option<&Error> {
-        match err {
-            reqwest_middleware::Error::Middleware(inner) => inner.chain().find_map(find_in),
-            reqwest_middleware::Error::Reqwest(_) => None,
-        }
-    }
-
     /// Whether the user has to authorize again (a dead refresh token).
     pub fn is_reauthorization_required(&self) -> bool {
         matches!(self, Error::ReauthorizationRequired { .. })
@@ -124,20 +99,6 @@ impl Error {
             Error::Refresh { source, .. } => source.retry_after(),
             _ => None,
         }
-    }
-}
-
-/// Our error, in one link of an error chain or in a `reqwest_middleware::Error` it holds.
-fn find_in<'a>(link: &'a (dyn StdError + 'static)) -> Option<&'a Error> {
-    if let Some(ours) = link.downcast_ref::<Error>() {
-        return Some(ours);
-    }
-    link.downcast_ref::<reqwest_middleware::Error>().and_then(Error::from_middleware)
-}
-
-impl From<Error> for reqwest_middleware::Error {
-    fn from(err: Error) -> Self {
-        reqwest_middleware::Error::middleware(err)
     }
 }
 
@@ -527,18 +488,6 @@ mod tests {
         check::<Error>();
         check::<RefreshError>();
         check::<StoreError>();
-    }
-
-    #[test]
-    fn our_error_comes_back_out_of_reqwest_middleware() {
-        let err: reqwest_middleware::Error =
-            Error::ReauthorizationRequired { key: TokenKey::new("u1"), reason: RefreshError::NoRefreshToken }.into();
-        let ours = Error::from_middleware(&err).expect("our error");
-        assert!(ours.is_reauthorization_required());
-        assert_eq!(ours.to_string(), "re-authorization required for token key `u1`");
-        // The reason is the error's source, said once in the chain, not repeated in its message.
-        let reason = std::error::Error::source(ours).expect("a source").to_string();
-        assert_eq!(reason, "there is no refresh token to refresh with");
     }
 
     #[test]

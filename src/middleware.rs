@@ -2,6 +2,7 @@
 //! What is attached where, which answers reject the token and the one retry are the exchange's
 //! (`crate::exchange`); this file adapts reqwest's requests and answers to it.
 
+use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -154,9 +155,65 @@ impl Answer for Response {
     }
 }
 
+impl Error {
+    /// Gets this crate's error back out of a `reqwest_middleware::Error`, if it is one.
+    ///
+    /// ```
+    /// # fn handle(err: reqwest_middleware::Error) {
+    /// use reqwest_token_refresh::Error;
+    ///
+    /// match Error::from_middleware(&err) {
+    ///     Some(Error::ReauthorizationRequired { key, .. }) => {
+    ///         println!("user {key} must log in again");
+    ///     }
+    ///     Some(other) => println!("token problem: {other}"),
+    ///     None => println!("HTTP problem: {err}"),
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// Our error is also found inside another middleware's error when that error names it as its
+    /// `source()`. reqwest-retry's `RetryError` does not (it is transparent): match
+    /// `RetryError::Error(inner)` first, or put the retry layer inside this one, as the README
+    /// recommends.
+    pub fn from_middleware(err: &reqwest_middleware::Error) -> Option<&Error> {
+        match err {
+            reqwest_middleware::Error::Middleware(inner) => inner.chain().find_map(find_in),
+            reqwest_middleware::Error::Reqwest(_) => None,
+        }
+    }
+}
+
+/// Our error, in one link of an error chain or in a `reqwest_middleware::Error` it holds.
+fn find_in<'a>(link: &'a (dyn StdError + 'static)) -> Option<&'a Error> {
+    if let Some(ours) = link.downcast_ref::<Error>() {
+        return Some(ours);
+    }
+    link.downcast_ref::<reqwest_middleware::Error>().and_then(Error::from_middleware)
+}
+
+impl From<Error> for reqwest_middleware::Error {
+    fn from(err: Error) -> Self {
+        reqwest_middleware::Error::middleware(err)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::RefreshError;
+
+    #[test]
+    fn our_error_comes_back_out_of_reqwest_middleware() {
+        let err: reqwest_middleware::Error =
+            Error::ReauthorizationRequired { key: TokenKey::new("u1"), reason: RefreshError::NoRefreshToken }.into();
+        let ours = Error::from_middleware(&err).expect("our error");
+        assert!(ours.is_reauthorization_required());
+        assert_eq!(ours.to_string(), "re-authorization required for token key `u1`");
+        // The reason is the error's source, said once in the chain, not repeated in its message.
+        let reason = std::error::Error::source(ours).expect("a source").to_string();
+        assert_eq!(reason, "there is no refresh token to refresh with");
+    }
 
     #[test]
     fn middleware_is_send_sync() {

@@ -33,7 +33,7 @@ impl Front {
 #[derive(Clone)]
 pub enum Client {
     Reqwest(ClientWithMiddleware),
-    Tower(TokenRefreshService<HyperClient<HttpConnector, ReplayBody>>),
+    Tower(Box<TokenRefreshService<HyperClient<HttpConnector, ReplayBody>>>),
 }
 
 /// What a caller got back: the answer as it can read it.
@@ -71,7 +71,7 @@ impl Client {
             Front::Reqwest => Client::Reqwest(client_with(auth)),
             Front::Tower => {
                 let client = HyperClient::builder(TokioExecutor::new()).build_http::<ReplayBody>();
-                Client::Tower(tower::ServiceBuilder::new().layer(auth.layer()).service(client))
+                Client::Tower(Box::new(tower::ServiceBuilder::new().layer(auth.layer()).service(client)))
             }
         }
     }
@@ -150,7 +150,7 @@ impl Call {
                 if self.skip_auth {
                     request.extensions_mut().insert(SkipAuth);
                 }
-                let response = service
+                let response = (*service)
                     .oneshot(request)
                     .await
                     .map_err(|err| Failure::from_ours(err.downcast_ref::<Error>(), err.to_string()))?;
