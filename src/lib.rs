@@ -205,6 +205,7 @@ mod peek;
 mod policy;
 #[cfg(test)]
 mod proptests;
+mod revoke;
 mod source;
 mod stats;
 mod store;

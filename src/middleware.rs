@@ -112,11 +112,11 @@ pub struct SkipAuth;
 /// ```
 #[derive(Clone)]
 pub struct TokenRefresh {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    cache: TokenCache,
+pub(crate) struct Inner {
+    pub(crate) cache: TokenCache,
     origins: OriginPolicy,
     refresh_on: RefreshOn,
     rejected_when: Option<RejectionRule>,
