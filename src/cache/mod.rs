@@ -514,7 +514,18 @@ impl TokenCache {
     /// it was. Like `set_tokens`, the run goes on in a task of its own if the caller gives up.
     pub(crate) async fn revoke(&self, key: &TokenKey) -> Result<(), Error> {
         let slot = self.slot(key);
-        let base = slot.state.lock().current.as_ref().map(|lease| lease.tokens.clone());
+        // What the key holds, if the store holds nothing: the published set, or for a default key
+        // not loaded yet the initial tokens its first load would have seeded the store with.
+        let base = {
+            let state = slot.state.lock();
+            match (&state.current, &state.phase) {
+                (Some(lease), _) => Some(lease.tokens.clone()),
+                (None, Phase::Unloaded(_) | Phase::Loading(..)) if key.is_default() => {
+                    self.inner.config.initial_tokens.clone().map(Arc::new)
+                }
+                (None, _) => None,
+            }
+        };
         let produced = {
             let (cache, slot) = (self.clone(), slot.clone());
             tokio::spawn(async move { persist::run(&cache, &slot, Intent::Revoke { base }).await })
