@@ -1006,6 +1006,7 @@ mod tests {
             1,
             publish("theirs", Origin::Adopted, Standing::At(Revision::new(6))),
             &stats,
+            &Policy::default(),
         );
         assert_eq!(access(&state), Some("theirs"));
         assert_eq!((state.revision, state.saved), (Revision::new(6), true));
@@ -1133,6 +1134,57 @@ mod tests {
         assert_eq!((access(&state), state.generation), (Some("a1"), 1));
         assert!(effects.refreshed.is_none());
         assert!(matches!(state.phase, Phase::Refreshing(ref running) if running.id == 2));
+    }
+
+    #[test]
+    fn a_refresh_that_answers_after_a_revocation_publishes_nothing() {
+        let (policy, stats) = (Policy::default(), Counters::default());
+        let mut state = SlotState::new();
+        state.phase = Phase::Ready;
+        state.publish(TokenSet::new("a1").with_refresh_token("r1"), None, false);
+        state.record_save(Revision::new(4), true);
+        let (running, _waiter) = test_flight(1, state.generation);
+        state.phase = Phase::Refreshing(running);
+        // The revocation applies first (its run found the refresh's set in the store, saved as r5,
+        // and removed it as r6).
+        let (outcome, effects) = apply(
+            &mut state,
+            &key(),
+            None,
+            Produced::Revoked { revision: Revision::new(6), failure: None },
+            &policy,
+            &stats,
+            at(0),
+        );
+        assert!(matches!(outcome, Err(Error::ReauthorizationRequired { reason: RefreshError::Revoked, .. })));
+        assert!(matches!(effects.terminal, Some((Whose::User, RefreshError::Revoked))), "a terminal event");
+        assert_eq!((access(&state), state.revision), (None, Revision::new(6)));
+        // The refresh's own answer arrives late: its set is older than the removal.
+        let late = publish("a2", Origin::Fetched, Standing::At(Revision::new(5)));
+        let (outcome, effects) = apply(&mut state, &key(), Some(1), late, &policy, &stats, at(0));
+        assert!(matches!(outcome, Err(Error::ReauthorizationRequired { .. })), "{outcome:?}");
+        assert!(effects.refreshed.is_none() && effects.terminal.is_none());
+        assert_eq!(access(&state), None, "nothing came back");
+        assert!(matches!(state.view(at(0)), TokenStateView::ReauthorizationRequired { reason: RefreshError::Revoked }));
+        // Even a flight that started after the revocation's generation cannot publish a set
+        // older than the removal.
+        assert!(!newer(&state, Origin::Fetched, &Standing::At(Revision::new(5)), Some(state.generation - 1)));
+    }
+
+    #[test]
+    fn a_save_retry_refused_by_a_removal_ends_in_the_revoked_state_not_a_second_save() {
+        let (policy, stats) = (Policy::default(), Counters::default());
+        let mut state = SlotState::new();
+        state.phase = Phase::Ready;
+        state.publish(TokenSet::new("ours"), None, true);
+        state.record_save(Revision::new(3), false);
+        let removed = Produced::Revoked { revision: Revision::new(4), failure: None };
+        let (outcome, effects) = apply_save(&mut state, &key(), 1, removed, &stats, &policy);
+        assert!(matches!(outcome, Err(Error::ReauthorizationRequired { reason: RefreshError::Revoked, .. })));
+        assert!(effects.retry_save.is_none(), "no further retry");
+        assert!(effects.terminal.is_some());
+        assert_eq!((access(&state), state.revision, state.saved), (None, Revision::new(4), true));
+        assert!(matches!(state.phase, Phase::Terminal(_)));
     }
 
     fn test_flight(id: u64, base: u64) -> (Running, super::super::flight::Waiter) {
