@@ -157,6 +157,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Revocation
+//!
+//! [`TokenRefresh::revoke_for`] logs a user out: it revokes the key's refresh token at the
+//! provider (RFC 7009, [`RefreshTokenGrant::revocation_url`], which discovery fills in), removes
+//! the key's tokens from the store ([`TokenStore::remove`]) and leaves the key failing fast until
+//! [`TokenRefresh::set_tokens_for`]. A provider that refuses leaves everything as it was
+//! ([`Error::Revocation`]).
+//!
 //! # Security
 //!
 //! - Only the allowed origins get the token: those the token source names

@@ -625,7 +625,14 @@ impl TokenCache {
                 );
                 let (_, effects) = {
                     let mut state = slot.state.lock();
-                    slot::apply_save(&mut state, &slot.key, generation, produced, &cache.inner.stats, &cache.inner.config.policy)
+                    slot::apply_save(
+                        &mut state,
+                        &slot.key,
+                        generation,
+                        produced,
+                        &cache.inner.stats,
+                        &cache.inner.config.policy,
+                    )
                 };
                 effects.run(&cache, &slot);
                 if !failed {

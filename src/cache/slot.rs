@@ -1108,7 +1108,8 @@ mod tests {
             assert!(effects.refreshed.is_none());
         }
         // The current generation's own retry landing is recorded.
-        let (outcome, effects) = apply_save(&mut state, &key(), 2, Produced::Saved(Revision::new(9)), &stats, &Policy::default());
+        let (outcome, effects) =
+            apply_save(&mut state, &key(), 2, Produced::Saved(Revision::new(9)), &stats, &Policy::default());
         assert_eq!(outcome.unwrap().unwrap().tokens.access_token().secret(), "refreshed");
         assert!(effects.refreshed.is_none());
         assert!(state.saved);

@@ -81,9 +81,8 @@ impl TokenEndpoint {
         hint: &str,
         proof: &ClientProof,
     ) -> Result<(), RefreshError> {
-        let url = reqwest::Url::parse(revocation_url).map_err(|e| {
-            RefreshError::Config(format!("the revocation URL {revocation_url:?} does not parse: {e}"))
-        })?;
+        let url = reqwest::Url::parse(revocation_url)
+            .map_err(|e| RefreshError::Config(format!("the revocation URL {revocation_url:?} does not parse: {e}")))?;
         let mut fields = vec![("token", token), ("token_type_hint", hint)];
         let request = self.request(http::Method::POST, url)?.header(ACCEPT, "application/json");
         let request = self.authenticate(request, &mut fields, proof)?;

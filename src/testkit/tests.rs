@@ -787,7 +787,10 @@ async fn the_revocation_endpoint_revokes_a_refresh_tokens_family_or_one_access_t
     let wrong = format!("Basic {}", BASE64.encode("client:wrong"));
     assert_eq!(provider.revoke(FORM, &body, Some(&wrong)).await.error(), (401, "invalid_client"));
     assert_eq!(provider.revoke(JSON, r#"{"token":"x"}"#, Some(&basic)).await.error(), (400, "invalid_request"));
-    assert_eq!(provider.revoke(FORM, "token_type_hint=refresh_token", Some(&basic)).await.error(), (400, "invalid_request"));
+    assert_eq!(
+        provider.revoke(FORM, "token_type_hint=refresh_token", Some(&basic)).await.error(),
+        (400, "invalid_request")
+    );
     assert_eq!(provider.stats().tokens_revoked, 0);
 
     // A refresh token: its family goes, access tokens with it.
@@ -827,16 +830,12 @@ async fn revocation_faults_answer_first_and_the_metadata_names_the_endpoint() {
     assert_eq!(provider.revoke(FORM, &body, None).await.status, 200);
     assert_eq!(provider.api(tokens.access_token().secret()).await.status, 401);
 
-    let metadata = reqwest::Client::new()
-        .get(format!("{}/.well-known/oauth-authorization-server", provider.uri()))
-        .send()
-        .await;
+    let metadata =
+        reqwest::Client::new().get(format!("{}/.well-known/oauth-authorization-server", provider.uri())).send().await;
     let metadata = Answer::read(metadata).await;
     assert_eq!(metadata.field("revocation_endpoint"), provider.revocation_url());
     let kroger = MockProvider::kroger().await;
-    let metadata = reqwest::Client::new()
-        .get(format!("{}/.well-known/oauth-authorization-server", kroger.uri()))
-        .send()
-        .await;
+    let metadata =
+        reqwest::Client::new().get(format!("{}/.well-known/oauth-authorization-server", kroger.uri())).send().await;
     assert!(Answer::read(metadata).await.json.get("revocation_endpoint").is_none(), "Kroger documents none");
 }

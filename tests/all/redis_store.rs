@@ -458,7 +458,10 @@ async fn a_removal_leaves_no_tokens_keeps_the_generation_and_refuses_a_save_olde
 
     let mut raw = redis.connection().await;
     let value: String = redis::cmd("GET").arg("test:tokens:default").query_async(&mut raw).await.unwrap();
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&value).unwrap(), serde_json::json!({"generation": 2, "tokens": null}));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&value).unwrap(),
+        serde_json::json!({"generation": 2, "tokens": null})
+    );
     assert_eq!(a.load(&key()).await.unwrap(), None, "no tokens for any replica");
     // A replica's save retried over the revoked set's generation, or a seed over nothing: refused.
     for late in [first, Revision::NONE] {

@@ -291,7 +291,8 @@ async fn a_failing_revocation_endpoint_keeps_the_tokens_and_the_key_working() {
 async fn a_failed_revocation_never_shows_the_client_secret_or_the_tokens() {
     let provider = MockProvider::builder().client_credentials("client", "s3cret-client-value").start().await;
     let tokens = provider.issue_tokens();
-    let (access, refresh) = (tokens.access_token().secret().to_owned(), tokens.refresh_token().unwrap().secret().to_owned());
+    let (access, refresh) =
+        (tokens.access_token().secret().to_owned(), tokens.refresh_token().unwrap().secret().to_owned());
     let basic = base64_basic("client", "s3cret-client-value");
     // A provider that echoes what it was sent, as gateways do.
     let echo = serde_json::json!({
@@ -346,7 +347,8 @@ async fn revoke_during_a_refresh_in_flight_does_not_bring_the_tokens_back() {
     let refreshed_token = form(&provider.revocation_requests()[0])["token"].clone();
     let replay = replay_token_request(
         &provider,
-        format!("grant_type=refresh_token&refresh_token={refreshed_token}&client_id=client&client_secret=secret").into(),
+        format!("grant_type=refresh_token&refresh_token={refreshed_token}&client_id=client&client_secret=secret")
+            .into(),
     )
     .await;
     assert_eq!(replay.status(), 400, "the refreshed refresh token is dead at the provider");

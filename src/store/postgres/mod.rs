@@ -505,9 +505,8 @@ impl PostgresStore {
         // Refused: the row holds another generation. Whether it is a removal is asked apart; a
         // removal landing in between is then reported, which is as true by the time it is.
         let sql = &self.settings.sql.removed_generation;
-        let removed = self
-            .run(action, |client| async move { client.query_typed_opt(sql, &[(&name, Type::TEXT)]).await })
-            .await?;
+        let removed =
+            self.run(action, |client| async move { client.query_typed_opt(sql, &[(&name, Type::TEXT)]).await }).await?;
         match removed {
             Some(row) => {
                 let generation: i64 = row.try_get(0).map_err(|err| self.corrupt(key, &err))?;
