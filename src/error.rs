@@ -71,6 +71,19 @@ pub enum Error {
         #[source]
         source: StoreError,
     },
+    /// [`TokenRefresh::revoke`](crate::TokenRefresh::revoke) could not revoke the key's tokens at
+    /// the provider: its revocation endpoint refused (an RFC 7009 error such as
+    /// `unsupported_token_type`, a 5xx, a 503 with `Retry-After`), could not be reached or did
+    /// not answer in time, or the token source has none. Nothing changed: the tokens are still
+    /// in memory and in the store, and the key still works; call `revoke` again to retry.
+    #[error("revoking the tokens of token key `{key}` failed; they are kept")]
+    Revocation {
+        /// Whose tokens were to be revoked.
+        key: TokenKey,
+        /// What the revocation endpoint (or the token source) said.
+        #[source]
+        source: RefreshError,
+    },
     /// The access token cannot be sent in an HTTP header (it is empty or holds a control
     /// character, a space or a non-ASCII byte). The request was not sent.
     #[error("the access token for token key `{key}` cannot be sent: {problem}")]
@@ -93,10 +106,11 @@ impl Error {
     }
 
     /// How long to wait before a new refresh may be attempted, when the layer knows
-    /// (a cool-down after a 429/503 with `Retry-After`, or after a failed refresh).
+    /// (a cool-down after a 429/503 with `Retry-After`, or after a failed refresh); for a failed
+    /// [`Revocation`](Self::Revocation), how long its endpoint asked to wait before the next try.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::Refresh { source, .. } => source.retry_after(),
+            Error::Refresh { source, .. } | Error::Revocation { source, .. } => source.retry_after(),
             _ => None,
         }
     }
@@ -202,6 +216,12 @@ pub enum RefreshError {
     /// The refresh ran in a task that ended without an answer (it panicked, or the runtime shut down).
     #[error("the refresh task ended without an answer")]
     Aborted,
+    /// The key's tokens were revoked ([`TokenRefresh::revoke`](crate::TokenRefresh::revoke), by
+    /// this layer or by another process sharing its store): the user must authorize again. The
+    /// reason of a key in [`TokenState::ReauthorizationRequired`](crate::TokenState) after a
+    /// revocation.
+    #[error("the tokens were revoked")]
+    Revoked,
     /// Any other failure of a user-written token source. Treated as transient.
     #[error("the token source failed")]
     Other(#[source] Arc<dyn StdError + Send + Sync>),
@@ -308,7 +328,8 @@ impl RefreshError {
             RefreshError::CoolingDown { .. }
             | RefreshError::TimedOut { .. }
             | RefreshError::NoRefreshToken
-            | RefreshError::Aborted => {}
+            | RefreshError::Aborted
+            | RefreshError::Revoked => {}
         }
     }
 }
@@ -461,6 +482,15 @@ pub enum StoreError {
     /// instead of retrying the save.
     #[error("the token store holds newer tokens than the ones being saved")]
     Superseded,
+    /// The save (or removal) was refused because the key's tokens were removed from the store
+    /// ([`TokenStore::remove`](crate::TokenStore::remove), after a revocation) as `revision`,
+    /// since the revision it names. The layer treats the key as revoked instead of saving its
+    /// copy again; a save over `revision` itself (new tokens after a new login) lands.
+    #[error("the token store's tokens for this key were removed (revoked) as {revision}")]
+    Removed {
+        /// The revision of the removal.
+        revision: crate::store::Revision,
+    },
     /// Any other backend failure (a Redis or database error, ...).
     #[error("the token store's backend failed: {0}")]
     Backend(#[source] Arc<dyn StdError + Send + Sync>),

@@ -167,6 +167,14 @@
 //! [`token_rejected_by_headers`](TokenRefreshBuilder::token_rejected_by_headers)`(`[`grpc_unauthenticated`]`)`
 //! reads from the headers alone. [`TokenRefresh::access_token`] hands the token to anything else.
 //!
+//! # Revocation
+//!
+//! [`TokenRefresh::revoke_for`] logs a user out: it revokes the key's refresh token at the
+//! provider (RFC 7009, [`RefreshTokenGrant::revocation_url`], which discovery fills in), removes
+//! the key's tokens from the store ([`TokenStore::remove`]) and leaves the key failing fast until
+//! [`TokenRefresh::set_tokens_for`]. A provider that refuses leaves everything as it was
+//! ([`Error::Revocation`]).
+//!
 //! # Security
 //!
 //! - Only the allowed origins get the token: those the token source names
@@ -216,6 +224,7 @@ mod peek;
 mod policy;
 #[cfg(test)]
 mod proptests;
+mod revoke;
 mod source;
 mod stats;
 mod store;

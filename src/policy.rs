@@ -103,7 +103,7 @@ impl Policy {
     /// Whether a failed refresh is terminal, and whose fault it is.
     pub(crate) fn verdict(&self, error: &RefreshError) -> Verdict {
         match error {
-            RefreshError::NoRefreshToken => Verdict::Terminal(Whose::User),
+            RefreshError::NoRefreshToken | RefreshError::Revoked => Verdict::Terminal(Whose::User),
             RefreshError::Protocol { status, error, .. } => {
                 if let Some(code) = error.as_ref().map(|e| e.error.as_str()) {
                     if CLIENT_TERMINAL_ERRORS.contains(&code) {
@@ -195,6 +195,7 @@ mod tests {
         assert_eq!(policy.verdict(&protocol(401, Some("invalid_client"))), Verdict::Terminal(Whose::Client));
         assert_eq!(policy.verdict(&protocol(400, Some("unauthorized_client"))), Verdict::Terminal(Whose::Client));
         assert_eq!(policy.verdict(&RefreshError::NoRefreshToken), Verdict::Terminal(Whose::User));
+        assert_eq!(policy.verdict(&RefreshError::Revoked), Verdict::Terminal(Whose::User));
     }
 
     #[test]

@@ -509,6 +509,51 @@ impl TokenCache {
         }
     }
 
+    /// Revokes `key`'s tokens (see `persist::revoke`) and moves the key to the terminal state,
+    /// holding no token, until new ones are installed. A provider that refuses leaves the key as
+    /// it was. Like `set_tokens`, the run goes on in a task of its own if the caller gives up.
+    pub(crate) async fn revoke(&self, key: &TokenKey) -> Result<(), Error> {
+        let slot = self.slot(key);
+        // What the key holds, if the store holds nothing: the published set, or for a default key
+        // not loaded yet the initial tokens its first load would have seeded the store with.
+        let base = {
+            let state = slot.state.lock();
+            match (&state.current, &state.phase) {
+                (Some(lease), _) => Some(lease.tokens.clone()),
+                (None, Phase::Unloaded(_) | Phase::Loading(..)) if key.is_default() => {
+                    self.inner.config.initial_tokens.clone().map(Arc::new)
+                }
+                (None, _) => None,
+            }
+        };
+        let produced = {
+            let (cache, slot) = (self.clone(), slot.clone());
+            tokio::spawn(async move { persist::run(&cache, &slot, Intent::Revoke { base }).await })
+                .await
+                .unwrap_or_else(|_| {
+                    Produced::Failed(Error::Revocation { key: key.clone(), source: RefreshError::Aborted })
+                })
+        };
+        let store_error = match &produced {
+            Produced::Revoked { failure: Some(error), .. } => Some(error.clone()),
+            _ => None,
+        };
+        let (outcome, effects) = {
+            let mut state = slot.state.lock();
+            slot::apply(&mut state, key, None, produced, &self.inner.config.policy, &self.inner.stats, self.now())
+        };
+        effects.run(self, &slot);
+        match outcome {
+            // Revoked: the key fails fast from now on, which is the point.
+            Err(Error::ReauthorizationRequired { reason: RefreshError::Revoked, .. }) => match store_error {
+                Some(source) => Err(Error::Store { key: key.clone(), source }),
+                None => Ok(()),
+            },
+            Err(error) => Err(error),
+            Ok(_) => Err(Error::Revocation { key: key.clone(), source: RefreshError::Aborted }),
+        }
+    }
+
     pub(crate) fn tokens(&self, key: &TokenKey) -> Option<TokenSet> {
         let slot = self.inner.keys.get(key)?;
         let state = slot.state.lock();
@@ -580,7 +625,14 @@ impl TokenCache {
                 );
                 let (_, effects) = {
                     let mut state = slot.state.lock();
-                    slot::apply_save(&mut state, &slot.key, generation, produced, &cache.inner.stats)
+                    slot::apply_save(
+                        &mut state,
+                        &slot.key,
+                        generation,
+                        produced,
+                        &cache.inner.stats,
+                        &cache.inner.config.policy,
+                    )
                 };
                 effects.run(&cache, &slot);
                 if !failed {

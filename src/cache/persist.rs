@@ -1,7 +1,8 @@
 //! The store protocol, written once: lock (for a refresh), read, decide, fetch, save
 //! (compare-and-set on the store's revision), and on `Superseded` adopt what the store holds.
-//! Used by the first load, the refresh, `set_tokens`, the save retry and a dead grant's recheck;
-//! each says what it wants as an [`Intent`] and gets back what to publish as [`Produced`].
+//! Used by the first load, the refresh, `set_tokens`, the save retry, a dead grant's recheck and
+//! a revocation; each says what it wants as an [`Intent`] and gets back what to publish as
+//! [`Produced`].
 //!
 //! # Why every save names a revision
 //!
@@ -29,6 +30,17 @@
 //! failed read or save is tried twice more, after the refresh backoff (`min_backoff`, then twice
 //! that), before the refresh goes on without it: a store that fails for a moment (a reset
 //! connection, a pool briefly exhausted) costs a short wait, not the grant.
+//!
+//! # Why a revocation leaves the key's revision behind
+//!
+//! `revoke` revokes at the provider and then removes the key's tokens from the store, under the
+//! lock a refresh takes: a refresh of the key (in this process or another) runs wholly before it
+//! or wholly after it, and what it revokes is the newest set, the one in the store. The removal
+//! is a compare-and-set like a save and keeps the key's revision, so that a set older than it
+//! (a save retried after an outage, a replica's refresh from the revoked set) is refused with
+//! [`StoreError::Removed`] instead of being saved back: that refusal moves the key to the same
+//! terminal state as the revocation did. A provider that refuses the revocation leaves
+//! everything as it was, in memory and in the store.
 //!
 //! # Deadlines
 //!
@@ -63,6 +75,9 @@ pub(super) enum Intent {
     Resave { tokens: Arc<TokenSet>, replaces: Revision },
     /// A dead grant resting on `revision`: has another process saved newer tokens?
     Recheck { revision: Revision },
+    /// Revoke the key's tokens at the provider and remove them from the store: the stored set
+    /// (the newest), or `base` (the published set) when the store holds none.
+    Revoke { base: Option<Arc<TokenSet>> },
 }
 
 impl Intent {
@@ -74,6 +89,7 @@ impl Intent {
             Intent::Install(_) => "install",
             Intent::Resave { .. } => "resave",
             Intent::Recheck { .. } => "recheck",
+            Intent::Revoke { .. } => "revoke",
         }
     }
 }
@@ -110,6 +126,10 @@ pub(super) enum Produced {
     Nothing,
     /// A retried save landed as this revision.
     Saved(Revision),
+    /// The key's tokens are revoked: by this run (`revoke`), or by another process, found when
+    /// the store refused a save over its removal. `revision` is the removal's, or, when the
+    /// removal failed with `failure`, the revision of the revoked set the store still holds.
+    Revoked { revision: Revision, failure: Option<StoreError> },
     /// The run failed.
     Failed(Error),
 }
@@ -182,6 +202,14 @@ pub(super) async fn run(cache: &TokenCache, slot: &Slot, intent: Intent) -> Prod
                 }
                 adopted => adopted,
             }
+        }
+        Intent::Revoke { base } => {
+            if let Err(source) = io.lock().await {
+                return Produced::Failed(Error::Store { key: key.clone(), source });
+            }
+            let produced = revoke(&mut io, base, save_window).await;
+            io.unlock().await;
+            produced
         }
         Intent::Recheck { revision } => match io.read().await {
             Ok(Some(stored)) if stored.revision != revision => publish(stored, Origin::Adopted),
@@ -298,13 +326,75 @@ async fn refresh(
     }
 }
 
+/// The revocation, under the lock: revoke the newest set at the provider, then remove it from the
+/// store over the revision it was read as. A set saved meanwhile (only a store without a lock lets
+/// one in) is revoked and removed in turn.
+async fn revoke(io: &mut Io<'_>, base: Option<Arc<TokenSet>>, window: Duration) -> Produced {
+    let key = &io.slot.key;
+    let (mut tokens, mut replaces) = match io.read_under_lock().await {
+        Ok(Some(stored)) => (Some(stored.tokens), stored.revision),
+        // Nothing stored (never saved, or removed already): the published set is what the
+        // provider may still honour. A removal over nothing still leaves the key's revision.
+        Ok(None) => (base.map(|base| (*base).clone()), Revision::NONE),
+        // What the store holds cannot be known, so neither which set to revoke: nothing changes.
+        Err(source) => return Produced::Failed(Error::Store { key: key.clone(), source }),
+    };
+    let mut revoked_any = false;
+    let mut retries = 0;
+    for _ in 0..SAVE_ATTEMPTS {
+        if let Some(set) = tokens.take() {
+            if let Err(source) = io.revoke_at_provider(&set).await {
+                if !revoked_any {
+                    tracing::warn!(key = %key, error = %source, "the provider did not revoke the tokens; they are kept");
+                    return Produced::Failed(Error::Revocation { key: key.clone(), source });
+                }
+                // Ours is revoked; the set saved since is not, and stays in the store.
+                tracing::warn!(key = %key, error = %source, "tokens saved during the revocation could not be revoked");
+                return Produced::Revoked { revision: replaces, failure: Some(StoreError::Superseded) };
+            }
+            revoked_any = true;
+            tracing::info!(key = %key, "tokens revoked at the provider");
+        }
+        let error = loop {
+            match io.remove(replaces, window).await {
+                Ok(revision) | Err(StoreError::Removed { revision }) => {
+                    return Produced::Revoked { revision, failure: None };
+                }
+                Err(StoreError::Superseded) => break None,
+                Err(_) if retries < RETRIES_UNDER_LOCK && io.pause_under_lock(retries + 1).await => retries += 1,
+                Err(error) => break Some(error),
+            }
+        };
+        if let Some(error) = error {
+            return Produced::Revoked { revision: replaces, failure: Some(error) };
+        }
+        // Saved over since it was read: revoke what is there now, then remove that.
+        match io.read().await {
+            Ok(Some(stored)) => {
+                tokens = Some(stored.tokens);
+                replaces = stored.revision;
+            }
+            Ok(None) => replaces = Revision::NONE,
+            Err(error) => return Produced::Revoked { revision: replaces, failure: Some(error) },
+        }
+    }
+    Produced::Revoked { revision: replaces, failure: Some(StoreError::Superseded) }
+}
+
 /// `set_tokens`: save over whatever revision the store holds (the user has just authorized: these
 /// tokens win), re-reading when another save lands in between.
 async fn install(io: &mut Io<'_>, tokens: TokenSet, save_window: Duration) -> Produced {
     let key = &io.slot.key;
+    // The revision of a removal the last save ran into: saved over next, with no read between
+    // (a read finds no tokens there, and says no revision).
+    let mut removed = None;
     for _ in 0..INSTALL_ATTEMPTS {
-        let replaces = match io.read().await {
-            Ok(stored) => stored.map_or(Revision::NONE, |stored| stored.revision),
+        let read = match removed.take() {
+            Some(revision) => Ok(revision),
+            None => io.read().await.map(|stored| stored.map_or(Revision::NONE, |stored| stored.revision)),
+        };
+        let replaces = match read {
+            Ok(revision) => revision,
             Err(error) => {
                 // The store cannot say what it holds: install from memory, save later over the
                 // revision memory rests on.
@@ -327,6 +417,11 @@ async fn install(io: &mut Io<'_>, tokens: TokenSet, save_window: Duration) -> Pr
                 };
             }
             Err(StoreError::Superseded) => continue,
+            Err(StoreError::Removed { revision }) => {
+                // Revoked before: the user's new tokens go over the removal.
+                removed = Some(revision);
+                continue;
+            }
             Err(error) => {
                 return Produced::Publish {
                     tokens,
@@ -452,11 +547,47 @@ impl<'a> Io<'a> {
         };
         // Refused saves are the protocol working, not the store failing.
         if let Err(err) = &saved
-            && !matches!(err, StoreError::Superseded)
+            && !matches!(err, StoreError::Superseded | StoreError::Removed { .. })
         {
             self.cache.report_store_error(&self.slot.key, err);
         }
         saved
+    }
+
+    /// Removes the key's tokens over `replaces`, within `window`, as [`save`](Self::save) saves.
+    async fn remove(&mut self, replaces: Revision, window: Duration) -> Result<Revision, StoreError> {
+        let remove = async {
+            match &mut self.guard {
+                Some(guard) => guard.remove(replaces).await,
+                None => self.store.remove(&self.slot.key, replaces).await,
+            }
+        };
+        let removed = match tokio::time::timeout(window, remove).await {
+            Ok(removed) => removed,
+            Err(_) => Err(StoreError::io("removing tokens", std::io::Error::from(std::io::ErrorKind::TimedOut))),
+        };
+        if let Err(err) = &removed
+            && !matches!(err, StoreError::Superseded | StoreError::Removed { .. })
+        {
+            self.cache.report_store_error(&self.slot.key, err);
+        }
+        removed
+    }
+
+    /// Revokes `tokens` at the provider through the token source, within the run's deadline; an
+    /// error never shows the tokens, whatever the source.
+    async fn revoke_at_provider(&mut self, tokens: &TokenSet) -> Result<(), RefreshError> {
+        let config = &self.cache.inner.config;
+        match tokio::time::timeout_at(self.deadline, config.source.revoke(tokens)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(mut error)) => {
+                let mut secrets = vec![tokens.access_token().secret()];
+                secrets.extend(tokens.refresh_token().map(|refresh| refresh.secret()));
+                error.redact(&secrets);
+                Err(error)
+            }
+            Err(_) => Err(RefreshError::TimedOut { after: config.policy.flight_deadline }),
+        }
     }
 
     /// Saves a new set over `replaces`; if the store holds something newer, that is adopted.
@@ -481,6 +612,11 @@ impl<'a> Io<'a> {
             for _ in 0..SAVE_ATTEMPTS {
                 let error = match self.save(tokens.clone(), replaces, window).await {
                     Ok(revision) => break 'attempts Standing::At(revision),
+                    // Revoked since it was read: the set is not saved back over the removal.
+                    Err(StoreError::Removed { revision }) => {
+                        tracing::warn!(key = %self.slot.key, %revision, "the key's tokens were revoked meanwhile; not saving them back");
+                        return Produced::Revoked { revision, failure: None };
+                    }
                     Err(StoreError::Superseded) => match self.read().await {
                         Ok(Some(stored)) if same_grant(&stored.tokens, &tokens) => {
                             break 'attempts Standing::At(stored.revision);

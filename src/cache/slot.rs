@@ -12,6 +12,8 @@
 //!                                                         ▼             ▼
 //!                                                   CoolingDown     Terminal ─▶ (recheck finds
 //!                                                                                newer tokens) Ready
+//!
+//!  revoke, or a save refused by another process's revocation (any phase) ───▶ Terminal (revoked)
 //! ```
 
 use std::sync::Arc;
@@ -259,6 +261,20 @@ impl SlotState {
         !was_dead
     }
 
+    /// Enters the terminal phase after a revocation, holding no token, on the store's `revision`
+    /// (the removal's). Returns whether this is a new terminal event, as [`die`](Self::die).
+    ///
+    /// Invariant: nothing from before the revocation is published after it. The revocation takes
+    /// a generation of its own, so a flight that started before it is overtaken, and what it
+    /// brings back is published only if saved at a revision later than the removal's (see
+    /// `newer`), which a set from before the removal never is.
+    pub(super) fn revoke(&mut self, revision: Revision, policy: &Policy) -> bool {
+        self.generation += 1;
+        self.current = None;
+        self.record_save(revision, true);
+        self.die(RefreshError::Revoked, Whose::User, policy)
+    }
+
     /// The error a request for a dead key fails fast with.
     pub(super) fn dead_error(key: &TokenKey, dead: &Dead) -> Error {
         terminal_error(key, dead.whose, &dead.reason)
@@ -428,6 +444,13 @@ pub(super) fn apply(
             state.record_save(revision, true);
             (Ok(state.current.clone()), effects)
         }
+        Produced::Revoked { revision, .. } => {
+            if moot {
+                settle(state, kind, policy);
+                return (current_or_state_error(key, state, now), effects);
+            }
+            (Err(revoked(state, key, revision, policy, &mut effects)), effects)
+        }
         Produced::Failed(error) => {
             if moot {
                 settle(state, kind, policy);
@@ -496,16 +519,22 @@ fn loaded(state: &mut SlotState, key: &TokenKey, policy: &Policy) -> Option<Erro
 }
 
 /// Applies a save retry's result: the retried generation is saved, or the store held something
-/// newer, which is adopted.
+/// newer, which is adopted, or the key's tokens were revoked meanwhile (by another process), and
+/// the set is not saved back.
 pub(super) fn apply_save(
     state: &mut SlotState,
     key: &TokenKey,
     generation: u64,
     produced: Produced,
     stats: &Counters,
+    policy: &Policy,
 ) -> (Outcome, Effects) {
     let mut effects = Effects::default();
     match produced {
+        Produced::Revoked { revision, .. } if state.generation == generation && !state.saved => {
+            tracing::warn!(key = %key, generation, %revision, "the tokens whose save was retried were revoked by another process");
+            return (Err(revoked(state, key, revision, policy, &mut effects)), effects);
+        }
         // An installed set saved on retry (it reports itself, like the first install).
         Produced::Publish { origin: Origin::Installed, standing: Standing::At(revision), .. }
             if state.generation == generation && !state.saved =>
@@ -593,6 +622,20 @@ fn fail_terminally(
         effects.terminal = Some((whose, reason.clone()));
     }
     terminal_error(key, whose, &reason)
+}
+
+/// Records a revocation: the key goes terminal holding no token (`SlotState::revoke`), the
+/// requests waiting for a flight learn it now, and a new terminal event gets its hook.
+fn revoked(state: &mut SlotState, key: &TokenKey, revision: Revision, policy: &Policy, effects: &mut Effects) -> Error {
+    let error = Error::ReauthorizationRequired { key: key.clone(), reason: RefreshError::Revoked };
+    if let Some(running) = state.flight() {
+        running.answer_early(Err(error.clone()), state.release);
+    }
+    if state.revoke(revision, policy) {
+        tracing::info!(key = %key, %revision, "tokens revoked: re-authorization required");
+        effects.terminal = Some((Whose::User, RefreshError::Revoked));
+    }
+    error
 }
 
 /// Records a transient failure: a cool-down with exponential backoff that honours `Retry-After`.
@@ -946,11 +989,11 @@ mod tests {
         let mut state = SlotState::new();
         state.publish(TokenSet::new("ours"), None, true);
         state.record_save(Revision::new(3), false);
-        let _ = apply_save(&mut state, &key(), 1, Produced::Saved(Revision::new(4)), &stats);
+        let _ = apply_save(&mut state, &key(), 1, Produced::Saved(Revision::new(4)), &stats, &Policy::default());
         assert_eq!((state.revision, state.saved), (Revision::new(4), true));
 
         state.record_save(Revision::new(4), false);
-        let _ = apply_save(&mut state, &key(), 99, Produced::Saved(Revision::new(5)), &stats);
+        let _ = apply_save(&mut state, &key(), 99, Produced::Saved(Revision::new(5)), &stats, &Policy::default());
         assert_eq!(
             (state.revision, state.saved),
             (Revision::new(4), false),
@@ -963,6 +1006,7 @@ mod tests {
             1,
             publish("theirs", Origin::Adopted, Standing::At(Revision::new(6))),
             &stats,
+            &Policy::default(),
         );
         assert_eq!(access(&state), Some("theirs"));
         assert_eq!((state.revision, state.saved), (Revision::new(6), true));
@@ -1034,13 +1078,13 @@ mod tests {
         state.record_save(Revision::new(7), false);
         // The retry of generation 1's save finds revision 5 in the store: generation 2 is current.
         let late = publish("stored-r5", Origin::Fetched, Standing::At(Revision::new(5)));
-        let (_, effects) = apply_save(&mut state, &key(), 1, late, &stats);
+        let (_, effects) = apply_save(&mut state, &key(), 1, late, &stats, &Policy::default());
         assert_eq!((access(&state), state.generation, state.revision), (Some("a2"), 2, Revision::new(7)));
         assert!(effects.refreshed.is_none());
         // The current set is saved already: what a retry finds is no news either.
         state.record_save(Revision::new(7), true);
         let late = publish("stored-r9", Origin::Fetched, Standing::At(Revision::new(9)));
-        let (_, effects) = apply_save(&mut state, &key(), 2, late, &stats);
+        let (_, effects) = apply_save(&mut state, &key(), 2, late, &stats, &Policy::default());
         assert_eq!((access(&state), state.revision), (Some("a2"), Revision::new(7)));
         assert!(effects.refreshed.is_none());
         assert_eq!(stats.snapshot().adopted, 0);
@@ -1058,13 +1102,14 @@ mod tests {
         for landed in
             [publish("installed", Origin::Installed, Standing::At(Revision::new(8))), Produced::Saved(Revision::new(8))]
         {
-            let (_, effects) = apply_save(&mut state, &key(), 1, landed, &stats);
+            let (_, effects) = apply_save(&mut state, &key(), 1, landed, &stats, &Policy::default());
             assert!(!state.saved, "generation 2 is still to be saved: its own retry must go on");
             assert_eq!((access(&state), state.revision), (Some("refreshed"), Revision::new(7)));
             assert!(effects.refreshed.is_none());
         }
         // The current generation's own retry landing is recorded.
-        let (outcome, effects) = apply_save(&mut state, &key(), 2, Produced::Saved(Revision::new(9)), &stats);
+        let (outcome, effects) =
+            apply_save(&mut state, &key(), 2, Produced::Saved(Revision::new(9)), &stats, &Policy::default());
         assert_eq!(outcome.unwrap().unwrap().tokens.access_token().secret(), "refreshed");
         assert!(effects.refreshed.is_none());
         assert!(state.saved);
@@ -1090,6 +1135,57 @@ mod tests {
         assert_eq!((access(&state), state.generation), (Some("a1"), 1));
         assert!(effects.refreshed.is_none());
         assert!(matches!(state.phase, Phase::Refreshing(ref running) if running.id == 2));
+    }
+
+    #[test]
+    fn a_refresh_that_answers_after_a_revocation_publishes_nothing() {
+        let (policy, stats) = (Policy::default(), Counters::default());
+        let mut state = SlotState::new();
+        state.phase = Phase::Ready;
+        state.publish(TokenSet::new("a1").with_refresh_token("r1"), None, false);
+        state.record_save(Revision::new(4), true);
+        let (running, _waiter) = test_flight(1, state.generation);
+        state.phase = Phase::Refreshing(running);
+        // The revocation applies first (its run found the refresh's set in the store, saved as r5,
+        // and removed it as r6).
+        let (outcome, effects) = apply(
+            &mut state,
+            &key(),
+            None,
+            Produced::Revoked { revision: Revision::new(6), failure: None },
+            &policy,
+            &stats,
+            at(0),
+        );
+        assert!(matches!(outcome, Err(Error::ReauthorizationRequired { reason: RefreshError::Revoked, .. })));
+        assert!(matches!(effects.terminal, Some((Whose::User, RefreshError::Revoked))), "a terminal event");
+        assert_eq!((access(&state), state.revision), (None, Revision::new(6)));
+        // The refresh's own answer arrives late: its set is older than the removal.
+        let late = publish("a2", Origin::Fetched, Standing::At(Revision::new(5)));
+        let (outcome, effects) = apply(&mut state, &key(), Some(1), late, &policy, &stats, at(0));
+        assert!(matches!(outcome, Err(Error::ReauthorizationRequired { .. })), "{outcome:?}");
+        assert!(effects.refreshed.is_none() && effects.terminal.is_none());
+        assert_eq!(access(&state), None, "nothing came back");
+        assert!(matches!(state.view(at(0)), TokenStateView::ReauthorizationRequired { reason: RefreshError::Revoked }));
+        // Even a flight that started after the revocation's generation cannot publish a set
+        // older than the removal.
+        assert!(!newer(&state, Origin::Fetched, &Standing::At(Revision::new(5)), Some(state.generation - 1)));
+    }
+
+    #[test]
+    fn a_save_retry_refused_by_a_removal_ends_in_the_revoked_state_not_a_second_save() {
+        let (policy, stats) = (Policy::default(), Counters::default());
+        let mut state = SlotState::new();
+        state.phase = Phase::Ready;
+        state.publish(TokenSet::new("ours"), None, true);
+        state.record_save(Revision::new(3), false);
+        let removed = Produced::Revoked { revision: Revision::new(4), failure: None };
+        let (outcome, effects) = apply_save(&mut state, &key(), 1, removed, &stats, &policy);
+        assert!(matches!(outcome, Err(Error::ReauthorizationRequired { reason: RefreshError::Revoked, .. })));
+        assert!(effects.retry_save.is_none(), "no further retry");
+        assert!(effects.terminal.is_some());
+        assert_eq!((access(&state), state.revision, state.saved), (None, Revision::new(4), true));
+        assert!(matches!(state.phase, Phase::Terminal(_)));
     }
 
     fn test_flight(id: u64, base: u64) -> (Running, super::super::flight::Waiter) {

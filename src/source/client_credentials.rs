@@ -47,6 +47,10 @@ impl TokenSource for ClientCredentials {
         self.endpoint.exchange(&[("grant_type", "client_credentials")], current, Scoped::Yes).await
     }
 
+    async fn revoke(&self, tokens: &TokenSet) -> Result<(), RefreshError> {
+        self.endpoint.revoke(tokens).await
+    }
+
     fn resource_server(&self) -> ResourceServer {
         self.resource_server.clone()
     }

@@ -349,22 +349,30 @@ impl ServerMetadata {
     }
 
     /// A refresh-token grant against this server's token endpoint, with its authorization
-    /// endpoint for [`login`](RefreshTokenGrant::login) and the client secret sent as the server
+    /// endpoint for [`login`](RefreshTokenGrant::login), its revocation endpoint (RFC 7009) for
+    /// [`TokenRefresh::revoke`](crate::TokenRefresh::revoke), and the client secret sent as the server
     /// prefers: HTTP Basic if it takes `client_secret_basic`, else in the body if it takes
     /// `client_secret_post`, else HTTP Basic (set [`client_auth`](RefreshTokenGrant::client_auth)
     /// yourself for `private_key_jwt`). Add the client id and secret, and where the tokens go.
     pub fn refresh_token_grant(&self) -> RefreshTokenGrant {
-        let grant = RefreshTokenGrant::new(&self.token_endpoint).client_auth(self.secret_auth());
-        match &self.authorization_endpoint {
-            Some(authorize_url) => grant.authorize_url(authorize_url),
+        let mut grant = RefreshTokenGrant::new(&self.token_endpoint).client_auth(self.secret_auth());
+        if let Some(authorize_url) = &self.authorization_endpoint {
+            grant = grant.authorize_url(authorize_url);
+        }
+        match &self.revocation_endpoint {
+            Some(revocation_url) => grant.revocation_url(revocation_url),
             None => grant,
         }
     }
 
-    /// A client-credentials grant against this server's token endpoint, the client secret sent
-    /// as in [`refresh_token_grant`](Self::refresh_token_grant).
+    /// A client-credentials grant against this server's token endpoint (and its revocation
+    /// endpoint), the client secret sent as in [`refresh_token_grant`](Self::refresh_token_grant).
     pub fn client_credentials(&self) -> ClientCredentials {
-        ClientCredentials::new(&self.token_endpoint).client_auth(self.secret_auth())
+        let grant = ClientCredentials::new(&self.token_endpoint).client_auth(self.secret_auth());
+        match &self.revocation_endpoint {
+            Some(revocation_url) => grant.revocation_url(revocation_url),
+            None => grant,
+        }
     }
 
     fn secret_auth(&self) -> ClientAuth {

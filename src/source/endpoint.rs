@@ -59,7 +59,7 @@ pub enum ClientAuth {
 }
 
 /// How one token request proves the client's identity beyond its id, made afresh for each.
-enum ClientProof {
+pub(super) enum ClientProof {
     /// The client secret (by HTTP Basic or in the body), or nothing for a public client.
     Secret,
     /// A signed JWT (`private_key_jwt`).
@@ -71,7 +71,7 @@ enum ClientProof {
 
 impl ClientProof {
     /// The parts an error must not show: each proves the client's identity, once.
-    fn secrets(&self) -> Vec<String> {
+    pub(super) fn secrets(&self) -> Vec<String> {
         match self {
             ClientProof::Secret => Vec::new(),
             #[cfg(feature = "private-key-jwt")]
@@ -112,6 +112,8 @@ pub(crate) struct TokenEndpoint {
     pub(crate) scope_delimiter: String,
     /// Where users authorize the client, for [`Login`](crate::Login); a refresh never uses it.
     pub(crate) authorize_url: Option<String>,
+    /// Where tokens are revoked (RFC 7009), for [`TokenRefresh::revoke`](crate::TokenRefresh::revoke).
+    pub(crate) revocation_url: Option<String>,
     pub(crate) params: Vec<(String, String)>,
     pub(crate) encoding: BodyEncoding,
     pub(crate) mapper: Option<Arc<ResponseMapper>>,
@@ -132,6 +134,7 @@ impl fmt::Debug for TokenEndpoint {
             .field("client_auth", &self.client_auth)
             .field("scopes", &self.scopes)
             .field("authorize_url", &self.authorize_url)
+            .field("revocation_url", &self.revocation_url)
             .field("params", &self.params.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
             .field("encoding", &self.encoding)
             .field("maps_response", &self.mapper.is_some())
@@ -151,6 +154,7 @@ impl TokenEndpoint {
             scopes: Vec::new(),
             scope_delimiter: " ".to_owned(),
             authorize_url: None,
+            revocation_url: None,
             params: Vec::new(),
             encoding: BodyEncoding::default(),
             mapper: None,
@@ -230,7 +234,7 @@ impl TokenEndpoint {
 
     /// What proves the client's identity in this request: made afresh for each one (a client
     /// assertion signed for it, a Withings nonce fetched and signed for it).
-    async fn client_proof(&self) -> Result<ClientProof, RefreshError> {
+    pub(super) async fn client_proof(&self) -> Result<ClientProof, RefreshError> {
         match &self.client_auth {
             ClientAuth::Basic | ClientAuth::RequestBody => Ok(ClientProof::Secret),
             #[cfg(feature = "private-key-jwt")]
@@ -266,7 +270,7 @@ impl TokenEndpoint {
     /// parameters (as in `Debug`: an `assertion` or `client_assertion` is a credential, so an
     /// `audience` quoted in an error is redacted too), and the tokens being replaced. The client
     /// id is public and stays.
-    fn secrets(&self, grant: &[(&str, &str)], current: Option<&TokenSet>) -> Vec<String> {
+    pub(super) fn secrets(&self, grant: &[(&str, &str)], current: Option<&TokenSet>) -> Vec<String> {
         let mut secrets: Vec<String> =
             grant.iter().filter(|(name, _)| *name != "grant_type").map(|(_, value)| (*value).to_owned()).collect();
         if let Some(secret) = &self.client_secret {
@@ -298,7 +302,42 @@ impl TokenEndpoint {
         if scoped == Scoped::Yes && !scope.is_empty() {
             fields.push(("scope", &scope));
         }
-        let mut request = self.request(http::Method::POST, url)?.header(ACCEPT, "application/json");
+        let request = self.request(http::Method::POST, url)?.header(ACCEPT, "application/json");
+        let request = self.authenticate(request, &mut fields, proof)?;
+        fields.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let request = with_body(request, &fields, self.encoding);
+
+        let CappedAnswer { status, headers, body, cut } = self.send_capped(request).await?;
+        tracing::Span::current().record("status", status.as_u16());
+        if cut {
+            if !status.is_success() {
+                // An error is judged by its status and `Retry-After`; the body is only shown.
+                return Err(response::parse_failure(status, &headers, &body, self.now()));
+            }
+            return Err(RefreshError::InvalidResponse {
+                status,
+                reason: format!("the answer is larger than {} bytes", self.max_response_bytes),
+                body: response::excerpt(&body),
+                rotated_refresh_token: None,
+            });
+        }
+        let now = self.now();
+        if status.is_success() {
+            response::parse_success(status, &body, self.mapper.as_deref(), now)
+        } else {
+            Err(response::parse_failure(status, &headers, &body, now))
+        }
+    }
+
+    /// Adds the client's authentication to `request`, a call to this endpoint's server (a token
+    /// call or a revocation, which authenticate alike: RFC 7009 §2.1), as the grant's
+    /// [`ClientAuth`] says: a header, or `fields` of the body.
+    pub(super) fn authenticate<'a>(
+        &'a self,
+        mut request: reqwest::RequestBuilder,
+        fields: &mut Vec<(&'a str, &'a str)>,
+        proof: &'a ClientProof,
+    ) -> Result<reqwest::RequestBuilder, RefreshError> {
         match (&self.client_id, &self.client_secret, &self.client_auth, proof) {
             #[cfg(feature = "private-key-jwt")]
             (Some(id), _, _, ClientProof::Assertion(assertion)) => {
@@ -323,39 +362,7 @@ impl TokenEndpoint {
             }
             (None, _, _, _) => {}
         }
-        fields.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        request = match self.encoding {
-            BodyEncoding::Form => {
-                let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(&fields).finish();
-                request.header(CONTENT_TYPE, "application/x-www-form-urlencoded").body(body)
-            }
-            BodyEncoding::Json => {
-                let object: serde_json::Map<String, Value> =
-                    fields.iter().map(|(k, v)| ((*k).to_owned(), Value::from(*v))).collect();
-                request.header(CONTENT_TYPE, "application/json").body(Value::Object(object).to_string())
-            }
-        };
-
-        let CappedAnswer { status, headers, body, cut } = self.send_capped(request).await?;
-        tracing::Span::current().record("status", status.as_u16());
-        if cut {
-            if !status.is_success() {
-                // An error is judged by its status and `Retry-After`; the body is only shown.
-                return Err(response::parse_failure(status, &headers, &body, self.now()));
-            }
-            return Err(RefreshError::InvalidResponse {
-                status,
-                reason: format!("the answer is larger than {} bytes", self.max_response_bytes),
-                body: response::excerpt(&body),
-                rotated_refresh_token: None,
-            });
-        }
-        let now = self.now();
-        if status.is_success() {
-            response::parse_success(status, &body, self.mapper.as_deref(), now)
-        } else {
-            Err(response::parse_failure(status, &headers, &body, now))
-        }
+        Ok(request)
     }
 
     /// A request through the token client (see [`http`](Self::http)), bounded by the grant's
@@ -386,6 +393,25 @@ impl TokenEndpoint {
             body.extend_from_slice(&chunk);
         }
         Ok(CappedAnswer { status, headers, body, cut: false })
+    }
+}
+
+/// `request` with `fields` as its body, encoded as `encoding` says.
+pub(super) fn with_body(
+    request: reqwest::RequestBuilder,
+    fields: &[(&str, &str)],
+    encoding: BodyEncoding,
+) -> reqwest::RequestBuilder {
+    match encoding {
+        BodyEncoding::Form => {
+            let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+            request.header(CONTENT_TYPE, "application/x-www-form-urlencoded").body(body)
+        }
+        BodyEncoding::Json => {
+            let object: serde_json::Map<String, Value> =
+                fields.iter().map(|(k, v)| ((*k).to_owned(), Value::from(*v))).collect();
+            request.header(CONTENT_TYPE, "application/json").body(Value::Object(object).to_string())
+        }
     }
 }
 
@@ -427,6 +453,17 @@ macro_rules! endpoint_options {
         #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn token_url(mut self, token_url: impl Into<String>) -> Self {
             self.endpoint.url = token_url.into();
+            self
+        }
+
+        /// Sets the token revocation endpoint (RFC 7009), which
+        /// [`TokenRefresh::revoke`](crate::TokenRefresh::revoke) calls with the same client
+        /// authentication as token calls. [`ServerMetadata`](crate::ServerMetadata) sets it from a
+        /// `revocation_endpoint` in the server's metadata. Default: none, and `revoke` fails with
+        /// [`Error::Revocation`](crate::Error::Revocation), keeping the tokens.
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
+        pub fn revocation_url(mut self, revocation_url: impl Into<String>) -> Self {
+            self.endpoint.revocation_url = Some(revocation_url.into());
             self
         }
 

@@ -10,6 +10,7 @@ pub mod providers;
 mod refresh_token;
 mod resource_server;
 pub(crate) mod response;
+mod revocation;
 mod withings_signature;
 
 use std::fmt;
@@ -79,6 +80,20 @@ pub trait TokenSource: fmt::Debug + Send + Sync + 'static {
     /// (to log its calls, say) should return the inner source's.
     fn resource_server(&self) -> ResourceServer {
         ResourceServer::default()
+    }
+
+    /// Revokes `tokens` at the provider (RFC 7009), for
+    /// [`TokenRefresh::revoke`](crate::TokenRefresh::revoke): their refresh token, or the access
+    /// token of a set without one. `Ok` once the provider revoked them (or already held them
+    /// invalid); any error leaves the layer's tokens as they were.
+    ///
+    /// [`RefreshTokenGrant`] and [`ClientCredentials`] call their
+    /// [`revocation_url`](RefreshTokenGrant::revocation_url). The default cannot revoke and
+    /// says so with [`RefreshError::Config`]; a source that wraps another should call the inner
+    /// source's.
+    async fn revoke(&self, tokens: &TokenSet) -> Result<(), RefreshError> {
+        let _ = tokens;
+        Err(RefreshError::Config("this token source cannot revoke tokens".into()))
     }
 }
 

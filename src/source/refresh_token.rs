@@ -74,6 +74,10 @@ impl TokenSource for RefreshTokenGrant {
         Ok(tokens.inherit_refresh_token(current))
     }
 
+    async fn revoke(&self, tokens: &TokenSet) -> Result<(), RefreshError> {
+        self.endpoint.revoke(tokens).await
+    }
+
     fn resource_server(&self) -> ResourceServer {
         self.resource_server.clone()
     }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{Revision, StoreGuard, Stored, TokenStore};
+use super::{Held, Revision, StoreGuard, Stored, TokenStore};
 use crate::error::StoreError;
 use crate::key::TokenKey;
 use crate::token::TokenSet;
@@ -81,11 +81,12 @@ struct Contents {
     keys: BTreeMap<String, Entry>,
 }
 
-/// One key's tokens and the revision of their save.
+/// One key's tokens and the revision of their save; `"tokens": null` once they were removed (a
+/// tombstone: the revision stays, so that no set older than the removal is saved over it).
 #[derive(Debug, Serialize, Deserialize)]
 struct Entry {
     revision: u64,
-    tokens: TokenSet,
+    tokens: Option<TokenSet>,
 }
 
 /// The file as read, in either format.
@@ -185,7 +186,7 @@ impl FileStore {
             FORMAT_VERSION_WITHOUT_REVISIONS => raw
                 .keys
                 .into_iter()
-                .map(|(key, tokens)| Ok((key, Entry { revision: 1, tokens: serde_json::from_value(tokens)? })))
+                .map(|(key, tokens)| Ok((key, Entry { revision: 1, tokens: Some(serde_json::from_value(tokens)?) })))
                 .collect::<Result<_, serde_json::Error>>(),
             other => {
                 return Err(StoreError::Corrupt(format!(
@@ -198,8 +199,9 @@ impl FileStore {
         Ok(Some(Contents { version: FORMAT_VERSION, keys }))
     }
 
-    /// Compare-and-set of one key: read-modify-write under the write lock, then an atomic replace.
-    fn write_key(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
+    /// Compare-and-set of one key (`tokens: None` removes them; see [`Held::write_over`]):
+    /// read-modify-write under the write lock, then an atomic replace.
+    fn write_key(&self, key: &TokenKey, tokens: Option<&TokenSet>, replaces: Revision) -> Result<Revision, StoreError> {
         self.check_directory()?;
         let lock_path = self.sibling(".write-lock");
         let lock = open_lock_file(&lock_path)?;
@@ -209,13 +211,14 @@ impl FileStore {
             Err(StoreError::Corrupt(_)) if self.inner.overwrite_corrupt => Contents::default(),
             Err(err) => return Err(err),
         };
-        let current = contents.keys.get(key.as_str()).map_or(Revision::NONE, |entry| Revision::new(entry.revision));
-        if current != replaces {
-            return Err(StoreError::Superseded);
-        }
-        let revision = current.next();
+        let held = match contents.keys.get(key.as_str()) {
+            None => Held::Nothing,
+            Some(Entry { revision, tokens: Some(_) }) => Held::Tokens(Revision::new(*revision)),
+            Some(Entry { revision, tokens: None }) => Held::Removed(Revision::new(*revision)),
+        };
+        let revision = held.write_over(replaces)?;
         contents.version = FORMAT_VERSION;
-        contents.keys.insert(key.as_str().to_owned(), Entry { revision: revision.get(), tokens: tokens.clone() });
+        contents.keys.insert(key.as_str().to_owned(), Entry { revision: revision.get(), tokens: tokens.cloned() });
         let bytes = serde_json::to_vec_pretty(&contents)
             .map_err(|err| StoreError::Corrupt(format!("tokens cannot be written as JSON: {err}")))?;
         self.replace(&bytes)?;
@@ -257,7 +260,7 @@ impl TokenStore for FileStore {
         let key = key.clone();
         blocking(move || {
             let entry = store.read()?.and_then(|mut contents| contents.keys.remove(key.as_str()));
-            Ok(entry.map(|entry| Stored::new(entry.tokens, Revision::new(entry.revision))))
+            Ok(entry.and_then(|entry| Some(Stored::new(entry.tokens?, Revision::new(entry.revision)))))
         })
         .await
     }
@@ -266,7 +269,14 @@ impl TokenStore for FileStore {
         let _writing = self.inner.writing.lock().await;
         let store = self.clone();
         let (key, tokens) = (key.clone(), tokens.clone());
-        blocking(move || store.write_key(&key, &tokens, replaces)).await
+        blocking(move || store.write_key(&key, Some(&tokens), replaces)).await
+    }
+
+    async fn remove(&self, key: &TokenKey, replaces: Revision) -> Result<Revision, StoreError> {
+        let _writing = self.inner.writing.lock().await;
+        let store = self.clone();
+        let key = key.clone();
+        blocking(move || store.write_key(&key, None, replaces)).await
     }
 
     async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
@@ -314,6 +324,10 @@ impl StoreGuard for FileGuard<'_> {
 
     async fn save(&mut self, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
         self.store.save(&self.key, tokens, replaces).await
+    }
+
+    async fn remove(&mut self, replaces: Revision) -> Result<Revision, StoreError> {
+        self.store.remove(&self.key, replaces).await
     }
 
     async fn unlock(self: Box<Self>) -> Result<(), StoreError> {
@@ -402,6 +416,30 @@ mod tests {
         assert_eq!((stored.tokens.access_token().secret(), stored.revision), ("ta2", second));
         assert_eq!(reopened.load(&b).await.unwrap().unwrap().tokens.access_token().secret(), "tb");
         assert!(!dir.join("tokens.json.0.tmp").exists());
+    }
+
+    #[tokio::test]
+    async fn a_removed_key_reads_as_no_tokens_from_the_file_and_keeps_its_revision() {
+        let dir = temp_dir("remove");
+        let path = dir.join("tokens.json");
+        let store = FileStore::new(&path);
+        let (a, b) = (TokenKey::new("a"), TokenKey::new("b"));
+        let first = store.save(&a, &TokenSet::new("ta").with_refresh_token("ra-secret"), Revision::NONE).await.unwrap();
+        store.save(&b, &TokenSet::new("tb"), Revision::NONE).await.unwrap();
+        let mut guard = store.lock(&a).await.unwrap().unwrap();
+        assert!(matches!(guard.remove(Revision::NONE).await, Err(StoreError::Superseded)));
+        let removed = guard.remove(first).await.unwrap();
+        guard.unlock().await.unwrap();
+
+        // Another process opening the file sees no tokens for the key, and cannot save its copy back.
+        let other = FileStore::new(&path);
+        assert!(other.load(&a).await.unwrap().is_none());
+        assert_eq!(other.load(&b).await.unwrap().unwrap().tokens.access_token().secret(), "tb", "other keys stay");
+        let refused = other.save(&a, &TokenSet::new("ta"), first).await.unwrap_err();
+        assert!(matches!(refused, StoreError::Removed { revision } if revision == removed), "{refused:?}");
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("ra-secret"), "the revoked refresh token is gone from the file: {text}");
+        assert_eq!(other.save(&a, &TokenSet::new("ta2"), removed).await.unwrap(), Revision::new(3));
     }
 
     #[cfg(unix)]

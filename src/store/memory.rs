@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{Revision, StoreGuard, Stored, TokenStore};
+use super::{Held, Revision, StoreGuard, Stored, TokenStore};
 use crate::error::StoreError;
 use crate::key::TokenKey;
 use crate::token::TokenSet;
@@ -23,7 +23,9 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    tokens: Mutex<HashMap<TokenKey, Stored>>,
+    /// Per key, its revision and the tokens saved as it; `None` once removed (a tombstone, so
+    /// that the revision goes on counting and no older set is saved over the removal).
+    tokens: Mutex<HashMap<TokenKey, (Revision, Option<TokenSet>)>>,
     locks: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -32,23 +34,34 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Writes `tokens` for `key` (`None`: removes them) over `replaces`; see [`Held::write_over`].
+    fn write(&self, key: &TokenKey, tokens: Option<&TokenSet>, replaces: Revision) -> Result<Revision, StoreError> {
+        let mut map = self.inner.tokens.lock();
+        let held = match map.get(key) {
+            None => Held::Nothing,
+            Some((revision, Some(_))) => Held::Tokens(*revision),
+            Some((revision, None)) => Held::Removed(*revision),
+        };
+        let revision = held.write_over(replaces)?;
+        map.insert(key.clone(), (revision, tokens.cloned()));
+        Ok(revision)
+    }
 }
 
 #[async_trait]
 impl TokenStore for MemoryStore {
     async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
-        Ok(self.inner.tokens.lock().get(key).cloned())
+        let map = self.inner.tokens.lock();
+        Ok(map.get(key).and_then(|(revision, tokens)| Some(Stored::new(tokens.clone()?, *revision))))
     }
 
     async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
-        let mut map = self.inner.tokens.lock();
-        let current = map.get(key).map_or(Revision::NONE, |stored| stored.revision);
-        if current != replaces {
-            return Err(StoreError::Superseded);
-        }
-        let revision = current.next();
-        map.insert(key.clone(), Stored::new(tokens.clone(), revision));
-        Ok(revision)
+        self.write(key, Some(tokens), replaces)
+    }
+
+    async fn remove(&self, key: &TokenKey, replaces: Revision) -> Result<Revision, StoreError> {
+        self.write(key, None, replaces)
     }
 
     async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
@@ -74,6 +87,10 @@ impl StoreGuard for MemoryGuard<'_> {
 
     async fn save(&mut self, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
         self.store.save(&self.key, tokens, replaces).await
+    }
+
+    async fn remove(&mut self, replaces: Revision) -> Result<Revision, StoreError> {
+        self.store.remove(&self.key, replaces).await
     }
 
     async fn unlock(self: Box<Self>) -> Result<(), StoreError> {
@@ -125,6 +142,28 @@ mod tests {
         assert!(matches!(guard.save(&TokenSet::new("x"), Revision::NONE).await, Err(StoreError::Superseded)));
         assert_eq!(guard.save(&TokenSet::new("t2"), read.revision).await.unwrap(), Revision::new(2));
         guard.unlock().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_removal_keeps_the_revision_so_no_older_set_comes_back() {
+        let store = MemoryStore::new();
+        let key = TokenKey::new("u");
+        let first = store.save(&key, &TokenSet::new("t1"), Revision::NONE).await.unwrap();
+        let late = store.remove(&key, Revision::NONE).await.unwrap_err();
+        assert!(matches!(late, StoreError::Superseded), "a removal is fenced like a save: {late:?}");
+        let mut guard = store.lock(&key).await.unwrap().unwrap();
+        let removed = guard.remove(first).await.unwrap();
+        guard.unlock().await.unwrap();
+        assert_eq!(removed, Revision::new(2));
+        assert!(store.load(&key).await.unwrap().is_none(), "no tokens after the removal");
+        for stale in [first, Revision::NONE] {
+            let refused = store.save(&key, &TokenSet::new("t1"), stale).await.unwrap_err();
+            assert!(matches!(refused, StoreError::Removed { revision } if revision == removed), "{refused:?}");
+        }
+        assert!(matches!(store.remove(&key, first).await, Err(StoreError::Removed { .. })));
+        let after_login = store.save(&key, &TokenSet::new("t2"), removed).await.unwrap();
+        assert_eq!(after_login, Revision::new(3));
+        assert_eq!(store.load(&key).await.unwrap().unwrap().tokens.access_token().secret(), "t2");
     }
 
     #[tokio::test]

@@ -99,24 +99,41 @@ impl Stored {
 /// use std::sync::Mutex;
 /// use reqwest_token_refresh::{async_trait, Revision, StoreError, Stored, TokenKey, TokenSet, TokenStore};
 ///
+/// /// Per key: the revision, and the tokens saved as it (`None`: removed, a tombstone).
 /// #[derive(Debug, Default)]
-/// struct MapStore(Mutex<HashMap<TokenKey, Stored>>);
+/// struct MapStore(Mutex<HashMap<TokenKey, (Revision, Option<TokenSet>)>>);
+///
+/// impl MapStore {
+///     /// Writes `tokens` (or a removal) for `key` if its revision is still `replaces`.
+///     fn write(&self, key: &TokenKey, tokens: Option<&TokenSet>, replaces: Revision) -> Result<Revision, StoreError> {
+///         let mut map = self.0.lock().unwrap();
+///         match map.get(key) {
+///             Some((revision, None)) if *revision != replaces => {
+///                 return Err(StoreError::Removed { revision: *revision });
+///             }
+///             Some((revision, Some(_))) if *revision != replaces => return Err(StoreError::Superseded),
+///             None if replaces != Revision::NONE => return Err(StoreError::Superseded),
+///             _ => {}
+///         }
+///         let revision = replaces.next();
+///         map.insert(key.clone(), (revision, tokens.cloned()));
+///         Ok(revision)
+///     }
+/// }
 ///
 /// #[async_trait]
 /// impl TokenStore for MapStore {
 ///     async fn load(&self, key: &TokenKey) -> Result<Option<Stored>, StoreError> {
-///         Ok(self.0.lock().unwrap().get(key).cloned())
+///         let map = self.0.lock().unwrap();
+///         Ok(map.get(key).and_then(|(revision, tokens)| Some(Stored::new(tokens.clone()?, *revision))))
 ///     }
 ///
 ///     async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
-///         let mut map = self.0.lock().unwrap();
-///         let current = map.get(key).map_or(Revision::NONE, |stored| stored.revision);
-///         if current != replaces {
-///             return Err(StoreError::Superseded);
-///         }
-///         let revision = current.next();
-///         map.insert(key.clone(), Stored::new(tokens.clone(), revision));
-///         Ok(revision)
+///         self.write(key, Some(tokens), replaces)
+///     }
+///
+///     async fn remove(&self, key: &TokenKey, replaces: Revision) -> Result<Revision, StoreError> {
+///         self.write(key, None, replaces)
 ///     }
 ///     // No `lock`: the layer's single flight is per process, and the revision still keeps a late
 ///     // save from overwriting a newer one.
@@ -127,7 +144,12 @@ impl Stored {
 /// let key = TokenKey::new("user-42");
 /// let first = store.save(&key, &TokenSet::new("a1"), Revision::NONE).await?;
 /// assert!(matches!(store.save(&key, &TokenSet::new("late"), Revision::NONE).await, Err(StoreError::Superseded)));
-/// store.save(&key, &TokenSet::new("a2"), first).await?;
+/// let second = store.save(&key, &TokenSet::new("a2"), first).await?;
+/// // Revoked: the tokens go, the revision stays, and the old set cannot come back.
+/// let removed = store.remove(&key, second).await?;
+/// assert!(store.load(&key).await?.is_none());
+/// assert!(matches!(store.save(&key, &TokenSet::new("a2"), second).await, Err(StoreError::Removed { .. })));
+/// store.save(&key, &TokenSet::new("after-login"), removed).await?;
 /// # Ok(()) }
 /// # tokio_test_block_on(run()).unwrap();
 /// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -144,6 +166,22 @@ pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
     /// restart reads the set back. Otherwise it writes nothing and fails with
     /// [`StoreError::Superseded`].
     async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError>;
+
+    /// Removes the token set for `key` (after [`TokenRefresh::revoke`](crate::TokenRefresh::revoke)
+    /// revoked it) if the key's revision is still `replaces`, durably, and returns the revision
+    /// of the removal.
+    ///
+    /// A removal is not forgetting: the store keeps the key's revision, with no tokens (a
+    /// tombstone), and the revision goes on counting from it. [`load`](Self::load) then finds no
+    /// tokens, and a save over any other revision fails with [`StoreError::Removed`] naming the
+    /// removal's, so that a replica still holding the revoked set (a save retried after an
+    /// outage, a refresh that started before the revocation) cannot write it back. A save over
+    /// the removal's revision lands: new tokens after a new login.
+    ///
+    /// Fails, removing nothing, with [`StoreError::Superseded`] when the key holds tokens saved as
+    /// another revision, and with [`StoreError::Removed`] when it was removed already (as another
+    /// revision).
+    async fn remove(&self, key: &TokenKey, replaces: Revision) -> Result<Revision, StoreError>;
 
     /// Takes this store's lock for `key`, held while one refresh runs, so that processes sharing
     /// the store refresh once between them. Waits until the lock is free (or fails with
@@ -171,8 +209,35 @@ pub trait StoreGuard: fmt::Debug + Send {
     /// Saves the key's tokens under the lock, as [`TokenStore::save`] does: only over `replaces`.
     async fn save(&mut self, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError>;
 
+    /// Removes the key's tokens under the lock, as [`TokenStore::remove`] does: only over
+    /// `replaces`, leaving the key's revision behind.
+    async fn remove(&mut self, replaces: Revision) -> Result<Revision, StoreError>;
+
     /// Releases the lock.
     async fn unlock(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// What a store holds for a key, as far as the compare-and-set goes: nothing ever saved, tokens
+/// saved as a revision, or a removal (a tombstone) as a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Held {
+    Nothing,
+    Tokens(Revision),
+    Removed(Revision),
+}
+
+impl Held {
+    /// The compare-and-set of a save or a removal over `replaces`: the revision it writes, or why
+    /// it writes nothing. The one rule every store in this crate keeps (Redis and PostgreSQL keep
+    /// it in their script and statements, in the same words).
+    pub(crate) fn write_over(self, replaces: Revision) -> Result<Revision, StoreError> {
+        match self {
+            Held::Nothing if replaces == Revision::NONE => Ok(replaces.next()),
+            Held::Tokens(revision) | Held::Removed(revision) if revision == replaces => Ok(replaces.next()),
+            Held::Removed(revision) => Err(StoreError::Removed { revision }),
+            Held::Nothing | Held::Tokens(_) => Err(StoreError::Superseded),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +250,22 @@ mod tests {
     fn token_store_is_object_safe() {
         let store: Arc<dyn TokenStore> = Arc::new(MemoryStore::new());
         let _ = format!("{store:?}");
+    }
+
+    #[test]
+    fn a_write_lands_only_over_the_revision_held_and_a_removal_is_named_when_it_does_not() {
+        let (r1, r2) = (Revision::new(1), Revision::new(2));
+        assert_eq!(Held::Nothing.write_over(Revision::NONE).unwrap(), r1);
+        assert!(matches!(Held::Nothing.write_over(r1), Err(StoreError::Superseded)), "a store that lost the key");
+        assert_eq!(Held::Tokens(r1).write_over(r1).unwrap(), r2);
+        assert!(matches!(Held::Tokens(r2).write_over(r1), Err(StoreError::Superseded)));
+        assert_eq!(Held::Removed(r2).write_over(r2).unwrap(), Revision::new(3), "new tokens after a new login");
+        for late in [Revision::NONE, r1] {
+            assert!(
+                matches!(Held::Removed(r2).write_over(late), Err(StoreError::Removed { revision }) if revision == r2),
+                "a removal is never written over by a set older than it"
+            );
+        }
     }
 
     #[test]

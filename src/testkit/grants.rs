@@ -33,6 +33,9 @@ pub(super) struct State {
     refresh: HashMap<String, RefreshRecord>,
     pub(super) faults: VecDeque<Fault>,
     pub(super) token_requests: Vec<Request>,
+    /// Faults for the revocation endpoint, answered before its next calls.
+    pub(super) revocation_faults: VecDeque<Fault>,
+    pub(super) revocation_requests: Vec<Request>,
     /// The `jti` of every client assertion accepted so far.
     pub(super) assertion_ids: HashSet<String>,
     /// Withings nonces issued and not yet used, with when they were issued.
@@ -71,6 +74,8 @@ pub(super) struct AccessRecord {
     expires_at: Option<SystemTime>,
     /// Set by `expire_access_tokens` and `issue_expired_tokens`.
     pub(super) expired: bool,
+    /// Revoked on its own at the revocation endpoint (its family's refresh token stays).
+    revoked: bool,
     /// Under the grace, the refresh token this one was issued for: its grace ends when the API
     /// first accepts this access token, since the client evidently has the new pair.
     predecessor: Option<String>,
@@ -156,7 +161,7 @@ impl State {
             now.checked_add(config.access_token_lifetime)
         };
         let access = format!("at-{name}");
-        let record = AccessRecord { family, expires_at, expired, predecessor: None };
+        let record = AccessRecord { family, expires_at, expired, revoked: false, predecessor: None };
         self.access.insert(access.clone(), record);
         let refresh = refresh.then(|| {
             let refresh = format!("rt-{name}");
@@ -170,6 +175,27 @@ impl State {
         if let Some(family) = self.families.get_mut(family).filter(|f| !f.revoked) {
             family.revoked = true;
             self.stats.families_revoked += 1;
+        }
+    }
+
+    /// Revokes `token` at the revocation endpoint: a refresh token's whole family (RFC 7009 §2.1:
+    /// its grant, and the access tokens issued with it), or one access token. Whether the token
+    /// was one the provider issued and still honoured.
+    pub(super) fn revoke_token(&mut self, token: &str) -> bool {
+        if let Some(record) = self.refresh.get(token).copied() {
+            let live = !self.family_revoked(record.family);
+            self.revoke(record.family);
+            return live;
+        }
+        let family_revoked = |state: &Self, family| state.family_revoked(family);
+        match self.access.get(token).map(|record| (record.family, record.revoked)) {
+            Some((family, false)) if !family_revoked(self, family) => {
+                if let Some(record) = self.access.get_mut(token) {
+                    record.revoked = true;
+                }
+                true
+            }
+            _ => false,
         }
     }
 
@@ -233,7 +259,7 @@ impl State {
         let Some(record) = self.access.get(token) else {
             return Err("The access token is unknown");
         };
-        if self.family_revoked(record.family) {
+        if record.revoked || self.family_revoked(record.family) {
             return Err("The access token was revoked");
         }
         if record.expired || record.expires_at.is_some_and(|at| now >= at) {

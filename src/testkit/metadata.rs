@@ -38,6 +38,9 @@ impl Shared {
             "response_types_supported": ["code"],
             "code_challenge_methods_supported": ["S256"],
         });
+        if dialect == Dialect::Standard {
+            document["revocation_endpoint"] = format!("{}{}", config.issuer, super::revocation::REVOCATION_PATH).into();
+        }
         for (name, value) in &config.metadata_fields {
             document[name.as_str()] = value.clone();
         }

@@ -28,7 +28,8 @@
 //! once (PKCE `S256` required) and the `authorization_code` grant, each code usable once, for
 //! its redirect URI and verifier, within its lifetime (10 minutes; Withings' 30 seconds), a
 //! second use revoking what the first granted; [`MockProvider::approve`] plays the browser, and
-//! [`MockProvider::issue_tokens`] skips the login. Not reproduced: refresh-token expiry. The mock's routes are mounted at priority 10, so a [`Mock`] a test mounts
+//! [`MockProvider::issue_tokens`] skips the login. A revocation endpoint (RFC 7009,
+//! [`MockProvider::revocation_url`]) revokes a refresh token's family or an access token. Not reproduced: refresh-token expiry. The mock's routes are mounted at priority 10, so a [`Mock`] a test mounts
 //! on [`MockProvider::server`] at the default priority wins.
 //!
 //! ```
@@ -97,6 +98,7 @@ mod assertion;
 mod dialect;
 mod grants;
 mod metadata;
+mod revocation;
 mod signature;
 #[cfg(test)]
 mod tests;
@@ -144,18 +146,26 @@ pub struct ProviderStats {
     pub invalid_grants: u64,
     /// Times a spent (already rotated) refresh token was presented.
     pub reuse_detected: u64,
-    /// Token families revoked, by reuse detection or [`MockProvider::revoke_all`].
+    /// Token families revoked, by reuse detection, the revocation endpoint or
+    /// [`MockProvider::revoke_all`].
     pub families_revoked: u64,
     /// Refreshes granted to a rotated refresh token within its
     /// [grace](MockProviderBuilder::previous_refresh_token_grace) (counted in `tokens_issued` too).
     pub grace_refreshes: u64,
-    /// Token calls handled with their answer held back by [`Fault::LoseAnswer`].
+    /// Token calls (and revocations) handled with their answer held back by [`Fault::LoseAnswer`].
     pub answers_lost: u64,
     /// Authorization codes the authorize endpoint issued (one per approved login).
     pub authorizations: u64,
     /// Nonces the Withings signature service issued ([`Dialect::Withings`]; see
     /// [`MockProvider::signature_url`]).
     pub nonces_issued: u64,
+    /// Every POST to the revocation endpoint ([`MockProvider::revocation_url`]), those answered
+    /// with an injected [`Fault`] included.
+    pub revocation_calls: u64,
+    /// Tokens the revocation endpoint revoked: a refresh token (with its family) or an access
+    /// token the provider still honoured. Revoking an unknown or already revoked token is
+    /// answered 200 too (RFC 7009 §2.2) but not counted.
+    pub tokens_revoked: u64,
     /// Every request to the API.
     pub api_calls: u64,
     /// API requests whose token was accepted (answered `200`).
@@ -443,6 +453,16 @@ impl MockProviderBuilder {
                 .mount(&server)
                 .await;
         }
+        if dialect == Dialect::Standard {
+            let revocation = Endpoint { shared: Arc::clone(&shared), latency: self.token_latency };
+            Mock::given(method("POST"))
+                .and(path(revocation::REVOCATION_PATH))
+                .respond_with(revocation::RevocationEndpoint(revocation))
+                .with_priority(MOUNT_PRIORITY)
+                .named("mock provider: revocation endpoint")
+                .mount(&server)
+                .await;
+        }
         for well_known in [metadata::OAUTH_METADATA_PATH, metadata::OPENID_METADATA_PATH] {
             let metadata = Endpoint { shared: Arc::clone(&shared), latency: self.api_latency };
             Mock::given(method("GET"))
@@ -565,7 +585,8 @@ impl MockProvider {
     /// The issuer identifier, the same as [`uri`](Self::uri): its metadata document (RFC 8414
     /// §2) is served at `{uri}/.well-known/oauth-authorization-server` and, for OpenID Connect
     /// clients, at `{uri}/.well-known/openid-configuration`, with `issuer`, `token_endpoint`,
-    /// `authorization_endpoint`, `token_endpoint_auth_methods_supported` (the dialect's: Basic
+    /// `authorization_endpoint`, `revocation_endpoint` (in the standard dialect, which serves
+    /// one), `token_endpoint_auth_methods_supported` (the dialect's: Basic
     /// and the body in the standard one, plus `private_key_jwt` once a
     /// [client key](MockProviderBuilder::client_key) is registered), `grant_types_supported`,
     /// `response_types_supported` and `code_challenge_methods_supported`, and whatever
@@ -586,6 +607,22 @@ impl MockProvider {
     /// `ClientAuth::WithingsSignature(WithingsSignature::new(provider.signature_url()))`.
     pub fn signature_url(&self) -> String {
         format!("{}{}", self.uri(), signature::SIGNATURE_PATH)
+    }
+
+    /// The token revocation endpoint (RFC 7009), `{uri}/oauth/revoke`, served in
+    /// [`Dialect::Standard`] only (none of the other dialects' providers documents one) and named
+    /// `revocation_endpoint` in its metadata document. It takes a form body with `token` (and an
+    /// optional `token_type_hint`), authenticates the client as the token endpoint does (wrong
+    /// credentials: `401 invalid_client`), and answers `200 {}`: a refresh token's whole family
+    /// is revoked (a later refresh with it gets `invalid_grant`, the API answers `401` to its
+    /// access tokens), an access token alone stops working; an unknown or already revoked token
+    /// is answered 200 too (RFC 7009 §2.2). Calls are counted
+    /// ([`ProviderStats::revocation_calls`], [`tokens_revoked`](ProviderStats::tokens_revoked)),
+    /// kept ([`revocation_requests`](Self::revocation_requests)) and can be made to fail
+    /// ([`fail_next_revocation_calls`](Self::fail_next_revocation_calls)). Point a grant at it with
+    /// [`RefreshTokenGrant::revocation_url`](crate::RefreshTokenGrant::revocation_url).
+    pub fn revocation_url(&self) -> String {
+        format!("{}{}", self.uri(), revocation::REVOCATION_PATH)
     }
 
     /// The authorization endpoint, where a login sends the user: `{uri}/oauth/authorize`, or the
@@ -699,19 +736,45 @@ impl MockProvider {
     /// If the status is not an HTTP status code or the content type not a header value (checked
     /// here, because a panic inside the server would hang the test instead).
     pub fn fail_next_token_calls(&self, n: usize, fault: Fault) {
-        if let Fault::Status(status) | Fault::Body { status, .. } = &fault {
-            assert!(StatusCode::from_u16(*status).is_ok(), "{status} is not an HTTP status");
-        }
-        if let Fault::Body { content_type, .. } = &fault {
-            assert!(HeaderValue::from_str(content_type).is_ok(), "bad content type {content_type:?}");
-        }
+        check_fault(&fault);
         let mut state = self.shared.state.lock();
         state.faults.extend(std::iter::repeat_n(fault, n));
+    }
+
+    /// Answers the next `n` calls of the revocation endpoint with `fault` instead of handling
+    /// them, as [`fail_next_token_calls`](Self::fail_next_token_calls) does for the token endpoint:
+    /// [`Fault::Status`], [`Fault::RateLimited`] (a `429`; RFC 7009 §2.2.1's `503` with
+    /// `Retry-After` is a [`Fault::Body`] away) and [`Fault::Body`] answer as there;
+    /// [`Fault::LoseAnswer`] revokes and withholds the answer; [`Fault::InvalidGrant`], which means
+    /// nothing to a revocation, answers `500`.
+    ///
+    /// # Panics
+    ///
+    /// As [`fail_next_token_calls`](Self::fail_next_token_calls).
+    pub fn fail_next_revocation_calls(&self, n: usize, fault: Fault) {
+        check_fault(&fault);
+        let mut state = self.shared.state.lock();
+        state.revocation_faults.extend(std::iter::repeat_n(fault, n));
+    }
+
+    /// The requests the revocation endpoint received, oldest first, faulted ones included.
+    pub fn revocation_requests(&self) -> Vec<Request> {
+        self.shared.state.lock().revocation_requests.clone()
     }
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> ProviderStats {
         self.shared.state.lock().stats
+    }
+}
+
+/// Checks an injected fault here, because a panic inside the server would hang the test instead.
+fn check_fault(fault: &Fault) {
+    if let Fault::Status(status) | Fault::Body { status, .. } = fault {
+        assert!(StatusCode::from_u16(*status).is_ok(), "{status} is not an HTTP status");
+    }
+    if let Fault::Body { content_type, .. } = fault {
+        assert!(HeaderValue::from_str(content_type).is_ok(), "bad content type {content_type:?}");
     }
 }
 

@@ -330,6 +330,8 @@ async fn stats_count_every_kind_of_call_and_no_credentials_get_a_bare_challenge(
         answers_lost: 0,
         authorizations: 0,
         nonces_issued: 0,
+        revocation_calls: 0,
+        tokens_revoked: 0,
         api_calls: 3,
         api_ok: 1,
         api_unauthorized: 2,
@@ -775,4 +777,81 @@ async fn accepts_access_token_checks_a_token_as_the_api_does_and_counts_it() {
 
     let stats = provider.stats();
     assert_eq!((stats.api_calls, stats.api_ok, stats.api_unauthorized), (4, 1, 3), "{stats:?}");
+}
+
+impl MockProvider {
+    async fn revoke(&self, content_type: &str, body: &str, basic: Option<&str>) -> Answer {
+        let request = reqwest::Client::new().post(self.revocation_url());
+        let mut request = request.header("content-type", content_type).body(body.to_owned());
+        if let Some(basic) = basic {
+            request = request.header("authorization", basic);
+        }
+        Answer::read(request.send().await).await
+    }
+}
+
+#[tokio::test]
+async fn the_revocation_endpoint_revokes_a_refresh_tokens_family_or_one_access_token() {
+    let provider = MockProvider::builder().client_credentials("client", "secret").start().await;
+    let basic = format!("Basic {}", BASE64.encode("client:secret"));
+    let (family, other) = (provider.issue_tokens(), provider.issue_tokens());
+    let refresh_token = family.refresh_token().unwrap().secret();
+
+    // Client authentication as at the token endpoint.
+    let body = format!("token={refresh_token}&token_type_hint=refresh_token");
+    assert_eq!(provider.revoke(FORM, &body, None).await.error(), (401, "invalid_client"));
+    let wrong = format!("Basic {}", BASE64.encode("client:wrong"));
+    assert_eq!(provider.revoke(FORM, &body, Some(&wrong)).await.error(), (401, "invalid_client"));
+    assert_eq!(provider.revoke(JSON, r#"{"token":"x"}"#, Some(&basic)).await.error(), (400, "invalid_request"));
+    assert_eq!(
+        provider.revoke(FORM, "token_type_hint=refresh_token", Some(&basic)).await.error(),
+        (400, "invalid_request")
+    );
+    assert_eq!(provider.stats().tokens_revoked, 0);
+
+    // A refresh token: its family goes, access tokens with it.
+    assert_eq!(provider.revoke(FORM, &body, Some(&basic)).await.status, 200);
+    let refresh = format!("grant_type=refresh_token&refresh_token={refresh_token}");
+    assert_eq!(provider.post(FORM, &refresh, Some(&basic)).await.error(), (400, "invalid_grant"));
+    assert_eq!(provider.api(family.access_token().secret()).await.status, 401);
+    assert_eq!(provider.api(other.access_token().secret()).await.status, 200, "another family is untouched");
+
+    // An access token, whatever the hint says: that one token goes; its refresh token stays.
+    let body = format!("token={}&token_type_hint=refresh_token", other.access_token().secret());
+    assert_eq!(provider.revoke(FORM, &body, Some(&basic)).await.status, 200);
+    assert_eq!(provider.api(other.access_token().secret()).await.status, 401);
+    let refresh = format!("grant_type=refresh_token&refresh_token={}", other.refresh_token().unwrap().secret());
+    assert_eq!(provider.post(FORM, &refresh, Some(&basic)).await.status, 200);
+
+    // RFC 7009 §2.2: an unknown or already revoked token is answered 200, and counts nothing.
+    for token in ["rt-never-issued", refresh_token] {
+        assert_eq!(provider.revoke(FORM, &format!("token={token}"), Some(&basic)).await.status, 200);
+    }
+    let stats = provider.stats();
+    assert_eq!((stats.revocation_calls, stats.tokens_revoked), (8, 2));
+    assert_eq!(provider.revocation_requests().len(), 8);
+}
+
+#[tokio::test]
+async fn revocation_faults_answer_first_and_the_metadata_names_the_endpoint() {
+    let provider = MockProvider::start().await;
+    let tokens = provider.issue_tokens();
+    let body = format!("token={}", tokens.refresh_token().unwrap().secret());
+    provider.fail_next_revocation_calls(1, Fault::Status(503));
+    provider.fail_next_revocation_calls(1, Fault::RateLimited { retry_after: Duration::from_millis(1500) });
+    assert_eq!(provider.revoke(FORM, &body, None).await.error(), (503, "server_error"));
+    let limited = provider.revoke(FORM, &body, None).await;
+    assert_eq!((limited.status, limited.header("retry-after")), (429, "2"));
+    assert_eq!(provider.api(tokens.access_token().secret()).await.status, 200, "faulted calls revoke nothing");
+    assert_eq!(provider.revoke(FORM, &body, None).await.status, 200);
+    assert_eq!(provider.api(tokens.access_token().secret()).await.status, 401);
+
+    let metadata =
+        reqwest::Client::new().get(format!("{}/.well-known/oauth-authorization-server", provider.uri())).send().await;
+    let metadata = Answer::read(metadata).await;
+    assert_eq!(metadata.field("revocation_endpoint"), provider.revocation_url());
+    let kroger = MockProvider::kroger().await;
+    let metadata =
+        reqwest::Client::new().get(format!("{}/.well-known/oauth-authorization-server", kroger.uri())).send().await;
+    assert!(Answer::read(metadata).await.json.get("revocation_endpoint").is_none(), "Kroger documents none");
 }

@@ -15,7 +15,7 @@ use super::grants::Authorization;
 use super::{Dialect, Fault, Shared};
 
 /// How long [`Fault::LoseAnswer`] holds an answer back: far longer than any test waits.
-const LOST_ANSWER_DELAY: Duration = Duration::from_secs(60 * 60);
+pub(super) const LOST_ANSWER_DELAY: Duration = Duration::from_secs(60 * 60);
 
 /// An OAuth 2.0 error response (RFC 6749 §5.2), before the dialect shapes it.
 pub(super) struct OAuthError {

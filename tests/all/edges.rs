@@ -386,6 +386,10 @@ impl<S: TokenStore + Clone> TokenStore for FailingSaves<S> {
         self.inner.save(key, tokens, replaces).await
     }
 
+    async fn remove(&self, key: &TokenKey, replaces: Revision) -> Result<Revision, StoreError> {
+        self.inner.remove(key, replaces).await
+    }
+
     async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
         crate::helpers::lock_through(self, &self.inner, key).await
     }
@@ -604,6 +608,10 @@ impl StoreGuard for UnlockFailsGuard<'_> {
         self.0.save(tokens, replaces).await
     }
 
+    async fn remove(&mut self, replaces: Revision) -> Result<Revision, StoreError> {
+        self.0.remove(replaces).await
+    }
+
     async fn unlock(self: Box<Self>) -> Result<(), StoreError> {
         self.0.unlock().await?;
         Err(StoreError::io("releasing the lock", std::io::Error::from(std::io::ErrorKind::ConnectionReset)))
@@ -618,6 +626,10 @@ impl TokenStore for UnlockFails {
 
     async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
         self.0.save(key, tokens, replaces).await
+    }
+
+    async fn remove(&self, key: &TokenKey, replaces: Revision) -> Result<Revision, StoreError> {
+        self.0.remove(key, replaces).await
     }
 
     async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
@@ -742,6 +754,10 @@ impl TokenStore for Flaky {
             return Err(StoreError::io("writing tokens", std::io::Error::from_raw_os_error(28)));
         }
         self.inner.save(key, tokens, replaces).await
+    }
+
+    async fn remove(&self, key: &TokenKey, replaces: Revision) -> Result<Revision, StoreError> {
+        self.inner.remove(key, replaces).await
     }
 
     async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {

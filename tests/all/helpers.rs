@@ -168,6 +168,10 @@ impl TokenStore for Lockless {
     async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
         self.0.save(key, tokens, replaces).await
     }
+
+    async fn remove(&self, key: &TokenKey, replaces: Revision) -> Result<Revision, StoreError> {
+        self.0.remove(key, replaces).await
+    }
 }
 
 /// A test store's lock: `inner`'s real lock held, with the load and the save made under it going
@@ -196,6 +200,10 @@ impl StoreGuard for LockThrough<'_> {
 
     async fn save(&mut self, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
         self.through.save(&self.key, tokens, replaces).await
+    }
+
+    async fn remove(&mut self, replaces: Revision) -> Result<Revision, StoreError> {
+        self.through.remove(&self.key, replaces).await
     }
 
     async fn unlock(self: Box<Self>) -> Result<(), StoreError> {
@@ -240,6 +248,10 @@ impl TokenStore for CountingStore {
     }
     async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
         self.tokens.save(key, tokens, replaces).await
+    }
+
+    async fn remove(&self, key: &TokenKey, replaces: Revision) -> Result<Revision, StoreError> {
+        self.tokens.remove(key, replaces).await
     }
     async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
         crate::helpers::lock_through(self, &self.tokens, key).await

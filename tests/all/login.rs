@@ -253,6 +253,10 @@ impl TokenStore for GatedSave {
         self.inner.save(key, tokens, replaces).await
     }
 
+    async fn remove(&self, key: &TokenKey, replaces: Revision) -> Result<Revision, StoreError> {
+        self.inner.remove(key, replaces).await
+    }
+
     async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
         crate::helpers::lock_through(self, &self.inner, key).await
     }

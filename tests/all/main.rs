@@ -38,6 +38,7 @@ mod races;
 mod redis_server;
 mod redis_store;
 mod reuse;
+mod revocation;
 mod secrets;
 mod soak;
 mod stalled_body;

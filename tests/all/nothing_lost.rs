@@ -34,6 +34,10 @@ impl TokenStore for FullDisk {
         self.tokens.save(key, tokens, replaces).await
     }
 
+    async fn remove(&self, key: &TokenKey, replaces: Revision) -> Result<Revision, StoreError> {
+        self.tokens.remove(key, replaces).await
+    }
+
     async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
         crate::helpers::lock_through(self, &self.tokens, key).await
     }

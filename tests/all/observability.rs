@@ -276,6 +276,10 @@ impl TokenStore for FullDisk {
     async fn save(&self, _key: &TokenKey, _tokens: &TokenSet, _replaces: Revision) -> Result<Revision, StoreError> {
         Err(StoreError::io("writing tokens", std::io::Error::from_raw_os_error(28)))
     }
+
+    async fn remove(&self, _key: &TokenKey, _replaces: Revision) -> Result<Revision, StoreError> {
+        Err(StoreError::io("writing tokens", std::io::Error::from_raw_os_error(28)))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

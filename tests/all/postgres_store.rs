@@ -395,6 +395,65 @@ async fn a_writer_holding_an_old_generation_is_superseded_and_the_newer_tokens_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_row_keeps_its_generation_reads_as_no_tokens_and_refuses_older_saves() {
+    let server = PgServer::start().await;
+    let key = TokenKey::new("user-1");
+    let a = store_on(&server).await;
+    let b = open(&server.config()).await.unwrap();
+    let first = a.put(&key, &TokenSet::new("access-0").with_refresh_token("refresh-0")).await.unwrap();
+    let mut lock = b.lock(&key).await.unwrap().unwrap();
+    assert!(matches!(lock.remove(Revision::NONE).await, Err(StoreError::Superseded)), "fenced like a save");
+    let removed = lock.remove(first).await.unwrap();
+    lock.unlock().await.unwrap();
+    assert_eq!(removed, Revision::new(2));
+
+    let row = sql(&server)
+        .await
+        .query_one("SELECT tokens::text, generation FROM reqwest_token_refresh_tokens WHERE key = 'user-1'", &[])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, String>(0), row.get::<_, i64>(1)), ("null".to_owned(), 2), "the row stays, its tokens go");
+    assert_eq!(a.load(&key).await.unwrap(), None);
+    // A late save over the revoked set's generation (an update) or over nothing (an insert): refused.
+    for late in [first, Revision::NONE] {
+        let err = a.save(&key, &TokenSet::new("access-0").with_refresh_token("refresh-0"), late).await.unwrap_err();
+        assert!(matches!(err, StoreError::Removed { revision } if revision == removed), "{late}: {err:?}");
+    }
+    let err = a.remove(&key, first).await.unwrap_err();
+    assert!(matches!(err, StoreError::Removed { .. }), "{err:?}");
+    // A removal over nothing leaves a row too; new tokens go over a removal.
+    assert_eq!(a.remove(&TokenKey::new("user-2"), Revision::NONE).await.unwrap(), Revision::new(1));
+    a.save(&key, &TokenSet::new("access-login").with_refresh_token("refresh-login"), removed).await.unwrap();
+    assert_eq!(refresh_secret(&b.get(&key).await.unwrap().unwrap()), "refresh-login");
+    assert_eq!(generations(&server).await, vec![("user-1".to_owned(), 3), ("user-2".to_owned(), 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_with_postgres_removes_the_users_row_tokens_and_no_replica_brings_them_back() {
+    let server = PgServer::start().await;
+    let provider = MockProvider::start().await;
+    let (alice, bob) = (TokenKey::new("alice"), TokenKey::new("bob"));
+    seed(&store_on(&server).await, &provider, &[alice.clone(), bob.clone()]).await;
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let store = open(&server.config()).await.unwrap();
+        let grant = grant(&provider).revocation_url(provider.revocation_url());
+        replicas.push(TokenRefresh::builder(grant).store(store).build().unwrap());
+    }
+    let there = client_with(&replicas[1]);
+    let get = |key: &TokenKey| there.get(provider.api_url("v1/me")).with_extension(key.clone()).send();
+    assert_eq!(get(&alice).await.unwrap().status(), 200);
+
+    tokio::time::timeout(Duration::from_secs(30), replicas[0].revoke_for(&alice)).await.unwrap().unwrap();
+    let reread = open(&server.config()).await.unwrap();
+    assert_eq!(reread.load(&alice).await.unwrap(), None);
+    let err = get(&alice).await.unwrap_err();
+    assert!(Error::from_middleware(&err).is_some_and(Error::is_reauthorization_required), "{err:?}");
+    assert_eq!(reread.load(&alice).await.unwrap(), None, "nothing was saved back");
+    assert_eq!(get(&bob).await.unwrap().status(), 200, "another user is untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layer_whose_lock_ran_out_adopts_the_newer_tokens_instead_of_overwriting_them() {
     let server = PgServer::start().await;
     // A slow token endpoint, and replica A may hold its lock for 200 ms only.

@@ -265,3 +265,28 @@ async fn private_key_jwt_without_a_client_id_is_a_configuration_error() {
     let err = timeout(BOUND, grant.fetch(None)).await.unwrap().unwrap_err();
     assert!(matches!(&err, RefreshError::Config(reason) if reason.contains("client id")), "{err}");
 }
+
+#[tokio::test]
+async fn a_revocation_is_authenticated_with_a_fresh_client_assertion_too() {
+    let signing = key(ES256);
+    let provider = provider_for(&signing).await;
+    let grant = RefreshTokenGrant::new(provider.token_url())
+        .client_id(CLIENT)
+        .client_auth(ClientAuth::PrivateKeyJwt(signing))
+        .api_origin(provider.uri())
+        .revocation_url(provider.revocation_url());
+    let auth = TokenRefresh::builder(grant).initial_tokens(provider.issue_expired_tokens()).build().unwrap();
+    let client = client_with(&auth);
+    assert_eq!(client.get(provider.api_url("v1/me")).send().await.unwrap().status(), 200, "refreshed");
+
+    timeout(BOUND, auth.revoke()).await.expect("bounded").expect("the mock accepted the assertion");
+    assert_eq!(provider.stats().tokens_revoked, 1);
+    let sent = fields(&provider.revocation_requests()[0]);
+    assert_eq!(field(&sent, "client_assertion_type"), Some(CLIENT_ASSERTION_TYPE));
+    assert!(field(&sent, "client_secret").is_none(), "no secret is sent");
+    let revocation_assertion = field(&sent, "client_assertion").expect("an assertion").to_owned();
+    let refresh_assertion = field(&fields(&provider.token_requests()[0]), "client_assertion").unwrap().to_owned();
+    assert_ne!(revocation_assertion, refresh_assertion, "signed for this request alone");
+    let (_, claims) = jwt_parts(&revocation_assertion);
+    assert_eq!((claims["iss"].as_str(), claims["sub"].as_str()), (Some(CLIENT), Some(CLIENT)));
+}

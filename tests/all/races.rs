@@ -51,6 +51,10 @@ impl TokenStore for FlakyStore {
         self.tokens.save(key, tokens, replaces).await
     }
 
+    async fn remove(&self, key: &TokenKey, replaces: Revision) -> Result<Revision, StoreError> {
+        self.tokens.remove(key, replaces).await
+    }
+
     async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
         crate::helpers::lock_through(self, &self.tokens, key).await
     }
@@ -117,6 +121,10 @@ impl TokenStore for GatedLoad {
 
     async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
         self.tokens.save(key, tokens, replaces).await
+    }
+
+    async fn remove(&self, key: &TokenKey, replaces: Revision) -> Result<Revision, StoreError> {
+        self.tokens.remove(key, replaces).await
     }
 
     async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
@@ -414,6 +422,10 @@ impl TokenStore for LockTimesOut {
         self.0.save(key, tokens, replaces).await
     }
 
+    async fn remove(&self, key: &TokenKey, replaces: Revision) -> Result<Revision, StoreError> {
+        self.0.remove(key, replaces).await
+    }
+
     async fn lock(&self, _key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
         Err(StoreError::LockTimeout)
     }
@@ -453,6 +465,10 @@ impl TokenStore for FlakyLockless {
             return Err(StoreError::io("writing tokens", std::io::Error::from_raw_os_error(28)));
         }
         self.tokens.save(key, tokens, replaces).await
+    }
+
+    async fn remove(&self, key: &TokenKey, replaces: Revision) -> Result<Revision, StoreError> {
+        self.tokens.remove(key, replaces).await
     }
 }
 

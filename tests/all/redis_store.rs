@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use reqwest_token_refresh::testkit::MockProvider;
-use reqwest_token_refresh::{Error, RedisStore, StoreError, TokenKey, TokenRefresh, TokenSet, TokenStore};
+use reqwest_token_refresh::{Error, RedisStore, Revision, StoreError, TokenKey, TokenRefresh, TokenSet, TokenStore};
 
 use crate::helpers::StoreExt;
 use crate::helpers::{client_with, count, layer, storm};
@@ -442,6 +442,58 @@ async fn a_save_from_any_task_is_fenced_by_the_revision_it_names_not_by_who_hold
     assert!(matches!(err, StoreError::Superseded), "{err:?}");
     assert_eq!(access(&shared.get(&key()).await.unwrap().unwrap()), "t-other-task");
     held.unlock().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_removal_leaves_no_tokens_keeps_the_generation_and_refuses_a_save_older_than_it() {
+    let redis = RedisServer::start();
+    let a = RedisStore::new(redis.url()).unwrap().key_prefix("test:");
+    let b = RedisStore::new(redis.url()).unwrap().key_prefix("test:");
+    let first = a.put(&key(), &TokenSet::new("t0").with_refresh_token("r0")).await.unwrap();
+    let mut lease = b.lock(&key()).await.unwrap().unwrap();
+    assert!(matches!(lease.remove(Revision::NONE).await, Err(StoreError::Superseded)), "fenced like a save");
+    let removed = lease.remove(first).await.unwrap();
+    lease.unlock().await.unwrap();
+    assert_eq!(removed, first.next());
+
+    let mut raw = redis.connection().await;
+    let value: String = redis::cmd("GET").arg("test:tokens:default").query_async(&mut raw).await.unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&value).unwrap(),
+        serde_json::json!({"generation": 2, "tokens": null})
+    );
+    assert_eq!(a.load(&key()).await.unwrap(), None, "no tokens for any replica");
+    // A replica's save retried over the revoked set's generation, or a seed over nothing: refused.
+    for late in [first, Revision::NONE] {
+        let err = a.save(&key(), &TokenSet::new("t0").with_refresh_token("r0"), late).await.unwrap_err();
+        assert!(matches!(err, StoreError::Removed { revision } if revision == removed), "{err:?}");
+    }
+    assert!(matches!(a.remove(&key(), first).await, Err(StoreError::Removed { .. })));
+    // New tokens after a new login go over the removal.
+    a.save(&key(), &TokenSet::new("t-login"), removed).await.unwrap();
+    assert_eq!(stored(&a).await.map(|t| access(&t).to_owned()), Some("t-login".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_by_one_replica_needs_a_login_in_every_replica() {
+    let redis = RedisServer::start();
+    let provider = MockProvider::start().await;
+    RedisStore::new(redis.url()).unwrap().put(&key(), &provider.issue_tokens()).await.unwrap();
+    let replica = || {
+        TokenRefresh::builder(crate::helpers::grant(&provider).revocation_url(provider.revocation_url()))
+            .store(RedisStore::new(redis.url()).unwrap())
+            .build()
+            .unwrap()
+    };
+    let (here, there) = (replica(), replica());
+    let there_client = client_with(&there);
+    assert_eq!(there_client.get(provider.api_url("v1/me")).send().await.unwrap().status(), 200);
+
+    tokio::time::timeout(Duration::from_secs(30), here.revoke()).await.unwrap().unwrap();
+    assert_eq!(stored(&RedisStore::new(redis.url()).unwrap()).await, None);
+    let err = there_client.get(provider.api_url("v1/me")).send().await.unwrap_err();
+    assert!(Error::from_middleware(&err).is_some_and(Error::is_reauthorization_required), "{err:?}");
+    assert_eq!(stored(&RedisStore::new(redis.url()).unwrap()).await, None, "nothing was saved back");
 }
 
 #[tokio::test]

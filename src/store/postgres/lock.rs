@@ -157,6 +157,10 @@ impl StoreGuard for PostgresGuard<'_> {
         self.store.save(&self.key, tokens, replaces).await
     }
 
+    async fn remove(&mut self, replaces: Revision) -> Result<Revision, StoreError> {
+        self.store.remove(&self.key, replaces).await
+    }
+
     async fn unlock(mut self: Box<Self>) -> Result<(), StoreError> {
         let Some(session) = self.session.take() else { return Ok(()) };
         // Rolling back ends the transaction and with it the advisory lock (nothing was written in

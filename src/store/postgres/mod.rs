@@ -74,7 +74,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// ```sql
 /// CREATE TABLE IF NOT EXISTS reqwest_token_refresh_tokens (
 ///     key        text        PRIMARY KEY,
-///     tokens     jsonb       NOT NULL,  -- the TokenSet, as serde writes it
+///     tokens     jsonb       NOT NULL,  -- the TokenSet, as serde writes it; JSON null once removed
 ///     generation bigint      NOT NULL,  -- bumped by every save: the fence
 ///     updated_at timestamptz NOT NULL DEFAULT now()
 /// )
@@ -100,6 +100,10 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// query timeout), so a holder that hangs (or whose token call outlives its timeout) loses its session
 /// and its lock; the server enforces it, not the holder. Waiting for the lock is bounded by
 /// [`lock_timeout`](Self::lock_timeout); running out gives [`StoreError::LockTimeout`].
+///
+/// A key whose tokens were removed ([`TokenStore::remove`], after a revocation) keeps its row,
+/// with `tokens` the JSON `null` and its generation bumped: it reads as no tokens, and a save
+/// over an older generation is refused with [`StoreError::Removed`].
 ///
 /// # Fencing
 ///
@@ -447,6 +451,9 @@ impl TokenStore for PostgresStore {
         let Some(row) = row else { return Ok(None) };
         let json: String = row.try_get(0).map_err(|err| self.corrupt(key, &err))?;
         let generation: i64 = row.try_get(1).map_err(|err| self.corrupt(key, &err))?;
+        if json == REMOVED {
+            return Ok(None);
+        }
         let tokens = serde_json::from_str(&json).map_err(|err| self.corrupt(key, &err))?;
         Ok(Some(Stored::new(tokens, revision_of(generation))))
     }
@@ -454,8 +461,29 @@ impl TokenStore for PostgresStore {
     async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
         let json = serde_json::to_string(tokens)
             .map_err(|err| StoreError::Corrupt(format!("tokens cannot be written as JSON: {err}")))?;
-        let (name, json) = (key.as_str(), json.as_str());
-        let action = || format!("saving the tokens of key `{key}`");
+        self.write(key, &json, replaces, "saving").await
+    }
+
+    async fn remove(&self, key: &TokenKey, replaces: Revision) -> Result<Revision, StoreError> {
+        self.write(key, REMOVED, replaces, "removing").await
+    }
+
+    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
+        Ok(Some(Box::new(self.take_lock(key).await?)))
+    }
+}
+
+/// What a removed key's `tokens` column holds: the JSON `null` (not SQL `NULL`, so that the
+/// column stays `NOT NULL` and existing tables need no change). The row, and with it the
+/// generation, stays: no save older than the removal can land over it.
+const REMOVED: &str = "null";
+
+impl PostgresStore {
+    /// The fenced write of a save (`json`: the token set) or a removal ([`REMOVED`]) over
+    /// `replaces`: an insert when there was no row, else an update on the generation named.
+    async fn write(&self, key: &TokenKey, json: &str, replaces: Revision, doing: &str) -> Result<Revision, StoreError> {
+        let name = key.as_str();
+        let action = || format!("{doing} the tokens of key `{key}`");
         let row = if replaces == Revision::NONE {
             let sql = &self.settings.sql.insert_fenced;
             self.run(action, |client| async move {
@@ -470,20 +498,28 @@ impl TokenStore for PostgresStore {
             })
             .await?
         };
-        let Some(row) = row else {
-            tracing::debug!(key = %key, %replaces, "save refused: another process saved newer tokens since this one read them");
-            return Err(StoreError::Superseded);
-        };
-        let written: i64 = row.try_get(0).map_err(|err| self.corrupt(key, &err))?;
-        Ok(revision_of(written))
+        if let Some(row) = row {
+            let written: i64 = row.try_get(0).map_err(|err| self.corrupt(key, &err))?;
+            return Ok(revision_of(written));
+        }
+        // Refused: the row holds another generation. Whether it is a removal is asked apart; a
+        // removal landing in between is then reported, which is as true by the time it is.
+        let sql = &self.settings.sql.removed_generation;
+        let removed =
+            self.run(action, |client| async move { client.query_typed_opt(sql, &[(&name, Type::TEXT)]).await }).await?;
+        match removed {
+            Some(row) => {
+                let generation: i64 = row.try_get(0).map_err(|err| self.corrupt(key, &err))?;
+                tracing::debug!(key = %key, %replaces, "write refused: the key's tokens were removed");
+                Err(StoreError::Removed { revision: revision_of(generation) })
+            }
+            None => {
+                tracing::debug!(key = %key, %replaces, "write refused: another process saved newer tokens since this one read them");
+                Err(StoreError::Superseded)
+            }
+        }
     }
 
-    async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
-        Ok(Some(Box::new(self.take_lock(key).await?)))
-    }
-}
-
-impl PostgresStore {
     fn corrupt(&self, key: &TokenKey, err: &dyn fmt::Display) -> StoreError {
         StoreError::Corrupt(format!(
             "the row of key `{key}` in {} cannot be read as tokens: {err}",

@@ -1,5 +1,5 @@
 //! The SQL the store runs on its table: [`Sql`], the statements that follow from the table name
-//! (create, load, the fenced update and insert), and [`quote_table`], which quotes that name.
+//! (create, load, the fenced update and insert, which also write removals), and [`quote_table`], which quotes that name.
 
 #[derive(Debug, Clone)]
 pub(super) struct Sql {
@@ -10,6 +10,9 @@ pub(super) struct Sql {
     pub(super) load: String,
     pub(super) update_fenced: String,
     pub(super) insert_fenced: String,
+    /// The generation of a key's removal (its row's `tokens` the JSON `null`), to say why a
+    /// fenced write was refused.
+    pub(super) removed_generation: String,
 }
 
 impl Sql {
@@ -41,6 +44,7 @@ impl Sql {
                 "INSERT INTO {t} (key, tokens, generation, updated_at) VALUES ($1, $2::jsonb, 1, now()) \
                  ON CONFLICT (key) DO NOTHING RETURNING generation"
             ),
+            removed_generation: format!("SELECT generation FROM {t} WHERE key = $1 AND tokens = 'null'::jsonb"),
         }
     }
 }

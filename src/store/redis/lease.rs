@@ -126,7 +126,11 @@ impl StoreGuard for RedisGuard<'_> {
     }
 
     async fn save(&mut self, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
-        self.store.save_fenced(&self.key, tokens, replaces, Some(&self.owner)).await
+        self.store.save_fenced(&self.key, Some(tokens), replaces, Some(&self.owner)).await
+    }
+
+    async fn remove(&mut self, replaces: Revision) -> Result<Revision, StoreError> {
+        self.store.save_fenced(&self.key, None, replaces, Some(&self.owner)).await
     }
 
     async fn unlock(mut self: Box<Self>) -> Result<(), StoreError> {

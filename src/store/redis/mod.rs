@@ -10,7 +10,8 @@
 //!
 //! - `reqwest-token-refresh:tokens:<key>` holds the token set as JSON,
 //!   `{"generation": n, "tokens": {...}}`. The generation starts at 1 and grows by one with every
-//!   save.
+//!   save. A removal (after a revocation) writes `"tokens": null` and bumps the generation: the
+//!   key reads as no tokens, and no save older than the removal lands over it.
 //! - `reqwest-token-refresh:lock:<key>` exists while one replica refreshes that key's tokens. Its
 //!   value is the holder's random owner id, and it expires on its own after the lease time.
 //!
@@ -158,11 +159,12 @@ struct Options {
     command_timeout: Duration,
 }
 
-/// What the tokens key holds.
+/// What the tokens key holds; `"tokens": null` once removed (the generation stays, so that no
+/// older set is saved over the removal).
 #[derive(Deserialize)]
 struct StoredJson {
     generation: u64,
-    tokens: TokenSet,
+    tokens: Option<TokenSet>,
 }
 
 impl RedisStore {
@@ -279,17 +281,22 @@ impl RedisStore {
 }
 
 impl RedisStore {
-    /// Saves `tokens` over generation `replaces`, as the holder of lease `owner` if there is one.
+    /// Saves `tokens` (`None`: removes them) over generation `replaces`, as the holder of lease
+    /// `owner` if there is one.
     async fn save_fenced(
         &self,
         key: &TokenKey,
-        tokens: &TokenSet,
+        tokens: Option<&TokenSet>,
         replaces: Revision,
         owner: Option<&str>,
     ) -> Result<Revision, StoreError> {
         let name = self.tokens_key(key);
-        let json = serde_json::to_string(tokens)
-            .map_err(|err| failure_message("encoding tokens", format!("{:?} error", err.classify())))?;
+        let json = match tokens {
+            Some(tokens) => serde_json::to_string(tokens)
+                .map_err(|err| failure_message("encoding tokens", format!("{:?} error", err.classify())))?,
+            // The script writes a removal for an empty set.
+            None => String::new(),
+        };
         let mut conn = self.connection()?;
         let mut invocation = SAVE.prepare_invoke();
         invocation.key(&name).key(self.lock_key(key)).arg(json).arg(replaces.get()).arg(owner.unwrap_or_default());
@@ -315,6 +322,10 @@ impl RedisStore {
                     "save refused: another replica saved newer tokens since this one read them"
                 );
                 Err(StoreError::Superseded)
+            }
+            2 => {
+                tracing::debug!(key = %key, expected = replaces.get(), removed = generation, "write refused: the key's tokens were removed");
+                Err(StoreError::Removed { revision: Revision::new(generation) })
             }
             _ => Err(StoreError::Corrupt(format!(
                 "redis key `{name}` does not hold this store's {{\"generation\", \"tokens\"}} JSON; it was not overwritten"
@@ -345,11 +356,15 @@ impl TokenStore for RedisStore {
             self.run("reading tokens", redis::cmd("GET").arg(&name).query_async(&mut conn)).await?;
         let Some(raw) = raw else { return Ok(None) };
         let stored: StoredJson = serde_json::from_slice(&raw).map_err(|err| corrupt(&name, &err))?;
-        Ok(Some(Stored::new(stored.tokens, Revision::new(stored.generation))))
+        Ok(stored.tokens.map(|tokens| Stored::new(tokens, Revision::new(stored.generation))))
     }
 
     async fn save(&self, key: &TokenKey, tokens: &TokenSet, replaces: Revision) -> Result<Revision, StoreError> {
-        self.save_fenced(key, tokens, replaces, None).await
+        self.save_fenced(key, Some(tokens), replaces, None).await
+    }
+
+    async fn remove(&self, key: &TokenKey, replaces: Revision) -> Result<Revision, StoreError> {
+        self.save_fenced(key, None, replaces, None).await
     }
 
     async fn lock(&self, key: &TokenKey) -> Result<Option<Box<dyn StoreGuard + '_>>, StoreError> {
