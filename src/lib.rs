@@ -218,7 +218,7 @@ pub mod fuzzing;
 pub mod testkit;
 
 pub use builder::TokenRefreshBuilder;
-pub use cache::TokenState;
+pub use cache::{DEFAULT_REFRESH_AHEAD_IDLE, DEFAULT_REFRESH_AHEAD_SPREAD, RefreshAhead, TokenState};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, OAuthError, RefreshError, Result, StoreError};
 pub use event::TokenEvent;
