@@ -396,7 +396,7 @@ impl TokenRefreshBuilder {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use std::time::Duration;
     /// use reqwest_token_refresh::testkit::MockProvider;
-    /// use reqwest_token_refresh::{RefreshAhead, RefreshTokenGrant, TokenKey, TokenRefresh, TokenState};
+    /// use reqwest_token_refresh::{RefreshAhead, RefreshTokenGrant, TokenRefresh, TokenState};
     ///
     /// // Tokens that live 4 seconds, with a 2-second skew window: refreshed ahead between 1.5 and
     /// // 2 seconds after they were issued.
@@ -415,7 +415,7 @@ impl TokenRefreshBuilder {
     /// // In the background, before the token's skew window opens: the first token call.
     /// let refreshed = async {
     ///     while auth.stats().refreshes == 0
-    ///         || matches!(auth.state(&TokenKey::default()), TokenState::Refreshing { .. })
+    ///         || matches!(auth.state(), TokenState::Refreshing { .. })
     ///     {
     ///         tokio::time::sleep(Duration::from_millis(50)).await;
     ///     }

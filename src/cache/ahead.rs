@@ -140,15 +140,20 @@ impl Default for RefreshAhead {
 
 /// When a token whose skew window opens at `opens`, first used at `now`, is due for its refresh
 /// ahead: `random` (uniform over `u64`) picks the point within `spread` before `opens`, the spread
-/// cut to half the time left. `None` when the window is already open (the on-demand path has
-/// the key).
+/// cut to half the time left (and to 2^64 nanoseconds, some 584 years). Strictly before `opens`
+/// unless the spread is zero. `None` when the window is already open (the on-demand path has the
+/// key).
 pub(super) fn due_point(opens: SystemTime, now: SystemTime, spread: Duration, random: u64) -> Option<SystemTime> {
     let left = opens.duration_since(now).ok().filter(|left| !left.is_zero())?;
-    let spread = spread.min(left / 2);
-    // The top 53 bits: a fraction in [0, 1) that an f64 holds exactly.
-    let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
-    // At most half of a span of `SystemTime`, so within what `Duration`'s float conversion holds.
-    opens.checked_sub(spread.mul_f64(fraction))
+    let spread = u64::try_from(spread.min(left / 2).as_nanos()).unwrap_or(u64::MAX);
+    if spread == 0 {
+        return Some(opens);
+    }
+    // `spread * random / 2^64` is in [0, spread): one nanosecond more puts the point in
+    // [opens - spread, opens). Exact in integers, where a float would round the ends away.
+    let before = (u128::from(spread) * u128::from(random)) >> 64;
+    let before = u64::try_from(before).unwrap_or(u64::MAX - 1) + 1;
+    opens.checked_sub(Duration::from_nanos(before))
 }
 
 /// A random `u64` for [`due_point`]; the middle of the spread should the OS have none to give.

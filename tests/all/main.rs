@@ -36,6 +36,7 @@ mod providers;
 mod races;
 mod redis_server;
 mod redis_store;
+mod refresh_ahead;
 mod reuse;
 mod secrets;
 mod soak;
