@@ -23,11 +23,14 @@
 //!
 //! # When
 //!
-//! A token is due at a point drawn at random from the [`RefreshAhead::spread`] before its skew
-//! window opens (at most half the time left until then), so that keys whose tokens were issued
-//! together (a restart, a batch of users who signed in at once) are not all refreshed in the same
-//! instant, and replicas of a service sharing a store seldom reach a key at once (when they do,
-//! the store's lock makes the later one adopt what the first saved).
+//! A token is due at a point drawn at random from the earlier half of the
+//! [`RefreshAhead::spread`] before its skew window opens (the spread at most half the time left
+//! until then), so that keys whose tokens were issued together (a restart, a batch of users who
+//! signed in at once) are not all refreshed in the same instant, and replicas of a service
+//! sharing a store seldom reach a key at once (when they do, the store's lock makes the later one
+//! adopt what the first saved). The later half is left for the refresh to finish (a slow token
+//! endpoint, a lock a replica holds): a request that reached the window while the refresh still
+//! ran would wait for it.
 //!
 //! # An ordinary refresh
 //!
@@ -70,7 +73,8 @@ use crate::stats::Event;
 pub const DEFAULT_REFRESH_AHEAD_IDLE: Duration = Duration::from_secs(15 * 60);
 
 /// How far before a token's skew window opens its background refresh may be, unless set
-/// otherwise: 60 seconds (at most half the time the token has left until then).
+/// otherwise: 60 seconds. Each token's refresh is due between 60 and 30 seconds before the window
+/// opens (at most half the time the token has left until then).
 pub const DEFAULT_REFRESH_AHEAD_SPREAD: Duration = Duration::from_secs(60);
 
 /// The longest the task sleeps without looking at the wall clock while keys are scheduled: 1
@@ -120,9 +124,11 @@ impl RefreshAhead {
     }
 
     /// How far before a token's skew window opens its refresh may be: each token is refreshed at
-    /// a point drawn at random from this window, so that tokens issued together are not all
-    /// refreshed at once. Never more than half the time the token has left until its skew window
-    /// opens; zero refreshes every token just as the window opens. Any length is fine.
+    /// a point drawn at random between this long and half this long before the window opens, so
+    /// that tokens issued together are not all refreshed at once, and each refresh has the other
+    /// half to finish before any request would have to wait for it. Never more than half the time
+    /// the token has left until its skew window opens; zero refreshes every token just as the
+    /// window opens (requests that come meanwhile wait for it). Any length is fine.
     ///
     /// Default: 60 seconds ([`DEFAULT_REFRESH_AHEAD_SPREAD`]).
     #[must_use = "a builder method returns the changed value; on its own the call changes nothing"]
@@ -139,20 +145,18 @@ impl Default for RefreshAhead {
 }
 
 /// When a token whose skew window opens at `opens`, first used at `now`, is due for its refresh
-/// ahead: `random` (uniform over `u64`) picks the point within `spread` before `opens`, the spread
-/// cut to half the time left (and to 2^64 nanoseconds, some 584 years). Strictly before `opens`
-/// unless the spread is zero. `None` when the window is already open (the on-demand path has the
-/// key).
+/// ahead: `random` (uniform over `u64`) picks the point in the earlier half of the `spread` before
+/// `opens`, the spread cut to half the time left (and to 2^64 nanoseconds, some 584 years). The
+/// later half is the refresh's own time to finish, so that no request reaches the window while
+/// it runs. `None` when the window is already open (the on-demand path has the key).
 pub(super) fn due_point(opens: SystemTime, now: SystemTime, spread: Duration, random: u64) -> Option<SystemTime> {
     let left = opens.duration_since(now).ok().filter(|left| !left.is_zero())?;
     let spread = u64::try_from(spread.min(left / 2).as_nanos()).unwrap_or(u64::MAX);
-    if spread == 0 {
-        return Some(opens);
-    }
-    // `spread * random / 2^64` is in [0, spread): one nanosecond more puts the point in
-    // [opens - spread, opens). Exact in integers, where a float would round the ends away.
-    let before = (u128::from(spread) * u128::from(random)) >> 64;
-    let before = u64::try_from(before).unwrap_or(u64::MAX - 1) + 1;
+    let half = spread / 2;
+    // `(spread - half) * random / 2^64` is in [0, spread - half), so `before` is in (half, spread]
+    // (zero only for a zero spread). Exact in integers, where a float would round the ends away.
+    let offset = (u128::from(spread - half) * u128::from(random)) >> 64;
+    let before = spread - u64::try_from(offset).unwrap_or(spread - half);
     opens.checked_sub(Duration::from_nanos(before))
 }
 

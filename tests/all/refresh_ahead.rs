@@ -21,11 +21,14 @@ use crate::helpers::{client_with, grant};
 
 const MINUTE: Duration = Duration::from_secs(60);
 /// The provider's token lifetime in these tests. With the default 30 s skew and 60 s spread, a
-/// token issued at `t` is due for its refresh ahead between `t + 58:30` and `t + 59:30`.
+/// token issued at `t` is due for its refresh ahead between `t + 58:30` and `t + 59:00`; its skew
+/// window opens at `t + 59:30`.
 const LIFETIME: Duration = Duration::from_secs(3600);
 
 /// Moves the layer's wall clock and tokio's timer forward by `by` at once, then lets the tasks
-/// whose timers came due run.
+/// whose timers came due run. Called with no token call in flight: one would see its timeout
+/// pass, as in a process frozen that long mid-call (and, the provider having rotated its refresh
+/// token, the next refresh would present a spent one).
 async fn jump(clock: &ManualClock, by: Duration) {
     clock.advance(by);
     tokio::time::pause();
@@ -101,7 +104,7 @@ async fn a_thousand_keys_in_use_are_refreshed_once_each_before_expiry_and_no_req
     }
 
     // In use all along: a request per user now, ten minutes before the refreshes are due, and
-    // on the way through them (every 30 s from 58:30: some refreshes run while these are sent).
+    // on the way through them (at 58:30 and 59:00: the refreshes run while these are sent).
     assert!(all_ok(&round(&client, &url, &users).await));
     jump(&clock, 48 * MINUTE).await;
     assert!(all_ok(&round(&client, &url, &users).await));
@@ -109,10 +112,10 @@ async fn a_thousand_keys_in_use_are_refreshed_once_each_before_expiry_and_no_req
     assert!(all_ok(&round(&client, &url, &users).await));
     jump(&clock, Duration::from_secs(30)).await;
     assert!(all_ok(&round(&client, &url, &users).await));
-    // 59:30: every skew window opens now; every refresh is due by now, and none is past due.
-    jump(&clock, Duration::from_secs(30)).await;
+    // Every refresh was due by 59:00; by 59:30, when the skew windows open, they are done.
     settled(&auth, &users, || auth.stats().refreshes_ahead == 1_000).await;
     assert_eq!(provider.stats().token_calls, 1_000, "one refresh per user, all before the skew window");
+    jump(&clock, Duration::from_secs(30)).await;
     assert!(all_ok(&round(&client, &url, &users).await));
 
     // Past the old tokens' expiry: everybody has the new one already.
@@ -215,12 +218,15 @@ async fn two_replicas_sharing_a_store_refresh_each_key_once() {
 
     jump(&clock, 58 * MINUTE + Duration::from_secs(30)).await;
     assert!(both(&clients, &url, &users).await);
+    // 59:00: every refresh is due, in both replicas at once; requests go on meanwhile.
     jump(&clock, Duration::from_secs(30)).await;
     assert!(both(&clients, &url, &users).await);
-    jump(&clock, Duration::from_secs(30)).await;
     for replica in &replicas {
         settled(replica, &users, || replica.stats().refreshes_ahead == 100).await;
     }
+    // The skew windows open, then the old tokens expire.
+    jump(&clock, Duration::from_secs(30)).await;
+    assert!(both(&clients, &url, &users).await);
     jump(&clock, MINUTE).await;
     assert!(both(&clients, &url, &users).await);
 
@@ -237,11 +243,11 @@ async fn two_replicas_sharing_a_store_refresh_each_key_once() {
 async fn a_failed_refresh_ahead_leaves_the_key_to_the_on_demand_path() {
     let clock = ManualClock::starting_now();
     let provider = provider_on(&clock).await;
-    // A ten-second cool-down on the layer's clock, which only the test moves: it lasts until the
-    // test ends it, however slowly the machine runs.
+    // A twenty-second cool-down on the layer's clock, which only the test moves: it lasts until
+    // the test ends it, however slowly the machine runs.
     let auth = TokenRefresh::builder(grant(&provider).clock(clock.clone()))
         .clock(clock.clone())
-        .min_backoff(Duration::from_secs(10))
+        .min_backoff(Duration::from_secs(20))
         .refresh_ahead(RefreshAhead::new())
         .build()
         .unwrap();
@@ -254,18 +260,17 @@ async fn a_failed_refresh_ahead_leaves_the_key_to_the_on_demand_path() {
     jump(&clock, 50 * MINUTE).await;
     assert!(all_ok(&round(&client, &url, &user).await));
 
-    // The refresh is due by 59:30, when the skew window opens; it fails.
+    // The refresh is due by 59:00; it fails. At 59:30 the skew window opens.
     provider.fail_next_token_calls(1, Fault::Status(503));
-    jump(&clock, 9 * MINUTE + Duration::from_secs(30)).await;
+    jump(&clock, 9 * MINUTE).await;
     settled(&auth, &user, || auth.stats().refresh_failures == 1).await;
     assert!(matches!(auth.state_for(&user[0]), TokenState::CoolingDown { .. }), "{:?}", auth.state_for(&user[0]));
-    // The token is still good: while the key cools down it is sent at once, as it would be
-    // without refresh ahead.
+    // The token is still good: while the key cools down it is sent at once.
     assert!(all_ok(&round(&client, &url, &user).await));
     assert_eq!(auth.stats().waited, 0);
 
-    // Once the cool-down is over, the ordinary path refreshes it.
-    jump(&clock, Duration::from_secs(15)).await;
+    // In the skew window, the cool-down over, the ordinary path refreshes it.
+    jump(&clock, Duration::from_secs(30)).await;
     assert!(all_ok(&round(&client, &url, &user).await));
     let stats = auth.stats();
     assert_eq!((stats.refreshes, stats.refresh_failures, stats.refreshes_ahead), (2, 1, 1));

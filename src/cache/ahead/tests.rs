@@ -56,11 +56,12 @@ fn the_due_point_falls_within_the_spread_before_the_window_opens() {
     let opens = now + HOUR;
     for random in [0, 1, u64::MAX / 3, u64::MAX / 2, u64::MAX - 1, u64::MAX] {
         let due = due_point(opens, now, MINUTE, random).expect("a due point");
-        assert!(due < opens && due >= opens - MINUTE, "random {random}: {due:?}");
+        assert!(due <= opens - MINUTE / 2 && due >= opens - MINUTE, "random {random}: {due:?}");
     }
-    let latest = due_point(opens, now, MINUTE, 0);
-    assert_eq!(latest, Some(opens - Duration::from_nanos(1)), "the latest: just before the window opens");
-    assert_eq!(due_point(opens, now, MINUTE, u64::MAX), Some(opens - MINUTE), "the earliest: a spread before");
+    let latest = due_point(opens, now, MINUTE, u64::MAX);
+    let just_before_half = opens - MINUTE / 2 - Duration::from_nanos(1);
+    assert_eq!(latest, Some(just_before_half), "the latest: just over half the spread before the window opens");
+    assert_eq!(due_point(opens, now, MINUTE, 0), Some(opens - MINUTE), "the earliest: a spread before");
     assert_eq!(due_point(opens, now, Duration::ZERO, u64::MAX), Some(opens), "no spread: as the window opens");
 }
 
@@ -68,12 +69,14 @@ fn the_due_point_falls_within_the_spread_before_the_window_opens() {
 fn random_due_points_spread_keys_over_the_window() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let opens = now + HOUR;
-    // Six ten-second buckets of the minute before the window: 6,000 draws fill each.
+    // Six five-second buckets of the earlier half of the minute before the window: 6,000 draws
+    // fill each.
     let mut buckets = [0usize; 6];
     for _ in 0..6_000 {
         let due = due_point(opens, now, MINUTE, random()).unwrap();
         let before = opens.duration_since(due).unwrap().as_secs() as usize;
-        buckets[before.min(59) / 10] += 1;
+        assert!((30..=60).contains(&before), "{before} s before");
+        buckets[(before - 30).min(29) / 5] += 1;
     }
     for (bucket, count) in buckets.iter().enumerate() {
         assert!(*count > 500, "bucket {bucket} holds {count} of 6,000: {buckets:?}");
@@ -84,7 +87,7 @@ fn random_due_points_spread_keys_over_the_window() {
 fn the_spread_is_cut_to_half_the_time_left() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let opens = now + Duration::from_secs(10);
-    let earliest = due_point(opens, now, HOUR, u64::MAX).unwrap();
+    let earliest = due_point(opens, now, HOUR, 0).unwrap();
     assert_eq!(earliest, now + Duration::from_secs(5), "never earlier than halfway");
 }
 
