@@ -130,7 +130,7 @@ again.
 bash benches/report.sh                    # every bench in full, then this file (about 15 minutes)
 cargo bench --bench storm                 # one bench; tables in target/rtr-bench/
 cargo bench --bench storm -- storm/http1/1000   # criterion filters work as usual
-RTR_BENCH_QUICK=1 cargo test --bench happy_path --bench storm --bench many_users_storm --bench memory --bench proactive --bench many_keys
+RTR_BENCH_QUICK=1 cargo test --bench happy_path --bench storm --bench many_users_storm --bench memory --bench proactive --bench many_keys --bench latency
                                           # what CI runs: each bench once, N up to 1,000
 cargo bench --bench instructions          # instruction counts (valgrind); CI runs it in quick mode, gated at 1.02x
 ```

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::cache::CacheConfig;
+use crate::cache::{CacheConfig, RefreshAhead};
 use crate::challenge::{CLASSIFY_BODY_TIMEOUT, RefreshOn};
 use crate::clock::{self, Clock};
 use crate::error::{Error, RefreshError, StoreError};
@@ -46,6 +46,7 @@ impl fmt::Debug for TokenRefreshBuilder {
             .field("store", &self.cache.store)
             .field("policy", &self.cache.policy)
             .field("max_cached_keys", &self.cache.max_cached_keys)
+            .field("refresh_ahead", &self.cache.refresh_ahead)
             .field("refresh_on", &self.refresh_on)
             .field("token_rejected_when", &self.rejected_when.as_ref().map(|_| "a rule"))
             .field("token_rejected_by_headers", &self.rejected_by_headers.as_ref().map(|_| "a rule"))
@@ -71,6 +72,7 @@ impl TokenRefreshBuilder {
                 on_store_error: None,
                 name: None,
                 on_event: None,
+                refresh_ahead: None,
             },
             refresh_on: RefreshOn::default(),
             rejected_when: None,
@@ -400,6 +402,68 @@ impl TokenRefreshBuilder {
     #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn max_cached_keys(mut self, capacity: usize) -> Self {
         self.cache.max_cached_keys = Some(capacity);
+        self
+    }
+
+    /// Refreshes keys in use in the background, before their token's skew window opens, so that
+    /// no request of theirs waits for a refresh (default: off; tokens are refreshed when a request
+    /// finds them inside the window, and that request waits).
+    ///
+    /// A key is refreshed ahead when a request used its current token and used the key again
+    /// within [`RefreshAhead::idle`] of its due point, a point drawn at random from the
+    /// [`RefreshAhead::spread`] before the window opens. Keys idle longer are left to the
+    /// on-demand path, so dormant keys cost nothing. All keys share one timer, in one task per
+    /// layer that ends when the last clone of the layer is dropped. Each background refresh is an
+    /// ordinary one: the same single flight, the store's lock (replicas sharing a store refresh a
+    /// key once between them: the later one adopts what the first saved), the same hooks and
+    /// [`Stats`](crate::Stats) (counted in [`Stats::refreshes_ahead`](crate::Stats::refreshes_ahead)).
+    /// One that fails leaves the key to the on-demand path, its still-valid token in use meanwhile.
+    ///
+    /// The timer runs in the tokio runtime of the first request that used a key.
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use reqwest_token_refresh::testkit::MockProvider;
+    /// use reqwest_token_refresh::{RefreshAhead, RefreshTokenGrant, TokenRefresh, TokenState};
+    ///
+    /// // Tokens that live 4 seconds, with a 2-second skew window: refreshed ahead between 1.5 and
+    /// // 2 seconds after they were issued.
+    /// let provider = MockProvider::builder().access_token_lifetime(Duration::from_secs(4)).start().await;
+    /// let auth = TokenRefresh::builder(RefreshTokenGrant::new(provider.token_url()))
+    ///     .initial_tokens(provider.issue_tokens())
+    ///     .allow_origin(provider.uri())
+    ///     .refresh_skew(Duration::from_secs(2))
+    ///     .refresh_ahead(RefreshAhead::new().spread(Duration::from_millis(500)))
+    ///     .build()?;
+    /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    ///     .with(auth.clone())
+    ///     .build();
+    ///
+    /// assert_eq!(client.get(provider.api_url("v1/me")).send().await?.status(), 200);
+    /// // In the background, before the token's skew window opens: the first token call.
+    /// let refreshed = async {
+    ///     while auth.stats().refreshes == 0
+    ///         || matches!(auth.state(), TokenState::Refreshing { .. })
+    ///     {
+    ///         tokio::time::sleep(Duration::from_millis(50)).await;
+    ///     }
+    /// };
+    /// tokio::time::timeout(Duration::from_secs(10), refreshed).await?;
+    /// assert_eq!(client.get(provider.api_url("v1/me")).send().await?.status(), 200);
+    ///
+    /// let stats = auth.stats();
+    /// assert_eq!((stats.refreshes, stats.refreshes_ahead), (1, 1));
+    /// assert_eq!(stats.waited, 1, "only the first request waited: for the key's first load");
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn refresh_ahead(mut self, ahead: RefreshAhead) -> Self {
+        self.cache.refresh_ahead = Some(ahead);
         self
     }
 

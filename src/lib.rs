@@ -88,6 +88,17 @@
 //! generation, single flight and terminal state; requests without a key use
 //! [`TokenKey::default()`].
 //!
+//! # Refresh ahead
+//!
+//! By default a token is refreshed when a request finds it inside the skew window
+//! ([`TokenRefreshBuilder::refresh_skew`]), and that request (with any others of its key
+//! meanwhile) waits for the refresh. With [`TokenRefreshBuilder::refresh_ahead`], keys in use are
+//! refreshed in the background instead, at a random point before their window opens, so that no
+//! request waits: one timer for all keys, keys idle longer than [`RefreshAhead::idle`] left to the
+//! on-demand path (dormant users cost nothing), and each background refresh an ordinary one
+//! through the same single flight and store lock. [`Stats::waited`] counts the requests that did
+//! wait.
+//!
 //! # Stores
 //!
 //! Every new token set is saved to the layer's [`TokenStore`] before any request uses it, and
@@ -246,7 +257,7 @@ pub use self::tower::{
     DEFAULT_REPLAY_LIMIT, ReplayBody, ResponseBody, ResponseFuture, TokenRefreshLayer, TokenRefreshService,
 };
 pub use builder::TokenRefreshBuilder;
-pub use cache::TokenState;
+pub use cache::{DEFAULT_REFRESH_AHEAD_IDLE, DEFAULT_REFRESH_AHEAD_SPREAD, RefreshAhead, TokenState};
 pub use challenge::{CLASSIFY_BODY_LIMIT, CLASSIFY_BODY_TIMEOUT, RefreshOn, grpc_unauthenticated};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, OAuthError, RefreshError, Result, StoreError};

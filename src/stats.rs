@@ -72,6 +72,8 @@ use std::time::Duration;
 /// | `token_refresh.store.failures` | counter | `layer` | store reads and saves that failed ([`Stats::store_failures`]) |
 /// | `token_refresh.adopted` | counter | `layer` | token sets adopted from the store ([`Stats::adopted`]) |
 /// | `token_refresh.held_back` | counter | `layer` | rejections of a just-fetched token not answered with a refresh ([`Stats::refreshes_held_back`]) |
+/// | `token_refresh.waited` | counter | `layer` | requests that waited for a load or refresh of their key before they were sent ([`Stats::waited`]) |
+/// | `token_refresh.refreshes_ahead` | counter | `layer` | refreshes started ahead of expiry, in the background ([`Stats::refreshes_ahead`]) |
 /// | `token_refresh.waiting` | gauge | `layer` | requests waiting right now for a load or refresh of their key |
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -98,6 +100,17 @@ pub struct Stats {
     /// Rejections of a token fetched moments before that were not answered with another refresh
     /// (see [`min_refresh_interval`](crate::TokenRefreshBuilder::min_refresh_interval)).
     pub refreshes_held_back: u64,
+    /// Requests that waited for a load or refresh of their key's tokens before they could be sent
+    /// (a key's first load, a token past or inside its skew window, a token a server rejected
+    /// while its refresh runs). Retries after a rejection are counted in [`retries`](Self::retries),
+    /// not here. With [`refresh_ahead`](crate::TokenRefreshBuilder::refresh_ahead), keys in use
+    /// stop adding to it once loaded.
+    pub waited: u64,
+    /// Refreshes started in the background before a token's skew window opened
+    /// ([`refresh_ahead`](crate::TokenRefreshBuilder::refresh_ahead)); each is also one of
+    /// [`refreshes`](Self::refreshes) if it made a token call (it may adopt a set another process
+    /// saved instead).
+    pub refreshes_ahead: u64,
 }
 
 /// Something the layer did that is counted.
@@ -114,6 +127,10 @@ pub(crate) enum Event {
     StoreFailure,
     Adopted,
     HeldBack,
+    /// A request waited for its key's load or refresh before it could be sent.
+    Waited,
+    /// Refresh ahead started a refresh in the background.
+    RefreshAhead,
 }
 
 /// How a token call ended.
@@ -150,6 +167,8 @@ pub(crate) struct Counters {
     store_failures: AtomicU64,
     adopted: AtomicU64,
     refreshes_held_back: AtomicU64,
+    waited: AtomicU64,
+    refreshes_ahead: AtomicU64,
     #[cfg(feature = "metrics")]
     metrics: Metrics,
 }
@@ -191,7 +210,7 @@ impl Metrics {
 #[cfg(feature = "metrics")]
 impl Event {
     const COUNT: usize = Event::ALL.len();
-    const ALL: [Event; 9] = [
+    const ALL: [Event; 11] = [
         Event::Request,
         Event::TokenCall,
         Event::RefreshFailure,
@@ -201,6 +220,8 @@ impl Event {
         Event::StoreFailure,
         Event::Adopted,
         Event::HeldBack,
+        Event::Waited,
+        Event::RefreshAhead,
     ];
 
     /// The counter this event increments on the metrics facade; `None` for the token calls and
@@ -215,6 +236,8 @@ impl Event {
             Event::StoreFailure => Some("token_refresh.store.failures"),
             Event::Adopted => Some("token_refresh.adopted"),
             Event::HeldBack => Some("token_refresh.held_back"),
+            Event::Waited => Some("token_refresh.waited"),
+            Event::RefreshAhead => Some("token_refresh.refreshes_ahead"),
         }
     }
 }
@@ -254,6 +277,8 @@ impl Counters {
             store_failures: AtomicU64::new(0),
             adopted: AtomicU64::new(0),
             refreshes_held_back: AtomicU64::new(0),
+            waited: AtomicU64::new(0),
+            refreshes_ahead: AtomicU64::new(0),
         }
     }
 
@@ -275,6 +300,8 @@ impl Counters {
             Event::StoreFailure => &self.store_failures,
             Event::Adopted => &self.adopted,
             Event::HeldBack => &self.refreshes_held_back,
+            Event::Waited => &self.waited,
+            Event::RefreshAhead => &self.refreshes_ahead,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
@@ -317,6 +344,8 @@ impl Counters {
             store_failures: read(&self.store_failures),
             adopted: read(&self.adopted),
             refreshes_held_back: read(&self.refreshes_held_back),
+            waited: read(&self.waited),
+            refreshes_ahead: read(&self.refreshes_ahead),
         }
     }
 }

@@ -4,7 +4,8 @@
 //! - `slot.rs`: one key's state, the [`TokenState`] phases and every transition between them;
 //! - `flight.rs`: the single flight (one task per key at a time, its deadline, its waiters);
 //! - `persist.rs`: the store protocol (lock, read, fetch, save, adopt), written once;
-//! - `evict.rs`: which keys stay in memory under `max_cached_keys`.
+//! - `evict.rs`: which keys stay in memory under `max_cached_keys`;
+//! - `ahead.rs`: refresh ahead, the schedule of keys in use refreshed before their skew window.
 //!
 //! This file is the cache's entry points: the token for a request, a newer one after a
 //! rejection, `set_tokens`, and the views (`tokens`, `state`).
@@ -18,6 +19,7 @@
 //! is not handed out again: requests that start meanwhile wait for the refresh rather than collect
 //! a 401 of their own first (and are sent with it after all if the refresh fails).
 
+mod ahead;
 mod evict;
 mod flight;
 mod persist;
@@ -38,9 +40,11 @@ use crate::stats::{Counters, Event};
 use crate::store::TokenStore;
 use crate::token::{self, TokenSet};
 
+pub use ahead::{DEFAULT_REFRESH_AHEAD_IDLE, DEFAULT_REFRESH_AHEAD_SPREAD, RefreshAhead};
 pub(crate) use flight::{flight_clock, in_refresh, paced};
 pub(crate) use slot::Lease;
 
+use ahead::Ahead;
 use evict::Keys;
 use flight::Pass;
 use flight::{Outcome, Waiter};
@@ -72,6 +76,8 @@ pub(crate) struct CacheConfig {
     pub(crate) name: Option<String>,
     /// The async hook, run in a task of its own for each event.
     pub(crate) on_event: Option<crate::event::EventHook>,
+    /// Refresh keys in use in the background before their skew window opens (`None`: on demand).
+    pub(crate) refresh_ahead: Option<RefreshAhead>,
 }
 
 /// What a key's tokens are doing; see [`TokenRefresh::state`](crate::TokenRefresh::state). This is
@@ -127,6 +133,8 @@ struct Inner {
     stats: Arc<Counters>,
     keys: Keys,
     flight_ids: AtomicU64,
+    /// Refresh ahead's schedule and task, when it is on.
+    ahead: Option<Ahead>,
 }
 
 /// A request's hold on a key: the token it sends and the slot it came from. Holding the slot
@@ -217,7 +225,8 @@ impl Effects {
 impl TokenCache {
     pub(crate) fn new(config: CacheConfig, stats: Arc<Counters>) -> Self {
         let keys = Keys::new(config.max_cached_keys, config.clock.clone());
-        Self { inner: Arc::new(Inner { config, stats, keys, flight_ids: AtomicU64::new(0) }) }
+        let ahead = config.refresh_ahead.map(Ahead::new);
+        Self { inner: Arc::new(Inner { config, stats, keys, flight_ids: AtomicU64::new(0), ahead }) }
     }
 
     fn slot(&self, key: &TokenKey) -> Arc<Slot> {
@@ -244,10 +253,13 @@ impl TokenCache {
             Some(key) if !key.is_default() => Cow::Owned(self.slot(key)),
             _ => Cow::Borrowed(self.inner.keys.default_slot()?),
         };
+        let now = self.now();
         let (header, generation) = {
             let state = slot.state.lock();
-            let ready = state.ready(self.inner.config.policy.skew, self.now())?;
-            (ready.header.clone().ok()?, ready.generation)
+            let ready = state.ready(self.inner.config.policy.skew, now)?;
+            let header = ready.header.clone().ok()?;
+            self.note_use(&slot, ready, now);
+            (header, ready.generation)
         };
         Some((header, Sent { generation, slot }))
     }
@@ -258,12 +270,20 @@ impl TokenCache {
     pub(crate) async fn lease(&self, key: &TokenKey) -> Result<Ticket, Error> {
         let slot = self.slot(key);
         let (lease, pass) = self.lease_in(&slot).await?;
+        if self.inner.ahead.is_some() {
+            self.note_use(&slot, &lease, self.now());
+        }
         Ok(Ticket { lease, slot, pass })
     }
 
     /// The lease, and the request's place in the window of the flight it waited for, if it did.
+    /// A request that waits at all is counted once in [`Stats::waited`](crate::Stats::waited).
     async fn lease_in(&self, slot: &Arc<Slot>) -> Result<(Lease, Option<Pass>), Error> {
         let mut step = self.next_step(slot)?;
+        let waits = matches!(step, Step::Wait { .. });
+        if waits {
+            self.inner.stats.count(Event::Waited);
+        }
         if let Step::Wait { waiter, loading: true, .. } = step {
             // A key's first load, or a dead key's look at the store: wait for it, then decide
             // again with what it found (the request holds the slot, so it cannot be evicted and

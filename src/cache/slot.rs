@@ -74,6 +74,14 @@ impl Lease {
         let skew = self.skew_cap.map_or(skew, |cap| skew.min(cap));
         token::freshness(expires_at, skew, now)
     }
+
+    /// When this token's skew window opens: the first moment [`freshness`](Self::freshness) says
+    /// it expires soon. `None` when it never does (no expiry known) or when the window opened
+    /// before the clock's beginning (a window longer than the clock reaches back).
+    pub(super) fn window_opens(&self, skew: Duration) -> Option<SystemTime> {
+        let skew = self.skew_cap.map_or(skew, |cap| skew.min(cap));
+        self.tokens.expires_at()?.checked_sub(skew)
+    }
 }
 
 /// Where a key is. Each variant carries exactly what that phase has.
@@ -331,6 +339,13 @@ pub(super) struct Slot {
     /// Whether a request used it since eviction last looked (the second chance of the clock
     /// algorithm); only kept up when the cache is bounded.
     pub(super) referenced: AtomicBool,
+    /// When a request last used it, in whole seconds of the layer's clock since the Unix epoch (0:
+    /// never); only kept up with refresh ahead, which leaves keys idle longer than its `idle` to
+    /// the on-demand path. Written at most once a second, not per request.
+    pub(super) used: AtomicU64,
+    /// The newest generation refresh ahead has scheduled (0: none), so that a generation enters
+    /// the schedule once however many requests use it. An entry for an older one is stale.
+    pub(super) scheduled: AtomicU64,
     pub(super) state: Mutex<SlotState>,
 }
 
@@ -339,7 +354,14 @@ impl Slot {
     pub(super) fn new(key: TokenKey, remembered: Option<Remembered>) -> Self {
         let mut state = SlotState::new();
         state.phase = Phase::Unloaded(remembered);
-        Self { key, accepted: AtomicU64::new(0), referenced: AtomicBool::new(false), state: Mutex::new(state) }
+        Self {
+            key,
+            accepted: AtomicU64::new(0),
+            referenced: AtomicBool::new(false),
+            used: AtomicU64::new(0),
+            scheduled: AtomicU64::new(0),
+            state: Mutex::new(state),
+        }
     }
 }
 

@@ -37,6 +37,7 @@ mod providers;
 mod races;
 mod redis_server;
 mod redis_store;
+mod refresh_ahead;
 mod reuse;
 mod revocation;
 mod secrets;
