@@ -195,8 +195,12 @@ mod builder;
 mod cache;
 mod challenge;
 mod clock;
+#[cfg(feature = "dpop")]
+mod dpop;
 mod error;
 mod event;
+#[cfg(any(feature = "private-key-jwt", feature = "dpop"))]
+mod jws;
 mod kept;
 mod key;
 mod middleware;
@@ -220,6 +224,9 @@ pub mod testkit;
 pub use builder::TokenRefreshBuilder;
 pub use cache::TokenState;
 pub use clock::{Clock, ManualClock, SystemClock};
+#[cfg(feature = "dpop")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+pub use dpop::{DpopError, DpopKey, DpopKeyError};
 pub use error::{Error, OAuthError, RefreshError, Result, StoreError};
 pub use event::TokenEvent;
 pub use key::TokenKey;
