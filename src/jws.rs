@@ -36,6 +36,7 @@ pub(crate) fn es256_public_jwk(key: &p256::ecdsa::VerifyingKey) -> Value {
 
 /// A P-256 public key from its JWK's `x` and `y`; the error says what is wrong, for a mock's
 /// answer or a registration's panic.
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) fn es256_key_from_jwk(jwk: &Value) -> Result<p256::ecdsa::VerifyingKey, String> {
     if jwk["kty"].as_str() != Some("EC") || jwk["crv"].as_str() != Some("P-256") {
         return Err(format!("not a P-256 key: kty {:?}, crv {:?}", jwk["kty"], jwk["crv"]));
@@ -62,7 +63,7 @@ pub(crate) fn random_id() -> Result<String, getrandom::Error> {
 }
 
 /// A compact JWS taken apart, for the side that checks it (the mock provider).
-#[cfg(feature = "testkit")]
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) struct Parsed<'a> {
     pub(crate) header: Value,
     pub(crate) claims: Value,
@@ -73,7 +74,7 @@ pub(crate) struct Parsed<'a> {
 
 /// Splits and decodes a compact JWS: three base64url parts, the first two JSON objects. The
 /// signature is not checked here; the error names the part at fault.
-#[cfg(feature = "testkit")]
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) fn parse(jws: &str) -> Result<Parsed<'_>, &'static str> {
     let mut parts = jws.split('.');
     let (Some(header), Some(claims), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
@@ -95,7 +96,7 @@ pub(crate) fn parse(jws: &str) -> Result<Parsed<'_>, &'static str> {
 }
 
 /// Whether `signature` (JWS `r || s`) is an ES256 signature of `input` by `key`.
-#[cfg(feature = "testkit")]
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) fn es256_verifies(key: &p256::ecdsa::VerifyingKey, input: &[u8], signature: &[u8]) -> bool {
     use p256::ecdsa::signature::Verifier as _;
     p256::ecdsa::Signature::from_slice(signature).is_ok_and(|signature| key.verify(input, &signature).is_ok())

@@ -118,6 +118,7 @@ pub(crate) fn classify_unauthorized(headers: &HeaderMap, body: &[u8]) -> Rejecti
 /// `headers`, in the order sent: what a DPoP resource server says in `DPoP error="..."` (RFC 9449
 /// §7.1, §9), read with the same lenient grammar as a Bearer challenge.
 #[cfg(feature = "dpop")]
+#[cfg_attr(not(test), allow(dead_code, reason = "called by the middleware's DPoP requests, wired apart"))]
 pub(crate) fn challenge_errors(headers: &HeaderMap, scheme: &str) -> Vec<String> {
     headers
         .get_all(WWW_AUTHENTICATE)

@@ -12,22 +12,25 @@
 mod key;
 mod nonce;
 mod proof;
+// The API requests' side, for the middleware to call (see `request.rs` for how).
+#[cfg_attr(not(test), allow(dead_code, reason = "called by the middleware's DPoP requests, wired apart"))]
 mod request;
 
 #[cfg(feature = "testkit")]
 pub(crate) use key::ec_thumbprint;
 pub use key::{DpopKey, DpopKeyError};
 pub(crate) use nonce::DpopNonces;
-#[cfg_attr(not(test), allow(unused_imports, reason = "the API requests' side is wired by the middleware"))]
+#[cfg(feature = "testkit")]
 pub(crate) use nonce::{DPOP_NONCE, nonce_in};
 pub(crate) use proof::ProofFor;
 #[cfg(feature = "testkit")]
 pub(crate) use proof::{PROOF_TYPE, ath, htu};
-#[cfg_attr(not(test), allow(unused_imports, reason = "the API requests' side is wired by the middleware"))]
-pub(crate) use request::{DpopHeaders, api_request_headers, nonce_demanded};
+#[cfg_attr(not(test), allow(unused_imports, reason = "called by the middleware's DPoP requests, wired apart"))]
+pub(crate) use request::{DpopHeaders, HeadersProblem, api_request_headers, nonce_demanded};
 
 /// The `token_type` of a DPoP-bound access token (RFC 9449 §5), and the `Authorization` scheme
 /// it is sent with (§7.1).
+#[cfg_attr(not(test), allow(dead_code, reason = "called by the middleware's DPoP requests, wired apart"))]
 pub(crate) const DPOP_SCHEME: &str = "DPoP";
 
 /// Why DPoP could not be done. Part of [`RefreshError`](crate::RefreshError) as

@@ -93,7 +93,7 @@ mod tests {
             headers.append(WWW_AUTHENTICATE, HeaderValue::from_str(challenge).unwrap());
         }
         if let Some(nonce) = nonce {
-            headers.insert(super::super::DPOP_NONCE, HeaderValue::from_str(nonce).unwrap());
+            headers.insert(super::super::nonce::DPOP_NONCE, HeaderValue::from_str(nonce).unwrap());
         }
         headers
     }
