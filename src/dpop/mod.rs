@@ -19,13 +19,13 @@ mod request;
 #[cfg(feature = "testkit")]
 pub(crate) use key::ec_thumbprint;
 pub use key::{DpopKey, DpopKeyError};
-pub(crate) use nonce::DpopNonces;
 #[cfg(feature = "testkit")]
-pub(crate) use nonce::{DPOP_NONCE, nonce_in};
+pub(crate) use nonce::DPOP_NONCE;
+pub(crate) use nonce::DpopNonces;
 pub(crate) use proof::ProofFor;
 #[cfg(feature = "testkit")]
 pub(crate) use proof::{PROOF_TYPE, ath, htu};
-#[cfg_attr(not(test), allow(unused_imports, reason = "called by the middleware's DPoP requests, wired apart"))]
+#[allow(unused_imports, reason = "called by the middleware's DPoP requests, wired apart")]
 pub(crate) use request::{DpopHeaders, HeadersProblem, api_request_headers, nonce_demanded};
 
 /// The `token_type` of a DPoP-bound access token (RFC 9449 §5), and the `Authorization` scheme

@@ -51,7 +51,11 @@ impl DpopBinding {
     /// The key a token request proves: the one saved with `current` (a bound refresh token
     /// works with no other), else the grant's own, else a fresh one, unless the request spends
     /// the refresh token of a bound set whose key was not saved.
-    pub(crate) fn key_for(&self, current: Option<&TokenSet>, spends_refresh_token: bool) -> Result<DpopKey, RefreshError> {
+    pub(crate) fn key_for(
+        &self,
+        current: Option<&TokenSet>,
+        spends_refresh_token: bool,
+    ) -> Result<DpopKey, RefreshError> {
         if let Some(key) = current.and_then(TokenSet::dpop_key) {
             return Ok(key.clone());
         }
@@ -81,7 +85,12 @@ impl DpopBinding {
 
     /// Whether `answer` is the token endpoint demanding a nonce it has now given (another than
     /// `used`): worth one retry with a fresh proof.
-    pub(crate) fn nonce_demanded(&self, answer: &Result<TokenSet, RefreshError>, url: &Url, used: Option<&str>) -> bool {
+    pub(crate) fn nonce_demanded(
+        &self,
+        answer: &Result<TokenSet, RefreshError>,
+        url: &Url,
+        used: Option<&str>,
+    ) -> bool {
         let demanded = matches!(answer, Err(err) if err.oauth_error().is_some_and(|e| e.error == USE_DPOP_NONCE));
         demanded && self.nonces.get(url).is_some_and(|nonce| Some(nonce.as_str()) != used)
     }
@@ -171,7 +180,12 @@ mod tests {
         let tokens = bound(TokenSet::new("a").with_token_type("DPoP"), key.clone()).unwrap();
         assert_eq!(tokens.dpop_key(), Some(&key));
         let unbound = bound(TokenSet::new("a").with_token_type("Bearer"), key.clone()).unwrap_err();
-        assert!(matches!(unbound, RefreshError::Dpop(DpopError::NotBound { token_type: Some(ref t) }) if t == "Bearer"));
-        assert!(matches!(bound(TokenSet::new("a"), key), Err(RefreshError::Dpop(DpopError::NotBound { token_type: None }))));
+        assert!(
+            matches!(unbound, RefreshError::Dpop(DpopError::NotBound { token_type: Some(ref t) }) if t == "Bearer")
+        );
+        assert!(matches!(
+            bound(TokenSet::new("a"), key),
+            Err(RefreshError::Dpop(DpopError::NotBound { token_type: None }))
+        ));
     }
 }

@@ -38,6 +38,10 @@ impl Shared {
             "response_types_supported": ["code"],
             "code_challenge_methods_supported": ["S256"],
         });
+        #[cfg(feature = "dpop")]
+        if config.dpop.is_some() {
+            document["dpop_signing_alg_values_supported"] = json!(["ES256"]);
+        }
         for (name, value) in &config.metadata_fields {
             document[name.as_str()] = value.clone();
         }
