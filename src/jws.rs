@@ -62,8 +62,8 @@ pub(crate) fn random_id() -> Result<String, getrandom::Error> {
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// A compact JWS taken apart, for the side that checks it (the mock provider).
-#[cfg(any(test, feature = "testkit"))]
+/// A compact JWS taken apart, for the side that checks it (the mock provider's DPoP checks).
+#[cfg(any(test, all(feature = "testkit", feature = "dpop")))]
 pub(crate) struct Parsed<'a> {
     pub(crate) header: Value,
     pub(crate) claims: Value,
@@ -74,7 +74,7 @@ pub(crate) struct Parsed<'a> {
 
 /// Splits and decodes a compact JWS: three base64url parts, the first two JSON objects. The
 /// signature is not checked here; the error names the part at fault.
-#[cfg(any(test, feature = "testkit"))]
+#[cfg(any(test, all(feature = "testkit", feature = "dpop")))]
 pub(crate) fn parse(jws: &str) -> Result<Parsed<'_>, &'static str> {
     let mut parts = jws.split('.');
     let (Some(header), Some(claims), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())

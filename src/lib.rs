@@ -138,6 +138,15 @@
 //! # run().unwrap();
 //! ```
 //!
+//! # DPoP
+//!
+//! With the feature `dpop`, a grant binds its tokens to a key the client holds (RFC 9449):
+//! `RefreshTokenGrant::dpop` with a `DpopKey`, or `dpop_generated()` for a fresh key per grant
+//! of tokens. Each token request carries a proof signed for it alone; a server's nonce is met
+//! with one retry and remembered. The key is saved with the tokens in the store (`TokenSet`'s
+//! `dpop_key`, never shown in `Debug`), so a restart refreshes with the same key; a DPoP-bound
+//! token set whose key is lost is terminal (`DpopError::KeyLost`).
+//!
 //! # Discovery
 //!
 //! A grant can start from the authorization server's issuer URL alone: [`Discovery`] (or

@@ -341,6 +341,8 @@ impl TokenEndpoint {
         proof: &ClientProof,
         dpop: Option<DpopRequest<'_>>,
     ) -> Result<TokenSet, RefreshError> {
+        #[cfg(not(feature = "dpop"))]
+        let _: Option<DpopRequest<'_>> = dpop;
         let url = self.parsed_url()?;
         let mut fields: Vec<(&str, &str)> = grant.to_vec();
         let scope = self.scopes.join(&self.scope_delimiter);
