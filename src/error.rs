@@ -225,6 +225,14 @@ pub enum RefreshError {
     /// Any other failure of a user-written token source. Treated as transient.
     #[error("the token source failed")]
     Other(#[source] Arc<dyn StdError + Send + Sync>),
+    /// DPoP could not be done (feature `dpop`): the tokens' key is lost
+    /// ([`DpopError::KeyLost`](crate::DpopError::KeyLost), terminal: the user must authorize
+    /// again), the server issued an unbound token (terminal, the client's fault), or no proof
+    /// could be made (transient).
+    #[cfg(feature = "dpop")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    #[error("DPoP failed")]
+    Dpop(#[source] crate::dpop::DpopError),
 }
 
 fn describe_protocol(error: Option<&OAuthError>, body: &str) -> String {
@@ -330,6 +338,9 @@ impl RefreshError {
             | RefreshError::NoRefreshToken
             | RefreshError::Aborted
             | RefreshError::Revoked => {}
+            // Says nothing a server sent but a `token_type`, and nothing of the key.
+            #[cfg(feature = "dpop")]
+            RefreshError::Dpop(_) => {}
         }
     }
 }

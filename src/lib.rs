@@ -149,6 +149,15 @@
 //! # run().unwrap();
 //! ```
 //!
+//! # DPoP
+//!
+//! With the feature `dpop`, a grant binds its tokens to a key the client holds (RFC 9449):
+//! `RefreshTokenGrant::dpop` with a `DpopKey`, or `dpop_generated()` for a fresh key per grant
+//! of tokens. Each token request carries a proof signed for it alone; a server's nonce is met
+//! with one retry and remembered. The key is saved with the tokens in the store (`TokenSet`'s
+//! `dpop_key`, never shown in `Debug`), so a restart refreshes with the same key; a DPoP-bound
+//! token set whose key is lost is terminal (`DpopError::KeyLost`).
+//!
 //! # Discovery
 //!
 //! A grant can start from the authorization server's issuer URL alone: [`Discovery`] (or
@@ -224,9 +233,13 @@ mod builder;
 mod cache;
 mod challenge;
 mod clock;
+#[cfg(feature = "dpop")]
+mod dpop;
 mod error;
 mod event;
 mod exchange;
+#[cfg(any(feature = "private-key-jwt", feature = "dpop"))]
+mod jws;
 mod kept;
 mod key;
 mod middleware;
@@ -260,6 +273,9 @@ pub use builder::TokenRefreshBuilder;
 pub use cache::{DEFAULT_REFRESH_AHEAD_IDLE, DEFAULT_REFRESH_AHEAD_SPREAD, RefreshAhead, TokenState};
 pub use challenge::{CLASSIFY_BODY_LIMIT, CLASSIFY_BODY_TIMEOUT, RefreshOn, grpc_unauthenticated};
 pub use clock::{Clock, ManualClock, SystemClock};
+#[cfg(feature = "dpop")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+pub use dpop::{DpopError, DpopKey, DpopKeyError};
 pub use error::{Error, OAuthError, RefreshError, Result, StoreError};
 pub use event::TokenEvent;
 pub use exchange::SkipAuth;

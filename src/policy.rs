@@ -125,6 +125,12 @@ impl Policy {
                     Verdict::Transient
                 }
             }
+            // A bound refresh token without its key is as dead as a revoked one; a server that
+            // will not bind tokens is the configuration's fault, and says so on every call.
+            #[cfg(feature = "dpop")]
+            RefreshError::Dpop(crate::dpop::DpopError::KeyLost) => Verdict::Terminal(Whose::User),
+            #[cfg(feature = "dpop")]
+            RefreshError::Dpop(crate::dpop::DpopError::NotBound { .. }) => Verdict::Terminal(Whose::Client),
             _ => Verdict::Transient,
         }
     }
@@ -186,6 +192,17 @@ mod tests {
         assert_eq!(DEFAULT_MIN_REFRESH_INTERVAL, Duration::from_secs(30));
         assert_eq!(DEFAULT_TERMINAL_RECHECK, Duration::from_secs(5));
         assert_eq!(MAX_REFRESH_INTERVAL, Duration::from_secs(600), "10 minutes");
+    }
+
+    #[cfg(feature = "dpop")]
+    #[test]
+    fn a_lost_dpop_key_is_the_users_end_an_unbound_token_the_clients_and_a_failed_proof_passes() {
+        use crate::dpop::DpopError;
+        let policy = Policy::default();
+        assert_eq!(policy.verdict(&RefreshError::Dpop(DpopError::KeyLost)), Verdict::Terminal(Whose::User));
+        let unbound = RefreshError::Dpop(DpopError::NotBound { token_type: Some("Bearer".into()) });
+        assert_eq!(policy.verdict(&unbound), Verdict::Terminal(Whose::Client));
+        assert_eq!(policy.verdict(&RefreshError::Dpop(DpopError::Proof("rng".into()))), Verdict::Transient);
     }
 
     #[test]

@@ -90,6 +90,10 @@ pub struct TokenSet {
     token_type: Option<String>,
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     extra: serde_json::Map<String, serde_json::Value>,
+    /// The key the tokens are bound to, saved with them so that a restart refreshes with it.
+    #[cfg(feature = "dpop")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dpop_key: Option<crate::dpop::DpopKey>,
 }
 
 impl TokenSet {
@@ -124,6 +128,8 @@ impl TokenSet {
             scope: None,
             token_type: None,
             extra: serde_json::Map::new(),
+            #[cfg(feature = "dpop")]
+            dpop_key: None,
         }
     }
 
@@ -203,6 +209,32 @@ impl TokenSet {
         &self.extra
     }
 
+    /// Binds the set to the DPoP key its tokens were issued for (feature `dpop`): the key
+    /// its requests and refreshes must prove possession of. Saved with the set by every store.
+    /// A grant with DPoP on sets it on the tokens it gets; set it yourself on tokens from
+    /// elsewhere, with the key their `DPoP` proofs were made with.
+    #[cfg(feature = "dpop")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    #[must_use = "returns the changed token set; on its own the call changes nothing"]
+    pub fn with_dpop_key(mut self, key: crate::dpop::DpopKey) -> Self {
+        self.dpop_key = Some(key);
+        self
+    }
+
+    /// The DPoP key the tokens are bound to, if any (feature `dpop`).
+    #[cfg(feature = "dpop")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    pub fn dpop_key(&self) -> Option<&crate::dpop::DpopKey> {
+        self.dpop_key.as_ref()
+    }
+
+    /// Whether the server issued these tokens bound to a DPoP key: its `token_type` is `DPoP`
+    /// (RFC 9449 §5; compared without case, as RFC 6749 §5.1 has token types), whether or not
+    /// the key is still here.
+    pub fn is_dpop_bound(&self) -> bool {
+        self.token_type.as_deref().is_some_and(|kind| kind.eq_ignore_ascii_case("DPoP"))
+    }
+
     /// Keeps `previous`'s refresh token when this set came without one (RFC 6749 §6: the client
     /// keeps using the old refresh token unless the server issues a new one).
     pub(crate) fn inherit_refresh_token(mut self, previous: Option<&TokenSet>) -> Self {
@@ -217,14 +249,17 @@ impl fmt::Debug for TokenSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Extra fields may hold secrets too (an `id_token`), so only their names are shown.
         let extra: Vec<&str> = self.extra.keys().map(String::as_str).collect();
-        f.debug_struct("TokenSet")
+        let mut debug = f.debug_struct("TokenSet");
+        debug
             .field("access_token", &self.access_token)
             .field("refresh_token", &self.refresh_token)
             .field("expires_at", &self.expires_at)
             .field("scope", &self.scope)
             .field("token_type", &self.token_type)
-            .field("extra", &extra)
-            .finish()
+            .field("extra", &extra);
+        #[cfg(feature = "dpop")]
+        debug.field("dpop_key", &self.dpop_key);
+        debug.finish()
     }
 }
 
@@ -428,6 +463,31 @@ mod tests {
         assert!(json.contains("\"expires_at\":1700000000123"), "{json}");
         let back: TokenSet = serde_json::from_str(&json).unwrap();
         assert_eq!(back, tokens);
+    }
+
+    #[cfg(feature = "dpop")]
+    #[test]
+    fn the_dpop_key_round_trips_with_the_set_and_debug_shows_only_its_thumbprint() {
+        let key = crate::dpop::DpopKey::generate().unwrap();
+        let tokens = TokenSet::new("a").with_refresh_token("r").with_token_type("DPoP").with_dpop_key(key.clone());
+        let json = serde_json::to_string(&tokens).unwrap();
+        let back: TokenSet = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, tokens);
+        assert_eq!(back.dpop_key(), Some(&key));
+        let shown = format!("{tokens:?} {tokens:#?}");
+        let stored: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let d = stored["dpop_key"]["d"].as_str().unwrap();
+        assert!(shown.contains(key.thumbprint()) && !shown.contains(d), "{shown}");
+        // A set without a key serializes as before.
+        assert!(!serde_json::to_string(&TokenSet::new("a")).unwrap().contains("dpop_key"));
+    }
+
+    #[test]
+    fn a_set_is_dpop_bound_by_its_token_type_in_any_case() {
+        assert!(TokenSet::new("a").with_token_type("DPoP").is_dpop_bound());
+        assert!(TokenSet::new("a").with_token_type("dpop").is_dpop_bound());
+        assert!(!TokenSet::new("a").with_token_type("Bearer").is_dpop_bound());
+        assert!(!TokenSet::new("a").is_dpop_bound());
     }
 
     #[test]

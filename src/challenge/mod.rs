@@ -166,6 +166,22 @@ pub(crate) fn classify_unauthorized(headers: &HeaderMap, body: &[u8]) -> Rejecti
     if saw_challenge && !saw_bearer { Rejection::OtherScheme } else { Rejection::NoDetail }
 }
 
+/// The `error` codes of every `WWW-Authenticate` challenge of `scheme` (lowercase) in
+/// `headers`, in the order sent: what a DPoP resource server says in `DPoP error="..."` (RFC 9449
+/// §7.1, §9), read with the same lenient grammar as a Bearer challenge.
+#[cfg(feature = "dpop")]
+#[cfg_attr(not(test), allow(dead_code, reason = "called by the middleware's DPoP requests, wired apart"))]
+pub(crate) fn challenge_errors(headers: &HeaderMap, scheme: &str) -> Vec<String> {
+    headers
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|value| value.to_str().ok().or_else(|| std::str::from_utf8(value.as_bytes()).ok()))
+        .flat_map(parse_challenges)
+        .filter(|challenge| challenge.scheme == scheme)
+        .flat_map(|challenge| challenge.params_named("error").map(|code| code.trim().to_owned()).collect::<Vec<_>>())
+        .collect()
+}
+
 /// Turns an error code into a rejection; `None` for a blank code, which says no more than a
 /// missing one.
 ///

@@ -16,6 +16,7 @@ use rsa::traits::PublicKeyParts as _;
 use serde_json::{Value, json};
 
 use crate::error::RefreshError;
+use crate::jws;
 
 /// The `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).
 pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -27,9 +28,6 @@ pub const DEFAULT_CLIENT_ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// The smallest RSA key accepted: 2048 bits, as RFC 7518 §3.3 requires for `RS256`.
 const MIN_RSA_BITS: usize = 2048;
-
-/// Random bytes in a `jti`: 128 bits, 22 characters once encoded.
-const JTI_BYTES: usize = 16;
 
 /// The JWS algorithm a [`ClientAssertionKey`] signs with (RFC 7518 §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -212,11 +210,7 @@ impl ClientAssertionKey {
     /// what to register with the provider.
     pub fn public_jwk(&self) -> Value {
         let mut jwk = match &*self.key {
-            Key::Es256(key) => {
-                let point = key.verifying_key().to_sec1_point(false);
-                let coordinate = |c: Option<&_>| c.map(|c: &p256::FieldBytes| URL_SAFE_NO_PAD.encode(c));
-                json!({"kty": "EC", "crv": "P-256", "x": coordinate(point.x()), "y": coordinate(point.y())})
-            }
+            Key::Es256(key) => jws::es256_public_jwk(key.verifying_key()),
             Key::Rs256(key) => {
                 let public = rsa::PrivateKey::as_ref(key.as_ref());
                 let n = public.n().to_be_bytes_trimmed_vartime();
@@ -235,37 +229,29 @@ impl ClientAssertionKey {
     /// A signed client assertion for one token request: `iss` and `sub` the client id, `aud`
     /// the token endpoint, a random `jti`, `iat` now and `exp` one lifetime later.
     pub(crate) fn assertion(&self, client_id: &str, audience: &str, now: SystemTime) -> Result<String, RefreshError> {
-        let mut jti = [0u8; JTI_BYTES];
-        getrandom::fill(&mut jti).map_err(RefreshError::other)?;
+        let jti = jws::random_id().map_err(RefreshError::other)?;
         let iat = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
         let claims = json!({
             "iss": client_id,
             "sub": client_id,
             "aud": audience,
-            "jti": URL_SAFE_NO_PAD.encode(jti),
+            "jti": jti,
             "iat": iat,
             "exp": iat.saturating_add(self.lifetime.as_secs()),
         });
         Ok(self.sign_jwt(&claims))
     }
 
-    /// `header.claims.signature`, each base64url without padding (RFC 7515 §7.1).
+    /// The signed JWT (RFC 7515 §7.1's compact form).
     fn sign_jwt(&self, claims: &Value) -> String {
         let mut header = json!({"alg": self.algorithm().as_str(), "typ": "JWT"});
         if let Some(kid) = &self.key_id {
             header["kid"] = kid.as_str().into();
         }
-        let signing_input =
-            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
-        let signature = match &*self.key {
-            // JWS wants the fixed-size `r || s` (RFC 7518 §3.4), which is this encoding, not DER.
-            Key::Es256(key) => {
-                let signature: p256::ecdsa::Signature = key.sign(signing_input.as_bytes());
-                signature.to_bytes().to_vec()
-            }
-            Key::Rs256(key) => key.sign(signing_input.as_bytes()).to_vec(),
-        };
-        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
+        jws::compact(&header, claims, |input| match &*self.key {
+            Key::Es256(key) => jws::es256_sign(key, input),
+            Key::Rs256(key) => key.sign(input).to_vec(),
+        })
     }
 }
 

@@ -39,6 +39,8 @@ impl ClientCredentials {
 
     endpoint_options!();
     resource_server_options!();
+    #[cfg(feature = "dpop")]
+    super::dpop::dpop_options!();
 }
 
 #[async_trait]

@@ -122,12 +122,16 @@ pub(crate) struct TokenEndpoint {
     pub(crate) max_response_bytes: usize,
     /// `None`: the clock of the layer that runs the call, else the system clock.
     pub(crate) clock: Option<Arc<dyn Clock>>,
+    /// DPoP on token requests, when turned on.
+    #[cfg(feature = "dpop")]
+    pub(crate) dpop: Option<super::dpop::DpopBinding>,
     own_http: Arc<OnceLock<Result<reqwest::Client, String>>>,
 }
 
 impl fmt::Debug for TokenEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenEndpoint")
+        let mut debug = f.debug_struct("TokenEndpoint");
+        debug
             .field("url", &self.url)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
@@ -139,8 +143,10 @@ impl fmt::Debug for TokenEndpoint {
             .field("encoding", &self.encoding)
             .field("maps_response", &self.mapper.is_some())
             .field("custom_http_client", &self.http.is_some())
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
+            .field("timeout", &self.timeout);
+        #[cfg(feature = "dpop")]
+        debug.field("dpop", &self.dpop);
+        debug.finish_non_exhaustive()
     }
 }
 
@@ -162,6 +168,8 @@ impl TokenEndpoint {
             timeout: DEFAULT_TOKEN_TIMEOUT,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             clock: None,
+            #[cfg(feature = "dpop")]
+            dpop: None,
             own_http: Arc::new(OnceLock::new()),
         }
     }
@@ -217,9 +225,14 @@ impl TokenEndpoint {
         let started = std::time::Instant::now();
         let mut proof_secrets = Vec::new();
         let answer = async {
+            #[cfg(feature = "dpop")]
+            if let Some(binding) = &self.dpop {
+                let key = binding.key_for(current, grant_type == "refresh_token")?;
+                return self.exchange_with_dpop(grant, scoped, binding, key, &mut proof_secrets).await;
+            }
             let proof = self.client_proof().await?;
             proof_secrets = proof.secrets();
-            self.exchange_unredacted(grant, scoped, &proof).await
+            self.exchange_unredacted(grant, scoped, &proof, None).await
         }
         .instrument(span.clone())
         .await;
@@ -230,6 +243,41 @@ impl TokenEndpoint {
             err.redact(&secrets.iter().map(String::as_str).collect::<Vec<_>>());
             err
         })
+    }
+
+    /// The call with DPoP (RFC 9449 §5): a fresh proof of `key` in each request, one retry
+    /// when the endpoint demands a nonce it has just given (§8), with a fresh client proof too
+    /// (a client assertion's `jti` is single-use), and the tokens bound to `key`. What an error
+    /// must not show goes into `secrets`.
+    #[cfg(feature = "dpop")]
+    async fn exchange_with_dpop(
+        &self,
+        grant: &[(&str, &str)],
+        scoped: Scoped,
+        binding: &super::dpop::DpopBinding,
+        key: crate::dpop::DpopKey,
+        secrets: &mut Vec<String>,
+    ) -> Result<TokenSet, RefreshError> {
+        let url = self.parsed_url()?;
+        let mut retried = false;
+        loop {
+            let proof = self.client_proof().await?;
+            secrets.extend(proof.secrets());
+            let (dpop, nonce) = binding.token_request_proof(&key, &url, self.now())?;
+            secrets.push(dpop.clone());
+            let answer = self.exchange_unredacted(grant, scoped, &proof, Some((&dpop, &binding.nonces))).await;
+            if !retried && binding.nonce_demanded(&answer, &url, nonce.as_deref()) {
+                tracing::debug!("the token endpoint asked for a DPoP nonce; retrying once with it");
+                retried = true;
+                continue;
+            }
+            return answer.and_then(|tokens| super::dpop::bound(tokens, key));
+        }
+    }
+
+    fn parsed_url(&self) -> Result<reqwest::Url, RefreshError> {
+        reqwest::Url::parse(&self.url)
+            .map_err(|e| RefreshError::Config(format!("the token URL {:?} does not parse: {e}", self.url)))
     }
 
     /// What proves the client's identity in this request: made afresh for each one (a client
@@ -288,26 +336,42 @@ impl TokenEndpoint {
     }
 
     /// The call itself, with the client's `proof` for it, made by the caller so that an error
-    /// can be redacted of it.
+    /// can be redacted of it, and with DPoP its `DPoP` header and the nonce memory that keeps
+    /// the answer's `DPoP-Nonce`.
     async fn exchange_unredacted(
         &self,
         grant: &[(&str, &str)],
         scoped: Scoped,
         proof: &ClientProof,
+        dpop: Option<DpopRequest<'_>>,
     ) -> Result<TokenSet, RefreshError> {
-        let url = reqwest::Url::parse(&self.url)
-            .map_err(|e| RefreshError::Config(format!("the token URL {:?} does not parse: {e}", self.url)))?;
+        #[cfg(not(feature = "dpop"))]
+        let _: Option<DpopRequest<'_>> = dpop;
+        let url = self.parsed_url()?;
         let mut fields: Vec<(&str, &str)> = grant.to_vec();
         let scope = self.scopes.join(&self.scope_delimiter);
         if scoped == Scoped::Yes && !scope.is_empty() {
             fields.push(("scope", &scope));
         }
-        let request = self.request(http::Method::POST, url)?.header(ACCEPT, "application/json");
+        let request = self.request(http::Method::POST, url.clone())?.header(ACCEPT, "application/json");
         let request = self.authenticate(request, &mut fields, proof)?;
         fields.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let request = with_body(request, &fields, self.encoding);
+        #[cfg_attr(not(feature = "dpop"), allow(unused_mut))]
+        let mut request = with_body(request, &fields, self.encoding);
+        #[cfg(feature = "dpop")]
+        if let Some((proof, _)) = dpop {
+            let mut value = HeaderValue::try_from(proof.as_str())
+                .map_err(|_| RefreshError::Config("the DPoP proof cannot form a header".into()))?;
+            value.set_sensitive(true);
+            request = request.header("dpop", value);
+        }
 
         let CappedAnswer { status, headers, body, cut } = self.send_capped(request).await?;
+        // A server's nonce counts whatever the answer (RFC 9449 §8.2): the next proof carries it.
+        #[cfg(feature = "dpop")]
+        if let Some((_, nonces)) = dpop {
+            nonces.observe(&url, &headers);
+        }
         tracing::Span::current().record("status", status.as_u16());
         if cut {
             if !status.is_success() {
@@ -414,6 +478,13 @@ pub(super) fn with_body(
         }
     }
 }
+
+/// A token request's DPoP proof and the memory of the nonces its endpoint sends.
+#[cfg(feature = "dpop")]
+type DpopRequest<'a> = (&'a String, &'a crate::dpop::DpopNonces);
+/// Without the feature, nothing: every call passes `None`.
+#[cfg(not(feature = "dpop"))]
+type DpopRequest<'a> = std::marker::PhantomData<&'a ()>;
 
 /// An answer read by [`TokenEndpoint::send_capped`].
 pub(crate) struct CappedAnswer {

@@ -4,6 +4,8 @@
 mod client_assertion;
 mod client_credentials;
 mod discovery;
+#[cfg(feature = "dpop")]
+pub(crate) mod dpop;
 mod endpoint;
 mod login;
 pub mod providers;

@@ -42,6 +42,8 @@ impl RefreshTokenGrant {
 
     endpoint_options!();
     resource_server_options!();
+    #[cfg(feature = "dpop")]
+    super::dpop::dpop_options!();
 
     /// Sets where users authorize this client (the provider's authorization endpoint), for
     /// [`login`](Self::login). The provider presets set it.

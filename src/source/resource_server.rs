@@ -37,6 +37,10 @@ pub(crate) type HeaderRule = Arc<dyn Fn(StatusCode, &http::HeaderMap) -> bool + 
 pub struct ResourceServer {
     origins: Vec<String>,
     rejected_when: Option<RejectionRule>,
+    /// The nonces a DPoP grant's token endpoint was sent, for the layer's API requests to add
+    /// theirs to (one memory per layer, RFC 9449 §8 and §9).
+    #[cfg(feature = "dpop")]
+    dpop_nonces: Option<crate::dpop::DpopNonces>,
 }
 
 impl ResourceServer {
@@ -66,6 +70,20 @@ impl ResourceServer {
         &self.origins
     }
 
+    /// Shares a DPoP grant's nonce memory with the layer built on it.
+    #[cfg(feature = "dpop")]
+    pub(crate) fn with_dpop_nonces(mut self, nonces: crate::dpop::DpopNonces) -> Self {
+        self.dpop_nonces = Some(nonces);
+        self
+    }
+
+    /// The nonce memory of the grant, when it does DPoP: the one the layer's API requests use.
+    #[cfg(feature = "dpop")]
+    #[allow(dead_code, reason = "read by the middleware's DPoP requests, wired apart")]
+    pub(crate) fn dpop_nonces(&self) -> Option<&crate::dpop::DpopNonces> {
+        self.dpop_nonces.as_ref()
+    }
+
     pub(crate) fn into_parts(self) -> (Vec<String>, Option<RejectionRule>) {
         (self.origins, self.rejected_when)
     }
@@ -76,7 +94,7 @@ impl fmt::Debug for ResourceServer {
         f.debug_struct("ResourceServer")
             .field("origins", &self.origins)
             .field("token_rejected_when", &self.rejected_when.as_ref().map(|_| "a rule"))
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

@@ -20,6 +20,7 @@ use super::MockProviderBuilder;
 use super::Shared;
 use super::wire::OAuthError;
 use crate::CLIENT_ASSERTION_TYPE;
+use crate::jws;
 
 /// How far in the future an assertion's `iat` may be: the client's clock may run a little ahead.
 const CLOCK_SKEW_SECS: u64 = 60;
@@ -61,8 +62,7 @@ impl PublicKey {
 
     fn verifies(&self, input: &[u8], signature: &[u8]) -> bool {
         match self {
-            PublicKey::Es256(key) => p256::ecdsa::Signature::from_slice(signature)
-                .is_ok_and(|signature| key.verify(input, &signature).is_ok()),
+            PublicKey::Es256(key) => jws::es256_verifies(key, input, signature),
             PublicKey::Rs256(key) => rsa::pkcs1v15::Signature::try_from(signature)
                 .is_ok_and(|signature| key.verify(input, &signature).is_ok()),
         }
@@ -77,18 +77,7 @@ impl ClientKey {
             URL_SAFE_NO_PAD.decode(text).map_err(|e| format!("the JWK's {name:?} is not base64url: {e}"))
         };
         let key = match (jwk["kty"].as_str(), jwk["crv"].as_str()) {
-            (Some("EC"), Some("P-256")) => {
-                let (x, y) = (member("x")?, member("y")?);
-                if x.len() != 32 || y.len() != 32 {
-                    return Err("a P-256 JWK's x and y are 32 bytes each".into());
-                }
-                let mut sec1 = vec![0x04];
-                sec1.extend(x);
-                sec1.extend(y);
-                let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
-                    .map_err(|e| format!("x and y are not a point of P-256: {e}"))?;
-                PublicKey::Es256(key)
-            }
+            (Some("EC"), Some("P-256")) => PublicKey::Es256(jws::es256_key_from_jwk(jwk)?),
             (Some("RSA"), _) => {
                 let n = rsa::BoxedUint::from_be_slice_vartime(&member("n")?);
                 let e = rsa::BoxedUint::from_be_slice_vartime(&member("e")?);

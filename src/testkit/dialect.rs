@@ -199,7 +199,9 @@ impl Shared {
         // A lifetime too long for the clock to hold made a token that never expires: say none.
         let expires_in =
             minted.expires_at.map(|_| ("expires_in", Value::from(self.config.access_token_lifetime.as_secs())));
-        let token_type = Some(("token_type", Value::from(dialect.token_type())));
+        // RFC 9449 §5: a token bound to a DPoP key is of type `DPoP`.
+        let token_type = if minted.jkt.is_some() { "DPoP" } else { dialect.token_type() };
+        let token_type = Some(("token_type", Value::from(token_type)));
         let always_scope = Some(("scope", Value::from(scope.clone().unwrap_or_default())));
         let scope = scope.map(|scope| ("scope", Value::from(scope)));
         let fields = match dialect {

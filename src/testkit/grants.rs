@@ -43,6 +43,9 @@ pub(super) struct State {
     /// Authorization codes the authorize endpoint issued, by code.
     codes: HashMap<String, CodeRecord>,
     serial: u64,
+    /// DPoP's `jti`s and nonce.
+    #[cfg(feature = "dpop")]
+    pub(super) dpop: super::dpop::DpopState,
 }
 
 /// An authorization code, from the authorize endpoint to its one exchange.
@@ -79,12 +82,16 @@ pub(super) struct AccessRecord {
     /// Under the grace, the refresh token this one was issued for: its grace ends when the API
     /// first accepts this access token, since the client evidently has the new pair.
     predecessor: Option<String>,
+    /// The thumbprint of the DPoP key the token is bound to (`cnf.jkt`), if it is.
+    #[cfg_attr(not(feature = "dpop"), allow(dead_code, reason = "read by the DPoP checks"))]
+    pub(super) jkt: Option<String>,
 }
 
-#[derive(Clone, Copy)]
 struct RefreshRecord {
     family: usize,
     status: RefreshStatus,
+    /// The thumbprint of the DPoP key the token is bound to: a refresh must prove that key.
+    jkt: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -104,6 +111,8 @@ enum Refusal {
     Spent,
     Revoked,
     Injected,
+    /// Bound to a DPoP key the request did not prove.
+    OtherKey,
 }
 
 impl Refusal {
@@ -113,6 +122,7 @@ impl Refusal {
             Refusal::Spent => "The refresh token was already used",
             Refusal::Revoked => "The refresh token was revoked",
             Refusal::Injected => "injected fault: the refresh token is invalid",
+            Refusal::OtherKey => "The refresh token is bound to another DPoP key",
         }
     }
 
@@ -136,6 +146,8 @@ pub(super) struct Minted {
     pub(super) access: String,
     pub(super) refresh: Option<String>,
     pub(super) expires_at: Option<SystemTime>,
+    /// The DPoP key's thumbprint the tokens are bound to, if they are.
+    pub(super) jkt: Option<String>,
 }
 
 impl State {
@@ -151,6 +163,7 @@ impl State {
         now: SystemTime,
         refresh: bool,
         expired: bool,
+        jkt: Option<&str>,
     ) -> Minted {
         self.serial += 1;
         // Visible ASCII without spaces only: valid as an RFC 6750 §2.1 b64token.
@@ -161,14 +174,16 @@ impl State {
             now.checked_add(config.access_token_lifetime)
         };
         let access = format!("at-{name}");
-        let record = AccessRecord { family, expires_at, expired, revoked: false, predecessor: None };
+        let jkt = jkt.map(str::to_owned);
+        let record = AccessRecord { family, expires_at, expired, revoked: false, predecessor: None, jkt: jkt.clone() };
         self.access.insert(access.clone(), record);
         let refresh = refresh.then(|| {
             let refresh = format!("rt-{name}");
-            self.refresh.insert(refresh.clone(), RefreshRecord { family, status: RefreshStatus::Live });
+            let record = RefreshRecord { family, status: RefreshStatus::Live, jkt: jkt.clone() };
+            self.refresh.insert(refresh.clone(), record);
             refresh
         });
-        Minted { family, access, refresh, expires_at }
+        Minted { family, access, refresh, expires_at, jkt }
     }
 
     pub(super) fn revoke(&mut self, family: usize) {
@@ -182,9 +197,9 @@ impl State {
     /// its grant, and the access tokens issued with it), or one access token. Whether the token
     /// was one the provider issued and still honoured.
     pub(super) fn revoke_token(&mut self, token: &str) -> bool {
-        if let Some(record) = self.refresh.get(token).copied() {
-            let live = !self.family_revoked(record.family);
-            self.revoke(record.family);
+        if let Some(family) = self.refresh.get(token).map(|record| record.family) {
+            let live = !self.family_revoked(family);
+            self.revoke(family);
             return live;
         }
         let family_revoked = |state: &Self, family| state.family_revoked(family);
@@ -208,11 +223,21 @@ impl State {
         refusal
     }
 
-    /// Exchanges the refresh token `presented` for new tokens, rotating it if `rotate`.
-    fn exchange(&mut self, config: &Config, presented: &str, rotate: bool, now: SystemTime) -> Result<Minted, Refusal> {
-        let Some(&RefreshRecord { family, status }) = self.refresh.get(presented) else {
+    /// Exchanges the refresh token `presented` for new tokens, rotating it if `rotate`; `jkt` is
+    /// the DPoP key the request proved, which a bound refresh token must be bound to.
+    fn exchange(
+        &mut self,
+        config: &Config,
+        presented: &str,
+        rotate: bool,
+        now: SystemTime,
+        jkt: Option<&str>,
+    ) -> Result<Minted, Refusal> {
+        let Some(record) = self.refresh.get(presented) else {
             return Err(self.refuse(Refusal::Unknown));
         };
+        let (family, status) = (record.family, record.status);
+        let bound_elsewhere = record.jkt.is_some() && record.jkt.as_deref() != jkt;
         let in_grace = match status {
             RefreshStatus::Live => false,
             RefreshStatus::Previous(rotated_at)
@@ -233,6 +258,10 @@ impl State {
         if self.family_revoked(family) {
             return Err(self.refuse(Refusal::Revoked));
         }
+        if bound_elsewhere {
+            // RFC 9449 §5: a bound refresh token is worth nothing without its key.
+            return Err(self.refuse(Refusal::OtherKey));
+        }
         let grace = config.previous_refresh_token_grace;
         if let Some(record) = self.refresh.get_mut(presented).filter(|_| rotate) {
             record.status = match (grace, status) {
@@ -245,7 +274,7 @@ impl State {
         if in_grace {
             self.stats.grace_refreshes += 1;
         }
-        let minted = self.mint(config, family, now, rotate, false);
+        let minted = self.mint(config, family, now, rotate, false, jkt);
         if let Some(record) = self.access.get_mut(&minted.access).filter(|_| rotate && grace) {
             record.predecessor = Some(presented.to_owned());
         }
@@ -276,14 +305,17 @@ impl State {
 
 // A token call, decided: injected faults first, then the grant against the ledger.
 impl Shared {
-    /// Handles a token call; `true` with the reply when the answer is to be lost.
-    pub(super) fn token_call(&self, request: &Request) -> (Reply, bool) {
+    /// Handles a token call: the reply, `true` when the answer is to be lost, and the DPoP
+    /// nonce the answer carries, if the mock has one.
+    pub(super) fn token_call(&self, request: &Request) -> (Reply, bool, Option<String>) {
         // What needs no state is decided before taking the lock.
         let checked = token_params(request, self.config.dialect).and_then(|params| {
             self.check_action(&params)?;
             let jti = self.authenticate_client(request, &params)?;
             Ok((params, jti))
         });
+        #[cfg(feature = "dpop")]
+        let proof = self.config.dpop.map(|_| self.check_proof(request, None));
         let now = self.config.clock.now();
 
         let mut state = self.state.lock();
@@ -297,9 +329,9 @@ impl Shared {
             }
             Some(Fault::InvalidGrant) => {
                 let refusal = state.refuse(Refusal::Injected);
-                return (self.error_reply(refusal.into_error()), false);
+                return (self.error_reply(refusal.into_error()), false, None);
             }
-            Some(fault) => return (Reply::fault(fault), false),
+            Some(fault) => return (Reply::fault(fault), false, None),
         };
         let spent = checked.and_then(|(params, once)| match once {
             // A client assertion works once (RFC 7523 §3, item 7): a replayed one is refused.
@@ -310,14 +342,26 @@ impl Shared {
             Some(OneTime::Nonce(nonce)) => state.spend_nonce(&nonce, now).map(|()| params),
             None => Ok(params),
         });
+        #[cfg(feature = "dpop")]
+        let bound = |state: &mut State| self.token_request_binding(state, proof);
+        #[cfg(not(feature = "dpop"))]
+        let bound = |_: &mut State| Ok::<Option<String>, Reply>(None);
         let reply = match spent {
-            Ok(params) => self.grant(&mut state, &params, now),
+            Ok(params) => match bound(&mut state) {
+                Ok(jkt) => self.grant(&mut state, &params, now, jkt.as_deref()),
+                Err(reply) => reply,
+            },
             Err(error) => self.error_reply(error),
         };
-        (reply, lost)
+        #[cfg(feature = "dpop")]
+        let nonce = state.dpop.nonce.clone();
+        #[cfg(not(feature = "dpop"))]
+        let nonce = None;
+        (reply, lost, nonce)
     }
 
-    fn grant(&self, state: &mut State, params: &HashMap<String, String>, now: SystemTime) -> Reply {
+    /// Decides a grant; `jkt` is the DPoP key the request proved, to bind the tokens to.
+    fn grant(&self, state: &mut State, params: &HashMap<String, String>, now: SystemTime, jkt: Option<&str>) -> Reply {
         let supported = self.config.dialect.grant_types();
         match params.get("grant_type").map(String::as_str) {
             None => self.error_reply(OAuthError::invalid_request("grant_type is missing")),
@@ -325,24 +369,36 @@ impl Shared {
                 let description = format!("supported grant types: {}", supported.join(", "));
                 self.error_reply(OAuthError::new(400, "unsupported_grant_type", description))
             }
-            Some("refresh_token") => self.refresh_grant(state, params, now),
-            Some("authorization_code") => self.code_grant(state, params, now),
-            Some(_) => self.client_credentials_grant(state, params, now),
+            Some("refresh_token") => self.refresh_grant(state, params, now, jkt),
+            Some("authorization_code") => self.code_grant(state, params, now, jkt),
+            Some(_) => self.client_credentials_grant(state, params, now, jkt),
         }
     }
 
-    fn client_credentials_grant(&self, state: &mut State, params: &HashMap<String, String>, now: SystemTime) -> Reply {
+    fn client_credentials_grant(
+        &self,
+        state: &mut State,
+        params: &HashMap<String, String>,
+        now: SystemTime,
+        jkt: Option<&str>,
+    ) -> Reply {
         let scope = params.get("scope").cloned();
         if self.config.dialect == Dialect::WhoopPartner && scope.is_none() {
             return self.error_reply(OAuthError::invalid_request("scope is missing"));
         }
         let family = state.new_family(scope.clone());
-        let minted = state.mint(&self.config, family, now, false, false);
+        let minted = state.mint(&self.config, family, now, false, false, jkt);
         state.stats.tokens_issued += 1;
         self.tokens_reply(&minted, scope)
     }
 
-    fn refresh_grant(&self, state: &mut State, params: &HashMap<String, String>, now: SystemTime) -> Reply {
+    fn refresh_grant(
+        &self,
+        state: &mut State,
+        params: &HashMap<String, String>,
+        now: SystemTime,
+        jkt: Option<&str>,
+    ) -> Reply {
         let dialect = self.config.dialect;
         let Some(presented) = params.get("refresh_token") else {
             return self.error_reply(match dialect {
@@ -355,7 +411,7 @@ impl Shared {
         let offline =
             || params.get("scope").is_some_and(|scope| scope.split_ascii_whitespace().any(|s| s == "offline"));
         let rotate = self.config.rotate_refresh_tokens && (dialect != Dialect::Whoop || offline());
-        match state.exchange(&self.config, presented, rotate, now) {
+        match state.exchange(&self.config, presented, rotate, now, jkt) {
             Ok(minted) => {
                 let granted = state.families.get(minted.family).and_then(|f| f.scope.clone());
                 self.tokens_reply(&minted, params.get("scope").cloned().or(granted))
@@ -384,7 +440,13 @@ impl Shared {
     /// The authorization-code grant with PKCE (RFC 6749 §4.1.3, RFC 7636 §4.6): the code once,
     /// for the redirect URI it was issued to, with the verifier of its challenge, within its
     /// lifetime.
-    fn code_grant(&self, state: &mut State, params: &HashMap<String, String>, now: SystemTime) -> Reply {
+    fn code_grant(
+        &self,
+        state: &mut State,
+        params: &HashMap<String, String>,
+        now: SystemTime,
+        jkt: Option<&str>,
+    ) -> Reply {
         let refuse = |state: &mut State, description: &str| {
             state.stats.invalid_grants += 1;
             self.error_reply(OAuthError::new(400, "invalid_grant", description))
@@ -422,7 +484,7 @@ impl Shared {
         }
         let with_refresh = self.config.dialect != Dialect::Whoop
             || scope.as_deref().is_some_and(|s| s.split_ascii_whitespace().any(|s| s == "offline"));
-        let minted = state.mint(&self.config, family, now, with_refresh, false);
+        let minted = state.mint(&self.config, family, now, with_refresh, false, jkt);
         state.stats.tokens_issued += 1;
         self.tokens_reply(&minted, scope)
     }

@@ -41,6 +41,10 @@ impl Shared {
         if dialect == Dialect::Standard {
             document["revocation_endpoint"] = format!("{}{}", config.issuer, super::revocation::REVOCATION_PATH).into();
         }
+        #[cfg(feature = "dpop")]
+        if config.dpop.is_some() {
+            document["dpop_signing_alg_values_supported"] = json!(["ES256"]);
+        }
         for (name, value) in &config.metadata_fields {
             document[name.as_str()] = value.clone();
         }

@@ -20,6 +20,9 @@
 //!   client authentication by HTTP Basic (Kroger, oslo) or in the body (WHOOP), or (feature
 //!   `private-key-jwt`) by a signed client assertion, checked against the client's registered
 //!   public key, each `jti` accepted once ([`MockProviderBuilder::client_key`]).
+//! * **DPoP** (feature `dpop`, [`MockProviderBuilder::dpop`]): proofs checked at the token
+//!   endpoint and the API (signature by the embedded key, `htm`, `htu`, `ath`, `iat`, each `jti`
+//!   once, the server's nonce where demanded), tokens bound to the key's thumbprint.
 //!
 //! Tests can also inject faults (among them [`Fault::LoseAnswer`], tokens issued but the answer
 //! lost), add latency, drive expiry with a [`ManualClock`](crate::ManualClock), read counters
@@ -96,6 +99,10 @@
 #[cfg(feature = "private-key-jwt")]
 mod assertion;
 mod dialect;
+#[cfg(feature = "dpop")]
+mod dpop;
+#[cfg(all(test, feature = "dpop"))]
+mod dpop_tests;
 mod grants;
 mod metadata;
 mod revocation;
@@ -173,6 +180,28 @@ pub struct ProviderStats {
     /// API requests whose token was rejected: answered `401`, or in [`Dialect::Withings`] `200`
     /// with `"status":401`.
     pub api_unauthorized: u64,
+    /// DPoP proofs examined, at the token endpoint and the API (feature `dpop`; see
+    /// [`MockProviderBuilder::dpop`]).
+    #[cfg(feature = "dpop")]
+    pub dpop_proofs_checked: u64,
+    /// DPoP proofs refused as invalid (`invalid_dpop_proof`): a bad signature, `htm`, `htu`,
+    /// `ath` or `iat`, a replayed `jti`.
+    #[cfg(feature = "dpop")]
+    pub dpop_proofs_rejected: u64,
+    /// Distinct `jti`s among the DPoP proofs that passed the checks before it.
+    #[cfg(feature = "dpop")]
+    pub dpop_jtis: u64,
+    /// DPoP proofs whose `jti` had been seen before (counted in `dpop_proofs_rejected` too).
+    #[cfg(feature = "dpop")]
+    pub dpop_replays: u64,
+    /// DPoP nonces made: the first where one is demanded, then one per
+    /// [`MockProvider::rotate_dpop_nonce`].
+    #[cfg(feature = "dpop")]
+    pub dpop_nonces_issued: u64,
+    /// Answers demanding a nonce: `400 use_dpop_nonce` from the token endpoint, `401` with
+    /// `WWW-Authenticate: DPoP error="use_dpop_nonce"` from the API.
+    #[cfg(feature = "dpop")]
+    pub dpop_nonce_demands: u64,
 }
 
 /// An answer the token endpoint gives instead of handling a call; see
@@ -261,6 +290,8 @@ pub struct MockProviderBuilder {
     metadata_fields: Vec<(String, serde_json::Value)>,
     token_latency: Duration,
     api_latency: Duration,
+    #[cfg(feature = "dpop")]
+    dpop: Option<dpop::DpopConfig>,
 }
 
 impl Default for MockProviderBuilder {
@@ -278,6 +309,8 @@ impl Default for MockProviderBuilder {
             metadata_fields: Vec::new(),
             token_latency: Duration::ZERO,
             api_latency: Duration::ZERO,
+            #[cfg(feature = "dpop")]
+            dpop: None,
         }
     }
 }
@@ -398,6 +431,48 @@ impl MockProviderBuilder {
         self
     }
 
+    /// Turns DPoP on (RFC 9449; feature `dpop`). Every token request must carry a valid DPoP
+    /// proof, and the tokens it gets are bound to the proof's key (`token_type` `DPoP`; the mock
+    /// keeps the key's thumbprint as the tokens' `cnf.jkt`); a bound refresh token is refused
+    /// (`400 invalid_grant`) with a proof of another key. The API takes a bound token only as
+    /// `Authorization: DPoP <token>` with a proof of its key; unbound tokens still work as bearer
+    /// tokens ([`MockProvider::issue_tokens`]).
+    ///
+    /// A proof is valid when it is the request's only `DPoP` header, a JWT with `typ`
+    /// `dpop+jwt`, `alg` `ES256` and a public P-256 `jwk` that verifies its signature, whose
+    /// `htm` is the request's method and `htu` its URL without query and fragment, whose `iat`
+    /// is at most 60 seconds ahead of the provider's clock and 5 minutes behind it, whose `ath`
+    /// (on API requests only) is the hash of the access token presented, and whose `jti` was
+    /// never seen before. Anything else gets `invalid_dpop_proof`: `400` at the token endpoint,
+    /// `401` with `WWW-Authenticate: DPoP error="invalid_dpop_proof"` at the API. A bound token
+    /// with a proof of another key, or sent as a bearer token, gets `401` with
+    /// `WWW-Authenticate: DPoP error="invalid_token"`. [`ProviderStats`] counts the proofs, the
+    /// `jti`s, replays, nonces and demands for them.
+    #[cfg(feature = "dpop")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn dpop(mut self) -> Self {
+        self.dpop.get_or_insert_default();
+        self
+    }
+
+    /// Turns DPoP on ([`dpop`](Self::dpop)) with server nonces (RFC 9449 §8, §9): the token
+    /// endpoint (`at_token_endpoint`) and the API (`at_api`) demand the mock's current nonce in
+    /// each proof. A proof without it gets `400 {"error":"use_dpop_nonce"}` from the token
+    /// endpoint, `401` with `WWW-Authenticate: DPoP error="use_dpop_nonce"` from the API. Once
+    /// made (at the first demand), the current nonce is sent as `DPoP-Nonce` on every answer
+    /// of both; [`MockProvider::rotate_dpop_nonce`] replaces it. One nonce serves both, since
+    /// they share an origin.
+    #[cfg(feature = "dpop")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn dpop_nonces(mut self, at_token_endpoint: bool, at_api: bool) -> Self {
+        let config = self.dpop.get_or_insert_default();
+        config.nonce_at_token_endpoint = at_token_endpoint;
+        config.nonce_at_api = at_api;
+        self
+    }
+
     /// Sets a member of the metadata document (see [`MockProvider::issuer`]), replacing the
     /// mock's own value or adding one it does not have: a `revocation_endpoint`,
     /// `dpop_signing_alg_values_supported`, or a wrong `issuer` to see a client refuse it.
@@ -425,6 +500,8 @@ impl MockProviderBuilder {
             client_keys: self.client_keys,
             issuer: server.uri(),
             metadata_fields: self.metadata_fields,
+            #[cfg(feature = "dpop")]
+            dpop: self.dpop,
         };
         let shared = Arc::new(Shared { config, state: Mutex::new(State::default()) });
         let token_endpoint = Endpoint { shared: Arc::clone(&shared), latency: self.token_latency };
@@ -691,7 +768,7 @@ impl MockProvider {
         let minted = {
             let mut state = self.shared.state.lock();
             let family = state.new_family(config.dialect.granted_scope().map(str::to_owned));
-            state.mint(config, family, now, with_refresh, expired)
+            state.mint(config, family, now, with_refresh, expired, None)
         };
         let mut tokens = TokenSet::new(minted.access).with_token_type(config.dialect.token_type());
         if let Some(refresh) = minted.refresh {
@@ -701,6 +778,39 @@ impl MockProvider {
             tokens = tokens.with_expires_at(expires_at);
         }
         tokens
+    }
+
+    /// Tokens as if a user just authorized with DPoP (feature `dpop`), bound to `key`: like
+    /// [`issue_tokens`](Self::issue_tokens), with `token_type` `DPoP` and the key attached
+    /// ([`TokenSet::dpop_key`]), as a grant with DPoP on would get them.
+    #[cfg(feature = "dpop")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    pub fn issue_dpop_tokens(&self, key: &crate::DpopKey) -> TokenSet {
+        let config = &self.shared.config;
+        let now = config.clock.now();
+        let minted = {
+            let mut state = self.shared.state.lock();
+            let family = state.new_family(config.dialect.granted_scope().map(str::to_owned));
+            state.mint(config, family, now, true, false, Some(key.thumbprint()))
+        };
+        let mut tokens = TokenSet::new(minted.access).with_token_type("DPoP").with_dpop_key(key.clone());
+        if let Some(refresh) = minted.refresh {
+            tokens = tokens.with_refresh_token(refresh);
+        }
+        if let Some(expires_at) = minted.expires_at {
+            tokens = tokens.with_expires_at(expires_at);
+        }
+        tokens
+    }
+
+    /// Replaces the DPoP nonce (feature `dpop`; see [`MockProviderBuilder::dpop_nonces`]):
+    /// proofs with the old one are answered `use_dpop_nonce` with the new one. Returns it.
+    #[cfg(feature = "dpop")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    pub fn rotate_dpop_nonce(&self) -> String {
+        let mut state = self.shared.state.lock();
+        let state = &mut *state;
+        state.dpop.rotate(&self.shared.config.token_prefix, &mut state.stats)
     }
 
     /// Makes the API reject every access token issued so far, as if their lifetime had passed.
@@ -803,4 +913,7 @@ struct Config {
     issuer: String,
     /// Members set on or added to the metadata document.
     metadata_fields: Vec<(String, serde_json::Value)>,
+    /// DPoP mode, and where nonces are demanded.
+    #[cfg(feature = "dpop")]
+    dpop: Option<dpop::DpopConfig>,
 }

@@ -120,10 +120,15 @@ pub(super) struct TokenEndpoint(pub(super) Endpoint);
 
 impl Respond for TokenEndpoint {
     fn respond(&self, request: &Request) -> ResponseTemplate {
-        let (reply, lost) = self.0.shared.token_call(request);
+        let (reply, lost, dpop_nonce) = self.0.shared.token_call(request);
         // wiremock sleeps after releasing its own locks, so a held-back answer blocks nothing else.
         let delay = if lost { LOST_ANSWER_DELAY.max(self.0.latency) } else { self.0.latency };
-        reply.into_template().set_delay(delay)
+        let template = reply.into_template().set_delay(delay);
+        #[cfg(feature = "dpop")]
+        let template = super::dpop::with_nonce(template, dpop_nonce);
+        #[cfg(not(feature = "dpop"))]
+        let _: Option<String> = dpop_nonce;
+        template
     }
 }
 
@@ -231,6 +236,10 @@ pub(super) struct ApiEndpoint(pub(super) Endpoint);
 
 impl Respond for ApiEndpoint {
     fn respond(&self, request: &Request) -> ResponseTemplate {
+        #[cfg(feature = "dpop")]
+        if let Some(template) = self.0.shared.dpop_api_answer(request) {
+            return template.set_delay(self.0.latency);
+        }
         // RFC 6750 §3.1: no header, or another scheme, means no credentials at all.
         let bearer = request.headers.get(header::AUTHORIZATION).and_then(|value| match value.to_str() {
             // Not visible ASCII: credentials, garbled ones, so they get invalid_token.

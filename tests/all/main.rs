@@ -6,6 +6,7 @@ mod cancellation;
 mod chain;
 mod compat;
 mod discovery;
+mod dpop;
 mod edges;
 mod extreme_durations;
 mod faults;
