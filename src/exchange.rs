@@ -188,6 +188,23 @@ impl TokenRefresh {
     }
 }
 
+/// Reads what is left of `body`, up to [`DISCARD_LIMIT`] and for at most `timeout`, and lets it
+/// go: each front end's [`Answer::discard`].
+pub(crate) async fn discard_body<B: http_body::Body>(body: B, timeout: Duration) {
+    use http_body_util::BodyExt;
+    let mut body = std::pin::pin!(body);
+    let read_to_end = async {
+        let mut read = 0;
+        while read <= DISCARD_LIMIT {
+            match body.frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, bytes::Buf::remaining),
+                Some(Err(_)) | None => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, read_to_end).await;
+}
+
 /// Whether a 401 rejects the token. The headers are read first; the body only when they name no
 /// error, and for at most `timeout`: a body that stalls is judged by what arrived (see
 /// [`CLASSIFY_BODY_TIMEOUT`]).

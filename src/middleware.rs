@@ -14,7 +14,7 @@ use reqwest_middleware::{Middleware, Next};
 
 use crate::cache::{Sent, paced};
 use crate::error::Error;
-use crate::exchange::{Answer, DISCARD_LIMIT};
+use crate::exchange::{Answer, discard_body};
 use crate::kept::Kept;
 use crate::key::TokenKey;
 use crate::peek::{Peeked, Replayed, peek_body};
@@ -141,17 +141,8 @@ impl Answer for Response {
         (Response::from(http::Response::from_parts(parts, body)), head, stalled)
     }
 
-    async fn discard(mut self, timeout: Duration) {
-        let read_to_end = async {
-            let mut read = 0;
-            while read <= DISCARD_LIMIT {
-                match self.chunk().await {
-                    Ok(Some(chunk)) => read += chunk.len(),
-                    Ok(None) | Err(_) => return,
-                }
-            }
-        };
-        let _ = tokio::time::timeout(timeout, read_to_end).await;
+    async fn discard(self, timeout: Duration) {
+        discard_body(http::Response::<reqwest::Body>::from(self).into_body(), timeout).await;
     }
 }
 

@@ -24,7 +24,7 @@ pub use body::{ReplayBody, ResponseBody};
 
 use crate::cache::paced;
 use crate::error::Error;
-use crate::exchange::{Answer, DISCARD_LIMIT};
+use crate::exchange::{Answer, discard_body};
 use crate::key::TokenKey;
 use crate::peek::{BoxError, Peeked, peek_body};
 use crate::stats::Event;
@@ -292,17 +292,7 @@ where
     }
 
     async fn discard(self, timeout: Duration) {
-        let mut body = std::pin::pin!(self.into_body());
-        let read_to_end = async {
-            let mut read = 0;
-            while read <= DISCARD_LIMIT {
-                match body.frame().await {
-                    Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
-                    Some(Err(_)) | None => return,
-                }
-            }
-        };
-        let _ = tokio::time::timeout(timeout, read_to_end).await;
+        discard_body(self.into_body(), timeout).await;
     }
 }
 

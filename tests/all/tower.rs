@@ -40,9 +40,12 @@ async fn send(
     service: Service,
     request: http::Request<Body>,
 ) -> Result<http::Response<Bytes>, Box<dyn std::error::Error + Send + Sync>> {
-    let response = tokio::time::timeout(REQUEST_BOUND, service.oneshot(request)).await.expect("the request ends")?;
-    let (parts, body) = response.into_parts();
-    Ok(http::Response::from_parts(parts, body.collect().await?.to_bytes()))
+    // The answer and its whole body, bounded: a body that never ends fails the test.
+    let exchange = async {
+        let (parts, body) = service.oneshot(request).await?.into_parts();
+        Ok(http::Response::from_parts(parts, body.collect().await?.to_bytes()))
+    };
+    tokio::time::timeout(REQUEST_BOUND, exchange).await.expect("the request and its body end")
 }
 
 /// A layer holding `old` / `r1` against `server`'s `/token`, which answers `new` and is expected
