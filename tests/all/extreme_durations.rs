@@ -120,9 +120,11 @@ async fn every_duration_option_at_zero_builds_and_serves_without_panicking() {
     assert!((1..=2).contains(&calls), "{calls} token calls");
     assert!(auth.stats().retries <= 1);
 
-    // A token call that may take no time at all fails as a transient error.
+    // A token call that may take no time at all fails as a transient error. The token has
+    // expired by its own expiry (not just "now", which within the clock's resolution may still
+    // count as valid and go out while its refresh fails), so the request must wait for the call.
     let auth = TokenRefresh::builder(grant(&provider).timeout(Duration::ZERO))
-        .initial_tokens(provider.issue_tokens().with_expires_in(Duration::ZERO))
+        .initial_tokens(provider.issue_expired_tokens())
         .build()
         .unwrap();
     let err = ours(get(&client_with(&auth), &url).await);
