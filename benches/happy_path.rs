@@ -21,7 +21,7 @@ use common::server::Server;
 use criterion::{Criterion, Throughput};
 use http::{HeaderValue, StatusCode, header::AUTHORIZATION};
 use reqwest_middleware::ClientWithMiddleware;
-use reqwest_token_refresh::{RefreshTokenGrant, TokenRefresh, TokenSet};
+use reqwest_token_refresh::{DpopKey, RefreshTokenGrant, TokenRefresh, TokenSet};
 
 #[derive(Clone)]
 enum Client {
@@ -32,6 +32,8 @@ enum Client {
     /// reqwest-middleware with [`Minimal`] in it: the least any layer that can retry does.
     Minimal(ClientWithMiddleware),
     Ours(ClientWithMiddleware),
+    /// Our layer with a DPoP-bound token: a fresh proof signed for every request.
+    OursDpop(ClientWithMiddleware),
 }
 
 /// The least a token layer that can retry a 401 does on the happy path: set a prebuilt header,
@@ -69,6 +71,7 @@ impl Client {
             Client::PassThrough(..) => "pass-through-layer",
             Client::Minimal(..) => "minimal-layer",
             Client::Ours(..) => "ours",
+            Client::OursDpop(..) => "ours-dpop",
         }
     }
 
@@ -79,6 +82,7 @@ impl Client {
             Client::PassThrough(..) => "reqwest-middleware + a layer that does nothing (reference)",
             Client::Minimal(..) => "reqwest-middleware + a minimal retrying layer, `#[async_trait]` (reference)",
             Client::Ours(..) => "**reqwest-token-refresh** (valid token)",
+            Client::OursDpop(..) => "**reqwest-token-refresh**, DPoP-bound token (a fresh ES256 proof each request)",
         }
     }
 
@@ -90,7 +94,9 @@ impl Client {
             Client::NoLayer(client, token) | Client::PassThrough(client, token) => {
                 client.get(url.clone()).header(AUTHORIZATION, token.clone()).send().await.ok()
             }
-            Client::Minimal(client) | Client::Ours(client) => client.get(url.clone()).send().await.ok(),
+            Client::Minimal(client) | Client::Ours(client) | Client::OursDpop(client) => {
+                client.get(url.clone()).send().await.ok()
+            }
         };
         let response = response.expect("the request succeeds");
         assert_eq!(response.status(), StatusCode::OK);
@@ -141,17 +147,8 @@ fn main() {
     let http = reqwest::Client::new();
     let token = bearer(&issued.access_token);
     let start = Start { issued, remaining: Duration::from_secs(3599) };
-    let ours = {
-        let tokens = TokenSet::new(start.issued.access_token.clone())
-            .with_refresh_token(start.issued.refresh_token.clone())
-            .with_expires_in(start.remaining);
-        let auth = TokenRefresh::builder(RefreshTokenGrant::new(server.token_url()).client_id("bench-client"))
-            .initial_tokens(tokens)
-            .allow_origin(server.origin())
-            .build()
-            .expect("a valid layer");
-        reqwest_middleware::ClientBuilder::new(http.clone()).with(auth).build()
-    };
+    let ours = reqwest_middleware::ClientBuilder::new(http.clone()).with(layer(&server, &start, false)).build();
+    let ours_dpop = reqwest_middleware::ClientBuilder::new(http.clone()).with(layer(&server, &start, true)).build();
     let clients = [
         Client::Bare(http.clone(), token.clone()),
         Client::NoLayer(reqwest_middleware::ClientBuilder::new(http.clone()).build(), token.clone()),
@@ -161,6 +158,7 @@ fn main() {
         ),
         Client::Minimal(reqwest_middleware::ClientBuilder::new(http.clone()).with(Minimal(token.clone())).build()),
         Client::Ours(ours),
+        Client::OursDpop(ours_dpop),
     ];
     let bare = clients[0].clone();
     let url = server.api_url();
@@ -205,6 +203,22 @@ fn main() {
     common::write_tables("happy_path", &(table(&results) + &layer_alone));
 }
 
+/// Our layer on `server` with `start`'s valid tokens; with `dpop`, bound to a fresh DPoP key (the
+/// bench's server accepts any proof, so what is measured is the client making one).
+fn layer(server: &Server, start: &Start, dpop: bool) -> TokenRefresh {
+    let mut tokens = TokenSet::new(start.issued.access_token.clone())
+        .with_refresh_token(start.issued.refresh_token.clone())
+        .with_expires_in(start.remaining);
+    if dpop {
+        tokens = tokens.with_token_type("DPoP").with_dpop_key(DpopKey::generate().expect("a DPoP key"));
+    }
+    TokenRefresh::builder(RefreshTokenGrant::new(server.token_url()).client_id("bench-client"))
+        .initial_tokens(tokens)
+        .allow_origin(server.origin())
+        .build()
+        .expect("a valid layer")
+}
+
 /// Throughput of reqwest-middleware and of our layer relative to bare reqwest, per concurrency.
 fn headline(results: &[(usize, &str, &str, Vec<Sample>)], layer_cost: &str) -> String {
     let ratio = |concurrency: usize, id: &str| {
@@ -221,9 +235,12 @@ fn headline(results: &[(usize, &str, &str, Vec<Sample>)], layer_cost: &str) -> S
             let minimal = ratio(concurrency, "minimal-layer")
                 .map(|m| format!(", a minimal retrying layer {m:.2}x"))
                 .unwrap_or_default();
+            let dpop = ratio(concurrency, "ours-dpop")
+                .map(|m| format!(", {m:.2}x with a DPoP-bound token"))
+                .unwrap_or_default();
             let _ = write!(
                 out,
-                " concurrency {concurrency}: reqwest-token-refresh {ours:.2}x (reqwest-middleware with no layer {none:.2}x{nothing}{minimal});"
+                " concurrency {concurrency}: reqwest-token-refresh {ours:.2}x{dpop} (reqwest-middleware with no layer {none:.2}x{nothing}{minimal});"
             );
         }
     }
@@ -259,14 +276,9 @@ fn layer_alone(
 ) -> (String, String) {
     let http = reqwest::Client::new();
     let token = bearer(&start.issued.access_token);
-    let tokens = TokenSet::new(start.issued.access_token.clone())
-        .with_refresh_token(start.issued.refresh_token.clone())
-        .with_expires_in(start.remaining);
-    let auth = TokenRefresh::builder(RefreshTokenGrant::new(server.token_url()).client_id("bench-client"))
-        .initial_tokens(tokens)
-        .allow_origin(server.origin())
-        .build()
-        .expect("a valid layer");
+    let auth = layer(server, start, false);
+    let with_dpop =
+        reqwest_middleware::ClientBuilder::new(http.clone()).with(layer(server, start, true)).with(Canned).build();
     let without = reqwest_middleware::ClientBuilder::new(http.clone()).with(Canned).build();
     let minimal =
         reqwest_middleware::ClientBuilder::new(http.clone()).with(Minimal(token.clone())).with(Canned).build();
@@ -278,9 +290,13 @@ fn layer_alone(
         let mut group = criterion.benchmark_group(format!("layer_alone/c{concurrency}"));
         group.throughput(Throughput::Elements(concurrency as u64));
         let mut medians = Vec::new();
-        for (id, client, header) in
-            [("canned", &without, Some(&token)), ("minimal+canned", &minimal, None), ("ours+canned", &with, None)]
-        {
+        let clients = [
+            ("canned", &without, Some(&token)),
+            ("minimal+canned", &minimal, None),
+            ("ours+canned", &with, None),
+            ("ours-dpop+canned", &with_dpop, None),
+        ];
+        for (id, client, header) in clients {
             let mut per_request = Vec::new();
             group.bench_function(id, |b| {
                 b.iter_custom(|iters| {
@@ -316,23 +332,26 @@ fn layer_alone(
         group.finish();
         if concurrency == 1 {
             cost = format!(
-                "{:.2} µs ({:.2} µs beyond a minimal retrying layer)",
+                "{:.2} µs ({:.2} µs beyond a minimal retrying layer); a DPoP proof {:.1} µs more",
                 (medians[2] - medians[0]) * 1e6,
-                (medians[2] - medians[1]) * 1e6
+                (medians[2] - medians[1]) * 1e6,
+                (medians[3] - medians[2]) * 1e6,
             );
         }
         let _ = writeln!(
             rows,
-            "| {concurrency} | {:.2} µs | {:.2} µs | {:.2} µs | {:.2} µs | {:.2} µs |",
+            "| {concurrency} | {:.2} µs | {:.2} µs | {:.2} µs | {:.2} µs | {:.2} µs | {:.2} µs | {:.2} µs |",
             medians[0] * 1e6,
             medians[1] * 1e6,
             medians[2] * 1e6,
             (medians[2] - medians[0]) * 1e6,
             (medians[2] - medians[1]) * 1e6,
+            medians[3] * 1e6,
+            (medians[3] - medians[2]) * 1e6,
         );
     }
     let table = format!(
-        "#### The layer alone, without the network\n\n| concurrency | reqwest-middleware → canned 200 | → minimal retrying layer → canned 200 | → **reqwest-token-refresh** → canned 200 | the layer's own cost | beyond the minimal layer |\n| ---: | ---: | ---: | ---: | ---: | ---: |\n{rows}\nThe same `get(url).send()` through reqwest-middleware, ending in a middleware that answers 200 itself (the caller sets the header when there is no layer): what the layer adds to each request on the happy path (token lookup, header, the clone kept for a retry, its boxed future), with no network to hide it. The minimal retrying layer sets a prebuilt header and keeps a clone for a retry, nothing else: what any layer that can retry a 401 pays, including the middleware stack reqwest-middleware clones for every request once it holds a layer. Wall time per request: at concurrency 64, two workers share the work.\n\n"
+        "#### The layer alone, without the network\n\n| concurrency | reqwest-middleware → canned 200 | → minimal retrying layer → canned 200 | → **reqwest-token-refresh** → canned 200 | the layer's own cost | beyond the minimal layer | → **reqwest-token-refresh**, DPoP-bound token → canned 200 | a DPoP proof's cost |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n{rows}\nThe DPoP columns: the same layer holding a DPoP-bound token, so that each request also gets a fresh ES256 proof (RFC 9449 §4: a JWT with its own `jti`, `htm`, `htu`, `iat` and `ath`, signed with P-256); its cost is the difference to the bearer column. The same `get(url).send()` through reqwest-middleware, ending in a middleware that answers 200 itself (the caller sets the header when there is no layer): what the layer adds to each request on the happy path (token lookup, header, the clone kept for a retry, its boxed future), with no network to hide it. The minimal retrying layer sets a prebuilt header and keeps a clone for a retry, nothing else: what any layer that can retry a 401 pays, including the middleware stack reqwest-middleware clones for every request once it holds a layer. Wall time per request: at concurrency 64, two workers share the work.\n\n"
     );
     (table, cost)
 }

@@ -93,6 +93,19 @@ pub enum Error {
         /// What is wrong with it (never the token itself).
         problem: String,
     },
+    /// A request with a DPoP-bound token could not be given its proof (feature `dpop`): the
+    /// system's random number generator failed, or the request's URL could not be known. The
+    /// request was not sent.
+    #[cfg(feature = "dpop")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    #[error("no DPoP proof could be made for a request with the token of token key `{key}`")]
+    Dpop {
+        /// Whose token it is.
+        key: TokenKey,
+        /// Why.
+        #[source]
+        source: crate::dpop::DpopError,
+    },
     /// The layer was configured wrongly; returned by
     /// [`TokenRefreshBuilder::build`](crate::TokenRefreshBuilder::build).
     #[error("invalid configuration: {0}")]

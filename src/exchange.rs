@@ -3,18 +3,28 @@
 //!
 //! The reqwest-middleware front end (`middleware`) and the tower one (`tower`) differ only in
 //! their request and answer types. What an answer must offer the protocol is [`Answer`]; what a
-//! front end does itself is attach a header, send, and keep what a retry needs.
+//! front end does itself is attach the [`Credential`] (with the request's DPoP proof, made here),
+//! send, and keep what a retry needs ([`Resend`]).
+//!
+//! A DPoP-bound token (feature `dpop`) changes three things, all here: each request carries a
+//! fresh proof ([`TokenRefresh::proof`]); every answer's `DPoP-Nonce` is remembered for its
+//! origin ([`TokenRefresh::observe`]); and a 401 demanding a nonce (`DPoP
+//! error="use_dpop_nonce"`, RFC 9449 §9) is met by sending the request once more with a proof
+//! that carries it, with the same token, before anything else is read into the answer. The nonce
+//! retry happens once per request, whether the demand answers the first send or the send after a
+//! refresh; a second demand goes back to the caller.
 
 use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Extensions, HeaderMap, HeaderValue, StatusCode, Version, header::AUTHORIZATION};
+use http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, Version, header::AUTHORIZATION};
+use url::Url;
 
 use crate::cache::{Sent, paced};
 use crate::challenge::{self, CLASSIFY_BODY_LIMIT, Rejection};
+pub(crate) use crate::credential::Credential;
 use crate::error::Error;
-use crate::key::TokenKey;
 use crate::stats::Event;
 use crate::token_refresh::TokenRefresh;
 
@@ -52,7 +62,75 @@ pub(crate) trait Answer: Sized + Send {
     fn discard(self, timeout: Duration) -> impl Future<Output = ()> + Send;
 }
 
+/// What a front end kept of a request to send it again, and how it sends it: a copy of the
+/// request, with `credential` attached (and the request's proof, from [`TokenRefresh::proof`]),
+/// every answer observed ([`TokenRefresh::observe`]). A request is sent again at most twice: once
+/// to meet a DPoP nonce demand, once after a refresh.
+pub(crate) trait Resend: Send {
+    /// The front end's answer.
+    type Answer: Answer;
+    /// The front end's error, which this crate's errors convert into.
+    type Error: From<Error>;
+    /// Sends the request again with `credential`: its answer, and whether it came from the origin
+    /// it was sent to.
+    fn resend(
+        &mut self,
+        credential: &Credential,
+    ) -> impl Future<Output = Result<(Self::Answer, bool), Self::Error>> + Send;
+}
+
 impl TokenRefresh {
+    /// The `DPoP` header of a request by `method` to `url` with `credential`: a fresh proof for
+    /// a DPoP-bound token, `None` for a bearer token (which costs nothing more). `url` is asked
+    /// for only when a proof is made.
+    pub(crate) fn proof(
+        &self,
+        credential: &Credential,
+        key: &crate::key::TokenKey,
+        method: &Method,
+        url: impl FnOnce() -> Option<Url>,
+    ) -> Result<Option<HeaderValue>, Error> {
+        #[cfg(feature = "dpop")]
+        if let Some(bound) = &credential.bound {
+            use crate::dpop::DpopError;
+            let dpop = |source| Error::Dpop { key: key.clone(), source };
+            let target = url().ok_or_else(|| dpop(DpopError::Proof("the request's URL is not known".into())))?;
+            let dpop_key = bound.dpop_key().ok_or_else(|| dpop(DpopError::KeyLost))?;
+            let now = self.inner.cache.now();
+            let nonces = &self.inner.dpop_nonces;
+            return crate::dpop::api_proof(dpop_key, method, &target, bound.access_token(), nonces, now)
+                .map(Some)
+                .map_err(dpop);
+        }
+        let _ = (credential, key, method, url);
+        Ok(None)
+    }
+
+    /// Takes note of an answer to a request sent to `url` with `credential`: a DPoP-bound
+    /// token's answers may carry the origin's next nonce (RFC 9449 §8.2, §9). Nothing for a
+    /// bearer token.
+    pub(crate) fn observe(&self, credential: &Credential, url: Option<&Url>, headers: &HeaderMap) {
+        #[cfg(feature = "dpop")]
+        if credential.proves()
+            && let Some(url) = url
+        {
+            self.inner.dpop_nonces.observe(url, headers);
+        }
+        let _ = (credential, url, headers);
+    }
+
+    /// Whether `answer`, to a request with `credential`, demands a DPoP nonce it gave (and which
+    /// is now remembered): worth sending the request once more, with the same token.
+    fn nonce_demanded(&self, credential: &Credential, answer: &impl Answer) -> bool {
+        #[cfg(feature = "dpop")]
+        return credential.proves() && crate::dpop::nonce_demanded(answer.status(), answer.headers()).is_some();
+        #[cfg(not(feature = "dpop"))]
+        {
+            let _ = (credential, answer);
+            false
+        }
+    }
+
     /// Whether a request may get a token at all, before its origin is looked at: not marked
     /// [`SkipAuth`], no `Authorization` of its own, and not sent from inside a refresh.
     pub(crate) fn admits(&self, extensions: &Extensions, headers: &HeaderMap) -> bool {
@@ -92,7 +170,15 @@ impl TokenRefresh {
     /// Only the token's own answers count (contract point 19): after a redirect to another
     /// origin, the token was no longer sent, so what that origin answers says nothing about it.
     /// Such an answer is handed on untouched, its body unread.
-    async fn rejects<A: Answer>(&self, answer: A, from_its_origin: bool, key: &TokenKey, generation: u64) -> (A, bool) {
+    async fn rejects<A: Answer>(
+        &self,
+        answer: A,
+        from_its_origin: bool,
+        sent: &Sent<'_>,
+        generation: u64,
+        credential: &Credential,
+    ) -> (A, bool) {
+        let key = sent.key();
         let status = answer.status();
         if !from_its_origin {
             tracing::debug!(
@@ -106,7 +192,7 @@ impl TokenRefresh {
         let timeout = self.inner.classify_timeout;
         if status == StatusCode::UNAUTHORIZED {
             self.inner.stats.count(Event::Rejection);
-            let (answer, rejection) = classify(answer, timeout).await;
+            let (answer, rejection) = classify(answer, timeout, credential.scheme()).await;
             let refresh = self.inner.refresh_on.accepts(&rejection);
             tracing::debug!(key = %key, generation, ?rejection, refresh, "401");
             return (answer, refresh);
@@ -129,26 +215,34 @@ impl TokenRefresh {
         (answer, rejected)
     }
 
-    /// An answer that may reject the token: if it does, get a newer token (refreshing once for
-    /// everyone) and send the request again with it, once.
+    /// An answer that may reject the token, to a request sent with `credential`: if it does, get
+    /// a newer token (refreshing once for everyone) and send the request again with it, once. A
+    /// DPoP nonce demand is met first (see the module docs).
     ///
     /// `retry` is what the front end kept to send the request again (`None`: its body could be
-    /// sent only once); `resend` sends it with the new token's header and says whether the
-    /// answer came from the origin it was sent to.
-    pub(crate) async fn after_rejection<A, R, E, F>(
+    /// sent only once).
+    pub(crate) async fn after_rejection<R: Resend>(
         &self,
-        answer: A,
+        answer: R::Answer,
         from_its_origin: bool,
-        retry: Option<R>,
+        mut retry: Option<R>,
         sent: Sent<'_>,
-        resend: impl FnOnce(R, HeaderValue) -> F,
-    ) -> Result<A, E>
-    where
-        A: Answer,
-        E: From<Error>,
-        F: Future<Output = Result<(A, bool), E>>,
-    {
-        let (answer, refresh) = self.rejects(answer, from_its_origin, sent.key(), sent.generation()).await;
+        credential: Credential,
+    ) -> Result<R::Answer, R::Error> {
+        let (mut answer, mut from_its_origin) = (answer, from_its_origin);
+        let mut nonce_met = false;
+        if let Some(retry) = retry.as_mut()
+            && from_its_origin
+            && self.nonce_demanded(&credential, &answer)
+        {
+            (answer, from_its_origin) = self.meet_nonce(answer, retry, &credential).await?;
+            nonce_met = true;
+            if !self.may_reject(&answer) {
+                self.inner.cache.accepted(&sent, sent.generation());
+                return Ok(answer);
+            }
+        }
+        let (answer, refresh) = self.rejects(answer, from_its_origin, &sent, sent.generation(), &credential).await;
         if !refresh {
             if answer.status() != StatusCode::UNAUTHORIZED {
                 self.inner.cache.accepted(&sent, sent.generation());
@@ -158,7 +252,7 @@ impl TokenRefresh {
         if self.inner.cache.refresh_held_back(&sent) {
             return Ok(answer);
         }
-        let Some(retry) = retry else {
+        let Some(mut retry) = retry else {
             // The body is gone; the refresh still happens, so that the caller's own retry works.
             let _ = self.inner.cache.renew(&sent, answer.version()).await;
             return Ok(answer);
@@ -170,21 +264,39 @@ impl TokenRefresh {
         let (renewed, ()) =
             tokio::join!(self.inner.cache.renew(&sent, over), answer.discard(self.inner.classify_timeout));
         let (renewed, pass) = renewed?;
-        let header =
-            renewed.header.clone().map_err(|problem| Error::InvalidAccessToken { key: sent.key().clone(), problem })?;
+        let credential = renewed.credential.clone().map_err(|problem| problem.into_error(sent.key().clone()))?;
         self.inner.stats.count(Event::Retry);
-        let retried = std::pin::pin!(resend(retry, header));
-        let (answer, from_its_origin) = paced(pass, retried).await?;
+        let (mut answer, mut from_its_origin) = {
+            let retried = std::pin::pin!(retry.resend(&credential));
+            paced(pass, retried).await?
+        };
+        if !nonce_met && from_its_origin && self.nonce_demanded(&credential, &answer) {
+            (answer, from_its_origin) = self.meet_nonce(answer, &mut retry, &credential).await?;
+        }
         // One retry, no loop: a second rejection goes back as it came, counted.
         if !self.may_reject(&answer) {
             self.inner.cache.accepted(&sent, renewed.generation);
             return Ok(answer);
         }
-        let (answer, rejected) = self.rejects(answer, from_its_origin, sent.key(), renewed.generation).await;
+        let (answer, rejected) = self.rejects(answer, from_its_origin, &sent, renewed.generation, &credential).await;
         if !rejected && answer.status() != StatusCode::UNAUTHORIZED {
             self.inner.cache.accepted(&sent, renewed.generation);
         }
         Ok(answer)
+    }
+
+    /// Sends the request again to meet a DPoP nonce demand: the demanding answer's nonce is
+    /// remembered already (the front end observed it), so the new proof carries it.
+    async fn meet_nonce<R: Resend>(
+        &self,
+        answer: R::Answer,
+        retry: &mut R,
+        credential: &Credential,
+    ) -> Result<(R::Answer, bool), R::Error> {
+        tracing::debug!("the server demands a DPoP nonce: the request goes again with it");
+        self.inner.stats.count(Event::NonceRetry);
+        answer.discard(self.inner.classify_timeout).await;
+        retry.resend(credential).await
     }
 }
 
@@ -208,14 +320,15 @@ pub(crate) async fn discard_body<B: http_body::Body>(body: B, timeout: Duration)
 /// Whether a 401 rejects the token. The headers are read first; the body only when they name no
 /// error, and for at most `timeout`: a body that stalls is judged by what arrived (see
 /// [`CLASSIFY_BODY_TIMEOUT`]).
-async fn classify<A: Answer>(answer: A, timeout: Duration) -> (A, Rejection) {
-    let from_headers = challenge::classify_unauthorized(answer.headers(), &[]);
+async fn classify<A: Answer>(answer: A, timeout: Duration, scheme: &str) -> (A, Rejection) {
+    let from_headers = challenge::classify_unauthorized(answer.headers(), &[], scheme);
     if matches!(from_headers, Rejection::InvalidToken | Rejection::OtherError(_)) {
         return (answer, from_headers);
     }
     let (answer, head, stalled) = answer.peek(CLASSIFY_BODY_LIMIT, timeout).await;
     // A peek may read past the limit (a whole chunk); what is judged stops at it, as documented.
-    let rejection = challenge::classify_unauthorized(answer.headers(), &head[..head.len().min(CLASSIFY_BODY_LIMIT)]);
+    let judged = &head[..head.len().min(CLASSIFY_BODY_LIMIT)];
+    let rejection = challenge::classify_unauthorized(answer.headers(), judged, scheme);
     if stalled {
         tracing::debug!(read = head.len(), ?rejection, "the 401's body stalled; classified from what arrived");
     }

@@ -40,7 +40,7 @@ pub fn now() -> SystemTime {
 /// What [`classify_unauthorized`] decided, as a string: `invalid_token`, `no_detail`,
 /// `other_scheme`, or `other_error:` followed by the code.
 pub fn classify_unauthorized(header_lines: &[&[u8]], body: &[u8]) -> String {
-    match challenge::classify_unauthorized(&headers(header_lines), body) {
+    match challenge::classify_unauthorized(&headers(header_lines), body, "bearer") {
         Rejection::InvalidToken => "invalid_token".to_owned(),
         Rejection::NoDetail => "no_detail".to_owned(),
         Rejection::OtherScheme => "other_scheme".to_owned(),
@@ -195,7 +195,7 @@ pub fn check_www_authenticate(data: &[u8]) {
     // The layer classifies the first few KiB of a body at most.
     let body = &body[..body.len().min(crate::CLASSIFY_BODY_LIMIT)];
     let mut headers = headers(&lines);
-    let answer = challenge::classify_unauthorized(&headers, body);
+    let answer = challenge::classify_unauthorized(&headers, body, "bearer");
     if let Rejection::OtherError(code) = &answer {
         assert!(!code.is_empty() && code.trim() == code, "code {code:?}");
         assert!(!code.eq_ignore_ascii_case("invalid_token"), "invalid_token read as another error");
@@ -203,7 +203,7 @@ pub fn check_www_authenticate(data: &[u8]) {
     assert_eq!(answer, expected_rejection(&headers, body), "lines {lines:?}, body {:?}", String::from_utf8_lossy(body));
     // Whatever else was said, a Bearer `invalid_token` challenge on a line of its own wins.
     headers.append(WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer error="invalid_token""#));
-    assert_eq!(challenge::classify_unauthorized(&headers, body), Rejection::InvalidToken);
+    assert_eq!(challenge::classify_unauthorized(&headers, body, "bearer"), Rejection::InvalidToken);
 }
 
 /// The statuses the first byte of a `token_response` input picks from.

@@ -233,6 +233,7 @@ mod builder;
 mod cache;
 mod challenge;
 mod clock;
+mod credential;
 #[cfg(feature = "dpop")]
 mod dpop;
 mod error;

@@ -8,13 +8,13 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Extensions, HeaderMap, HeaderValue, StatusCode, Version, header::AUTHORIZATION};
+use http::{Extensions, HeaderMap, StatusCode, Version};
 use reqwest::{Request, Response, ResponseBuilderExt};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::cache::{Sent, paced};
 use crate::error::Error;
-use crate::exchange::{Answer, discard_body};
+use crate::exchange::{Answer, Credential, Resend, discard_body};
 use crate::kept::Kept;
 use crate::key::TokenKey;
 use crate::peek::{Peeked, Replayed, peek_body};
@@ -50,16 +50,16 @@ impl Middleware for TokenRefresh {
         }
         self.inner.stats.count(Event::Request);
         let key = extensions.get::<TokenKey>();
-        if let Some((header, sent)) = self.inner.cache.lease_ready(key) {
-            return Box::pin(self.send(request, header, sent, extensions, next));
+        if let Some((credential, sent)) = self.inner.cache.lease_ready(key) {
+            return Box::pin(self.send(request, credential, sent, extensions, next));
         }
         let key = key.cloned().unwrap_or_default();
         // One allocation on this path too: the wait and the send share it. A request that waited
         // for a flight goes out in its window (see `cache::flight`).
         Box::pin(async move {
-            let (header, sent, pass) = self.inner.cache.lease(&key).await?.into_parts();
-            let header = header.map_err(|problem| Error::InvalidAccessToken { key, problem })?;
-            paced(pass, std::pin::pin!(self.send(request, header, sent, extensions, next))).await
+            let (credential, sent, pass) = self.inner.cache.lease(&key).await?.into_parts();
+            let credential = credential.map_err(|problem| problem.into_error(key))?;
+            paced(pass, std::pin::pin!(self.send(request, credential, sent, extensions, next))).await
         })
     }
 }
@@ -67,45 +67,71 @@ impl Middleware for TokenRefresh {
 type Sending<'a> = Pin<Box<dyn Future<Output = reqwest_middleware::Result<Response>> + Send + 'a>>;
 
 impl TokenRefresh {
-    /// Sends the request with `header`; an answer that may say the token was rejected goes on in
-    /// [`Self::after_rejection`].
+    /// Sends the request with `credential`; an answer that may say the token was rejected goes on
+    /// in [`Self::after_rejection`].
     ///
     /// Not an `async fn`, which would keep a second copy of each argument in its future.
     fn send<'a>(
         &'a self,
         mut request: Request,
-        header: HeaderValue,
+        credential: Credential,
         sent: Sent<'a>,
         extensions: &'a mut Extensions,
         next: Next<'a>,
     ) -> impl Future<Output = reqwest_middleware::Result<Response>> + Send + 'a {
         // A body that cannot be cloned (a stream) is sent once; see contract point 11.
         let kept = Kept::of(&request);
-        // `handle` passed on any request that has an `Authorization` of its own, so there is none
-        // to replace: an append, which skips the replacing.
-        request.headers_mut().append(AUTHORIZATION, header);
+        // A DPoP-bound token's proof is signed for this request's method and URL; a bearer
+        // token's is `None`, made from nothing. (The error is boxed: the future holds it.)
+        let proof = self.proof(&credential, sent.key(), request.method(), || Some(request.url().clone()));
+        let attached = proof.map(|proof| credential.attach(request.headers_mut(), proof)).map_err(Box::new);
         async move {
+            attached.map_err(|err| *err)?;
             let response = next.clone().run(request, extensions).await?;
+            self.observe(&credential, Some(response.url()), response.headers());
             if !self.may_reject(&response) {
                 self.inner.cache.accepted(&sent, sent.generation());
                 return Ok(response);
             }
             let from_its_origin = kept.same_origin(response.url());
-            let retry = kept.into_retry();
-            let after =
-                self.after_rejection(response, from_its_origin, retry, sent, move |mut retry: Request, header| {
-                    retry.headers_mut().insert(AUTHORIZATION, header);
-                    let sent_to = retry.url().clone();
-                    async move {
-                        let response = next.run(retry, extensions).await?;
-                        let from_its_origin = crate::origin::same_origin(&sent_to, response.url());
-                        Ok::<_, reqwest_middleware::Error>((response, from_its_origin))
-                    }
-                });
-            Box::pin(after).await
+            let retry = kept.into_retry().map(|request| Again { auth: self, request, next, extensions });
+            Box::pin(self.after_rejection(response, from_its_origin, retry, sent, credential)).await
         }
     }
 }
+
+/// What a rejected request needs to go again through the rest of the chain: reqwest's copy of it
+/// (a body it can copy, or none), sent as a copy each time.
+struct Again<'a> {
+    auth: &'a TokenRefresh,
+    request: Request,
+    next: Next<'a>,
+    extensions: &'a mut Extensions,
+}
+
+impl Resend for Again<'_> {
+    type Answer = Response;
+    type Error = reqwest_middleware::Error;
+
+    async fn resend(&mut self, credential: &Credential) -> reqwest_middleware::Result<(Response, bool)> {
+        // A request is kept for a retry only with a body reqwest can copy, which it can copy
+        // again; a stream never gets here.
+        let mut request = self.request.try_clone().ok_or_else(|| reqwest_middleware::Error::middleware(SentOnce))?;
+        let key = self.extensions.get::<crate::key::TokenKey>().cloned().unwrap_or_default();
+        let proof = self.auth.proof(credential, &key, request.method(), || Some(request.url().clone()))?;
+        credential.attach(request.headers_mut(), proof);
+        let sent_to = request.url().clone();
+        let response = self.next.clone().run(request, self.extensions).await?;
+        self.auth.observe(credential, Some(response.url()), response.headers());
+        let from_its_origin = crate::origin::same_origin(&sent_to, response.url());
+        Ok((response, from_its_origin))
+    }
+}
+
+/// A request whose body is a stream cannot go again.
+#[derive(Debug, thiserror::Error)]
+#[error("the request's body is a stream, which can be sent only once")]
+struct SentOnce;
 
 impl Answer for Response {
     fn status(&self) -> StatusCode {

@@ -564,7 +564,7 @@ proptest! {
             headers.append(WWW_AUTHENTICATE, HeaderValue::from_str(line).expect("generated lines are header values"));
         }
         let challenges: Vec<Vec<GenChallenge>> = lines.into_iter().map(|(c, _)| c).collect();
-        prop_assert_eq!(classify_unauthorized(&headers, &body), expected_rejection(&challenges, body_code.as_deref()));
+        prop_assert_eq!(classify_unauthorized(&headers, &body, "bearer"), expected_rejection(&challenges, body_code.as_deref()));
     }
 
     #[test]

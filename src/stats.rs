@@ -74,6 +74,7 @@ use std::time::Duration;
 /// | `token_refresh.held_back` | counter | `layer` | rejections of a just-fetched token not answered with a refresh ([`Stats::refreshes_held_back`]) |
 /// | `token_refresh.waited` | counter | `layer` | requests that waited for a load or refresh of their key before they were sent ([`Stats::waited`]) |
 /// | `token_refresh.refreshes_ahead` | counter | `layer` | refreshes started ahead of expiry, in the background ([`Stats::refreshes_ahead`]) |
+/// | `token_refresh.nonce_retries` | counter | `layer` | requests sent again to meet a DPoP nonce demand ([`Stats::nonce_retries`]) |
 /// | `token_refresh.waiting` | gauge | `layer` | requests waiting right now for a load or refresh of their key |
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -111,6 +112,10 @@ pub struct Stats {
     /// [`refreshes`](Self::refreshes) if it made a token call (it may adopt a set another process
     /// saved instead).
     pub refreshes_ahead: u64,
+    /// Requests sent again, with the same token, because the server demanded a DPoP nonce
+    /// (`401` with `WWW-Authenticate: DPoP error="use_dpop_nonce"`, RFC 9449 §9): one extra
+    /// round trip each (feature `dpop`; always 0 without DPoP-bound tokens).
+    pub nonce_retries: u64,
 }
 
 /// Something the layer did that is counted.
@@ -131,6 +136,8 @@ pub(crate) enum Event {
     Waited,
     /// Refresh ahead started a refresh in the background.
     RefreshAhead,
+    /// A request went again to meet a DPoP nonce demand.
+    NonceRetry,
 }
 
 /// How a token call ended.
@@ -169,6 +176,7 @@ pub(crate) struct Counters {
     refreshes_held_back: AtomicU64,
     waited: AtomicU64,
     refreshes_ahead: AtomicU64,
+    nonce_retries: AtomicU64,
     #[cfg(feature = "metrics")]
     metrics: Metrics,
 }
@@ -210,7 +218,7 @@ impl Metrics {
 #[cfg(feature = "metrics")]
 impl Event {
     const COUNT: usize = Event::ALL.len();
-    const ALL: [Event; 11] = [
+    const ALL: [Event; 12] = [
         Event::Request,
         Event::TokenCall,
         Event::RefreshFailure,
@@ -222,6 +230,7 @@ impl Event {
         Event::HeldBack,
         Event::Waited,
         Event::RefreshAhead,
+        Event::NonceRetry,
     ];
 
     /// The counter this event increments on the metrics facade; `None` for the token calls and
@@ -238,6 +247,7 @@ impl Event {
             Event::HeldBack => Some("token_refresh.held_back"),
             Event::Waited => Some("token_refresh.waited"),
             Event::RefreshAhead => Some("token_refresh.refreshes_ahead"),
+            Event::NonceRetry => Some("token_refresh.nonce_retries"),
         }
     }
 }
@@ -279,6 +289,7 @@ impl Counters {
             refreshes_held_back: AtomicU64::new(0),
             waited: AtomicU64::new(0),
             refreshes_ahead: AtomicU64::new(0),
+            nonce_retries: AtomicU64::new(0),
         }
     }
 
@@ -302,6 +313,7 @@ impl Counters {
             Event::HeldBack => &self.refreshes_held_back,
             Event::Waited => &self.waited,
             Event::RefreshAhead => &self.refreshes_ahead,
+            Event::NonceRetry => &self.nonce_retries,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
@@ -346,6 +358,7 @@ impl Counters {
             refreshes_held_back: read(&self.refreshes_held_back),
             waited: read(&self.waited),
             refreshes_ahead: read(&self.refreshes_ahead),
+            nonce_retries: read(&self.nonce_retries),
         }
     }
 }

@@ -69,6 +69,11 @@ pub(crate) struct Inner {
     pub(crate) rejected_by_headers: Option<HeaderRule>,
     pub(crate) classify_timeout: Duration,
     pub(crate) stats: Arc<Counters>,
+    /// The `DPoP-Nonce` each origin last sent (feature `dpop`): the grant's own memory, so that
+    /// its token requests and the API requests share it, or the layer's when the grant does no
+    /// DPoP (tokens installed bound to a key are still sent with proofs).
+    #[cfg(feature = "dpop")]
+    pub(crate) dpop_nonces: crate::dpop::DpopNonces,
 }
 
 impl fmt::Debug for TokenRefresh {
@@ -95,8 +100,20 @@ impl TokenRefresh {
         classify_timeout: Duration,
     ) -> Self {
         let stats = Arc::new(Counters::named(cache.name.clone()));
+        #[cfg(feature = "dpop")]
+        let dpop_nonces = cache.source.resource_server().dpop_nonces().cloned().unwrap_or_default();
         let cache = TokenCache::new(cache, stats.clone());
-        let inner = Inner { cache, origins, refresh_on, rejected_when, rejected_by_headers, classify_timeout, stats };
+        let inner = Inner {
+            cache,
+            origins,
+            refresh_on,
+            rejected_when,
+            rejected_by_headers,
+            classify_timeout,
+            stats,
+            #[cfg(feature = "dpop")]
+            dpop_nonces,
+        };
         TokenRefresh { inner: Arc::new(inner) }
     }
 

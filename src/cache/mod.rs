@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::clock::Clock;
+use crate::credential::{Credential, Unsendable};
 use crate::error::{Error, RefreshError, StoreError};
 use crate::event::TokenEvent;
 use crate::key::TokenKey;
@@ -147,10 +148,10 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
-    /// The ticket as a request uses it: the header to send (or why the token cannot be sent),
+    /// The ticket as a request uses it: the credential to send (or why the token cannot be sent),
     /// what a rejection will need, and the place to keep while the request is sent.
-    pub(crate) fn into_parts(self) -> (Result<http::HeaderValue, String>, Sent<'static>, Option<Pass>) {
-        (self.lease.header, Sent { generation: self.lease.generation, slot: Cow::Owned(self.slot) }, self.pass)
+    pub(crate) fn into_parts(self) -> (Result<Credential, Unsendable>, Sent<'static>, Option<Pass>) {
+        (self.lease.credential, Sent { generation: self.lease.generation, slot: Cow::Owned(self.slot) }, self.pass)
     }
 }
 
@@ -238,30 +239,30 @@ impl TokenCache {
         self.inner.keys.len()
     }
 
-    fn now(&self) -> SystemTime {
+    pub(crate) fn now(&self) -> SystemTime {
         self.inner.config.clock.now()
     }
 
     /// The fast path of [`lease`](Self::lease) for `key` (`None`: the default key): the current
-    /// token's header when the key's token is ready (see `SlotState::ready`), without waiting (and
+    /// token's credential when the key's token is ready (see `SlotState::ready`), without waiting (and
     /// without the future a wait needs). `None` when [`lease`](Self::lease) has work to do.
     ///
     /// The default key's slot is borrowed, not cloned: every request of a client with one token set
     /// would otherwise bump the same reference count, a cache line the cores pass around.
-    pub(crate) fn lease_ready(&self, key: Option<&TokenKey>) -> Option<(http::HeaderValue, Sent<'_>)> {
+    pub(crate) fn lease_ready(&self, key: Option<&TokenKey>) -> Option<(Credential, Sent<'_>)> {
         let slot = match key {
             Some(key) if !key.is_default() => Cow::Owned(self.slot(key)),
             _ => Cow::Borrowed(self.inner.keys.default_slot()?),
         };
         let now = self.now();
-        let (header, generation) = {
+        let (credential, generation) = {
             let state = slot.state.lock();
             let ready = state.ready(self.inner.config.policy.skew, now)?;
-            let header = ready.header.clone().ok()?;
+            let credential = ready.credential.clone().ok()?;
             self.note_use(&slot, ready, now);
-            (header, ready.generation)
+            (credential, ready.generation)
         };
-        Some((header, Sent { generation, slot }))
+        Some((credential, Sent { generation, slot }))
     }
 
     /// The token a request should send now: the current one if fresh, else the outcome of a load

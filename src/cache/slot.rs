@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use super::flight::{Outcome, Running};
 use super::persist::{Origin, Produced, Standing};
 use super::{Effects, Kind};
+use crate::credential::{Credential, Unsendable};
 use crate::error::{Error, RefreshError};
 use crate::key::TokenKey;
 use crate::policy::{self, Policy, Whose};
@@ -38,10 +39,10 @@ use crate::token::{self, Freshness, TokenSet};
 pub(crate) struct Lease {
     pub(crate) tokens: Arc<TokenSet>,
     pub(crate) generation: u64,
-    /// The `Authorization` header for this token, built once when it is published rather than on
-    /// every request; or why the token cannot be sent (a garbled token that was still saved
-    /// because it came with a new refresh token).
-    pub(crate) header: Result<http::HeaderValue, String>,
+    /// How this token is sent (its `Authorization` header, built once when it is published rather
+    /// than on every request); or why it cannot be (a garbled token that was still saved because it
+    /// came with a new refresh token, a DPoP-bound set whose key was lost).
+    pub(crate) credential: Result<Credential, Unsendable>,
     /// The most of the skew window this token allows: half its lifetime, when its start is known
     /// (by the layer's clock: for tokens this layer fetched, and for tokens another process saved
     /// while this one waited to refresh, adopted under the lock, so just issued). It keeps
@@ -56,9 +57,10 @@ pub(crate) struct Lease {
 
 impl Lease {
     pub(super) fn new(tokens: TokenSet, generation: u64, issued_at: Option<SystemTime>, fetched: bool) -> Self {
-        let header = token::bearer_header(tokens.access_token()).map_err(|problem| problem.to_string());
+        let tokens = Arc::new(tokens);
+        let credential = Credential::of(&tokens);
         let skew_cap = issued_at.and_then(|issued_at| token::skew_cap(issued_at, tokens.expires_at()));
-        Lease { tokens: Arc::new(tokens), generation, header, skew_cap, fetched: fetched.then(Instant::now) }
+        Lease { tokens, generation, credential, skew_cap, fetched: fetched.then(Instant::now) }
     }
 
     /// Whether sending this token can succeed at all: usable, and not past its expiry.
@@ -67,7 +69,7 @@ impl Lease {
     }
 
     pub(super) fn freshness(&self, skew: Duration, now: SystemTime) -> Freshness {
-        if self.header.is_err() {
+        if self.credential.is_err() {
             return Freshness::Expired;
         }
         let expires_at = self.tokens.expires_at();
@@ -412,13 +414,16 @@ pub(super) fn apply(
                 stats.count(Event::Adopted);
                 tracing::info!(key = %key, generation = lease.generation, "adopted tokens another process saved");
             }
-            let failure = failure.or_else(|| {
-                lease.header.as_ref().err().map(|problem| RefreshError::InvalidResponse {
+            // A garbled access token is the token call's failure; a lost DPoP key is the refresh's
+            // to find (terminal, before anything is sent): the token is only unusable until then.
+            let failure = failure.or_else(|| match &lease.credential {
+                Err(Unsendable::Header(problem)) => Some(RefreshError::InvalidResponse {
                     status: http::StatusCode::OK,
                     reason: problem.clone(),
                     body: String::new(),
                     rotated_refresh_token: None,
-                })
+                }),
+                _ => None,
             });
             if let Some(failure) = failure {
                 return (Err(fail_transiently(state, key, failure, policy, stats, now)), effects);

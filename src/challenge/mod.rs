@@ -114,7 +114,10 @@ pub(crate) enum Rejection {
 }
 
 /// Classifies a 401 from its `WWW-Authenticate` headers and the first bytes of its body (the
-/// caller caps the body, at a few KiB, and may pass a truncated prefix).
+/// caller caps the body, at a few KiB, and may pass a truncated prefix). `scheme` (lowercase) is
+/// the one the token was sent by: `bearer`, or `dpop` for a DPoP-bound token, whose server says
+/// `DPoP error="invalid_token"` (RFC 9449 §7.1) where a bearer server says `Bearer ...`; what
+/// is written of `Bearer` below holds for it then.
 ///
 /// See the [module documentation](self) for the reasoning behind each answer. In order:
 /// 1. A `Bearer` challenge with an `error` param decides: `invalid_token` (any case) gives
@@ -125,9 +128,9 @@ pub(crate) enum Rejection {
 ///    string `code`, decides in the same way.
 /// 3. Otherwise the answer is [`Rejection::OtherScheme`] if challenges were sent and none was
 ///    `Bearer`, or else [`Rejection::NoDetail`].
-pub(crate) fn classify_unauthorized(headers: &HeaderMap, body: &[u8]) -> Rejection {
+pub(crate) fn classify_unauthorized(headers: &HeaderMap, body: &[u8], scheme: &str) -> Rejection {
     let mut saw_challenge = false;
-    let mut saw_bearer = false;
+    let mut saw_ours = false;
     let mut other_code: Option<String> = None;
 
     for value in headers.get_all(WWW_AUTHENTICATE) {
@@ -139,10 +142,10 @@ pub(crate) fn classify_unauthorized(headers: &HeaderMap, body: &[u8]) -> Rejecti
         };
         for challenge in parse_challenges(text) {
             saw_challenge = true;
-            if challenge.scheme != "bearer" {
+            if challenge.scheme != scheme {
                 continue;
             }
-            saw_bearer = true;
+            saw_ours = true;
             for code in challenge.params_named("error") {
                 match classify_code(code) {
                     // Nothing later can outrank it, so there is no need to read further.
@@ -163,14 +166,13 @@ pub(crate) fn classify_unauthorized(headers: &HeaderMap, body: &[u8]) -> Rejecti
     if let Some(rejection) = body_error(body).as_deref().and_then(classify_code) {
         return rejection;
     }
-    if saw_challenge && !saw_bearer { Rejection::OtherScheme } else { Rejection::NoDetail }
+    if saw_challenge && !saw_ours { Rejection::OtherScheme } else { Rejection::NoDetail }
 }
 
 /// The `error` codes of every `WWW-Authenticate` challenge of `scheme` (lowercase) in
 /// `headers`, in the order sent: what a DPoP resource server says in `DPoP error="..."` (RFC 9449
 /// §7.1, §9), read with the same lenient grammar as a Bearer challenge.
 #[cfg(feature = "dpop")]
-#[cfg_attr(not(test), allow(dead_code, reason = "called by the middleware's DPoP requests, wired apart"))]
 pub(crate) fn challenge_errors(headers: &HeaderMap, scheme: &str) -> Vec<String> {
     headers
         .get_all(WWW_AUTHENTICATE)

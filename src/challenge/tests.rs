@@ -17,12 +17,12 @@ fn challenges(lines: &[&str]) -> HeaderMap {
 
 /// Classifies a response with the given `WWW-Authenticate` lines and an empty body.
 fn classify_header(line: &str) -> Rejection {
-    classify_unauthorized(&challenges(&[line]), b"")
+    classify_unauthorized(&challenges(&[line]), b"", "bearer")
 }
 
 /// Classifies a response with no `WWW-Authenticate` header and the given body.
 fn classify_body(body: &str) -> Rejection {
-    classify_unauthorized(&HeaderMap::new(), body.as_bytes())
+    classify_unauthorized(&HeaderMap::new(), body.as_bytes(), "bearer")
 }
 
 /// A challenge, for comparing parse results.
@@ -161,13 +161,13 @@ fn scheme_followed_by_scheme_starts_a_new_challenge() {
 #[test]
 fn multiple_header_lines() {
     let headers = challenges(&[r#"Basic realm="a""#, r#"Bearer realm="b", error="invalid_token""#]);
-    assert_eq!(classify_unauthorized(&headers, b""), Rejection::InvalidToken);
+    assert_eq!(classify_unauthorized(&headers, b"", "bearer"), Rejection::InvalidToken);
 }
 
 #[test]
 fn multiple_header_lines_with_only_other_schemes() {
     let headers = challenges(&[r#"Basic realm="a""#, "Negotiate"]);
-    assert_eq!(classify_unauthorized(&headers, b""), Rejection::OtherScheme);
+    assert_eq!(classify_unauthorized(&headers, b"", "bearer"), Rejection::OtherScheme);
 }
 
 #[test]
@@ -177,7 +177,7 @@ fn disagreeing_bearer_challenges_invalid_token_wins() {
         Rejection::InvalidToken
     );
     let headers = challenges(&[r#"Bearer error="invalid_request""#, r#"Bearer error="invalid_token""#]);
-    assert_eq!(classify_unauthorized(&headers, b""), Rejection::InvalidToken);
+    assert_eq!(classify_unauthorized(&headers, b"", "bearer"), Rejection::InvalidToken);
 }
 
 #[test]
@@ -290,10 +290,10 @@ fn non_utf8_header_line_is_skipped() {
             .expect("obs-text is allowed in a header value"),
     );
     // Latin-1 `é` is neither visible ASCII nor UTF-8: the line is skipped.
-    assert_eq!(classify_unauthorized(&headers, b""), Rejection::NoDetail);
+    assert_eq!(classify_unauthorized(&headers, b"", "bearer"), Rejection::NoDetail);
     // The other lines are still read.
     headers.append(WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer error="invalid_token""#));
-    assert_eq!(classify_unauthorized(&headers, b""), Rejection::InvalidToken);
+    assert_eq!(classify_unauthorized(&headers, b"", "bearer"), Rejection::InvalidToken);
 }
 
 #[test]
@@ -304,7 +304,7 @@ fn utf8_header_is_read() {
         HeaderValue::from_bytes("Bearer realm=\"café\", error=\"invalid_token\"".as_bytes())
             .expect("obs-text is allowed in a header value"),
     );
-    assert_eq!(classify_unauthorized(&headers, b""), Rejection::InvalidToken);
+    assert_eq!(classify_unauthorized(&headers, b"", "bearer"), Rejection::InvalidToken);
     assert_eq!(parse_challenges("Bearer realm=\"café \\é\""), vec![challenge("bearer", &[("realm", "café é")])]);
 }
 
@@ -312,7 +312,7 @@ fn utf8_header_is_read() {
 
 #[test]
 fn no_header_and_no_body_is_no_detail() {
-    assert_eq!(classify_unauthorized(&HeaderMap::new(), b""), Rejection::NoDetail);
+    assert_eq!(classify_unauthorized(&HeaderMap::new(), b"", "bearer"), Rejection::NoDetail);
 }
 
 #[test]
@@ -342,6 +342,17 @@ fn dpop_only_is_other_scheme() {
 }
 
 #[test]
+fn for_a_dpop_token_the_dpop_challenge_decides_as_bearer_does_for_a_bearer_token() {
+    let dpop = |line: &str| classify_unauthorized(&challenges(&[line]), b"", "dpop");
+    assert_eq!(dpop(r#"DPoP error="invalid_token", algs="ES256 PS256""#), Rejection::InvalidToken);
+    assert_eq!(dpop(r#"DPoP error="use_dpop_nonce""#), Rejection::OtherError("use_dpop_nonce".into()));
+    assert_eq!(dpop(r#"DPoP error="invalid_dpop_proof""#), Rejection::OtherError("invalid_dpop_proof".into()));
+    assert_eq!(dpop(r#"DPoP algs="ES256""#), Rejection::NoDetail);
+    assert_eq!(dpop(r#"Bearer error="invalid_token""#), Rejection::OtherScheme, "a bearer token would not do");
+    assert_eq!(dpop(r#"Bearer realm="x", DPoP error="invalid_token""#), Rejection::InvalidToken);
+}
+
+#[test]
 fn bearer_alongside_other_schemes_is_not_other_scheme() {
     assert_eq!(classify_header(r#"Basic realm="x", Bearer realm="y""#), Rejection::NoDetail);
 }
@@ -366,7 +377,11 @@ fn kroger_body_prefixes_never_misread() {
     let body = r#"{"error_description":"The access token is invalid or has expired","error":"invalid_token"}"#;
     for end in 0..body.len() {
         let prefix = body.as_bytes().get(..end).unwrap_or_default();
-        assert_eq!(classify_unauthorized(&HeaderMap::new(), prefix), Rejection::NoDetail, "prefix of {end} bytes");
+        assert_eq!(
+            classify_unauthorized(&HeaderMap::new(), prefix, "bearer"),
+            Rejection::NoDetail,
+            "prefix of {end} bytes"
+        );
     }
 }
 
@@ -411,7 +426,7 @@ fn json_body_empty_error_is_no_detail() {
 #[test]
 fn json_body_byte_order_mark_is_ignored() {
     assert_eq!(
-        classify_unauthorized(&HeaderMap::new(), b"\xEF\xBB\xBF{\"error\":\"invalid_token\"}"),
+        classify_unauthorized(&HeaderMap::new(), b"\xEF\xBB\xBF{\"error\":\"invalid_token\"}", "bearer"),
         Rejection::InvalidToken
     );
 }
@@ -444,24 +459,24 @@ fn deeply_nested_body_is_no_detail() {
 #[test]
 fn bearer_without_error_defers_to_body() {
     let headers = challenges(&[r#"Bearer realm="x""#]);
-    assert_eq!(classify_unauthorized(&headers, br#"{"error":"invalid_token"}"#), Rejection::InvalidToken);
-    assert_eq!(classify_unauthorized(&headers, br#"{"error":"invalid_grant"}"#), other("invalid_grant"));
+    assert_eq!(classify_unauthorized(&headers, br#"{"error":"invalid_token"}"#, "bearer"), Rejection::InvalidToken);
+    assert_eq!(classify_unauthorized(&headers, br#"{"error":"invalid_grant"}"#, "bearer"), other("invalid_grant"));
 }
 
 #[test]
 fn header_error_outranks_body() {
     let headers = challenges(&[r#"Bearer error="insufficient_scope""#]);
-    assert_eq!(classify_unauthorized(&headers, br#"{"error":"invalid_token"}"#), other("insufficient_scope"));
+    assert_eq!(classify_unauthorized(&headers, br#"{"error":"invalid_token"}"#, "bearer"), other("insufficient_scope"));
     let headers = challenges(&[r#"Bearer error="invalid_token""#]);
-    assert_eq!(classify_unauthorized(&headers, br#"{"error":"invalid_request"}"#), Rejection::InvalidToken);
+    assert_eq!(classify_unauthorized(&headers, br#"{"error":"invalid_request"}"#, "bearer"), Rejection::InvalidToken);
 }
 
 #[test]
 fn other_scheme_with_json_error_body_lets_body_decide() {
     let headers = challenges(&[r#"Basic realm="x""#]);
-    assert_eq!(classify_unauthorized(&headers, br#"{"error":"invalid_token"}"#), Rejection::InvalidToken);
-    assert_eq!(classify_unauthorized(&headers, br#"{"error":"invalid_client"}"#), other("invalid_client"));
-    assert_eq!(classify_unauthorized(&headers, b"<html>401</html>"), Rejection::OtherScheme);
+    assert_eq!(classify_unauthorized(&headers, br#"{"error":"invalid_token"}"#, "bearer"), Rejection::InvalidToken);
+    assert_eq!(classify_unauthorized(&headers, br#"{"error":"invalid_client"}"#, "bearer"), other("invalid_client"));
+    assert_eq!(classify_unauthorized(&headers, b"<html>401</html>", "bearer"), Rejection::OtherScheme);
 }
 
 // --- Arbitrary input ---
@@ -619,7 +634,7 @@ fn random_inputs_never_panic() {
             headers.append(WWW_AUTHENTICATE, value.clone());
             headers.append(WWW_AUTHENTICATE, value);
         }
-        let answer = match classify_unauthorized(&headers, &body) {
+        let answer = match classify_unauthorized(&headers, &body, "bearer") {
             Rejection::InvalidToken => 0,
             Rejection::NoDetail => 1,
             Rejection::OtherError(code) => {

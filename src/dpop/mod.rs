@@ -12,8 +12,7 @@
 mod key;
 mod nonce;
 mod proof;
-// The API requests' side, for the middleware to call (see `request.rs` for how).
-#[cfg_attr(not(test), allow(dead_code, reason = "called by the middleware's DPoP requests, wired apart"))]
+// The API requests' side, which the exchange calls (see `request.rs` for how).
 mod request;
 
 #[cfg(feature = "testkit")]
@@ -25,12 +24,10 @@ pub(crate) use nonce::DpopNonces;
 pub(crate) use proof::ProofFor;
 #[cfg(feature = "testkit")]
 pub(crate) use proof::{PROOF_TYPE, ath, htu};
-#[allow(unused_imports, reason = "called by the middleware's DPoP requests, wired apart")]
-pub(crate) use request::{DpopHeaders, HeadersProblem, api_request_headers, nonce_demanded};
+pub(crate) use request::{DPOP_HEADER, api_proof, authorization, nonce_demanded};
 
 /// The `token_type` of a DPoP-bound access token (RFC 9449 §5), and the `Authorization` scheme
 /// it is sent with (§7.1).
-#[cfg_attr(not(test), allow(dead_code, reason = "called by the middleware's DPoP requests, wired apart"))]
 pub(crate) const DPOP_SCHEME: &str = "DPoP";
 
 /// Why DPoP could not be done. Part of [`RefreshError`](crate::RefreshError) as

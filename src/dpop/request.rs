@@ -5,7 +5,8 @@
 //! How the layer uses these on each API request, with the key of the token set it sends
 //! (`TokenSet::dpop_key`) and the layer's one [`DpopNonces`]:
 //!
-//! 1. `api_request_headers(key, method, url, token, nonces, now)`: set both headers.
+//! 1. `authorization(token)` once per token (`Credential::of`), and `api_proof(key, method, url,
+//!    token, nonces, now)` for each request: its `Authorization` and `DPoP` headers.
 //! 2. On every answer: `nonces.observe(url, answer.headers())`.
 //! 3. If `nonce_demanded(status, headers)` is `Some`, send the request once more with headers
 //!    made afresh by step 1 (the nonce is now remembered; a proof is never sent twice); a
@@ -14,7 +15,7 @@
 
 use std::time::SystemTime;
 
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use url::Url;
 
 use super::nonce::{DpopNonces, nonce_in};
@@ -26,47 +27,38 @@ use crate::token::{self, AccessToken, HeaderProblem};
 /// The `error` of a resource server's (and of a token endpoint's) demand for a nonce.
 pub(crate) const USE_DPOP_NONCE: &str = "use_dpop_nonce";
 
-/// The two headers a request with a DPoP-bound token carries, both marked sensitive (HTTP/2
-/// does not index them; `Debug` of a header map hides them).
-#[derive(Debug)]
-pub(crate) struct DpopHeaders {
-    /// `Authorization: DPoP <token>`.
-    pub(crate) authorization: HeaderValue,
-    /// `DPoP: <proof>`.
-    pub(crate) proof: HeaderValue,
+/// The `DPoP` request header, which carries the proof.
+pub(crate) const DPOP_HEADER: HeaderName = HeaderName::from_static("dpop");
+
+/// `Authorization: DPoP <token>` (§7.1), marked sensitive (HTTP/2 does not index it; `Debug` of
+/// a header map hides it). Made once per token, when it is published.
+pub(crate) fn authorization(token: &AccessToken) -> Result<HeaderValue, HeaderProblem> {
+    token::check_header_safe(token.secret())?;
+    let mut value = HeaderValue::try_from(format!("{DPOP_SCHEME} {}", token.secret()))
+        .map_err(|_| HeaderProblem::IllegalByte { position: 0 })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
-/// Why the headers could not be made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum HeadersProblem {
-    /// The access token cannot go in a header.
-    Token(HeaderProblem),
-    /// No proof could be made.
-    Proof(DpopError),
-}
-
-/// The headers of one request to `url` with `token`, bound to `key`: a fresh proof with `ath`
-/// and the nonce `url`'s origin last sent, if any.
-pub(crate) fn api_request_headers(
+/// The `DPoP` header of one request by `method` to `url` with `token`, signed by `key`: a fresh
+/// proof with `ath` and the nonce `url`'s origin last sent, if any. Marked sensitive: a proof is
+/// good for its request alone, but for a minute or so it is one.
+pub(crate) fn api_proof(
     key: &DpopKey,
     method: &http::Method,
     url: &Url,
     token: &AccessToken,
     nonces: &DpopNonces,
     now: SystemTime,
-) -> Result<DpopHeaders, HeadersProblem> {
-    token::check_header_safe(token.secret()).map_err(HeadersProblem::Token)?;
+) -> Result<HeaderValue, DpopError> {
     let nonce = nonces.get(url);
     let request = ProofFor { method, url, access_token: Some(token), nonce: nonce.as_deref() };
-    let proof = key.proof(request, now).map_err(HeadersProblem::Proof)?;
-    let sensitive = |text: String| {
-        // Both are visible ASCII: a checked token, and base64url with dots.
-        let mut value = HeaderValue::try_from(text)
-            .map_err(|_| HeadersProblem::Token(HeaderProblem::IllegalByte { position: 0 }))?;
-        value.set_sensitive(true);
-        Ok(value)
-    };
-    Ok(DpopHeaders { authorization: sensitive(format!("{DPOP_SCHEME} {}", token.secret()))?, proof: sensitive(proof)? })
+    let proof = key.proof(request, now)?;
+    // A proof is base64url parts joined by dots: visible ASCII.
+    let mut value =
+        HeaderValue::try_from(proof).map_err(|_| DpopError::Proof("the proof is not a header value".into()))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// The nonce a resource server demands (RFC 9449 §9): a 401 with a `DPoP` challenge whose
@@ -105,32 +97,25 @@ mod tests {
         let url = Url::parse("https://api.example/v1/me?page=2").unwrap();
         nonces.observe(&url, &answer(None, Some("n-7")));
         let token = AccessToken::new("Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU");
-        let headers =
-            api_request_headers(&key, &http::Method::DELETE, &url, &token, &nonces, SystemTime::now()).unwrap();
-        assert_eq!(headers.authorization, "DPoP Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU");
-        assert!(headers.authorization.is_sensitive() && headers.proof.is_sensitive());
-        let proof = jws::parse(headers.proof.to_str().unwrap()).unwrap();
-        assert_eq!(proof.claims["htm"], "DELETE");
-        assert_eq!(proof.claims["htu"], "https://api.example/v1/me");
-        assert_eq!(proof.claims["ath"], "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo");
-        assert_eq!(proof.claims["nonce"], "n-7");
-        assert!(!format!("{headers:?}").contains("Kz~8"), "sensitive values are not shown");
+        let authorization = authorization(&token).unwrap();
+        let proof = api_proof(&key, &http::Method::DELETE, &url, &token, &nonces, SystemTime::now()).unwrap();
+        assert_eq!(authorization, "DPoP Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU");
+        assert!(authorization.is_sensitive() && proof.is_sensitive());
+        let parsed = jws::parse(proof.to_str().unwrap()).unwrap();
+        assert_eq!(parsed.claims["htm"], "DELETE");
+        assert_eq!(parsed.claims["htu"], "https://api.example/v1/me");
+        assert_eq!(parsed.claims["ath"], "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo");
+        assert_eq!(parsed.claims["nonce"], "n-7");
+        assert!(!format!("{authorization:?} {proof:?}").contains("Kz~8"), "sensitive values are not shown");
+        let again = api_proof(&key, &http::Method::DELETE, &url, &token, &nonces, SystemTime::now()).unwrap();
+        let again = jws::parse(again.to_str().unwrap()).unwrap();
+        assert_ne!(again.claims["jti"], parsed.claims["jti"], "a proof is made for one request");
+        assert_eq!(DPOP_HEADER, "dpop");
     }
 
     #[test]
-    fn a_token_that_cannot_be_a_header_is_refused_before_any_proof() {
-        let key = DpopKey::generate().unwrap();
-        let url = Url::parse("https://api.example/").unwrap();
-        let problem = api_request_headers(
-            &key,
-            &http::Method::GET,
-            &url,
-            &AccessToken::new("a b"),
-            &DpopNonces::default(),
-            SystemTime::now(),
-        )
-        .unwrap_err();
-        assert_eq!(problem, HeadersProblem::Token(HeaderProblem::IllegalByte { position: 1 }));
+    fn a_token_that_cannot_be_a_header_is_refused() {
+        assert_eq!(authorization(&AccessToken::new("a b")).unwrap_err(), HeaderProblem::IllegalByte { position: 1 });
     }
 
     #[test]

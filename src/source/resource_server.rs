@@ -79,7 +79,6 @@ impl ResourceServer {
 
     /// The nonce memory of the grant, when it does DPoP: the one the layer's API requests use.
     #[cfg(feature = "dpop")]
-    #[allow(dead_code, reason = "read by the middleware's DPoP requests, wired apart")]
     pub(crate) fn dpop_nonces(&self) -> Option<&crate::dpop::DpopNonces> {
         self.dpop_nonces.as_ref()
     }

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode, Uri, Version, header::AUTHORIZATION};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tower_layer::Layer;
@@ -24,7 +24,7 @@ pub use body::{ReplayBody, ResponseBody};
 
 use crate::cache::paced;
 use crate::error::Error;
-use crate::exchange::{Answer, discard_body};
+use crate::exchange::{Answer, Credential, Resend, discard_body};
 use crate::key::TokenKey;
 use crate::peek::{BoxError, Peeked, peek_body};
 use crate::stats::Event;
@@ -148,6 +148,16 @@ impl TokenRefreshLayer {
             Err(_) => Some("the URI's origin does not parse as a URL"),
         }
     }
+
+    /// The whole URL a request to `uri` goes to, which a DPoP proof is signed for: `uri` itself
+    /// when it has an origin, else the layer's [`origin`](Self::origin) with `uri`'s path.
+    fn target(&self, uri: &Uri) -> Option<Url> {
+        if uri.scheme().is_some() && uri.authority().is_some() {
+            return Url::parse(&uri.to_string()).ok();
+        }
+        let path = uri.path_and_query().map_or("/", |path| path.as_str());
+        self.origin.as_ref()?.origin.join(path).ok()
+    }
 }
 
 impl<S> Layer<S> for TokenRefreshLayer {
@@ -228,28 +238,59 @@ impl TokenRefreshLayer {
         }
         auth.inner.stats.count(Event::Request);
         let key = request.extensions().get::<TokenKey>().cloned().unwrap_or_default();
-        let (header, sent, pass) = auth.inner.cache.lease(&key).await?.into_parts();
-        let header = header.map_err(|problem| Error::InvalidAccessToken { key, problem })?;
+        let (credential, sent, pass) = auth.inner.cache.lease(&key).await?.into_parts();
+        let credential = credential.map_err(|problem| problem.into_error(key.clone()))?;
         let (mut parts, body) = request.into_parts();
         let (body, kept) = ReplayBody::keep(body, self.replay_limit).await;
         // What a retry needs: the request as it came (without the token), and its body's frames.
-        let retry = kept.map(|kept| (parts.clone(), kept));
-        parts.headers.insert(AUTHORIZATION, header);
+        let retry_parts = kept.as_ref().map(|_| parts.clone());
+        let target = if credential.proves() { self.target(&parts.uri) } else { None };
+        let proof = auth.proof(&credential, &key, &parts.method, || target.clone())?;
+        credential.attach(&mut parts.headers, proof);
         let answer = {
             let first = std::pin::pin!(call(&mut inner, Request::from_parts(parts, body)));
             paced(pass, first).await?
         };
+        auth.observe(&credential, target.as_ref(), answer.headers());
         if !auth.may_reject(&answer) {
             auth.inner.cache.accepted(&sent, sent.generation());
             return Ok(answer);
         }
+        let retry = retry_parts.zip(kept).map(|(parts, kept)| Again { auth, inner, parts, kept, target, key });
         // A tower stack shows no redirects: an answer is from the origin the request was sent to.
-        let resend = |(mut parts, kept): (http::request::Parts, body::Kept), header| async move {
-            parts.headers.insert(AUTHORIZATION, header);
-            let answer = call(&mut inner, Request::from_parts(parts, kept.body())).await?;
-            Ok::<_, BoxError>((answer, true))
-        };
-        auth.after_rejection(answer, true, retry, sent, resend).await
+        auth.after_rejection(answer, true, retry, sent, credential).await
+    }
+}
+
+/// What a rejected request needs to go again: its parts as they came (without the token), its
+/// body's frames, and where it went (for a DPoP proof).
+struct Again<'a, S> {
+    auth: &'a TokenRefresh,
+    inner: S,
+    parts: http::request::Parts,
+    kept: body::Kept,
+    target: Option<Url>,
+    key: TokenKey,
+}
+
+impl<S, ResB> Resend for Again<'_, S>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResB>> + Send,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Answer = Response<ResponseBody<ResB>>;
+    type Error = BoxError;
+
+    async fn resend(&mut self, credential: &Credential) -> Result<(Self::Answer, bool), BoxError> {
+        let mut parts = self.parts.clone();
+        let proof = self.auth.proof(credential, &self.key, &parts.method, || self.target.clone())?;
+        credential.attach(&mut parts.headers, proof);
+        let answer = call(&mut self.inner, Request::from_parts(parts, self.kept.body())).await?;
+        self.auth.observe(credential, self.target.as_ref(), answer.headers());
+        Ok((answer, true))
     }
 }
 

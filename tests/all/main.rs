@@ -7,6 +7,7 @@ mod chain;
 mod compat;
 mod discovery;
 mod dpop;
+mod dpop_api;
 mod edges;
 mod extreme_durations;
 mod faults;

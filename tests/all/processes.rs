@@ -58,6 +58,17 @@ pub enum Job {
     RotateForever,
 }
 
+/// Whether a child's grant does DPoP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Dpop {
+    /// Bearer tokens.
+    #[default]
+    Off,
+    /// DPoP with a key generated for each new grant: a refresh proves the key saved with the
+    /// stored set.
+    Generated,
+}
+
 /// A child's whole brief.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChildSpec {
@@ -65,6 +76,8 @@ pub struct ChildSpec {
     pub token_url: String,
     pub api_url: String,
     pub job: Job,
+    #[serde(default)]
+    pub dpop: Dpop,
 }
 
 /// Starts a child process on `spec`.
@@ -208,6 +221,13 @@ fn child_process() {
         let api_origin = url::Url::parse(&spec.api_url).unwrap().origin().ascii_serialization();
         let grant =
             RefreshTokenGrant::new(&spec.token_url).client_id("client").client_secret("secret").api_origin(api_origin);
+        let grant = match spec.dpop {
+            Dpop::Off => grant,
+            #[cfg(feature = "dpop")]
+            Dpop::Generated => grant.dpop_generated(),
+            #[cfg(not(feature = "dpop"))]
+            Dpop::Generated => panic!("a DPoP child needs the dpop feature"),
+        };
         let (grant, builder_clock) = match spec.job {
             Job::RotateForever => (grant.clock(clock.clone()), Some(clock.clone())),
             Job::Storm { .. } => (grant, None),
@@ -245,6 +265,11 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// Four processes, 200 concurrent requests each, one expired token in one shared store.
 pub async fn four_process_storm(provider: &MockProvider, store: StoreSpec) -> (usize, usize) {
+    four_process_storm_with(provider, store, Dpop::Off).await
+}
+
+/// [`four_process_storm`], with the children's grants doing `dpop`.
+pub async fn four_process_storm_with(provider: &MockProvider, store: StoreSpec, dpop: Dpop) -> (usize, usize) {
     let start_at_ms = unix_ms() + 1500;
     let children: Vec<_> = (0..4)
         .map(|_| {
@@ -253,6 +278,7 @@ pub async fn four_process_storm(provider: &MockProvider, store: StoreSpec) -> (u
                 token_url: provider.token_url(),
                 api_url: provider.api_url("me"),
                 job: Job::Storm { requests: 200, start_at_ms },
+                dpop,
             })
         })
         .collect();
@@ -399,6 +425,7 @@ async fn kill_children_while_rotating(rotation: Rotation) -> KillRun {
         token_url: provider.token_url(),
         api_url: provider.api_url("me"),
         job: Job::RotateForever,
+        dpop: Dpop::Off,
     };
     let mut random = XorShift(0x9E37_79B9_7F4A_7C15 ^ unix_ms() as u64);
     let seed = random.0;
