@@ -13,18 +13,23 @@ use serde_json::{Value, json};
 const JTI_BYTES: usize = 16;
 
 /// `header.claims.signature`, each base64url without padding; `sign` signs the ASCII of
-/// `header.claims` and returns the signature's bytes.
-pub(crate) fn compact(header: &Value, claims: &Value, sign: impl FnOnce(&[u8]) -> Vec<u8>) -> String {
+/// `header.claims` and returns the signature's bytes, or why it could not.
+pub(crate) fn compact<E>(
+    header: &Value,
+    claims: &Value,
+    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, E>,
+) -> Result<String, E> {
     let signing_input =
         format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
-    let signature = sign(signing_input.as_bytes());
-    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
+    let signature = sign(signing_input.as_bytes())?;
+    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature)))
 }
 
-/// An ES256 signature of `input`, as JWS wants it: the fixed-size `r || s`, not DER.
-pub(crate) fn es256_sign(key: &p256::ecdsa::SigningKey, input: &[u8]) -> Vec<u8> {
+/// An ES256 signature of `input`, as JWS wants it: the fixed-size `r || s`, not DER. Never
+/// fails (RFC 6979's deterministic nonce); a `Result` for [`compact`].
+pub(crate) fn es256_sign(key: &p256::ecdsa::SigningKey, input: &[u8]) -> Result<Vec<u8>, std::convert::Infallible> {
     let signature: p256::ecdsa::Signature = key.sign(input);
-    signature.to_bytes().to_vec()
+    Ok(signature.to_bytes().to_vec())
 }
 
 /// The public JWK of a P-256 key: `kty`, `crv`, `x`, `y`, nothing else.
@@ -114,7 +119,7 @@ mod tests {
     #[test]
     fn a_compact_es256_jws_verifies_with_the_jwk_it_publishes() {
         let key = key();
-        let jws = compact(&json!({"alg": "ES256"}), &json!({"n": 1}), |input| es256_sign(&key, input));
+        let Ok(jws) = compact(&json!({"alg": "ES256"}), &json!({"n": 1}), |input| es256_sign(&key, input));
         let public = es256_key_from_jwk(&es256_public_jwk(key.verifying_key())).unwrap();
         let parsed = parse(&jws).unwrap();
         assert_eq!(parsed.header, json!({"alg": "ES256"}));

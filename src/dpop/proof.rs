@@ -49,7 +49,7 @@ impl DpopKey {
         if let Some(nonce) = request.nonce {
             claims["nonce"] = nonce.into();
         }
-        Ok(jws::compact(&header, &claims, |input| jws::es256_sign(self.signing_key(), input)))
+        jws::compact(&header, &claims, |input| self.sign(input))
     }
 }
 

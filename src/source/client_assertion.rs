@@ -248,10 +248,11 @@ impl ClientAssertionKey {
         if let Some(kid) = &self.key_id {
             header["kid"] = kid.as_str().into();
         }
-        jws::compact(&header, claims, |input| match &*self.key {
+        let Ok(jwt) = jws::compact(&header, claims, |input| match &*self.key {
             Key::Es256(key) => jws::es256_sign(key, input),
-            Key::Rs256(key) => key.sign(input).to_vec(),
-        })
+            Key::Rs256(key) => Ok(key.sign(input).to_vec()),
+        });
+        jwt
     }
 }
 

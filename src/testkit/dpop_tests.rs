@@ -146,7 +146,8 @@ async fn a_token_request_without_a_valid_proof_is_refused_and_says_why() {
     // A header that is not dpop+jwt, or whose jwk carries the private key.
     let with_header = |header: Value| {
         let claims = json!({"jti": "j-1", "htm": "POST", "htu": provider.token_url(), "iat": now_secs()});
-        crate::jws::compact(&header, &claims, |input| crate::jws::es256_sign(key.signing_key(), input))
+        let Ok(proof) = crate::jws::compact(&header, &claims, |input| crate::jws::es256_sign(key.signing_key(), input));
+        proof
     };
     let plain_jwt = with_header(json!({"typ": "JWT", "alg": "ES256", "jwk": key.public_jwk()}));
     expect_refused(refresh(&provider, &refresh_token, Some(plain_jwt)).await, "typ");
