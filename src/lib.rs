@@ -287,7 +287,8 @@ pub use policy::{
 pub use source::providers;
 pub use source::{
     BodyEncoding, ClientAuth, ClientCredentials, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, Discovery,
-    DiscoveryError, Login, LoginError, PendingLogin, RefreshTokenGrant, ResourceServer, ServerMetadata, TokenSource,
+    DiscoveryError, Login, LoginError, PendingLogin, ProtectedResource, RefreshTokenGrant, ResourceMetadata,
+    ResourceServer, ServerMetadata, TokenSource,
 };
 #[cfg(feature = "private-key-jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
