@@ -717,6 +717,40 @@ mod tests {
     }
 
     #[test]
+    fn a_field_sent_twice_is_repeated_in_a_form_and_an_array_in_json() {
+        let fields = [
+            ("grant_type", "client_credentials"),
+            ("resource", "https://a.example"),
+            ("resource", "https://b.example/x"),
+        ];
+        let body = |encoding| {
+            let request = with_body(reqwest::Client::new().post("http://127.0.0.1:1/token"), &fields, encoding);
+            let request = request.build().unwrap();
+            String::from_utf8(request.body().unwrap().as_bytes().unwrap().to_vec()).unwrap()
+        };
+        assert_eq!(
+            body(BodyEncoding::Form),
+            "grant_type=client_credentials&resource=https%3A%2F%2Fa.example&resource=https%3A%2F%2Fb.example%2Fx"
+        );
+        let json: Value = serde_json::from_str(&body(BodyEncoding::Json)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"grant_type": "client_credentials", "resource": ["https://a.example", "https://b.example/x"]})
+        );
+    }
+
+    #[test]
+    fn a_resource_indicator_is_an_absolute_uri_without_a_fragment() {
+        for good in ["https://mcp.example/mcp", "https://api.example", "urn:example:resource", "https://a.example/?q=1"]
+        {
+            assert!(check_resource(good).is_ok(), "{good}");
+        }
+        for bad in ["/relative", "mcp.example", "", "https://mcp.example/mcp#tools"] {
+            assert!(check_resource(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn debug_hides_the_client_secret_and_param_values() {
         let mut endpoint = TokenEndpoint::new("https://p.example/token");
         endpoint.client_secret = Some(ClientSecret::new("hush"));

@@ -11,21 +11,7 @@
 //! specification lists: `/.well-known/oauth-protected-resource` inserted before the resource's
 //! path, then at the root of its origin.
 //!
-//! # What is checked, and why
-//!
-//! Each step could hand the client's tokens to someone else, so each is checked before it is
-//! used. The resource must be `https` (plain `http` to loopback only); the document's `resource`
-//! must be the resource asked for (RFC 9728 §3.3: the URL the client sent its request to,
-//! compared as URLs, so `https://mcp.example` and `https://mcp.example/` are one, `/mcp` and
-//! `/mcp/` two), else [`DiscoveryError::ResourceMismatch`]; a `resource_metadata` URL must be
-//! `https` too; the authorization server's metadata must name the issuer the resource listed
-//! ([`DiscoveryError::IssuerMismatch`]). Every fetch has [`Discovery`]'s bounds (time, size, and
-//! redirects within the origin only).
-//!
-//! The grants made from the result ([`ResourceMetadata::refresh_token_grant`]) carry the
-//! resource as an RFC 8707 resource indicator on every token request and on a login's
-//! authorize URL, as the MCP specification requires, and send the tokens to the resource's
-//! origin and nowhere else.
+//! What each step checks, and why, is on [`ProtectedResource`], the public face of this file.
 
 use http::HeaderMap;
 use http::header::WWW_AUTHENTICATE;
@@ -40,9 +26,32 @@ use crate::challenge::parse_challenges;
 /// RFC 9728 §3's well-known suffix.
 const PROTECTED_RESOURCE_WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
 
-/// Fetches a protected resource's metadata (RFC 9728) and then its authorization server's; see
-/// the [module docs](self) for what is checked. [`ResourceMetadata::discover`] and
+/// Fetches a protected resource's metadata (RFC 9728) and then its authorization server's, as
+/// an MCP client does from a server's first 401; [`ResourceMetadata::discover`] and
 /// [`ResourceMetadata::from_challenge`] do the same with the default bounds.
+///
+/// The 401's `WWW-Authenticate` names the metadata document (`resource_metadata`, RFC 9728
+/// §5.1, in a challenge of any scheme); without it, the document is looked for at the
+/// well-known locations the MCP authorization specification lists, the suffix
+/// `/.well-known/oauth-protected-resource` inserted before the resource's path, then at the
+/// root of its origin. The document names the authorization servers; the first is discovered as
+/// [`Discovery`] does.
+///
+/// # What is checked, and why
+///
+/// Each step could hand the client's tokens to someone else, so each is checked before it is
+/// used. The resource must be `https` (plain `http` to loopback only); the document's `resource`
+/// must be the resource asked for (RFC 9728 §3.3: the URL the client sent its request to,
+/// compared as URLs, so `https://mcp.example` and `https://mcp.example/` are one, `/mcp` and
+/// `/mcp/` two), else [`DiscoveryError::ResourceMismatch`]; a `resource_metadata` URL must be
+/// `https` too; the authorization server's metadata must name the issuer the resource listed
+/// ([`DiscoveryError::IssuerMismatch`]). Every fetch has [`Discovery`]'s bounds: time, size,
+/// and redirects followed within the origin only.
+///
+/// The grants made from the result ([`ResourceMetadata::refresh_token_grant`]) carry the
+/// resource as an RFC 8707 resource indicator on every token request and on a login's
+/// authorize URL, as the MCP specification requires, and send the tokens to the resource's
+/// origin and nowhere else.
 ///
 /// ```no_run
 /// use reqwest_token_refresh::{ProtectedResource, TokenRefresh};

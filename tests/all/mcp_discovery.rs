@@ -402,3 +402,18 @@ async fn a_grant_from_discovery_sends_the_token_to_the_resources_origin_only() {
     assert_eq!((stats.token_calls, stats.invalid_targets), (1, 0), "{stats:?}");
     assert_eq!(resources(&provider.token_requests()[0]), [provider.resource()]);
 }
+
+#[tokio::test]
+async fn a_dialect_whose_401_has_no_challenge_gets_one_naming_the_metadata() {
+    let provider = MockProvider::builder()
+        .dialect(reqwest_token_refresh::testkit::Dialect::Kroger)
+        .protected_resource("/api/mcp")
+        .start()
+        .await;
+    let headers = first_401(&provider.api_url("mcp")).await;
+    let challenge = headers.get(WWW_AUTHENTICATE).unwrap().to_str().unwrap();
+    assert_eq!(challenge, format!("Bearer resource_metadata=\"{}\"", provider.resource_metadata_url()));
+    let metadata =
+        timeout(BOUND, ResourceMetadata::from_challenge(provider.resource(), &headers)).await.unwrap().unwrap();
+    assert_eq!(metadata.authorization_server().token_endpoint(), provider.token_url());
+}
