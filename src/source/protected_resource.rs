@@ -160,7 +160,9 @@ impl ProtectedResource {
     /// `/.well-known/oauth-protected-resource` followed by the resource's path (and query), and
     /// if that has no document, from `/.well-known/oauth-protected-resource` at the resource's
     /// origin. Each fetch and each authorization-server location is bounded as in
-    /// [`Discovery`].
+    /// [`Discovery`]: with every redirect a fetch of its own, at most 2 locations for the
+    /// resource and 3 for its authorization server, each up to 4 fetches of at most the
+    /// [timeout](Self::timeout).
     ///
     /// # Errors
     ///
