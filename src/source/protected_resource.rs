@@ -98,13 +98,14 @@ impl Challenged {
             .filter_map(|value| value.to_str().ok())
             .flat_map(parse_challenges)
             .collect();
-        let param = |challenge: &crate::challenge::Challenge, name: &str| {
-            challenge.params.iter().find(|(param, _)| param == name).map(|(_, value)| value.clone())
+        let param = |params: &[(String, String)], name: &str| {
+            params.iter().find(|(param, _)| param == name).map(|(_, value)| value.clone())
         };
-        if let Some(challenge) = challenges.iter().find(|c| param(c, "resource_metadata").is_some()) {
-            return Self { metadata_url: param(challenge, "resource_metadata"), scope: param(challenge, "scope") };
+        if let Some(challenge) = challenges.iter().find(|c| param(&c.params, "resource_metadata").is_some()) {
+            let params = &challenge.params;
+            return Self { metadata_url: param(params, "resource_metadata"), scope: param(params, "scope") };
         }
-        let scope = challenges.iter().find(|c| c.scheme == "bearer").and_then(|c| param(c, "scope"));
+        let scope = challenges.iter().find(|c| c.scheme == "bearer").and_then(|c| param(&c.params, "scope"));
         Self { metadata_url: None, scope }
     }
 }
