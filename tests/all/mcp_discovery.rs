@@ -144,6 +144,11 @@ async fn the_mock_answers_invalid_target_to_a_request_without_the_resource_or_wi
     assert!(invalid_target(&missing), "{missing:?}");
     let json = credentials.resource(provider.resource()).encoding(BodyEncoding::Json);
     assert!(timeout(BOUND, json.fetch(None)).await.unwrap().is_ok(), "a JSON body names it too");
+    let two = json.resource("https://other.example/mcp");
+    let two = timeout(BOUND, two.fetch(None)).await.unwrap().unwrap_err();
+    assert!(invalid_target(&two), "an array of two, one unknown: {two:?}");
+    let body = String::from_utf8(provider.token_requests().last().unwrap().body.clone()).unwrap();
+    assert!(body.contains(&format!(r#""resource":["{}","https://other.example/mcp"]"#, provider.resource())), "{body}");
 
     let login = refresh.clone().authorize_url(provider.authorize_url()).login(REDIRECT).unwrap();
     let (url, pending) = login.start().unwrap();
@@ -152,9 +157,9 @@ async fn the_mock_answers_invalid_target_to_a_request_without_the_resource_or_wi
     assert!(matches!(&denied, LoginError::Denied { error, .. } if error == "invalid_target"), "{denied:?}");
 
     let stats = provider.stats();
-    assert_eq!(stats.invalid_targets, 5, "{stats:?}");
-    assert_eq!(stats.resource_indicators, 4, "{stats:?}");
-    assert_eq!(stats.token_calls, 6, "{stats:?}");
+    assert_eq!(stats.invalid_targets, 6, "{stats:?}");
+    assert_eq!(stats.resource_indicators, 5, "{stats:?}");
+    assert_eq!(stats.token_calls, 7, "{stats:?}");
     assert_eq!(stats.tokens_issued, 2, "{stats:?}");
 }
 
