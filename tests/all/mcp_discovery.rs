@@ -313,14 +313,15 @@ async fn a_resource_metadata_document_that_never_ends_times_out() {
 #[tokio::test]
 async fn plain_http_to_a_host_that_is_not_loopback_is_refused() {
     let started = Instant::now();
-    let err = ResourceMetadata::discover("http://mcp.example/mcp").await.unwrap_err();
+    let err = timeout(BOUND, ResourceMetadata::discover("http://mcp.example/mcp")).await.unwrap().unwrap_err();
     assert!(matches!(err, DiscoveryError::InvalidResource { .. }), "{err:?}");
 
     let server = MockServer::start().await;
     let mut headers = HeaderMap::new();
     let challenge = r#"Bearer resource_metadata="http://mcp.example/.well-known/oauth-protected-resource""#;
     headers.insert(WWW_AUTHENTICATE, challenge.parse().unwrap());
-    let err = ResourceMetadata::from_challenge(format!("{}/mcp", server.uri()), &headers).await.unwrap_err();
+    let from_challenge = ResourceMetadata::from_challenge(format!("{}/mcp", server.uri()), &headers);
+    let err = timeout(BOUND, from_challenge).await.unwrap().unwrap_err();
     assert!(matches!(&err, DiscoveryError::InvalidMetadataUrl { url, .. } if url.starts_with("http://mcp.example")));
     assert!(started.elapsed() < Duration::from_secs(1), "refused before any fetch");
     assert!(paths(&server).await.is_empty());
