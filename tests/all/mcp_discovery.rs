@@ -423,3 +423,38 @@ async fn a_dialect_whose_401_has_no_challenge_gets_one_naming_the_metadata() {
         timeout(BOUND, ResourceMetadata::from_challenge(provider.resource(), &headers)).await.unwrap().unwrap();
     assert_eq!(metadata.authorization_server().token_endpoint(), provider.token_url());
 }
+
+#[tokio::test]
+async fn a_redirect_loop_within_the_origin_or_a_body_that_is_not_json_is_no_document() {
+    let server = MockServer::start().await;
+    let inserted = "/.well-known/oauth-protected-resource/mcp";
+    Mock::given(method("GET"))
+        .and(path(inserted))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", inserted))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/.well-known/oauth-protected-resource"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(r#"{"resource": "#, "application/json"))
+        .mount(&server)
+        .await;
+
+    let err = timeout(BOUND, ResourceMetadata::discover(format!("{}/mcp", server.uri()))).await.unwrap().unwrap_err();
+
+    match err {
+        DiscoveryError::NotFound { tried, status } => {
+            assert_eq!(
+                tried,
+                [
+                    format!("{}{inserted}", server.uri()),
+                    format!("{}/.well-known/oauth-protected-resource", server.uri())
+                ]
+            );
+            assert_eq!(status, 200, "the last location's");
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    let fetched = paths(&server).await;
+    assert_eq!(fetched.iter().filter(|p| *p == inserted).count(), 4, "the first fetch and 3 redirects: {fetched:?}");
+    assert_eq!(fetched.len(), 5, "{fetched:?}");
+}
