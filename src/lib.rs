@@ -177,6 +177,30 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## From a resource server's 401 (MCP)
+//!
+//! An MCP client knows only the server's URL. The server's first 401 names its protected
+//! resource metadata (RFC 9728, `WWW-Authenticate: Bearer resource_metadata="..."`), which
+//! names its authorization server: [`ProtectedResource`] (or [`ResourceMetadata::from_challenge`])
+//! follows the chain, falling back to the well-known locations the MCP authorization
+//! specification lists, and refuses a document about another resource, an authorization server
+//! that names another issuer, plain `http` to anything but loopback, and a redirect to another
+//! origin, each fetch bounded in time and size. Its grants carry the resource as an RFC 8707
+//! resource indicator ([`RefreshTokenGrant::resource`]) on the login's authorize URL, the code
+//! exchange and every refresh, and send the tokens to the resource's origin only.
+//!
+//! ```no_run
+//! use reqwest_token_refresh::{ResourceMetadata, TokenRefresh};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mcp = "https://mcp.example/mcp";
+//! let first = reqwest::Client::new().post(mcp).send().await?;
+//! let metadata = ResourceMetadata::from_challenge(mcp, first.headers()).await?;
+//! let grant = metadata.refresh_token_grant().client_id("registered-client");
+//! let (authorize_url, pending) = grant.login("http://127.0.0.1:8976/callback")?.start()?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Beyond reqwest
 //!
 //! With the feature `tower`, [`TokenRefresh::layer`] wraps any tower service that sends
@@ -288,7 +312,8 @@ pub use policy::{
 pub use source::providers;
 pub use source::{
     BodyEncoding, ClientAuth, ClientCredentials, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, Discovery,
-    DiscoveryError, Login, LoginError, PendingLogin, RefreshTokenGrant, ResourceServer, ServerMetadata, TokenSource,
+    DiscoveryError, Login, LoginError, PendingLogin, ProtectedResource, RefreshTokenGrant, ResourceMetadata,
+    ResourceServer, ServerMetadata, TokenSource,
 };
 #[cfg(feature = "private-key-jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]

@@ -1,11 +1,21 @@
 //! Discovery: an authorization server's metadata read from its issuer URL (RFC 8414, falling
 //! back to OpenID Connect Discovery 1.0), checked, and made into a grant ([`Discovery`],
-//! [`ServerMetadata`]).
+//! [`ServerMetadata`]). The bounded fetch of a metadata document ([`fetch_json`]) is here too,
+//! shared with the protected resource metadata of RFC 9728
+//! ([`ProtectedResource`](super::ProtectedResource)).
+//!
+//! # Redirects
+//!
+//! A metadata document decides where tokens and credentials go, so the fetch follows a
+//! redirect only within the origin it asked ([`MAX_REDIRECTS`] of them at most, each hop
+//! bounded like a fetch): a well-known path that moved on its own server is still that server's
+//! answer, while a redirect to another origin would let that origin speak for this one, and is
+//! refused ([`DiscoveryError::CrossOriginRedirect`]).
 
 use std::error::Error as StdError;
 use std::time::Duration;
 
-use http::header::ACCEPT;
+use http::header::{ACCEPT, LOCATION};
 use serde_json::Value;
 use url::Url;
 
@@ -17,6 +27,8 @@ use crate::error::RefreshError;
 const OAUTH_WELL_KNOWN: &str = "/.well-known/oauth-authorization-server";
 /// The OpenID Connect Discovery 1.0 §4 well-known suffix.
 const OPENID_WELL_KNOWN: &str = "/.well-known/openid-configuration";
+/// How many redirects within its own origin one metadata fetch follows: 3.
+pub(super) const MAX_REDIRECTS: usize = 3;
 
 /// Why an issuer's metadata could not be had or used. No variant holds a secret: discovery sends
 /// none.
@@ -95,19 +107,65 @@ pub enum DiscoveryError {
         /// Its URL.
         url: String,
     },
+    /// The protected resource's URL cannot be one (RFC 9728 §1.2, RFC 8707 §2): not `https`
+    /// (plain `http` is allowed to loopback only), or not an absolute URL, or with a fragment.
+    #[error("the resource {resource:?} cannot be used: {reason}")]
+    InvalidResource {
+        /// The resource as given.
+        resource: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The `resource_metadata` URL of a 401's challenge (RFC 9728 §5.1) cannot be fetched
+    /// safely: not a URL, or not `https` (plain `http` is allowed to loopback only).
+    #[error("the resource metadata URL {url:?} cannot be used: {reason}")]
+    InvalidMetadataUrl {
+        /// The URL as the challenge gave it.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The protected resource metadata is for another resource. RFC 9728 §3.3: its `resource`
+    /// must be the resource asked for (the URL the client sent its request to), or the document
+    /// must not be used: it could send the client's tokens to another server's authorization
+    /// server.
+    #[error("the metadata is for resource {found:?}, not {expected:?}: refused")]
+    ResourceMismatch {
+        /// The resource asked for.
+        expected: String,
+        /// The resource the document names.
+        found: String,
+    },
+    /// A metadata URL redirected to another origin: refused, since that origin would speak for
+    /// this one (see [`Discovery`]'s redirect rule).
+    #[error("the metadata at {url} redirects to {location}, another origin: refused")]
+    CrossOriginRedirect {
+        /// The URL fetched.
+        url: String,
+        /// Where it redirected.
+        location: String,
+    },
 }
 
 /// Fetches an issuer's metadata; [`ServerMetadata::discover`] with the default bounds.
 ///
 /// The document is looked for where RFC 8414 §3.1 puts it, the well-known segment between the
 /// host and the issuer's path (`https://idp.example/tenant` →
-/// `https://idp.example/.well-known/oauth-authorization-server/tenant`), then, if that location
-/// has none (an error status, or a body that is not a JSON object), where OpenID Connect
-/// Discovery §4 puts it, appended to the issuer (`https://idp.example/tenant/.well-known/openid-configuration`).
-/// Each fetch goes through the same kind of client as token calls (it follows no redirects) and
-/// is bounded like them: in time by [`timeout`](Self::timeout), in size by
-/// [`max_response_bytes`](Self::max_response_bytes), so two fetches take at most twice the
-/// timeout.
+/// `https://idp.example/.well-known/oauth-authorization-server/tenant`), then, each time the
+/// location has none (an error status, or a body that is not a JSON object), at the OpenID
+/// Connect locations, in the order the MCP authorization specification lists:
+/// `https://idp.example/.well-known/openid-configuration/tenant` (RFC 8414 §5's form), then
+/// appended to the issuer as OpenID Connect Discovery §4 puts it
+/// (`https://idp.example/tenant/.well-known/openid-configuration`). An issuer without a path has
+/// two locations, `/.well-known/oauth-authorization-server` and
+/// `/.well-known/openid-configuration`.
+///
+/// Each fetch goes through the same kind of client as token calls and is bounded like them: in
+/// time by [`timeout`](Self::timeout), in size by
+/// [`max_response_bytes`](Self::max_response_bytes). It follows up to 3
+/// redirects within the origin it asked (each hop a fetch of its own) and refuses one to another
+/// origin ([`DiscoveryError::CrossOriginRedirect`]), so discovery takes at most
+/// 3 locations × 4 hops × the timeout.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -131,6 +189,11 @@ impl Discovery {
     pub fn new(issuer: impl Into<String>) -> Self {
         let issuer = issuer.into();
         Self { endpoint: TokenEndpoint::new(issuer.clone()), issuer }
+    }
+
+    /// Discovery of `issuer` with the bounds and client of `endpoint` (a protected resource's).
+    pub(super) fn with_endpoint(issuer: impl Into<String>, endpoint: TokenEndpoint) -> Self {
+        Self { issuer: issuer.into(), endpoint }
     }
 
     /// Sets how long each fetch may take, connection to last byte. Default: 30 seconds
@@ -175,45 +238,67 @@ impl Discovery {
         let mut last_status = http::StatusCode::NOT_FOUND;
         for url in metadata_urls(&issuer) {
             tried.push(url.to_string());
-            match self.fetch_document(url.clone()).await? {
-                Fetched::Document(document) => {
-                    return ServerMetadata::from_document(&self.issuer, url.as_str(), document);
+            match fetch_json(&self.endpoint, url).await? {
+                Fetched::Document(document, at) => {
+                    return ServerMetadata::from_document(&self.issuer, at.as_str(), document);
                 }
                 Fetched::Nothing(status) => last_status = status,
             }
         }
         Err(DiscoveryError::NotFound { tried, status: last_status })
     }
+}
 
-    async fn fetch_document(&self, url: Url) -> Result<Fetched, DiscoveryError> {
-        let shown = url.to_string();
+/// What one metadata location had.
+pub(super) enum Fetched {
+    /// A JSON object, and where it was found (after same-origin redirects).
+    Document(Value, Url),
+    /// No document at this location: the status it answered with.
+    Nothing(http::StatusCode),
+}
+
+/// Fetches `url` through `endpoint`'s client with its bounds, following up to [`MAX_REDIRECTS`]
+/// redirects within its origin. A location answers nothing when its status is an error, when it
+/// redirects without a usable `Location` (or too many times), or when its body is not a JSON
+/// object: a catch-all page (`200` with HTML) is as good as a 404 here, so the caller looks in
+/// the next place.
+pub(super) async fn fetch_json(endpoint: &TokenEndpoint, url: Url) -> Result<Fetched, DiscoveryError> {
+    let mut at = url;
+    let mut status = http::StatusCode::NOT_FOUND;
+    for _ in 0..=MAX_REDIRECTS {
+        let shown = at.to_string();
         let unreachable = |source: RefreshError| match &source {
             RefreshError::Transport(cause) if is_timeout(cause.as_ref()) => {
-                DiscoveryError::TimedOut { url: shown.clone(), after: self.endpoint.timeout }
+                DiscoveryError::TimedOut { url: shown.clone(), after: endpoint.timeout }
             }
             _ => DiscoveryError::Unreachable { url: shown.clone(), source },
         };
         let request =
-            self.endpoint.request(http::Method::GET, url).map_err(unreachable)?.header(ACCEPT, "application/json");
-        let CappedAnswer { status, body, cut, .. } = self.endpoint.send_capped(request).await.map_err(unreachable)?;
+            endpoint.request(http::Method::GET, at.clone()).map_err(unreachable)?.header(ACCEPT, "application/json");
+        let CappedAnswer { status: answered, headers, body, cut } =
+            endpoint.send_capped(request).await.map_err(unreachable)?;
+        status = answered;
+        if status.is_redirection() {
+            let next = headers.get(LOCATION).and_then(|l| l.to_str().ok()).and_then(|l| at.join(l).ok());
+            let Some(next) = next else { return Ok(Fetched::Nothing(status)) };
+            if !crate::origin::same_origin(&at, &next) {
+                return Err(DiscoveryError::CrossOriginRedirect { url: shown, location: next.to_string() });
+            }
+            at = next;
+            continue;
+        }
         if !status.is_success() {
             return Ok(Fetched::Nothing(status));
         }
         if cut {
-            return Err(DiscoveryError::TooLarge { url: shown, limit: self.endpoint.max_response_bytes });
+            return Err(DiscoveryError::TooLarge { url: shown, limit: endpoint.max_response_bytes });
         }
-        // A catch-all page (`200` with HTML) is as good as a 404 here: look in the other place.
-        match serde_json::from_slice::<Value>(&body) {
-            Ok(document @ Value::Object(_)) => Ok(Fetched::Document(document)),
+        return match serde_json::from_slice::<Value>(&body) {
+            Ok(document @ Value::Object(_)) => Ok(Fetched::Document(document, at)),
             _ => Ok(Fetched::Nothing(status)),
-        }
+        };
     }
-}
-
-enum Fetched {
-    Document(Value),
-    /// No document at this location: the status it answered with.
-    Nothing(http::StatusCode),
+    Ok(Fetched::Nothing(status))
 }
 
 /// Whether a transport failure is reqwest's timeout.
@@ -400,7 +485,7 @@ fn parse_issuer(issuer: &str) -> Result<Url, DiscoveryError> {
 }
 
 /// `https`, or `http` to a loopback host.
-fn secure(url: &Url) -> bool {
+pub(super) fn secure(url: &Url) -> bool {
     match url.scheme() {
         "https" => true,
         "http" => crate::origin::is_loopback(url),
@@ -408,15 +493,23 @@ fn secure(url: &Url) -> bool {
     }
 }
 
-/// Where the metadata may be, in the order tried: RFC 8414 §3.1 (the well-known segment between
-/// host and path), then OpenID Connect Discovery §4 (appended to the issuer).
-fn metadata_urls(issuer: &Url) -> [Url; 2] {
+/// Where the metadata may be, in the order the MCP authorization specification lists: RFC 8414
+/// §3.1 (the well-known segment between host and path), then for an issuer with a path the
+/// OpenID suffix there too (RFC 8414 §5), then OpenID Connect Discovery §4 (appended to the
+/// issuer). Without a path the last two are one.
+fn metadata_urls(issuer: &Url) -> Vec<Url> {
     let path = issuer.path().trim_end_matches('/');
-    let mut oauth = issuer.clone();
-    oauth.set_path(&format!("{OAUTH_WELL_KNOWN}{path}"));
-    let mut openid = issuer.clone();
-    openid.set_path(&format!("{path}{OPENID_WELL_KNOWN}"));
-    [oauth, openid]
+    let at = |path: String| {
+        let mut url = issuer.clone();
+        url.set_path(&path);
+        url
+    };
+    let mut urls = vec![at(format!("{OAUTH_WELL_KNOWN}{path}"))];
+    if !path.is_empty() {
+        urls.push(at(format!("{OPENID_WELL_KNOWN}{path}")));
+    }
+    urls.push(at(format!("{path}{OPENID_WELL_KNOWN}")));
+    urls
 }
 
 #[cfg(test)]
@@ -438,11 +531,13 @@ mod tests {
                 "https://idp.example/.well-known/openid-configuration"
             ]
         );
-        // RFC 8414 §3.1's own example.
+        // RFC 8414 §3.1's own example, with the MCP specification's order for an issuer with a
+        // path: the OpenID suffix inserted (RFC 8414 §5), then appended.
         assert_eq!(
             urls("https://example.com/issuer1"),
             [
                 "https://example.com/.well-known/oauth-authorization-server/issuer1",
+                "https://example.com/.well-known/openid-configuration/issuer1",
                 "https://example.com/issuer1/.well-known/openid-configuration"
             ]
         );
@@ -450,9 +545,15 @@ mod tests {
             urls("https://idp.example:8443/realms/a/"),
             [
                 "https://idp.example:8443/.well-known/oauth-authorization-server/realms/a",
+                "https://idp.example:8443/.well-known/openid-configuration/realms/a",
                 "https://idp.example:8443/realms/a/.well-known/openid-configuration"
             ]
         );
+    }
+
+    #[test]
+    fn the_redirect_limit_is_what_its_doc_says() {
+        assert_eq!(MAX_REDIRECTS, 3);
     }
 
     #[test]

@@ -115,6 +115,9 @@ pub(crate) struct TokenEndpoint {
     /// Where tokens are revoked (RFC 7009), for [`TokenRefresh::revoke`](crate::TokenRefresh::revoke).
     pub(crate) revocation_url: Option<String>,
     pub(crate) params: Vec<(String, String)>,
+    /// The resource indicators (RFC 8707) sent on every token request and a login's authorize
+    /// URL: the APIs the tokens are for.
+    pub(crate) resources: Vec<String>,
     pub(crate) encoding: BodyEncoding,
     pub(crate) mapper: Option<Arc<ResponseMapper>>,
     pub(crate) http: Option<reqwest::Client>,
@@ -140,6 +143,7 @@ impl fmt::Debug for TokenEndpoint {
             .field("authorize_url", &self.authorize_url)
             .field("revocation_url", &self.revocation_url)
             .field("params", &self.params.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+            .field("resources", &self.resources)
             .field("encoding", &self.encoding)
             .field("maps_response", &self.mapper.is_some())
             .field("custom_http_client", &self.http.is_some())
@@ -162,6 +166,7 @@ impl TokenEndpoint {
             authorize_url: None,
             revocation_url: None,
             params: Vec::new(),
+            resources: Vec::new(),
             encoding: BodyEncoding::default(),
             mapper: None,
             http: None,
@@ -280,6 +285,15 @@ impl TokenEndpoint {
             .map_err(|e| RefreshError::Config(format!("the token URL {:?} does not parse: {e}", self.url)))
     }
 
+    /// The resource indicators, each checked as RFC 8707 §2 requires: an absolute URI without a
+    /// fragment. An error says which one is not.
+    pub(crate) fn checked_resources(&self) -> Result<impl Iterator<Item = &str>, String> {
+        for resource in &self.resources {
+            check_resource(resource)?;
+        }
+        Ok(self.resources.iter().map(String::as_str))
+    }
+
     /// What proves the client's identity in this request: made afresh for each one (a client
     /// assertion signed for it, a Withings nonce fetched and signed for it).
     pub(super) async fn client_proof(&self) -> Result<ClientProof, RefreshError> {
@@ -353,6 +367,9 @@ impl TokenEndpoint {
         if scoped == Scoped::Yes && !scope.is_empty() {
             fields.push(("scope", &scope));
         }
+        // RFC 8707 §2.2: on every token request, the code exchange and each refresh included, so
+        // that each token is issued for (and only for) the APIs named.
+        fields.extend(self.checked_resources().map_err(RefreshError::Config)?.map(|resource| ("resource", resource)));
         let request = self.request(http::Method::POST, url.clone())?.header(ACCEPT, "application/json");
         let request = self.authenticate(request, &mut fields, proof)?;
         fields.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -472,8 +489,18 @@ pub(super) fn with_body(
             request.header(CONTENT_TYPE, "application/x-www-form-urlencoded").body(body)
         }
         BodyEncoding::Json => {
-            let object: serde_json::Map<String, Value> =
-                fields.iter().map(|(k, v)| ((*k).to_owned(), Value::from(*v))).collect();
+            let mut object = serde_json::Map::new();
+            for (name, value) in fields {
+                // A field sent more than once (several `resource`s, RFC 8707 §2) becomes an
+                // array, since a JSON object cannot hold one name twice.
+                match object.get_mut(*name) {
+                    Some(Value::Array(values)) => values.push(Value::from(*value)),
+                    Some(first) => *first = Value::Array(vec![first.take(), Value::from(*value)]),
+                    None => {
+                        object.insert((*name).to_owned(), Value::from(*value));
+                    }
+                }
+            }
             request.header(CONTENT_TYPE, "application/json").body(Value::Object(object).to_string())
         }
     }
@@ -499,6 +526,17 @@ pub(crate) struct CappedAnswer {
 fn transport(err: reqwest::Error) -> RefreshError {
     // reqwest's error may carry the token URL, never a secret: the body is not part of it.
     RefreshError::Transport(Arc::new(err.without_url()))
+}
+
+/// Whether `resource` may be a resource indicator (RFC 8707 §2): an absolute URI, without a
+/// fragment.
+pub(crate) fn check_resource(resource: &str) -> Result<(), String> {
+    let url = url::Url::parse(resource)
+        .map_err(|e| format!("the resource {resource:?} is not an absolute URI ({e}), as RFC 8707 §2 requires"))?;
+    if url.fragment().is_some() {
+        return Err(format!("the resource {resource:?} has a fragment, which RFC 8707 §2 forbids"));
+    }
+    Ok(())
 }
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))`, RFC 6749 §2.3.1; marked sensitive.
@@ -583,6 +621,22 @@ macro_rules! endpoint_options {
             self
         }
 
+        /// Adds a resource indicator (RFC 8707): the URI of an API the tokens are for, such as an
+        /// MCP server's `https://mcp.example/mcp`. It goes as `resource` on every token request
+        /// (each refresh, each client-credentials grant, a [`Login`](crate::Login)'s code
+        /// exchange) and on a login's authorize URL, so the authorization server can issue
+        /// tokens that only that API accepts; call it again for several. It must be an absolute
+        /// URI without a fragment (RFC 8707 §2): a token request with another is refused before
+        /// anything is sent ([`RefreshError::Config`](crate::RefreshError::Config)). The grants
+        /// of [`ResourceMetadata`](crate::ResourceMetadata) set the protected resource's own.
+        /// It is not a secret, and not added to where the tokens may go (see
+        /// [`api_origin`](Self::api_origin)).
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
+        pub fn resource(mut self, resource: impl Into<String>) -> Self {
+            self.endpoint.resources.push(resource.into());
+            self
+        }
+
         /// Sets the body encoding (default: form).
         #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn encoding(mut self, encoding: $crate::BodyEncoding) -> Self {
@@ -660,6 +714,40 @@ mod tests {
         let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
         assert_eq!(String::from_utf8(decoded).unwrap(), "my+id%3A1:s%26cret+%C3%A9");
         assert!(value.is_sensitive());
+    }
+
+    #[test]
+    fn a_field_sent_twice_is_repeated_in_a_form_and_an_array_in_json() {
+        let fields = [
+            ("grant_type", "client_credentials"),
+            ("resource", "https://a.example"),
+            ("resource", "https://b.example/x"),
+        ];
+        let body = |encoding| {
+            let request = with_body(reqwest::Client::new().post("http://127.0.0.1:1/token"), &fields, encoding);
+            let request = request.build().unwrap();
+            String::from_utf8(request.body().unwrap().as_bytes().unwrap().to_vec()).unwrap()
+        };
+        assert_eq!(
+            body(BodyEncoding::Form),
+            "grant_type=client_credentials&resource=https%3A%2F%2Fa.example&resource=https%3A%2F%2Fb.example%2Fx"
+        );
+        let json: Value = serde_json::from_str(&body(BodyEncoding::Json)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"grant_type": "client_credentials", "resource": ["https://a.example", "https://b.example/x"]})
+        );
+    }
+
+    #[test]
+    fn a_resource_indicator_is_an_absolute_uri_without_a_fragment() {
+        for good in ["https://mcp.example/mcp", "https://api.example", "urn:example:resource", "https://a.example/?q=1"]
+        {
+            assert!(check_resource(good).is_ok(), "{good}");
+        }
+        for bad in ["/relative", "mcp.example", "", "https://mcp.example/mcp#tools"] {
+            assert!(check_resource(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

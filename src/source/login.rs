@@ -155,6 +155,17 @@ impl Login {
         self
     }
 
+    /// Adds a resource indicator (RFC 8707), after the grant's own
+    /// ([`RefreshTokenGrant::resource`](crate::RefreshTokenGrant::resource)): sent as `resource`
+    /// on the authorize URL and on the code exchange. Tokens for an MCP server, say, are asked
+    /// for with the server's URI, so that they are good for it alone. A refresh sends only the
+    /// grant's: give the resource to the grant, which its logins start from, for both.
+    #[must_use = "a builder method returns the changed login"]
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.endpoint.resources.push(resource.into());
+        self
+    }
+
     /// Adds a parameter to the authorize URL (`prompt=consent`, `access_type=offline`).
     #[must_use = "a builder method returns the changed login"]
     pub fn authorize_param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
@@ -164,13 +175,16 @@ impl Login {
 
     /// Starts a login: the URL to send the user to, and what to keep until they come back.
     ///
-    /// The URL carries `response_type=code`, the client id, the redirect URI, the scopes, a fresh
-    /// random `state` and the PKCE `S256` challenge of a fresh random verifier.
+    /// The URL carries `response_type=code`, the client id, the redirect URI, the scopes, the
+    /// resource indicators (RFC 8707 §2.1), a fresh random `state` and the PKCE `S256` challenge
+    /// of a fresh random verifier.
     ///
     /// # Errors
     ///
-    /// [`LoginError::Random`] if the system's random number generator fails.
+    /// [`LoginError::Random`] if the system's random number generator fails;
+    /// [`LoginError::Config`] for a resource that is not an absolute URI without a fragment.
     pub fn start(&self) -> Result<(Url, PendingLogin), LoginError> {
+        let resources = self.endpoint.checked_resources().map_err(LoginError::Config)?;
         let pending = PendingLogin::generate()?;
         let mut url = self.authorize_url.clone();
         {
@@ -182,6 +196,9 @@ impl Login {
             query.append_pair("redirect_uri", &self.redirect_uri);
             if !self.scopes.is_empty() {
                 query.append_pair("scope", &self.scopes.join(&self.endpoint.scope_delimiter));
+            }
+            for resource in resources {
+                query.append_pair("resource", resource);
             }
             query.append_pair("state", &pending.state);
             query.append_pair("code_challenge", &pending.code_challenge());

@@ -157,23 +157,32 @@ impl Dialect {
     }
 
     /// The API's answer to a request whose bearer token was accepted (`Ok`), missing
-    /// (`Err(None)`), or rejected for this reason (`Err(Some(..))`).
-    pub(super) fn api_answer(self, verdict: Result<(), Option<&str>>) -> ResponseTemplate {
-        match (verdict, self) {
+    /// (`Err(None)`), or rejected for this reason (`Err(Some(..))`); a `401` names the protected
+    /// resource metadata at `resource_metadata` when there is one (RFC 9728 §5.1).
+    pub(super) fn api_answer(
+        self,
+        verdict: Result<(), Option<&str>>,
+        resource_metadata: Option<&str>,
+    ) -> ResponseTemplate {
+        // The URL is the mock's own, `http://127.0.0.1:PORT/...`: no quote to escape.
+        let metadata = resource_metadata.map(|url| format!(", resource_metadata=\"{url}\"")).unwrap_or_default();
+        let template = match (verdict, self) {
             (Ok(()), Dialect::Withings) => {
-                ResponseTemplate::new(200).set_body_raw(r#"{"status":0,"body":{}}"#, "application/json")
+                return ResponseTemplate::new(200).set_body_raw(r#"{"status":0,"body":{}}"#, "application/json");
             }
-            (Ok(()), _) => ResponseTemplate::new(200).set_body_json(json!({"ok": true})),
+            (Ok(()), _) => return ResponseTemplate::new(200).set_body_json(json!({"ok": true})),
             (Err(None), Dialect::Standard) => {
-                ResponseTemplate::new(401).insert_header(header::WWW_AUTHENTICATE, "Bearer realm=\"mock\"")
+                let challenge = format!("Bearer realm=\"mock\"{metadata}");
+                return ResponseTemplate::new(401).insert_header(header::WWW_AUTHENTICATE, challenge.as_str());
             }
             (Err(Some(description)), Dialect::Standard) => {
                 // The descriptions are fixed strings without quotes: safe inside the header.
-                let challenge =
-                    format!("Bearer realm=\"mock\", error=\"invalid_token\", error_description=\"{description}\"");
-                ResponseTemplate::new(401)
+                let challenge = format!(
+                    "Bearer realm=\"mock\", error=\"invalid_token\", error_description=\"{description}\"{metadata}"
+                );
+                return ResponseTemplate::new(401)
                     .insert_header(header::WWW_AUTHENTICATE, challenge.as_str())
-                    .set_body_json(json!({"error": "invalid_token", "error_description": description}))
+                    .set_body_json(json!({"error": "invalid_token", "error_description": description}));
             }
             // Kroger documents one body for every rejected token, and no challenge.
             (Err(_), Dialect::Kroger) => {
@@ -183,8 +192,16 @@ impl Dialect {
             (Err(_), Dialect::Whoop | Dialect::WhoopPartner) => ResponseTemplate::new(401),
             // Withings answers everything with HTTP 200 and the outcome in `status`.
             (Err(_), Dialect::Withings) => {
-                ResponseTemplate::new(200).set_body_raw(WITHINGS_INVALID_TOKEN, "application/json")
+                return ResponseTemplate::new(200).set_body_raw(WITHINGS_INVALID_TOKEN, "application/json");
             }
+        };
+        // A dialect whose 401 has no challenge gets one for the metadata alone.
+        match resource_metadata {
+            Some(url) => {
+                let challenge = format!("Bearer resource_metadata=\"{url}\"");
+                template.insert_header(header::WWW_AUTHENTICATE, challenge.as_str())
+            }
+            None => template,
         }
     }
 }

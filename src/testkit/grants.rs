@@ -316,10 +316,12 @@ impl Shared {
         });
         #[cfg(feature = "dpop")]
         let proof = self.config.dpop.map(|_| self.check_proof(request, None));
+        let resources = super::resource::token_resources(request);
         let now = self.config.clock.now();
 
         let mut state = self.state.lock();
         state.stats.token_calls += 1;
+        Shared::count_resources(&mut state, &resources);
         state.token_requests.push(request.clone());
         let lost = match state.faults.pop_front() {
             None => false,
@@ -342,6 +344,8 @@ impl Shared {
             Some(OneTime::Nonce(nonce)) => state.spend_nonce(&nonce, now).map(|()| params),
             None => Ok(params),
         });
+        // RFC 8707 §2: a request for another resource is refused before the grant is looked at.
+        let spent = spent.and_then(|params| self.check_target(&mut state, &resources).map(|()| params));
         #[cfg(feature = "dpop")]
         let bound = |state: &mut State| self.token_request_binding(state, proof);
         #[cfg(not(feature = "dpop"))]

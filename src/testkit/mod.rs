@@ -31,7 +31,10 @@
 //! once (PKCE `S256` required) and the `authorization_code` grant, each code usable once, for
 //! its redirect URI and verifier, within its lifetime (10 minutes; Withings' 30 seconds), a
 //! second use revoking what the first granted; [`MockProvider::approve`] plays the browser, and
-//! [`MockProvider::issue_tokens`] skips the login. A revocation endpoint (RFC 7009,
+//! [`MockProvider::issue_tokens`] skips the login. The API can be a protected resource (RFC 9728,
+//! [`MockProviderBuilder::protected_resource`]): its metadata at the well-known paths and its
+//! 401 naming them, as an MCP server answers; and resource indicators (RFC 8707) can be required
+//! ([`MockProviderBuilder::require_resource_indicator`]). A revocation endpoint (RFC 7009,
 //! [`MockProvider::revocation_url`]) revokes a refresh token's family or an access token. Not reproduced: refresh-token expiry. The mock's routes are mounted at priority 10, so a [`Mock`] a test mounts
 //! on [`MockProvider::server`] at the default priority wins.
 //!
@@ -105,6 +108,7 @@ mod dpop;
 mod dpop_tests;
 mod grants;
 mod metadata;
+mod resource;
 mod revocation;
 mod signature;
 #[cfg(test)]
@@ -202,6 +206,15 @@ pub struct ProviderStats {
     /// `WWW-Authenticate: DPoP error="use_dpop_nonce"` from the API.
     #[cfg(feature = "dpop")]
     pub dpop_nonce_demands: u64,
+    /// Protected resource metadata documents served (see
+    /// [`MockProviderBuilder::protected_resource`]).
+    pub resource_metadata_served: u64,
+    /// Token calls and authorization requests that carried at least one `resource` (RFC 8707),
+    /// whether the mock requires one or not.
+    pub resource_indicators: u64,
+    /// Token calls and authorization requests refused with `invalid_target` (see
+    /// [`MockProviderBuilder::require_resource_indicator`]).
+    pub invalid_targets: u64,
 }
 
 /// An answer the token endpoint gives instead of handling a call; see
@@ -288,6 +301,7 @@ pub struct MockProviderBuilder {
     #[cfg(feature = "private-key-jwt")]
     client_keys: Vec<assertion::ClientKey>,
     metadata_fields: Vec<(String, serde_json::Value)>,
+    resource: resource::ResourceConfig,
     token_latency: Duration,
     api_latency: Duration,
     #[cfg(feature = "dpop")]
@@ -307,6 +321,7 @@ impl Default for MockProviderBuilder {
             #[cfg(feature = "private-key-jwt")]
             client_keys: Vec::new(),
             metadata_fields: Vec::new(),
+            resource: resource::ResourceConfig::default(),
             token_latency: Duration::ZERO,
             api_latency: Duration::ZERO,
             #[cfg(feature = "dpop")]
@@ -482,6 +497,52 @@ impl MockProviderBuilder {
         self
     }
 
+    /// Makes the API a protected resource (RFC 9728) whose identifier is `{uri}{path}`
+    /// ([`MockProvider::resource`]; `path` such as `/api/mcp`, an MCP endpoint the API serves
+    /// like any path under `/api/`; default `/api`). Its metadata document, `{"resource":
+    /// "{uri}{path}", "authorization_servers": ["{uri}"], "bearer_methods_supported":
+    /// ["header"]}` and whatever [`protected_resource_field`](Self::protected_resource_field) set,
+    /// is served at `{uri}/.well-known/oauth-protected-resource{path}`
+    /// ([`MockProvider::resource_metadata_url`]) and at `{uri}/.well-known/oauth-protected-resource`,
+    /// the two places the MCP authorization specification looks; and every `401` of the API
+    /// names it, as an MCP server's does: `WWW-Authenticate: Bearer realm="mock",
+    /// resource_metadata="..."` (with `error="invalid_token"` for a rejected token; in the
+    /// dialects whose 401 has no challenge, `Bearer resource_metadata="..."` alone). Counted in
+    /// [`ProviderStats::resource_metadata_served`].
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn protected_resource(mut self, path: &str) -> Self {
+        let path = path.trim_end_matches('/');
+        self.resource.path =
+            if path.is_empty() || path.starts_with('/') { path.to_owned() } else { format!("/{path}") };
+        self.resource.metadata = true;
+        self
+    }
+
+    /// Sets a member of the protected resource metadata document (see
+    /// [`protected_resource`](Self::protected_resource), which this turns on), replacing the
+    /// mock's own value or adding one: `scopes_supported`, or another `resource` or
+    /// `authorization_servers` to see a client refuse them.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn protected_resource_field(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.resource.metadata = true;
+        self.resource.fields.push((name.to_owned(), value));
+        self
+    }
+
+    /// Requires resource indicators (RFC 8707; default off): every token request (code
+    /// exchange, refresh, client credentials) and authorization request must carry `resource`
+    /// set to [`MockProvider::resource`], once, and nothing else. A token request without it, or
+    /// with another, gets `400 {"error":"invalid_target"}` (RFC 8707 §2), after client
+    /// authentication and before the grant is looked at (a refresh token is not spent); an
+    /// authorization request is sent back to its redirect URI with `error=invalid_target`.
+    /// Counted in [`ProviderStats::invalid_targets`]; requests that carry a resource, required
+    /// or not, in [`ProviderStats::resource_indicators`].
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn require_resource_indicator(mut self, yes: bool) -> Self {
+        self.resource.required = yes;
+        self
+    }
+
     /// Starts the server on a free port of `127.0.0.1`.
     pub async fn start(self) -> MockProvider {
         let server = MockServer::start().await;
@@ -500,6 +561,7 @@ impl MockProviderBuilder {
             client_keys: self.client_keys,
             issuer: server.uri(),
             metadata_fields: self.metadata_fields,
+            resource: self.resource,
             #[cfg(feature = "dpop")]
             dpop: self.dpop,
         };
@@ -549,6 +611,23 @@ impl MockProviderBuilder {
                 .named("mock provider: metadata document")
                 .mount(&server)
                 .await;
+        }
+        if shared.config.resource.metadata {
+            let inserted = format!("{}{}", resource::PROTECTED_RESOURCE_WELL_KNOWN, shared.config.resource.path);
+            let mut paths = vec![resource::PROTECTED_RESOURCE_WELL_KNOWN.to_owned()];
+            if inserted != paths[0] {
+                paths.push(inserted);
+            }
+            for well_known in paths {
+                let metadata = Endpoint { shared: Arc::clone(&shared), latency: self.api_latency };
+                Mock::given(method("GET"))
+                    .and(path(well_known.as_str()))
+                    .respond_with(resource::ResourceMetadataEndpoint(metadata))
+                    .with_priority(MOUNT_PRIORITY)
+                    .named("mock provider: protected resource metadata")
+                    .mount(&server)
+                    .await;
+            }
         }
         let api = Endpoint { shared: Arc::clone(&shared), latency: self.api_latency };
         Mock::given(path_regex("^/api/"))
@@ -671,6 +750,21 @@ impl MockProvider {
     /// [`Discovery`](crate::Discovery).
     pub fn issuer(&self) -> String {
         self.shared.config.issuer.clone()
+    }
+
+    /// The API's resource identifier (RFC 8707, RFC 9728): `{uri}{path}`, the path given to
+    /// [`MockProviderBuilder::protected_resource`] (default `{uri}/api`). What
+    /// [`require_resource_indicator`](MockProviderBuilder::require_resource_indicator) requires,
+    /// and the `resource` of the protected resource metadata.
+    pub fn resource(&self) -> String {
+        self.shared.resource()
+    }
+
+    /// Where the protected resource metadata is served (see
+    /// [`MockProviderBuilder::protected_resource`]):
+    /// `{uri}/.well-known/oauth-protected-resource{path}`, the URL the API's 401 names.
+    pub fn resource_metadata_url(&self) -> String {
+        self.shared.resource_metadata_url()
     }
 
     /// Withings' signature service, `{uri}/v2/signature`, served in [`Dialect::Withings`] only:
@@ -913,6 +1007,8 @@ struct Config {
     issuer: String,
     /// Members set on or added to the metadata document.
     metadata_fields: Vec<(String, serde_json::Value)>,
+    /// The API as a protected resource, and the resource-indicator checks.
+    resource: resource::ResourceConfig,
     /// DPoP mode, and where nonces are demanded.
     #[cfg(feature = "dpop")]
     dpop: Option<dpop::DpopConfig>,

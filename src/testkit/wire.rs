@@ -149,6 +149,8 @@ pub(super) fn token_params(request: &Request, dialect: Dialect) -> Result<HashMa
             for (name, value) in object {
                 match value {
                     Value::String(value) => pairs.push((name, value)),
+                    // Several resource indicators (RFC 8707 §2); read by `token_resources`.
+                    Value::Array(_) if name == "resource" => {}
                     // `"scope": null` from a serialised `Option` is the same as leaving it out.
                     Value::Null => {}
                     _ => {
@@ -164,6 +166,10 @@ pub(super) fn token_params(request: &Request, dialect: Dialect) -> Result<HashMa
     };
     let mut params = HashMap::with_capacity(pairs.len());
     for (name, value) in pairs {
+        // RFC 8707 §2 lets `resource` repeat; `token_resources` reads every one.
+        if name == "resource" && params.contains_key(&name) {
+            continue;
+        }
         if params.contains_key(&name) {
             return Err(OAuthError::invalid_request(format!("parameter {name} is repeated")));
         }
@@ -250,7 +256,8 @@ impl Respond for ApiEndpoint {
             }
         });
         let verdict = self.0.shared.admit(bearer.as_deref());
-        let template = self.0.shared.config.dialect.api_answer(verdict);
+        let resource_metadata = self.0.shared.challenge_metadata_url();
+        let template = self.0.shared.config.dialect.api_answer(verdict, resource_metadata.as_deref());
         template.set_delay(self.0.latency)
     }
 }
@@ -264,6 +271,10 @@ impl Respond for AuthorizeEndpoint {
         let config = &self.0.shared.config;
         let mut params = HashMap::new();
         for (name, value) in request.url.query_pairs() {
+            // RFC 8707 §2 lets `resource` repeat; read apart below.
+            if name == "resource" {
+                continue;
+            }
             if params.insert(name.to_string(), value.to_string()).is_some() {
                 return authorize_page(&format!("parameter {name} is repeated"));
             }
@@ -285,6 +296,11 @@ impl Respond for AuthorizeEndpoint {
         };
         if params.get("response_type").map(String::as_str) != Some("code") {
             return back(&[("error", "unsupported_response_type")]);
+        }
+        let resources: Vec<String> =
+            request.url.query_pairs().filter(|(name, _)| name == "resource").map(|(_, v)| v.into_owned()).collect();
+        if let Err(refused) = self.0.shared.check_authorization_target(&resources) {
+            return back(&[("error", refused.code), ("error_description", &refused.description)]);
         }
         let code_challenge = match (params.get("code_challenge"), params.get("code_challenge_method")) {
             (Some(challenge), Some(method)) if method == "S256" && challenge.len() == 43 => challenge.clone(),

@@ -172,7 +172,7 @@ async fn a_huge_document_is_cut_at_the_limit_with_a_typed_error() {
 
 /// A server whose every answer is `200` and a JSON body that never ends: a byte every 20 ms, for
 /// a minute at most (far past any bound the test waits for).
-async fn never_ending_server() -> String {
+pub(crate) async fn never_ending_server() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {

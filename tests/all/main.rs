@@ -19,6 +19,7 @@ mod helpers;
 mod hostile;
 mod login;
 mod many_users;
+mod mcp_discovery;
 mod nothing_lost;
 mod observability;
 mod origins;
