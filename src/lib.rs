@@ -153,10 +153,38 @@
 //!
 //! With the feature `dpop`, a grant binds its tokens to a key the client holds (RFC 9449):
 //! `RefreshTokenGrant::dpop` with a `DpopKey`, or `dpop_generated()` for a fresh key per grant
-//! of tokens. Each token request carries a proof signed for it alone; a server's nonce is met
-//! with one retry and remembered. The key is saved with the tokens in the store (`TokenSet`'s
-//! `dpop_key`, never shown in `Debug`), so a restart refreshes with the same key; a DPoP-bound
-//! token set whose key is lost is terminal (`DpopError::KeyLost`).
+//! of tokens. Each token request carries a proof signed for it alone, and so does each request to
+//! the API: `Authorization: DPoP <token>` and a `DPoP` proof with its method, URL and a hash of
+//! the token. A server's nonce is met with one resend and remembered for its origin, and a
+//! rejected token is refreshed once for every request that held it, as for bearer tokens. The key
+//! is saved with the tokens in the store (`TokenSet`'s `dpop_key`, never shown in `Debug`), so a
+//! restart refreshes with the same key; a DPoP-bound token set whose key is lost is terminal
+//! (`DpopError::KeyLost`).
+//!
+//! ```
+//! # #[cfg(all(feature = "testkit", feature = "dpop"))]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use reqwest_token_refresh::testkit::MockProvider;
+//! use reqwest_token_refresh::{DpopKey, RefreshTokenGrant, TokenRefresh};
+//!
+//! // A provider that checks every proof and demands a nonce at its API.
+//! let provider = MockProvider::builder().dpop_nonces(false, true).start().await;
+//! let key = DpopKey::generate()?;
+//! let grant = RefreshTokenGrant::new(provider.token_url()).api_origin(provider.uri()).dpop(key.clone());
+//! let auth = TokenRefresh::builder(grant).initial_tokens(provider.issue_dpop_tokens(&key)).build()?;
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(auth.clone()).build();
+//!
+//! provider.expire_access_tokens();
+//! let response = client.get(provider.api_url("v1/me")).send().await?;
+//!
+//! assert_eq!(response.status(), 200, "the nonce met, the token refreshed, the request sent again");
+//! assert_eq!((auth.stats().nonce_retries, auth.stats().refreshes), (1, 1));
+//! assert_eq!(auth.tokens().unwrap().dpop_key(), Some(&key), "the new tokens are bound to the key");
+//! # Ok(()) }
+//! # #[cfg(not(all(feature = "testkit", feature = "dpop")))]
+//! # fn main() {}
+//! ```
 //!
 //! # Discovery
 //!
