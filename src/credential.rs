@@ -92,10 +92,15 @@ impl Credential {
     /// The `WWW-Authenticate` scheme (lowercase) whose challenges speak of this token: `bearer`,
     /// or `dpop` for a DPoP-bound one (RFC 9449 §7.1).
     pub(crate) fn scheme(&self) -> &'static str {
-        if self.proves() { "dpop" } else { "bearer" }
+        #[cfg(feature = "dpop")]
+        if self.bound.is_some() {
+            return "dpop";
+        }
+        "bearer"
     }
 
     /// Whether each request with this token carries a proof (a DPoP-bound token).
+    #[cfg(any(test, feature = "tower"))]
     pub(crate) fn proves(&self) -> bool {
         #[cfg(feature = "dpop")]
         return self.bound.is_some();
@@ -103,19 +108,66 @@ impl Credential {
         false
     }
 
+    /// What a request sent with this credential keeps of it.
+    pub(crate) fn sent_with(&self) -> SentWith {
+        SentWith {
+            #[cfg(feature = "dpop")]
+            bound: self.bound.clone(),
+        }
+    }
+
     /// Puts the credential on a request's `headers`: its `Authorization`, and the request's
-    /// `proof` when it has one.
+    /// `proof` when it has one. Returns what the request keeps of it; the header itself moves
+    /// into the request, which is what every request costs.
     ///
     /// A request reaches the layer without an `Authorization` of its own (it would have passed
     /// through), so appending is enough, and skips the replacing an insert does.
-    pub(crate) fn attach(&self, headers: &mut HeaderMap, proof: Option<HeaderValue>) {
-        headers.append(AUTHORIZATION, self.authorization.clone());
+    #[inline]
+    pub(crate) fn attach(self, headers: &mut HeaderMap, proof: Option<HeaderValue>) -> SentWith {
+        headers.append(AUTHORIZATION, self.authorization);
         #[cfg(feature = "dpop")]
         if let Some(proof) = proof {
             headers.insert(crate::dpop::DPOP_HEADER, proof);
         }
         #[cfg(not(feature = "dpop"))]
         let _ = proof;
+        SentWith {
+            #[cfg(feature = "dpop")]
+            bound: self.bound,
+        }
+    }
+}
+
+/// What a request sent with a [`Credential`] keeps of it, for reading its answer: the scheme its
+/// server's challenges use, and for a DPoP-bound token its set, to send the request once more
+/// with the same token (a nonce retry). Nothing for a bearer token.
+#[derive(Clone, Default)]
+pub(crate) struct SentWith {
+    #[cfg(feature = "dpop")]
+    bound: Option<std::sync::Arc<TokenSet>>,
+}
+
+impl SentWith {
+    /// See [`Credential::scheme`].
+    pub(crate) fn scheme(&self) -> &'static str {
+        if self.proves() { "dpop" } else { "bearer" }
+    }
+
+    /// See [`Credential::proves`].
+    pub(crate) fn proves(&self) -> bool {
+        #[cfg(feature = "dpop")]
+        return self.bound.is_some();
+        #[cfg(not(feature = "dpop"))]
+        false
+    }
+
+    /// The credential to send the request again with the same token: a DPoP-bound token's, made
+    /// again from its set; `None` for a bearer token, which is never sent again unchanged.
+    pub(crate) fn again(&self) -> Option<Credential> {
+        #[cfg(feature = "dpop")]
+        return self.bound.as_ref().and_then(|bound| Credential::of(bound).ok());
+        #[cfg(not(feature = "dpop"))]
+        None
     }
 }
 
@@ -130,12 +182,14 @@ mod tests {
         let credential = Credential::of(&Arc::new(TokenSet::new("t-1"))).unwrap();
         assert_eq!(credential.scheme(), "bearer");
         assert!(!credential.proves());
+        assert!(!format!("{credential:?}").contains("t-1"));
         let mut headers = HeaderMap::new();
-        credential.attach(&mut headers, None);
+        let sent = credential.attach(&mut headers, None);
         assert_eq!(headers[AUTHORIZATION], "Bearer t-1");
         assert!(headers[AUTHORIZATION].is_sensitive());
         assert_eq!(headers.len(), 1);
-        assert!(!format!("{credential:?}").contains("t-1"));
+        assert_eq!(sent.scheme(), "bearer");
+        assert!(sent.again().is_none(), "a bearer token is never sent again unchanged");
     }
 
     #[test]
@@ -154,10 +208,15 @@ mod tests {
         assert_eq!(credential.scheme(), "dpop");
         assert!(credential.proves());
         let mut headers = HeaderMap::new();
-        credential.attach(&mut headers, Some(HeaderValue::from_static("proof")));
+        let sent = credential.attach(&mut headers, Some(HeaderValue::from_static("proof")));
         assert_eq!(headers[AUTHORIZATION], "DPoP t-2");
         assert!(headers[AUTHORIZATION].is_sensitive());
         assert_eq!(headers[crate::dpop::DPOP_HEADER], "proof");
+        assert_eq!(sent.scheme(), "dpop");
+        let again = sent.again().expect("the same token, again");
+        let mut headers = HeaderMap::new();
+        again.attach(&mut headers, None);
+        assert_eq!(headers[AUTHORIZATION], "DPoP t-2");
     }
 
     #[cfg(feature = "dpop")]

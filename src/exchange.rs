@@ -23,7 +23,7 @@ use url::Url;
 
 use crate::cache::{Sent, paced};
 use crate::challenge::{self, CLASSIFY_BODY_LIMIT, Rejection};
-pub(crate) use crate::credential::Credential;
+pub(crate) use crate::credential::{Credential, SentWith};
 use crate::error::Error;
 use crate::stats::Event;
 use crate::token_refresh::TokenRefresh;
@@ -83,6 +83,7 @@ impl TokenRefresh {
     /// The `DPoP` header of a request by `method` to `url` with `credential`: a fresh proof for
     /// a DPoP-bound token, `None` for a bearer token (which costs nothing more). `url` is asked
     /// for only when a proof is made.
+    #[inline]
     pub(crate) fn proof(
         &self,
         credential: &Credential,
@@ -106,10 +107,11 @@ impl TokenRefresh {
         Ok(None)
     }
 
-    /// Takes note of an answer to a request sent to `url` with `credential`: a DPoP-bound
+    /// Takes note of an answer to a request sent to `url` with a credential: a DPoP-bound
     /// token's answers may carry the origin's next nonce (RFC 9449 §8.2, §9). Nothing for a
     /// bearer token.
-    pub(crate) fn observe(&self, credential: &Credential, url: Option<&Url>, headers: &HeaderMap) {
+    #[inline]
+    pub(crate) fn observe(&self, credential: &SentWith, url: Option<&Url>, headers: &HeaderMap) {
         #[cfg(feature = "dpop")]
         if credential.proves()
             && let Some(url) = url
@@ -121,7 +123,7 @@ impl TokenRefresh {
 
     /// Whether `answer`, to a request with `credential`, demands a DPoP nonce it gave (and which
     /// is now remembered): worth sending the request once more, with the same token.
-    fn nonce_demanded(&self, credential: &Credential, answer: &impl Answer) -> bool {
+    fn nonce_demanded(&self, credential: &SentWith, answer: &impl Answer) -> bool {
         #[cfg(feature = "dpop")]
         return credential.proves() && crate::dpop::nonce_demanded(answer.status(), answer.headers()).is_some();
         #[cfg(not(feature = "dpop"))]
@@ -176,7 +178,7 @@ impl TokenRefresh {
         from_its_origin: bool,
         sent: &Sent<'_>,
         generation: u64,
-        credential: &Credential,
+        credential: &SentWith,
     ) -> (A, bool) {
         let key = sent.key();
         let status = answer.status();
@@ -227,22 +229,23 @@ impl TokenRefresh {
         from_its_origin: bool,
         mut retry: Option<R>,
         sent: Sent<'_>,
-        credential: Credential,
+        with: SentWith,
     ) -> Result<R::Answer, R::Error> {
         let (mut answer, mut from_its_origin) = (answer, from_its_origin);
         let mut nonce_met = false;
         if let Some(retry) = retry.as_mut()
             && from_its_origin
-            && self.nonce_demanded(&credential, &answer)
+            && self.nonce_demanded(&with, &answer)
+            && let Some(again) = with.again()
         {
-            (answer, from_its_origin) = self.meet_nonce(answer, retry, &credential).await?;
+            (answer, from_its_origin) = self.meet_nonce(answer, retry, &again).await?;
             nonce_met = true;
             if !self.may_reject(&answer) {
                 self.inner.cache.accepted(&sent, sent.generation());
                 return Ok(answer);
             }
         }
-        let (answer, refresh) = self.rejects(answer, from_its_origin, &sent, sent.generation(), &credential).await;
+        let (answer, refresh) = self.rejects(answer, from_its_origin, &sent, sent.generation(), &with).await;
         if !refresh {
             if answer.status() != StatusCode::UNAUTHORIZED {
                 self.inner.cache.accepted(&sent, sent.generation());
@@ -265,12 +268,13 @@ impl TokenRefresh {
             tokio::join!(self.inner.cache.renew(&sent, over), answer.discard(self.inner.classify_timeout));
         let (renewed, pass) = renewed?;
         let credential = renewed.credential.clone().map_err(|problem| problem.into_error(sent.key().clone()))?;
+        let with = credential.sent_with();
         self.inner.stats.count(Event::Retry);
         let (mut answer, mut from_its_origin) = {
             let retried = std::pin::pin!(retry.resend(&credential));
             paced(pass, retried).await?
         };
-        if !nonce_met && from_its_origin && self.nonce_demanded(&credential, &answer) {
+        if !nonce_met && from_its_origin && self.nonce_demanded(&with, &answer) {
             (answer, from_its_origin) = self.meet_nonce(answer, &mut retry, &credential).await?;
         }
         // One retry, no loop: a second rejection goes back as it came, counted.
@@ -278,7 +282,7 @@ impl TokenRefresh {
             self.inner.cache.accepted(&sent, renewed.generation);
             return Ok(answer);
         }
-        let (answer, rejected) = self.rejects(answer, from_its_origin, &sent, renewed.generation, &credential).await;
+        let (answer, rejected) = self.rejects(answer, from_its_origin, &sent, renewed.generation, &with).await;
         if !rejected && answer.status() != StatusCode::UNAUTHORIZED {
             self.inner.cache.accepted(&sent, renewed.generation);
         }

@@ -6,7 +6,6 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use p256::ecdsa::signature::Signer as _;
 use serde_json::{Value, json};
 
 /// Random bytes in a `jti`: 128 bits, 22 characters once encoded.
@@ -26,8 +25,11 @@ pub(crate) fn compact<E>(
 }
 
 /// An ES256 signature of `input`, as JWS wants it: the fixed-size `r || s`, not DER. Never
-/// fails (RFC 6979's deterministic nonce); a `Result` for [`compact`].
+/// fails (RFC 6979's deterministic nonce); a `Result` for [`compact`]. (DPoP proofs are signed
+/// by ring: `DpopKey::sign`.)
+#[cfg(any(test, feature = "private-key-jwt"))]
 pub(crate) fn es256_sign(key: &p256::ecdsa::SigningKey, input: &[u8]) -> Result<Vec<u8>, std::convert::Infallible> {
+    use p256::ecdsa::signature::Signer as _;
     let signature: p256::ecdsa::Signature = key.sign(input);
     Ok(signature.to_bytes().to_vec())
 }

@@ -86,16 +86,16 @@ impl TokenRefresh {
         let proof = self.proof(&credential, sent.key(), request.method(), || Some(request.url().clone()));
         let attached = proof.map(|proof| credential.attach(request.headers_mut(), proof)).map_err(Box::new);
         async move {
-            attached.map_err(|err| *err)?;
+            let with = attached.map_err(|err| *err)?;
             let response = next.clone().run(request, extensions).await?;
-            self.observe(&credential, Some(response.url()), response.headers());
+            self.observe(&with, Some(response.url()), response.headers());
             if !self.may_reject(&response) {
                 self.inner.cache.accepted(&sent, sent.generation());
                 return Ok(response);
             }
             let from_its_origin = kept.same_origin(response.url());
             let retry = kept.into_retry().map(|request| Again { auth: self, request, next, extensions });
-            Box::pin(self.after_rejection(response, from_its_origin, retry, sent, credential)).await
+            Box::pin(self.after_rejection(response, from_its_origin, retry, sent, with)).await
         }
     }
 }
@@ -119,10 +119,10 @@ impl Resend for Again<'_> {
         let mut request = self.request.try_clone().ok_or_else(|| reqwest_middleware::Error::middleware(SentOnce))?;
         let key = self.extensions.get::<crate::key::TokenKey>().cloned().unwrap_or_default();
         let proof = self.auth.proof(credential, &key, request.method(), || Some(request.url().clone()))?;
-        credential.attach(request.headers_mut(), proof);
+        let with = credential.clone().attach(request.headers_mut(), proof);
         let sent_to = request.url().clone();
         let response = self.next.clone().run(request, self.extensions).await?;
-        self.auth.observe(credential, Some(response.url()), response.headers());
+        self.auth.observe(&with, Some(response.url()), response.headers());
         let from_its_origin = crate::origin::same_origin(&sent_to, response.url());
         Ok((response, from_its_origin))
     }

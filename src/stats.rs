@@ -83,7 +83,8 @@ pub struct Stats {
     pub requests: u64,
     /// 401 answers seen on those requests (before and after retries), and answers that
     /// [`token_rejected_when`](crate::TokenRefreshBuilder::token_rejected_when)'s rule found
-    /// rejecting the token.
+    /// rejecting the token. A DPoP nonce demand (a 401 that asks for a new proof, not a new
+    /// token) is counted in [`nonce_retries`](Self::nonce_retries) instead.
     pub unauthorized: u64,
     /// Calls to the token source (token endpoint calls).
     pub refreshes: u64,

@@ -246,19 +246,19 @@ impl TokenRefreshLayer {
         let retry_parts = kept.as_ref().map(|_| parts.clone());
         let target = if credential.proves() { self.target(&parts.uri) } else { None };
         let proof = auth.proof(&credential, &key, &parts.method, || target.clone())?;
-        credential.attach(&mut parts.headers, proof);
+        let with = credential.attach(&mut parts.headers, proof);
         let answer = {
             let first = std::pin::pin!(call(&mut inner, Request::from_parts(parts, body)));
             paced(pass, first).await?
         };
-        auth.observe(&credential, target.as_ref(), answer.headers());
+        auth.observe(&with, target.as_ref(), answer.headers());
         if !auth.may_reject(&answer) {
             auth.inner.cache.accepted(&sent, sent.generation());
             return Ok(answer);
         }
         let retry = retry_parts.zip(kept).map(|(parts, kept)| Again { auth, inner, parts, kept, target, key });
         // A tower stack shows no redirects: an answer is from the origin the request was sent to.
-        auth.after_rejection(answer, true, retry, sent, credential).await
+        auth.after_rejection(answer, true, retry, sent, with).await
     }
 }
 
@@ -287,9 +287,9 @@ where
     async fn resend(&mut self, credential: &Credential) -> Result<(Self::Answer, bool), BoxError> {
         let mut parts = self.parts.clone();
         let proof = self.auth.proof(credential, &self.key, &parts.method, || self.target.clone())?;
-        credential.attach(&mut parts.headers, proof);
+        let with = credential.clone().attach(&mut parts.headers, proof);
         let answer = call(&mut self.inner, Request::from_parts(parts, self.kept.body())).await?;
-        self.auth.observe(credential, self.target.as_ref(), answer.headers());
+        self.auth.observe(&with, self.target.as_ref(), answer.headers());
         Ok((answer, true))
     }
 }
