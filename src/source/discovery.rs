@@ -196,30 +196,7 @@ impl Discovery {
         Self { issuer: issuer.into(), endpoint }
     }
 
-    /// Sets how long each fetch may take, connection to last byte. Default: 30 seconds
-    /// ([`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT)).
-    #[must_use = "returns the changed discovery; on its own the call changes nothing"]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.endpoint.timeout = timeout;
-        self
-    }
-
-    /// Sets the largest document read. Default: 64 KiB
-    /// ([`DEFAULT_MAX_RESPONSE_BYTES`](crate::DEFAULT_MAX_RESPONSE_BYTES)); real ones are a few
-    /// KiB.
-    #[must_use = "returns the changed discovery; on its own the call changes nothing"]
-    pub fn max_response_bytes(mut self, limit: usize) -> Self {
-        self.endpoint.max_response_bytes = limit;
-        self
-    }
-
-    /// Fetches through this client instead of the crate's own (which follows no redirects; give
-    /// yours the same policy).
-    #[must_use = "returns the changed discovery; on its own the call changes nothing"]
-    pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.endpoint.http = Some(client);
-        self
-    }
+    fetch_bounds!();
 
     /// Fetches and checks the metadata.
     ///
@@ -234,20 +211,61 @@ impl Discovery {
     /// trusted.
     pub async fn fetch(&self) -> Result<ServerMetadata, DiscoveryError> {
         let issuer = parse_issuer(&self.issuer)?;
-        let mut tried = Vec::new();
-        let mut last_status = http::StatusCode::NOT_FOUND;
-        for url in metadata_urls(&issuer) {
-            tried.push(url.to_string());
-            match fetch_json(&self.endpoint, url).await? {
-                Fetched::Document(document, at) => {
-                    return ServerMetadata::from_document(&self.issuer, at.as_str(), document);
-                }
-                Fetched::Nothing(status) => last_status = status,
-            }
-        }
-        Err(DiscoveryError::NotFound { tried, status: last_status })
+        let (document, at) = fetch_first(&self.endpoint, metadata_urls(&issuer)).await?;
+        ServerMetadata::from_document(&self.issuer, at.as_str(), document)
     }
 }
+
+/// The first of `urls` that has a JSON document, fetched in order with [`fetch_json`], and where
+/// it was found; [`DiscoveryError::NotFound`] naming every location tried when none has one.
+pub(super) async fn fetch_first(
+    endpoint: &TokenEndpoint,
+    urls: impl IntoIterator<Item = Url>,
+) -> Result<(Value, Url), DiscoveryError> {
+    let mut tried = Vec::new();
+    let mut last_status = http::StatusCode::NOT_FOUND;
+    for url in urls {
+        tried.push(url.to_string());
+        match fetch_json(endpoint, url).await? {
+            Fetched::Document(document, at) => return Ok((document, at)),
+            Fetched::Nothing(status) => last_status = status,
+        }
+    }
+    Err(DiscoveryError::NotFound { tried, status: last_status })
+}
+
+/// The bounds of a metadata fetch, as builder methods of a type that holds its
+/// [`TokenEndpoint`] in `self.endpoint`: [`Discovery`] and
+/// [`ProtectedResource`](crate::ProtectedResource).
+macro_rules! fetch_bounds {
+    () => {
+        /// Sets how long each fetch may take, connection to last byte. Default: 30 seconds
+        /// ([`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT)), as for a token call.
+        #[must_use = "returns the changed discovery; on its own the call changes nothing"]
+        pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.endpoint.timeout = timeout;
+            self
+        }
+
+        /// Sets the largest document read, of each fetch. Default: 64 KiB
+        /// ([`DEFAULT_MAX_RESPONSE_BYTES`](crate::DEFAULT_MAX_RESPONSE_BYTES)); real ones are a
+        /// few KiB.
+        #[must_use = "returns the changed discovery; on its own the call changes nothing"]
+        pub fn max_response_bytes(mut self, limit: usize) -> Self {
+            self.endpoint.max_response_bytes = limit;
+            self
+        }
+
+        /// Fetches through this client instead of the crate's own (which follows no redirects by
+        /// itself; give yours the same policy, or the redirect rule cannot hold).
+        #[must_use = "returns the changed discovery; on its own the call changes nothing"]
+        pub fn http_client(mut self, client: reqwest::Client) -> Self {
+            self.endpoint.http = Some(client);
+            self
+        }
+    };
+}
+pub(super) use fetch_bounds;
 
 /// What one metadata location had.
 pub(super) enum Fetched {
