@@ -273,6 +273,7 @@ mod peek;
 mod policy;
 #[cfg(test)]
 mod proptests;
+mod registered_client;
 mod revoke;
 mod source;
 mod stats;
@@ -312,8 +313,8 @@ pub use policy::{
 pub use source::providers;
 pub use source::{
     BodyEncoding, ClientAuth, ClientCredentials, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, Discovery,
-    DiscoveryError, Login, LoginError, PendingLogin, ProtectedResource, RefreshTokenGrant, ResourceMetadata,
-    ResourceServer, ServerMetadata, TokenSource,
+    DiscoveryError, DynamicRegistration, Login, LoginError, PendingLogin, ProtectedResource, RefreshTokenGrant,
+    RegistrationError, ResourceMetadata, ResourceServer, ServerMetadata, TokenSource,
 };
 #[cfg(feature = "private-key-jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
@@ -328,7 +329,8 @@ pub use store::RedisStore;
 pub use store::{
     DEFAULT_FILE_LOCK_TIMEOUT, FileStore, MemoryStore, Revision, StoreGuard, Stored, TokenStore, async_trait,
 };
-pub use token::{AccessToken, ClientSecret, RefreshToken, TokenSet};
+pub use registered_client::{DEFAULT_TOKEN_ENDPOINT_AUTH_METHOD, RegisteredClient};
+pub use token::{AccessToken, ClientSecret, RefreshToken, RegistrationAccessToken, TokenSet};
 pub use token_refresh::TokenRefresh;
 
 #[doc = include_str!("../README.md")]

@@ -190,7 +190,7 @@ impl Login {
         {
             let mut query = url.query_pairs_mut();
             query.append_pair("response_type", "code");
-            if let Some(client_id) = &self.endpoint.client_id {
+            if let Some(client_id) = self.endpoint.effective_client_id() {
                 query.append_pair("client_id", client_id);
             }
             query.append_pair("redirect_uri", &self.redirect_uri);

@@ -42,6 +42,8 @@ pub(super) struct State {
     pub(super) nonces: HashMap<String, SystemTime>,
     /// Authorization codes the authorize endpoint issued, by code.
     codes: HashMap<String, CodeRecord>,
+    /// The clients the registration endpoint registered.
+    pub(super) registrations: super::registration::Registrations,
     serial: u64,
     /// DPoP's `jti`s and nonce.
     #[cfg(feature = "dpop")]
@@ -321,6 +323,9 @@ impl Shared {
 
         let mut state = self.state.lock();
         state.stats.token_calls += 1;
+        if matches!(&checked, Err(error) if error.code == "invalid_client") {
+            state.stats.invalid_clients += 1;
+        }
         Shared::count_resources(&mut state, &resources);
         state.token_requests.push(request.clone());
         let lost = match state.faults.pop_front() {
