@@ -217,7 +217,11 @@ mod tests {
         assert_eq!(policy.verdict(&RefreshError::NoRefreshToken), Verdict::Terminal(Whose::User));
         assert_eq!(policy.verdict(&RefreshError::Revoked), Verdict::Terminal(Whose::User));
         let expired = RefreshError::RegistrationExpired { client_id: "c".into(), expired_at: SystemTime::UNIX_EPOCH };
-        assert_eq!(policy.verdict(&expired), Verdict::Terminal(Whose::Client), "an expired registration is the client's");
+        assert_eq!(
+            policy.verdict(&expired),
+            Verdict::Terminal(Whose::Client),
+            "an expired registration is the client's"
+        );
     }
 
     #[test]

@@ -135,7 +135,8 @@ impl RegisteredClient {
         let client_id_issued_at = seconds("client_id_issued_at")?.and_then(at_unix_seconds);
         // RFC 7591 §3.2.1: REQUIRED with a secret, `0` when it never expires. Servers that leave
         // it out are read as saying never: the token endpoint will say otherwise if it disagrees.
-        let client_secret_expires_at = seconds("client_secret_expires_at")?.filter(|&s| s != 0).and_then(at_unix_seconds);
+        let client_secret_expires_at =
+            seconds("client_secret_expires_at")?.filter(|&s| s != 0).and_then(at_unix_seconds);
         Ok(Self {
             client_id,
             client_secret,

@@ -102,9 +102,10 @@ pub struct TokenSet {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dpop_key: Option<crate::dpop::DpopKey>,
     /// The dynamically registered client the tokens were issued to, saved with them so that a
-    /// restart refreshes as that client.
+    /// restart refreshes as that client. Boxed: most sets have none, and a set is moved and
+    /// cloned on every refresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    client: Option<RegisteredClient>,
+    client: Option<Box<RegisteredClient>>,
 }
 
 impl TokenSet {
@@ -248,13 +249,13 @@ impl TokenSet {
     /// gets, from a login or a refresh; set it yourself on tokens from elsewhere.
     #[must_use = "returns the changed token set; on its own the call changes nothing"]
     pub fn with_client(mut self, client: RegisteredClient) -> Self {
-        self.client = Some(client);
+        self.client = Some(Box::new(client));
         self
     }
 
     /// The dynamically registered client the tokens were issued to, if any.
     pub fn client(&self) -> Option<&RegisteredClient> {
-        self.client.as_ref()
+        self.client.as_deref()
     }
 
     /// Whether the server issued these tokens bound to a DPoP key: its `token_type` is `DPoP`

@@ -214,6 +214,10 @@ impl Login {
     /// just its query (`code=...&state=...`). Checks `state`, then exchanges the code with the PKCE
     /// verifier at the token endpoint, as the grant would refresh.
     ///
+    /// With a [registered client](crate::RefreshTokenGrant::registered_client) the code is
+    /// exchanged as that client, and the tokens carry its registration
+    /// ([`TokenSet::client`]), for the store to keep and every refresh to use.
+    ///
     /// A code works once; so does a `PendingLogin`: start a new login to try again.
     ///
     /// # Errors

@@ -1,44 +1,7 @@
 //! Dynamic client registration (RFC 7591 §3): [`DynamicRegistration`] posts a client's metadata
 //! to an authorization server's registration endpoint and reads the [`RegisteredClient`] it
-//! answers with, bounded in time and size like a metadata fetch.
-//!
-//! # Register, log in, keep the client with the tokens
-//!
-//! A client that meets an authorization server for the first time (an MCP client finding a
-//! server's authorization server from its 401, say) has no credentials there. It registers,
-//! logs its user in as the client it got, and keeps the registration with the tokens: the
-//! grant's [`registered_client`](crate::RefreshTokenGrant::registered_client) makes the login's
-//! tokens carry it ([`TokenSet::client`]), every store saves the two together, and every refresh
-//! of the set authenticates as that client, in this process or a later one.
-//!
-//! # When a registration ends
-//!
-//! A registration can end: its secret expires (`client_secret_expires_at`), or the server forgets
-//! or revokes the client and answers `invalid_client`. Either way the layer stops with
-//! [`Error::ClientRejected`] (an expired secret is not even sent:
-//! [`RefreshError::RegistrationExpired`]) and no request for that key is sent until new tokens
-//! are installed. The tokens were issued to the old client, so a new registration needs a new
-//! login: [`DynamicRegistration::renew`] registers again when the error or the stored
-//! registration says so, and the application logs the user in with the new client and installs
-//! the tokens with [`TokenRefresh::set_tokens`](crate::TokenRefresh::set_tokens).
-//!
-//! ```no_run
-//! use reqwest_token_refresh::{DynamicRegistration, Error, ServerMetadata, TokenRefresh};
-//!
-//! # async fn run(auth: TokenRefresh, failed: Error) -> Result<(), Box<dyn std::error::Error>> {
-//! let metadata = ServerMetadata::discover("https://auth.mcp.example").await?;
-//! let registration = DynamicRegistration::from_metadata(&metadata)?
-//!     .client_name("my editor")
-//!     .redirect_uri("http://127.0.0.1:33418/callback");
-//! // A request failed with `failed` (`Error::from_middleware(&err)`, say).
-//! if let Some(client) = registration.renew(auth.tokens().as_ref(), Some(&failed)).await? {
-//!     let grant = metadata.refresh_token_grant().registered_client(client);
-//!     let login = grant.login("http://127.0.0.1:33418/callback")?;
-//!     // ... send the user to `login.start()?`, exchange the callback's code, then:
-//!     // auth.set_tokens(login.exchange(&pending, &callback).await?).await?;
-//! }
-//! # Ok(()) }
-//! ```
+//! answers with, bounded in time and size like a metadata fetch. The whole flow, and what to do
+//! when a registration ends, is in [`DynamicRegistration`]'s documentation.
 
 use std::time::{Duration, SystemTime};
 
@@ -168,7 +131,7 @@ fn describe(description: Option<&str>) -> String {
 /// goes through the same kind of client as token calls (no redirects followed, nothing of this
 /// layer in between), bounded by [`timeout`](Self::timeout) from connection to last byte and by
 /// [`max_response_bytes`](Self::max_response_bytes) in size, to an `https` endpoint (or `http` to
-/// loopback). See the [module documentation](self) for the whole flow and re-registration.
+/// loopback).
 ///
 /// ```no_run
 /// use reqwest_token_refresh::DynamicRegistration;
@@ -181,6 +144,47 @@ fn describe(description: Option<&str>) -> String {
 ///     .register()
 ///     .await?;
 /// println!("registered as {}", client.client_id());
+/// # Ok(()) }
+/// ```
+///
+/// # Register, log in, keep the client with the tokens
+///
+/// A client that meets an authorization server for the first time (an MCP client finding a
+/// server's authorization server from its 401, say) has no credentials there. It registers,
+/// logs its user in as the client it got, and keeps the registration with the tokens: the
+/// grant's [`registered_client`](crate::RefreshTokenGrant::registered_client) makes the login's
+/// tokens carry it ([`TokenSet::client`]), every store saves the two together, and every refresh
+/// of the set authenticates as that client, in this process or a later one.
+///
+/// # When a registration ends
+///
+/// A registration can end: its secret expires (`client_secret_expires_at`), or the server forgets
+/// or revokes the client and answers `invalid_client`. Either way the layer stops with
+/// [`Error::ClientRejected`] (an expired secret is not even sent:
+/// [`RefreshError::RegistrationExpired`]) and no request for that key is sent until new tokens
+/// are installed. The tokens were issued to the old client, so a new registration needs a new
+/// login: [`DynamicRegistration::renew`] registers again when the error or the stored
+/// registration says so, and the application logs the user in with the new client and installs
+/// the tokens with [`TokenRefresh::set_tokens`](crate::TokenRefresh::set_tokens). The same call
+/// makes the first registration: with no tokens yet there is no registration to keep.
+///
+/// ```no_run
+/// use reqwest_token_refresh::{DynamicRegistration, Error, ServerMetadata, TokenRefresh};
+///
+/// # async fn run(auth: TokenRefresh, failed: Error) -> Result<(), Box<dyn std::error::Error>> {
+/// let metadata = ServerMetadata::discover("https://auth.mcp.example").await?;
+/// let registration = DynamicRegistration::from_metadata(&metadata)?
+///     .client_name("my editor")
+///     .redirect_uri("http://127.0.0.1:33418/callback");
+/// // A request failed with `failed` (`Error::from_middleware(&err)`, say).
+/// if let Some(client) = registration.renew(auth.tokens().as_ref(), Some(&failed)).await? {
+///     let grant = metadata.refresh_token_grant().registered_client(client);
+///     let login = grant.login("http://127.0.0.1:33418/callback")?;
+///     let (url, pending) = login.start()?;
+///     // Send the user to `url`; `callback` is the URL their browser comes back with.
+/// #   let callback = url.to_string();
+///     auth.set_tokens(login.exchange(&pending, &callback).await?).await?; // saved with the client
+/// }
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
@@ -342,7 +346,8 @@ impl DynamicRegistration {
         }
         let invalid = |reason: String| RegistrationError::InvalidRequest { reason };
         for uri in &self.redirect_uris {
-            let parsed = Url::parse(uri).map_err(|e| invalid(format!("the redirect URI {uri:?} is not an absolute URL ({e})")))?;
+            let parsed = Url::parse(uri)
+                .map_err(|e| invalid(format!("the redirect URI {uri:?} is not an absolute URL ({e})")))?;
             if parsed.fragment().is_some() {
                 return Err(invalid(format!("the redirect URI {uri:?} has a fragment (RFC 6749 §3.1.2)")));
             }
@@ -433,7 +438,11 @@ fn must_renew(client: Option<&RegisteredClient>, error: Option<&Error>, now: Sys
 fn refusal(status: http::StatusCode, body: &[u8]) -> RegistrationError {
     let object = serde_json::from_slice::<Value>(body).ok();
     let text = |name: &str| {
-        object.as_ref().and_then(|o| o.get(name)).and_then(Value::as_str).map(|s| s.chars().take(MAX_DESCRIPTION_CHARS).collect::<String>())
+        object
+            .as_ref()
+            .and_then(|o| o.get(name))
+            .and_then(Value::as_str)
+            .map(|s| s.chars().take(MAX_DESCRIPTION_CHARS).collect::<String>())
     };
     let description = text("error_description");
     match text("error").as_deref() {
@@ -494,7 +503,9 @@ mod tests {
             let registration = DynamicRegistration::new(endpoint).redirect_uri("https://app.example/cb");
             assert!(matches!(check(registration), Err(RegistrationError::InvalidEndpoint { .. })), "{endpoint}");
         }
-        assert!(check(DynamicRegistration::new("http://127.0.0.1:9/register").redirect_uri("https://a.example/cb")).is_ok());
+        assert!(
+            check(DynamicRegistration::new("http://127.0.0.1:9/register").redirect_uri("https://a.example/cb")).is_ok()
+        );
         for uri in ["/callback", "app.example/cb", "https://app.example/cb#x"] {
             let registration = ok.clone().redirect_uri(uri);
             assert!(matches!(check(registration), Err(RegistrationError::InvalidRequest { .. })), "{uri}");
@@ -507,27 +518,32 @@ mod tests {
     fn error_answers_are_typed_by_their_rfc_7591_code() {
         let refused = |body: &str| refusal(http::StatusCode::BAD_REQUEST, body.as_bytes());
         let redirect = refused(r#"{"error":"invalid_redirect_uri","error_description":"not https"}"#);
-        assert!(matches!(&redirect, RegistrationError::InvalidRedirectUri { description: Some(d) } if d == "not https"));
+        assert!(
+            matches!(&redirect, RegistrationError::InvalidRedirectUri { description: Some(d) } if d == "not https")
+        );
         assert!(matches!(
             refused(r#"{"error":"invalid_client_metadata"}"#),
             RegistrationError::InvalidClientMetadata { description: None }
         ));
         let other = refused(r#"{"error":"invalid_software_statement"}"#);
-        assert!(matches!(&other, RegistrationError::Refused { error: Some(e), .. } if e == "invalid_software_statement"));
-        assert!(matches!(refused("<html>oops</html>"), RegistrationError::Refused { error: None, description: None, .. }));
+        assert!(
+            matches!(&other, RegistrationError::Refused { error: Some(e), .. } if e == "invalid_software_statement")
+        );
+        assert!(matches!(
+            refused("<html>oops</html>"),
+            RegistrationError::Refused { error: None, description: None, .. }
+        ));
         let long = format!(r#"{{"error":"invalid_client_metadata","error_description":"{}"}}"#, "x".repeat(10_000));
         let RegistrationError::InvalidClientMetadata { description: Some(d) } = refused(&long) else { panic!() };
         assert_eq!(d.chars().count(), MAX_DESCRIPTION_CHARS);
-        assert_eq!(
-            redirect.to_string(),
-            "the server refused a redirect URI (not https)"
-        );
+        assert_eq!(redirect.to_string(), "the server refused a redirect URI (not https)");
     }
 
     #[test]
     fn a_registration_is_renewed_when_missing_expired_or_rejected() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000);
-        let good = RegisteredClient::new("c").with_client_secret("s-1").with_secret_expires_at(now + Duration::from_secs(1));
+        let good =
+            RegisteredClient::new("c").with_client_secret("s-1").with_secret_expires_at(now + Duration::from_secs(1));
         let expired = good.clone().with_secret_expires_at(now);
         let rejected = Error::ClientRejected {
             key: TokenKey::default(),

@@ -358,7 +358,9 @@ impl Shared {
             None if self.has_client_keys() => {
                 Err(OAuthError::invalid_client("this client authenticates with private_key_jwt, not a secret"))
             }
-            None if self.registers_clients() => Err(OAuthError::invalid_client("unknown client or wrong client secret")),
+            None if self.registers_clients() => {
+                Err(OAuthError::invalid_client("unknown client or wrong client secret"))
+            }
             _ => Ok(None),
         }
     }

@@ -35,7 +35,11 @@
 //! [`MockProviderBuilder::protected_resource`]): its metadata at the well-known paths and its
 //! 401 naming them, as an MCP server answers; and resource indicators (RFC 8707) can be required
 //! ([`MockProviderBuilder::require_resource_indicator`]). A revocation endpoint (RFC 7009,
-//! [`MockProvider::revocation_url`]) revokes a refresh token's family or an access token. Not reproduced: refresh-token expiry. The mock's routes are mounted at priority 10, so a [`Mock`] a test mounts
+//! [`MockProvider::revocation_url`]) revokes a refresh token's family or an access token.
+//! Clients can register themselves (RFC 7591, [`MockProviderBuilder::dynamic_registration`]):
+//! the token, revocation and authorization endpoints then know them by the id and secret the
+//! registration endpoint issued, until their secret expires or
+//! [`MockProvider::revoke_registration`] ends them. Not reproduced: refresh-token expiry. The mock's routes are mounted at priority 10, so a [`Mock`] a test mounts
 //! on [`MockProvider::server`] at the default priority wins.
 //!
 //! ```

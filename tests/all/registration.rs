@@ -249,7 +249,10 @@ async fn a_revoked_registration_is_client_rejected_and_registering_again_and_log
     let response = http.get(provider.api_url("me")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(provider.stats().registrations, 2);
-    assert_eq!(auth.tokens().and_then(|t| t.client().map(|c| c.client_id().to_owned())), Some(renewed.client_id().into()));
+    assert_eq!(
+        auth.tokens().and_then(|t| t.client().map(|c| c.client_id().to_owned())),
+        Some(renewed.client_id().into())
+    );
 }
 
 #[tokio::test]
@@ -328,7 +331,8 @@ async fn registration_errors_are_typed() {
     // Refused before anything is sent.
     let err = at_mock.clone().redirect_uri("callback").register().await.unwrap_err();
     assert!(matches!(err, RegistrationError::InvalidRequest { .. }), "{err:?}");
-    let err = DynamicRegistration::new("http://as.example/register").redirect_uri(REDIRECT).register().await.unwrap_err();
+    let err =
+        DynamicRegistration::new("http://as.example/register").redirect_uri(REDIRECT).register().await.unwrap_err();
     assert!(matches!(err, RegistrationError::InvalidEndpoint { .. }), "{err:?}");
     let plain = MockProvider::start().await;
     let err = DynamicRegistration::from_metadata(&metadata(&plain).await).unwrap_err();
@@ -336,13 +340,20 @@ async fn registration_errors_are_typed() {
 
     // Answers that are no registration.
     let server = MockServer::start().await;
-    let answer = |status: u16, body: &str| ResponseTemplate::new(status).set_body_raw(body.to_owned(), "application/json");
+    let answer =
+        |status: u16, body: &str| ResponseTemplate::new(status).set_body_raw(body.to_owned(), "application/json");
     for (route, template) in [
         ("/html", answer(201, "<html>registered!</html>")),
         ("/no-id", answer(201, r#"{"client_secret":"leaked-secret-1"}"#)),
-        ("/wrong-type", answer(201, r#"{"client_id":"a","client_secret":"leaked-secret-1","client_secret_expires_at":"never"}"#)),
+        (
+            "/wrong-type",
+            answer(201, r#"{"client_id":"a","client_secret":"leaked-secret-1","client_secret_expires_at":"never"}"#),
+        ),
         ("/down", answer(503, "<html>down</html>")),
-        ("/token", answer(401, r#"{"error":"invalid_token","error_description":"an initial access token is required"}"#)),
+        (
+            "/token",
+            answer(401, r#"{"error":"invalid_token","error_description":"an initial access token is required"}"#),
+        ),
     ] {
         Mock::given(method("POST")).and(path(route)).respond_with(template).mount(&server).await;
     }
@@ -404,10 +415,7 @@ async fn no_secret_of_a_registration_shows_in_any_debug_or_display() {
         "registration_access_token": "hidden-registration-token",
         "registration_client_uri": format!("{}/register/shown-client-id", server.uri()),
     });
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201).set_body_json(answer))
-        .mount(&server)
-        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(201).set_body_json(answer)).mount(&server).await;
     let registration = DynamicRegistration::new(server.uri()).redirect_uri(REDIRECT);
     let client = register(&registration).await;
     assert_eq!(client.registration_access_token().map(|t| t.secret()), Some("hidden-registration-token"));
@@ -428,4 +436,29 @@ async fn no_secret_of_a_registration_shows_in_any_debug_or_display() {
         assert!(!shown.contains(secret), "{secret} leaked: {shown}");
     }
     assert!(shown.contains("shown-client-id"));
+}
+
+#[tokio::test]
+async fn the_mock_sends_a_registered_client_back_only_to_a_redirect_uri_it_registered() {
+    let provider = MockProvider::builder().dynamic_registration().start().await;
+    let client = register(&registration(&provider).await).await;
+    let grant = grant_for(&provider, &client).await;
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let open = |redirect: &str| {
+        let (url, _) = grant.login(redirect).unwrap().start().unwrap();
+        let browser = browser.clone();
+        async move {
+            let answer = timeout(BOUND, browser.get(url).send()).await.unwrap().unwrap();
+            (answer.status().as_u16(), answer.text().await.unwrap())
+        }
+    };
+
+    assert_eq!(open(REDIRECT).await.0, 302);
+    let (status, body) = open("https://elsewhere.example/callback").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("not registered"), "{body}");
+    provider.revoke_registration(client.client_id());
+    let (status, body) = open(REDIRECT).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("unknown client_id"), "{body}");
 }
