@@ -838,6 +838,58 @@ mod tests {
     }
 
     #[test]
+    fn a_sets_registered_client_wins_over_the_grants_and_an_expired_one_is_not_used() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut grant = TokenEndpoint::new("https://as.example/token");
+        grant.client_id = Some("configured".into());
+        grant.client_secret = Some(ClientSecret::new("configured-secret"));
+        grant.clock = Some(Arc::new(crate::ManualClock::new(now)));
+        let used = |endpoint: &TokenEndpoint, current: Option<&TokenSet>| {
+            let chosen = endpoint.for_client(current).unwrap();
+            let secret = chosen.client_secret.as_ref().map(|s| s.secret().to_owned());
+            (chosen.client_id.clone().unwrap_or_default(), secret, chosen.client_auth.clone())
+        };
+        assert_eq!(
+            used(&grant, Some(&TokenSet::new("a"))),
+            ("configured".into(), Some("configured-secret".into()), ClientAuth::Basic),
+            "no registration: the grant's own credentials"
+        );
+        let posted = RegisteredClient::new("on-the-grant")
+            .with_client_secret("grant-secret")
+            .with_token_endpoint_auth_method("client_secret_post");
+        let mut registered = grant.clone();
+        registered.registered = Some(posted);
+        assert_eq!(
+            used(&registered, None),
+            ("on-the-grant".into(), Some("grant-secret".into()), ClientAuth::RequestBody)
+        );
+        assert_eq!(registered.effective_client_id(), Some("on-the-grant"));
+        let public =
+            TokenSet::new("a").with_client(RegisteredClient::new("on-the-set").with_token_endpoint_auth_method("none"));
+        assert_eq!(used(&registered, Some(&public)), ("on-the-set".into(), None, ClientAuth::RequestBody));
+        let jwt = TokenSet::new("a")
+            .with_client(RegisteredClient::new("jwt").with_token_endpoint_auth_method("private_key_jwt"));
+        assert_eq!(used(&grant, Some(&jwt)).2, ClientAuth::Basic, "a method this crate does not map keeps the grant's");
+
+        let expired = RegisteredClient::new("old").with_client_secret("old-secret").with_secret_expires_at(now);
+        let err = grant.for_client(Some(&TokenSet::new("a").with_client(expired))).unwrap_err();
+        assert!(
+            matches!(&err, RefreshError::RegistrationExpired { client_id, expired_at } if client_id == "old" && *expired_at == now),
+            "{err:?}"
+        );
+        assert!(!format!("{err} {err:?}").contains("old-secret"));
+    }
+
+    #[test]
+    fn registered_methods_map_to_client_auth() {
+        assert_eq!(registered_auth("client_secret_basic"), Some(ClientAuth::Basic));
+        assert_eq!(registered_auth("client_secret_post"), Some(ClientAuth::RequestBody));
+        assert_eq!(registered_auth("none"), Some(ClientAuth::RequestBody));
+        assert_eq!(registered_auth("private_key_jwt"), None);
+        assert_eq!(registered_auth("tls_client_auth"), None);
+    }
+
+    #[test]
     fn debug_hides_the_client_secret_and_param_values() {
         let mut endpoint = TokenEndpoint::new("https://p.example/token");
         endpoint.client_secret = Some(ClientSecret::new("hush"));

@@ -462,3 +462,50 @@ async fn the_mock_sends_a_registered_client_back_only_to_a_redirect_uri_it_regis
     assert_eq!(status, 400);
     assert!(body.contains("unknown client_id"), "{body}");
 }
+
+#[tokio::test]
+async fn a_revocation_authenticates_as_the_sets_registered_client() {
+    let provider = MockProvider::builder().dynamic_registration().start().await;
+    let client = register(&registration(&provider).await).await;
+    let grant = grant_for(&provider, &client).await;
+    let tokens = log_in(&provider, &grant.login(REDIRECT).unwrap()).await;
+    // A grant that names no client: the set's registration is what authenticates.
+    let bare = metadata(&provider).await.refresh_token_grant().api_origin(provider.uri());
+    let auth = TokenRefresh::builder(bare).build().unwrap();
+    auth.set_tokens(tokens).await.unwrap();
+
+    timeout(BOUND, auth.revoke()).await.unwrap().expect("revoked");
+
+    let stats = provider.stats();
+    assert_eq!((stats.revocation_calls, stats.tokens_revoked, stats.invalid_clients), (1, 1, 0));
+    let revocation = &provider.revocation_requests()[0];
+    assert_eq!(basic_credentials(revocation), Some((client.client_id().to_owned(), secret_of(&client))));
+}
+
+#[tokio::test]
+async fn a_registered_secret_a_token_endpoint_echoes_is_redacted() {
+    let server = MockServer::start().await;
+    let echo = json!({"error": "invalid_client", "error_description": "bad secret echoed-registered-secret for dyn-1"});
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(echo))
+        .mount(&server)
+        .await;
+    let client = RegisteredClient::new("dyn-1")
+        .with_client_secret("echoed-registered-secret")
+        .with_token_endpoint_auth_method("client_secret_post");
+    let grant = RefreshTokenGrant::new(format!("{}/token", server.uri())).api_origin(server.uri());
+    let auth = TokenRefresh::builder(grant).build().unwrap();
+    let tokens = TokenSet::new("a-1").with_refresh_token("r-1").with_expires_in(Duration::ZERO).with_client(client);
+    auth.set_tokens(tokens).await.unwrap();
+
+    let err = client_with(&auth).get(format!("{}/api", server.uri())).send().await.unwrap_err();
+
+    let failed = Error::from_middleware(&err).cloned().expect("one of ours");
+    let Error::ClientRejected { reason, .. } = &failed else { panic!("{failed:?}") };
+    let description = reason.oauth_error().and_then(|e| e.error_description.clone()).unwrap_or_default();
+    assert_eq!(description, "bad secret [redacted] for dyn-1");
+    assert!(!format!("{failed} {failed:?} {err:?}").contains("echoed-registered-secret"));
+    let sent = &server.received_requests().await.unwrap()[0];
+    assert!(form(sent).contains(&("client_secret".into(), "echoed-registered-secret".into())), "sent in the body");
+}
