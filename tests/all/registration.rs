@@ -509,3 +509,43 @@ async fn a_registered_secret_a_token_endpoint_echoes_is_redacted() {
     let sent = &server.received_requests().await.unwrap()[0];
     assert!(form(sent).contains(&("client_secret".into(), "echoed-registered-secret".into())), "sent in the body");
 }
+
+#[tokio::test]
+async fn a_process_sharing_the_store_picks_up_the_tokens_of_a_new_registration_without_registering() {
+    let provider = MockProvider::builder().dynamic_registration().start().await;
+    let registration = registration(&provider).await;
+    let client = register(&registration).await;
+    let path = scratch_file("shared");
+    let grant = grant_for(&provider, &client).await;
+    let tokens = log_in(&provider, &grant.login(REDIRECT).unwrap()).await;
+    // Two processes of one MCP client, one store; neither grant names a client.
+    let bare = || metadata(&provider);
+    let layer = |grant: RefreshTokenGrant| {
+        TokenRefresh::builder(grant.api_origin(provider.uri()))
+            .store(FileStore::new(&path))
+            .terminal_recheck(Duration::from_millis(50))
+            .build()
+            .unwrap()
+    };
+    let first = layer(bare().await.refresh_token_grant());
+    let second = layer(bare().await.refresh_token_grant());
+    first.set_tokens(tokens).await.unwrap();
+    provider.revoke_registration(client.client_id());
+    provider.expire_access_tokens();
+    let url = provider.api_url("me");
+
+    let err = client_with(&first).get(&url).send().await.unwrap_err();
+    let failed = Error::from_middleware(&err).cloned().unwrap();
+    let err = client_with(&second).get(&url).send().await.unwrap_err();
+    assert!(matches!(Error::from_middleware(&err), Some(Error::ClientRejected { .. })), "{err:?}");
+    let renewed = recover(&provider, &registration, &first, &failed, &client).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let response = client_with(&second).get(&url).send().await.unwrap();
+
+    assert_eq!(response.status(), 200, "the second process adopted the stored set of the new registration");
+    assert_eq!(provider.stats().registrations, 2, "one new registration between the two");
+    let adopted = second.tokens().and_then(|t| t.client().cloned());
+    assert_eq!(adopted.as_ref().map(RegisteredClient::client_id), Some(renewed.client_id()));
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
