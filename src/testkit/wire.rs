@@ -323,8 +323,12 @@ impl Respond for AuthorizeEndpoint {
                 return back(&[("error", "invalid_request"), ("error_description", "code_challenge is required")]);
             }
         };
-        let authorization =
-            Authorization { redirect_uri: redirect_uri.clone(), code_challenge, scope: params.get("scope").cloned() };
+        let authorization = Authorization {
+            client_id: client_id.cloned(),
+            redirect_uri: redirect_uri.clone(),
+            code_challenge,
+            scope: params.get("scope").cloned(),
+        };
         let code = self.0.shared.authorize(authorization);
         back(&[("code", &code)])
     }

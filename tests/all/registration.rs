@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use reqwest_token_refresh::testkit::MockProvider;
 use reqwest_token_refresh::{
-    Clock, Discovery, DynamicRegistration, Error, FileStore, Login, ManualClock, RefreshError, RefreshTokenGrant,
-    RegisteredClient, RegistrationError, ServerMetadata, TokenRefresh, TokenSet,
+    Clock, Discovery, DynamicRegistration, Error, FileStore, Login, LoginError, ManualClock, RefreshError,
+    RefreshTokenGrant, RegisteredClient, RegistrationError, ServerMetadata, TokenRefresh, TokenSet,
 };
 use serde_json::json;
 use tokio::time::timeout;
@@ -548,4 +548,23 @@ async fn a_process_sharing_the_store_picks_up_the_tokens_of_a_new_registration_w
     let adopted = second.tokens().and_then(|t| t.client().cloned());
     assert_eq!(adopted.as_ref().map(RegisteredClient::client_id), Some(renewed.client_id()));
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[tokio::test]
+async fn the_mock_lets_only_the_client_a_code_was_issued_to_exchange_it() {
+    let provider = MockProvider::builder().dynamic_registration().start().await;
+    let registration = registration(&provider).await;
+    let (mine, theirs) = (register(&registration).await, register(&registration).await);
+    let my_login = grant_for(&provider, &mine).await.login(REDIRECT).unwrap();
+    let their_login = grant_for(&provider, &theirs).await.login(REDIRECT).unwrap();
+    let (url, pending) = my_login.start().unwrap();
+    let callback = timeout(BOUND, provider.approve(&url)).await.unwrap();
+
+    let err = timeout(BOUND, their_login.exchange(&pending, &callback)).await.unwrap().unwrap_err();
+
+    let LoginError::Exchange(reason) = &err else { panic!("{err:?}") };
+    let refused = reason.oauth_error().expect("an OAuth error");
+    assert_eq!(refused.error, "invalid_grant");
+    assert_eq!(refused.error_description.as_deref(), Some("The authorization code was issued to another client"));
+    assert_eq!(provider.stats().tokens_issued, 0);
 }
