@@ -29,8 +29,9 @@
 //! ([`ProviderStats`]) and the token requests as sent ([`MockProvider::token_requests`]).
 //! Logins work too: an authorization endpoint ([`MockProvider::authorize_url`]) that approves at
 //! once (PKCE `S256` required) and the `authorization_code` grant, each code usable once, for
-//! its redirect URI and verifier, within its lifetime (10 minutes; Withings' 30 seconds), a
-//! second use revoking what the first granted; [`MockProvider::approve`] plays the browser, and
+//! its redirect URI and verifier (and by the client it was issued to, when both name one),
+//! within its lifetime (10 minutes; Withings' 30 seconds), a second use revoking what the first
+//! granted; [`MockProvider::approve`] plays the browser, and
 //! [`MockProvider::issue_tokens`] skips the login. The API can be a protected resource (RFC 9728,
 //! [`MockProviderBuilder::protected_resource`]): its metadata at the well-known paths and its
 //! 401 naming them, as an MCP server answers; and resource indicators (RFC 8707) can be required

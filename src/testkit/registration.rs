@@ -15,10 +15,11 @@ use super::MockProviderBuilder;
 use super::Shared;
 use super::wire::{Endpoint, OAuthError};
 
-/// Where the mock serves it.
+/// Where the mock serves it: `/register`.
 pub(super) const REGISTRATION_PATH: &str = "/register";
 
-/// The token endpoint authentication methods the mock registers (RFC 7591 §2).
+/// The token endpoint authentication methods the mock registers (RFC 7591 §2):
+/// `client_secret_basic`, `client_secret_post` and `none`.
 const AUTH_METHODS: &[&str] = &["client_secret_basic", "client_secret_post", "none"];
 
 /// Dynamic registration, when turned on.
@@ -209,5 +210,32 @@ impl Respond for RegistrationEndpoint {
         };
         // RFC 7591 §3.2.1: the answer carries a secret, and must not be cached.
         template.insert_header("cache-control", "no-store").set_delay(self.0.latency)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_constants_are_what_their_docs_say() {
+        assert_eq!(REGISTRATION_PATH, "/register");
+        assert_eq!(AUTH_METHODS, ["client_secret_basic", "client_secret_post", "none"]);
+    }
+
+    #[test]
+    fn a_registration_is_revoked_once_and_an_unknown_one_not_at_all() {
+        let mut registrations = Registrations::default();
+        let record = RegisteredRecord {
+            secret: None,
+            secret_expires_at: None,
+            method: "none".into(),
+            redirect_uris: Vec::new(),
+            revoked: false,
+        };
+        registrations.clients.insert("c".into(), record);
+        assert!(registrations.revoke("c"));
+        assert!(!registrations.revoke("c"));
+        assert!(!registrations.revoke("unknown"));
     }
 }
