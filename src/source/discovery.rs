@@ -320,7 +320,7 @@ pub(super) async fn fetch_json(endpoint: &TokenEndpoint, url: Url) -> Result<Fet
 }
 
 /// Whether a transport failure is reqwest's timeout.
-fn is_timeout(cause: &(dyn StdError + Send + Sync + 'static)) -> bool {
+pub(super) fn is_timeout(cause: &(dyn StdError + Send + Sync + 'static)) -> bool {
     let mut next: Option<&(dyn StdError + 'static)> = Some(cause);
     while let Some(error) = next {
         if error.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_timeout) {
@@ -341,6 +341,7 @@ pub struct ServerMetadata {
     token_endpoint: String,
     authorization_endpoint: Option<String>,
     revocation_endpoint: Option<String>,
+    registration_endpoint: Option<String>,
     token_endpoint_auth_methods_supported: Vec<String>,
     dpop_signing_alg_values_supported: Vec<String>,
     document: Value,
@@ -400,6 +401,7 @@ impl ServerMetadata {
             token_endpoint,
             authorization_endpoint: endpoint("authorization_endpoint")?,
             revocation_endpoint: endpoint("revocation_endpoint")?,
+            registration_endpoint: endpoint("registration_endpoint")?,
             // RFC 8414 §2: "If omitted, the default is client_secret_basic".
             token_endpoint_auth_methods_supported: strings("token_endpoint_auth_methods_supported")?
                 .unwrap_or_else(|| vec!["client_secret_basic".to_owned()]),
@@ -431,6 +433,13 @@ impl ServerMetadata {
     /// The token revocation endpoint (RFC 7009), if the server has one.
     pub fn revocation_endpoint(&self) -> Option<&str> {
         self.revocation_endpoint.as_deref()
+    }
+
+    /// The dynamic client registration endpoint (RFC 7591 §3), if the server has one: where
+    /// [`DynamicRegistration::from_metadata`](crate::DynamicRegistration::from_metadata)
+    /// registers. Checked like the other endpoints (`https`, or `http` to loopback).
+    pub fn registration_endpoint(&self) -> Option<&str> {
+        self.registration_endpoint.as_deref()
     }
 
     /// The client authentication methods the token endpoint takes (`client_secret_basic`,
@@ -478,7 +487,7 @@ impl ServerMetadata {
         }
     }
 
-    fn secret_auth(&self) -> ClientAuth {
+    pub(super) fn secret_auth(&self) -> ClientAuth {
         let supports = |method: &str| self.token_endpoint_auth_methods_supported.iter().any(|m| m == method);
         if !supports("client_secret_basic") && supports("client_secret_post") {
             ClientAuth::RequestBody
@@ -598,6 +607,7 @@ mod tests {
         assert_eq!(metadata.token_endpoint_auth_methods_supported(), ["client_secret_basic"]);
         assert!(metadata.dpop_signing_alg_values_supported().is_empty());
         assert_eq!((metadata.authorization_endpoint(), metadata.revocation_endpoint()), (None, None));
+        assert_eq!(metadata.registration_endpoint(), None);
         assert_eq!(metadata.secret_auth(), ClientAuth::Basic);
     }
 
@@ -627,6 +637,14 @@ mod tests {
         assert!(matches!(read(json!({"issuer": "https://idp.example"})), Err(DiscoveryError::Invalid { .. })));
         let insecure = read(json!({"issuer": "https://idp.example", "token_endpoint": "http://idp.example/t"}));
         assert!(matches!(&insecure, Err(DiscoveryError::InsecureEndpoint { name, .. }) if name == "token_endpoint"));
+        let insecure = read(json!({
+            "issuer": "https://idp.example",
+            "token_endpoint": "https://idp.example/t",
+            "registration_endpoint": "http://idp.example/register",
+        }));
+        assert!(
+            matches!(&insecure, Err(DiscoveryError::InsecureEndpoint { name, .. }) if name == "registration_endpoint")
+        );
         let wrong_type = read(json!({
             "issuer": "https://idp.example",
             "token_endpoint": "https://idp.example/t",
