@@ -257,3 +257,59 @@ async fn four_processes_sharing_a_file_store_with_dpop_bound_rotating_tokens_mak
     assert!(saved.is_dpop_bound());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// An API that refuses the first token, then demands a nonce from the next request, then accepts.
+struct RefuseThenDemandANonce(Arc<AtomicU64>);
+
+impl Respond for RefuseThenDemandANonce {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        match self.0.fetch_add(1, Ordering::SeqCst) {
+            0 => ResponseTemplate::new(401).insert_header("www-authenticate", r#"DPoP error="invalid_token""#),
+            1 => ResponseTemplate::new(401)
+                .insert_header("www-authenticate", r#"DPoP error="use_dpop_nonce""#)
+                .insert_header("dpop-nonce", "n-after"),
+            _ => ResponseTemplate::new(200),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_nonce_demanded_of_the_retry_after_a_refresh_is_met_with_the_new_token() {
+    for front in Front::ALL {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v1/me"))
+            .respond_with(RefuseThenDemandANonce(Arc::default()))
+            .mount(&server)
+            .await;
+        let issued = serde_json::json!({"access_token": "at-2", "token_type": "DPoP", "expires_in": 3600});
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(issued))
+            .mount(&server)
+            .await;
+        let key = DpopKey::generate().unwrap();
+        let tokens = TokenSet::new("at-1").with_token_type("DPoP").with_dpop_key(key.clone()).with_refresh_token("rt");
+        let grant = RefreshTokenGrant::new(format!("{}/token", server.uri())).api_origin(server.uri()).dpop(key);
+        let auth = TokenRefresh::builder(grant).initial_tokens(tokens).build().unwrap();
+        let client = Client::new(front, &auth);
+
+        let answer = client.get(format!("{}/v1/me", server.uri())).send().await.unwrap();
+
+        assert_eq!(answer.status, 200, "{front:?}");
+        let api: Vec<Request> = server
+            .received_requests()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|request| request.url.path() == "/v1/me")
+            .collect();
+        assert_eq!(api.len(), 3, "{front:?}: the dead token, the retry, the retry with the nonce");
+        let tokens_sent: Vec<&str> = api.iter().map(|r| r.headers["authorization"].to_str().unwrap()).collect();
+        assert_eq!(tokens_sent, ["DPoP at-1", "DPoP at-2", "DPoP at-2"], "{front:?}");
+        assert_eq!(claims_of(&api[2])["nonce"], "n-after");
+        assert_eq!(claims_of(&api[2])["ath"], ath("at-2"), "the nonce retry proves the new token");
+        let ours = auth.stats();
+        assert_eq!((ours.refreshes, ours.retries, ours.nonce_retries), (1, 1, 1), "{front:?}: {ours:?}");
+    }
+}
