@@ -217,9 +217,9 @@ impl TokenRefresh {
         (answer, rejected)
     }
 
-    /// An answer that may reject the token, to a request sent with `credential`: if it does, get
-    /// a newer token (refreshing once for everyone) and send the request again with it, once. A
-    /// DPoP nonce demand is met first (see the module docs).
+    /// An answer that may reject the token, to a request sent `with` a credential: if it does,
+    /// get a newer token (refreshing once for everyone) and send the request again with it, once.
+    /// A DPoP nonce demand is met first (see the module docs).
     ///
     /// `retry` is what the front end kept to send the request again (`None`: its body could be
     /// sent only once).
