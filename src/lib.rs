@@ -295,6 +295,8 @@ mod exchange;
 mod jws;
 mod kept;
 mod key;
+#[cfg(feature = "rmcp")]
+mod mcp;
 mod middleware;
 mod origin;
 mod peek;
@@ -333,6 +335,9 @@ pub use error::{Error, OAuthError, RefreshError, Result, StoreError};
 pub use event::TokenEvent;
 pub use exchange::SkipAuth;
 pub use key::TokenKey;
+#[cfg(feature = "rmcp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rmcp")))]
+pub use mcp::McpHttpClient;
 pub use policy::{
     DEFAULT_FLIGHT_DEADLINE, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MIN_BACKOFF,
     DEFAULT_MIN_REFRESH_INTERVAL, DEFAULT_REFRESH_SKEW, DEFAULT_TERMINAL_RECHECK,
