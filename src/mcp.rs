@@ -30,6 +30,24 @@
 //!   errors are [`StreamableHttpError::Client`] holding the `reqwest_middleware::Error`; get
 //!   ours back with [`Error::from_middleware`](crate::Error::from_middleware).
 //!
+//! A request of an rmcp session that fails so returns rmcp's `ServiceError::TransportSend`,
+//! whose `error` is this client's `StreamableHttpError`:
+//!
+//! ```
+//! use reqwest_token_refresh::Error;
+//! use rmcp::service::ServiceError;
+//! use rmcp::transport::streamable_http_client::StreamableHttpError;
+//!
+//! /// Whether `err`, from a call on an rmcp session over `McpHttpClient`, means "log in again".
+//! fn must_log_in_again(err: &ServiceError) -> bool {
+//!     let ServiceError::TransportSend(sent) = err else { return false };
+//!     match sent.error.downcast_ref::<StreamableHttpError<reqwest_middleware::Error>>() {
+//!         Some(StreamableHttpError::Client(err)) => Error::from_middleware(err).is_some_and(Error::is_reauthorization_required),
+//!         _ => false,
+//!     }
+//! }
+//! ```
+//!
 //! # Limits
 //!
 //! Every body is read against the transport's `StreamableHttpResponseLimits`, counted as it
@@ -645,7 +663,9 @@ mod tests {
         for _ in 0..100 {
             assert!(budget.take(b":keep-alive ping\n"));
         }
-        assert!(budget.take(b"data: 0123456789\n\n"));
+        // A line counts with the newline that joins it to the next: 15 + 1 bytes.
+        assert!(budget.take(b"data: 012345678\n\n"));
+        assert!(!budget.take(b"data: 0123456789\n"));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use rmcp::model::{
     ErrorData, ListToolsResult, PaginatedRequestParams, PingRequest, RequestId, ServerCapabilities, ServerConfig,
     ServerJsonRpcMessage, Tool,
 };
-use rmcp::service::{RequestContext, RoleServer};
+use rmcp::service::{RequestContext, RoleServer, ServiceError};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::{
     StreamableHttpClient, StreamableHttpClientTransportConfig, StreamableHttpError, StreamableHttpPostResponse,
@@ -215,6 +215,13 @@ async fn a_dead_refresh_token_fails_the_tool_call_in_bounded_time() {
 
     let err = outcome.expect_err("the refresh token is dead");
     assert!(started.elapsed() < BOUND);
+    let ServiceError::TransportSend(sent) = &err else { panic!("expected a transport error, got {err:?}") };
+    match sent.error.downcast_ref::<StreamableHttpError<reqwest_middleware::Error>>() {
+        Some(StreamableHttpError::Client(inner)) => {
+            assert!(matches!(Error::from_middleware(inner), Some(Error::ReauthorizationRequired { .. })), "{inner}");
+        }
+        other => panic!("expected the layer's error, got {other:?}"),
+    }
     assert_eq!(provider.stats().invalid_grants, 1, "{err}");
     assert!(auth.state().is_reauthorization_required(), "{err}");
     let _ = timeout(BOUND, session.cancel()).await.unwrap();
