@@ -57,6 +57,12 @@
 //! diagnostic; an SSE event whose raw size passes `max_sse_event_size` ends its stream with an
 //! error. These are sizes, not times: a server that stops sending is bounded by the timeouts of
 //! the `reqwest::Client` inside (`read_timeout`, `timeout`), as every request of that client is.
+//!
+//! Redirects follow the policy of that `reqwest::Client` too. rmcp's own client follows only
+//! same-origin 307 and 308 (which keep the POST's body); a `reqwest::Client::new()` follows any
+//! redirect, turning a POST into a bodyless GET on a 301, 302 or 303: give the client inside a
+//! policy such as `reqwest::redirect::Policy::none()` when the MCP server may redirect.
+//!
 //! rmcp treats an error of its own client's oversized event as final; it does not recognize
 //! ours, so an oversized event on a resumable stream counts as a broken stream, which rmcp's
 //! transport reconnects under its retry policy (`StreamableHttpClientTransportConfig::retry_config`),
@@ -219,12 +225,10 @@ impl StreamableHttpClient for McpHttpClient {
         let content_type =
             response.headers().get(CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let is_json = content_type.as_deref().is_some_and(|ct| media_type_is(ct, JSON_MIME_TYPE));
-        let status_error = status_failure(status, response.headers());
+        let mut status_error = status_failure(status, response.headers());
         // A 429, or a failure whose body cannot be a JSON-RPC error, says all it has in its status.
-        if let Some(error) = status_error.as_ref()
-            && (!is_json || status == StatusCode::TOO_MANY_REQUESTS)
-        {
-            return Err(HttpStatusError::new(error.status, error.retry_after.clone()).into());
+        if let Some(error) = status_error.take_if(|_| !is_json || status == StatusCode::TOO_MANY_REQUESTS) {
+            return Err(error.into());
         }
         let answered_session =
             response.headers().get(HEADER_SESSION_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);

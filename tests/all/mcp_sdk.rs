@@ -467,3 +467,28 @@ async fn the_layers_own_errors_come_back_as_client_errors() {
         other => panic!("expected the layer's error, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_401_the_layer_cannot_recover_from_reaches_rmcp_as_auth_required() {
+    let provider = MockProvider::start().await;
+    let server = MockServer::start().await;
+    let challenge = r#"Bearer error="invalid_token", error_description="not for this server""#;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(401).insert_header("www-authenticate", challenge))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let auth = TokenRefresh::builder(grant(&provider))
+        .initial_tokens(provider.issue_tokens())
+        .allow_origin(server.uri())
+        .build()
+        .unwrap();
+    let client = McpHttpClient::new(client_with(&auth));
+
+    let post = client.post_message(server.uri().into(), ping(), None, None, HashMap::new());
+    match timeout(BOUND, post).await.unwrap() {
+        Err(StreamableHttpError::AuthRequired(err)) => assert_eq!(err.www_authenticate_header, challenge),
+        other => panic!("expected AuthRequired, got {other:?}"),
+    }
+    assert_eq!(provider.stats().token_calls, 1, "the layer refreshed once and retried once");
+}
