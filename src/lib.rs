@@ -229,6 +229,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! With the feature `rmcp`, `McpHttpClient` runs the MCP session itself on the official Rust
+//! SDK: it is rmcp's streamable-HTTP client over a `ClientWithMiddleware`, so every request of
+//! the session carries the layer's token, and a token that expires mid-session is refreshed
+//! once without ending the session.
+//!
 //! # Beyond reqwest
 //!
 //! With the feature `tower`, [`TokenRefresh::layer`] wraps any tower service that sends
