@@ -40,7 +40,7 @@ use tokio::time::timeout;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{client_with, grant};
+use crate::helpers::{client_with, eventually, grant};
 
 /// How long any one step may take: far more than a loopback round trip on a loaded machine.
 const BOUND: Duration = Duration::from_secs(20);
@@ -197,6 +197,12 @@ async fn a_tool_call_after_the_token_expired_refreshes_once_in_the_same_session(
     assert!(posts_in_session >= 4, "initialized, tools/list and both calls went in the session: {posts_in_session}");
 
     timeout(BOUND, session.cancel()).await.unwrap().unwrap();
+    // Ending the session is a request of it too, with a fresh token.
+    let session_id = sessions[0].clone();
+    eventually("the session is deleted", || {
+        server.seen.lock().admitted.iter().any(|(m, id)| m == http::Method::DELETE && id.as_ref() == Some(&session_id))
+    })
+    .await;
 }
 
 #[tokio::test]
