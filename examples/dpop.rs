@@ -54,7 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rows = [
         ("200 OK", ok.to_string()),
         ("token endpoint calls", (storm.token_calls - before.token_calls).to_string()),
-        ("401s seen by the layer", (storm.api_unauthorized - before.api_unauthorized).to_string()),
+        ("answered 401 invalid_token", (storm.api_unauthorized - before.api_unauthorized).to_string()),
         ("retries with the new token", layer.retries.to_string()),
         ("DPoP proofs checked", proofs.to_string()),
         ("  distinct jti", (storm.dpop_jtis - before.dpop_jtis).to_string()),

@@ -235,6 +235,17 @@ pub enum RefreshError {
     /// revocation.
     #[error("the tokens were revoked")]
     Revoked,
+    /// The set's dynamically registered client has a secret that expired at `expired_at` (its
+    /// `client_secret_expires_at`, RFC 7591 §3.2.1): it was not sent, since the server would
+    /// refuse it. Terminal, the client's fault ([`Error::ClientRejected`]): register again
+    /// ([`DynamicRegistration::renew`](crate::DynamicRegistration::renew)) and log in.
+    #[error("the registration of client {client_id:?} expired; register again")]
+    RegistrationExpired {
+        /// The registered client's id (public).
+        client_id: String,
+        /// When its secret expired.
+        expired_at: std::time::SystemTime,
+    },
     /// Any other failure of a user-written token source. Treated as transient.
     #[error("the token source failed")]
     Other(#[source] Arc<dyn StdError + Send + Sync>),
@@ -350,7 +361,8 @@ impl RefreshError {
             | RefreshError::TimedOut { .. }
             | RefreshError::NoRefreshToken
             | RefreshError::Aborted
-            | RefreshError::Revoked => {}
+            | RefreshError::Revoked
+            | RefreshError::RegistrationExpired { .. } => {}
             // Says nothing a server sent but a `token_type`, and nothing of the key.
             #[cfg(feature = "dpop")]
             RefreshError::Dpop(_) => {}

@@ -229,6 +229,42 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Dynamic client registration (RFC 7591)
+//!
+//! A client with no credentials at that authorization server registers first:
+//! [`DynamicRegistration`] posts its metadata to the server's `registration_endpoint` (bounded
+//! like a metadata fetch, `https` only but for loopback) and reads a [`RegisteredClient`]. A
+//! grant given it ([`RefreshTokenGrant::registered_client`]) logs the user in as that client,
+//! and the tokens carry the registration ([`TokenSet::client`]): every store saves the two
+//! together, and every refresh of the set authenticates with the registered id and secret, in
+//! this process or the next, whatever the grant says. A registration the server revokes, or
+//! whose secret expires (then not even sent), ends in [`Error::ClientRejected`];
+//! [`DynamicRegistration::renew`] registers again, and a new login installs new tokens.
+//!
+//! ```no_run
+//! use reqwest_token_refresh::{DynamicRegistration, ResourceMetadata, TokenRefresh};
+//!
+//! # async fn run(callback: String) -> Result<(), Box<dyn std::error::Error>> {
+//! let mcp = "https://mcp.example/mcp";
+//! let first = reqwest::Client::new().post(mcp).send().await?;
+//! let metadata = ResourceMetadata::from_challenge(mcp, first.headers()).await?;
+//! let client = DynamicRegistration::from_metadata(metadata.authorization_server())?
+//!     .client_name("my agent")
+//!     .redirect_uri("http://127.0.0.1:8976/callback")
+//!     .register()
+//!     .await?;
+//! let grant = metadata.refresh_token_grant().registered_client(client);
+//! let login = grant.login("http://127.0.0.1:8976/callback")?;
+//! let (authorize_url, pending) = login.start()?;
+//! // ... the user approves; `callback` is the URL their browser comes back with.
+//! let tokens = login.exchange(&pending, &callback).await?; // tokens.client() is the registration
+//! let auth = TokenRefresh::builder(grant).build()?;
+//! auth.set_tokens(tokens).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## The session: rmcp
+//!
 //! With the feature `rmcp`, `McpHttpClient` runs the MCP session itself on the official Rust
 //! SDK: it is rmcp's streamable-HTTP client over a `ClientWithMiddleware`, so every request of
 //! the session carries the layer's token, and a token that expires mid-session is refreshed
@@ -308,6 +344,7 @@ mod peek;
 mod policy;
 #[cfg(test)]
 mod proptests;
+mod registered_client;
 mod revoke;
 mod source;
 mod stats;
@@ -347,11 +384,12 @@ pub use policy::{
     DEFAULT_FLIGHT_DEADLINE, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MIN_BACKOFF,
     DEFAULT_MIN_REFRESH_INTERVAL, DEFAULT_REFRESH_SKEW, DEFAULT_TERMINAL_RECHECK,
 };
+pub use registered_client::{DEFAULT_TOKEN_ENDPOINT_AUTH_METHOD, RegisteredClient};
 pub use source::providers;
 pub use source::{
     BodyEncoding, ClientAuth, ClientCredentials, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, Discovery,
-    DiscoveryError, Login, LoginError, PendingLogin, ProtectedResource, RefreshTokenGrant, ResourceMetadata,
-    ResourceServer, ServerMetadata, TokenSource,
+    DiscoveryError, DynamicRegistration, Login, LoginError, PendingLogin, ProtectedResource, RefreshTokenGrant,
+    RegistrationError, ResourceMetadata, ResourceServer, ServerMetadata, TokenSource,
 };
 #[cfg(feature = "private-key-jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]
@@ -366,7 +404,7 @@ pub use store::RedisStore;
 pub use store::{
     DEFAULT_FILE_LOCK_TIMEOUT, FileStore, MemoryStore, Revision, StoreGuard, Stored, TokenStore, async_trait,
 };
-pub use token::{AccessToken, ClientSecret, RefreshToken, TokenSet};
+pub use token::{AccessToken, ClientSecret, RefreshToken, RegistrationAccessToken, TokenSet};
 pub use token_refresh::TokenRefresh;
 
 #[doc = include_str!("../README.md")]

@@ -104,6 +104,9 @@ impl Policy {
     pub(crate) fn verdict(&self, error: &RefreshError) -> Verdict {
         match error {
             RefreshError::NoRefreshToken | RefreshError::Revoked => Verdict::Terminal(Whose::User),
+            // A registration whose secret expired is refused before any call: the client must
+            // register again, which no user can do by logging in with the old one.
+            RefreshError::RegistrationExpired { .. } => Verdict::Terminal(Whose::Client),
             RefreshError::Protocol { status, error, .. } => {
                 if let Some(code) = error.as_ref().map(|e| e.error.as_str()) {
                     if CLIENT_TERMINAL_ERRORS.contains(&code) {
@@ -213,6 +216,12 @@ mod tests {
         assert_eq!(policy.verdict(&protocol(400, Some("unauthorized_client"))), Verdict::Terminal(Whose::Client));
         assert_eq!(policy.verdict(&RefreshError::NoRefreshToken), Verdict::Terminal(Whose::User));
         assert_eq!(policy.verdict(&RefreshError::Revoked), Verdict::Terminal(Whose::User));
+        let expired = RefreshError::RegistrationExpired { client_id: "c".into(), expired_at: SystemTime::UNIX_EPOCH };
+        assert_eq!(
+            policy.verdict(&expired),
+            Verdict::Terminal(Whose::Client),
+            "an expired registration is the client's"
+        );
     }
 
     #[test]

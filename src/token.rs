@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
+use crate::registered_client::RegisteredClient;
+
 macro_rules! secret_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -60,6 +62,11 @@ secret_type!(
     /// An OAuth 2.0 client secret.
     ClientSecret
 );
+secret_type!(
+    /// A registration access token (RFC 7591 §3.2.1, RFC 7592): the bearer credential for
+    /// reading, changing or deleting a dynamic client registration.
+    RegistrationAccessToken
+);
 
 /// What a token endpoint issued: an access token and what came with it.
 ///
@@ -94,6 +101,11 @@ pub struct TokenSet {
     #[cfg(feature = "dpop")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dpop_key: Option<crate::dpop::DpopKey>,
+    /// The dynamically registered client the tokens were issued to, saved with them so that a
+    /// restart refreshes as that client. Boxed: most sets have none, and a set is moved and
+    /// cloned on every refresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client: Option<Box<RegisteredClient>>,
 }
 
 impl TokenSet {
@@ -130,6 +142,7 @@ impl TokenSet {
             extra: serde_json::Map::new(),
             #[cfg(feature = "dpop")]
             dpop_key: None,
+            client: None,
         }
     }
 
@@ -228,6 +241,23 @@ impl TokenSet {
         self.dpop_key.as_ref()
     }
 
+    /// Ties the set to the dynamically registered client its tokens were issued to (RFC 7591):
+    /// every refresh (and revocation) of the set then authenticates as that client, with its id,
+    /// secret and method, instead of the grant's own, and every store saves the registration with
+    /// the set, so that a new process refreshes with it too. A grant with a
+    /// [registered client](crate::RefreshTokenGrant::registered_client) sets it on the tokens it
+    /// gets, from a login or a refresh; set it yourself on tokens from elsewhere.
+    #[must_use = "returns the changed token set; on its own the call changes nothing"]
+    pub fn with_client(mut self, client: RegisteredClient) -> Self {
+        self.client = Some(Box::new(client));
+        self
+    }
+
+    /// The dynamically registered client the tokens were issued to, if any.
+    pub fn client(&self) -> Option<&RegisteredClient> {
+        self.client.as_deref()
+    }
+
     /// Whether the server issued these tokens bound to a DPoP key: its `token_type` is `DPoP`
     /// (RFC 9449 §5; compared without case, as RFC 6749 §5.1 has token types), whether or not
     /// the key is still here.
@@ -259,6 +289,7 @@ impl fmt::Debug for TokenSet {
             .field("extra", &extra);
         #[cfg(feature = "dpop")]
         debug.field("dpop_key", &self.dpop_key);
+        debug.field("client", &self.client);
         debug.finish()
     }
 }
@@ -375,6 +406,7 @@ mod tests {
         assert_eq!(format!("{:?}", AccessToken::new("a-secret")), "AccessToken([redacted])");
         assert_eq!(format!("{:?}", RefreshToken::new("r-secret")), "RefreshToken([redacted])");
         assert_eq!(format!("{:?}", ClientSecret::new("c-secret")), "ClientSecret([redacted])");
+        assert_eq!(format!("{:?}", RegistrationAccessToken::new("t-secret")), "RegistrationAccessToken([redacted])");
     }
 
     #[test]
@@ -480,6 +512,23 @@ mod tests {
         assert!(shown.contains(key.thumbprint()) && !shown.contains(d), "{shown}");
         // A set without a key serializes as before.
         assert!(!serde_json::to_string(&TokenSet::new("a")).unwrap().contains("dpop_key"));
+    }
+
+    #[test]
+    fn the_registered_client_round_trips_with_the_set_and_debug_shows_no_secret_of_it() {
+        let client = RegisteredClient::new("dyn-client-7")
+            .with_client_secret("dyn-secret-7")
+            .with_secret_expires_at(at(1_700_000_000));
+        let tokens = TokenSet::new("a").with_refresh_token("r").with_client(client.clone());
+        let json = serde_json::to_string(&tokens).unwrap();
+        let back: TokenSet = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, tokens);
+        assert_eq!(back.client(), Some(&client));
+        let shown = format!("{tokens:?} {tokens:#?}");
+        assert!(shown.contains("dyn-client-7") && !shown.contains("dyn-secret-7"), "{shown}");
+        // A set without a client serializes as before, and reads back without one.
+        assert!(!serde_json::to_string(&TokenSet::new("a")).unwrap().contains("client"));
+        assert_eq!(serde_json::from_str::<TokenSet>(r#"{"access_token":"a"}"#).unwrap().client(), None);
     }
 
     #[test]

@@ -196,30 +196,7 @@ impl Discovery {
         Self { issuer: issuer.into(), endpoint }
     }
 
-    /// Sets how long each fetch may take, connection to last byte. Default: 30 seconds
-    /// ([`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT)).
-    #[must_use = "returns the changed discovery; on its own the call changes nothing"]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.endpoint.timeout = timeout;
-        self
-    }
-
-    /// Sets the largest document read. Default: 64 KiB
-    /// ([`DEFAULT_MAX_RESPONSE_BYTES`](crate::DEFAULT_MAX_RESPONSE_BYTES)); real ones are a few
-    /// KiB.
-    #[must_use = "returns the changed discovery; on its own the call changes nothing"]
-    pub fn max_response_bytes(mut self, limit: usize) -> Self {
-        self.endpoint.max_response_bytes = limit;
-        self
-    }
-
-    /// Fetches through this client instead of the crate's own (which follows no redirects; give
-    /// yours the same policy).
-    #[must_use = "returns the changed discovery; on its own the call changes nothing"]
-    pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.endpoint.http = Some(client);
-        self
-    }
+    fetch_bounds!();
 
     /// Fetches and checks the metadata.
     ///
@@ -234,20 +211,61 @@ impl Discovery {
     /// trusted.
     pub async fn fetch(&self) -> Result<ServerMetadata, DiscoveryError> {
         let issuer = parse_issuer(&self.issuer)?;
-        let mut tried = Vec::new();
-        let mut last_status = http::StatusCode::NOT_FOUND;
-        for url in metadata_urls(&issuer) {
-            tried.push(url.to_string());
-            match fetch_json(&self.endpoint, url).await? {
-                Fetched::Document(document, at) => {
-                    return ServerMetadata::from_document(&self.issuer, at.as_str(), document);
-                }
-                Fetched::Nothing(status) => last_status = status,
-            }
-        }
-        Err(DiscoveryError::NotFound { tried, status: last_status })
+        let (document, at) = fetch_first(&self.endpoint, metadata_urls(&issuer)).await?;
+        ServerMetadata::from_document(&self.issuer, at.as_str(), document)
     }
 }
+
+/// The first of `urls` that has a JSON document, fetched in order with [`fetch_json`], and where
+/// it was found; [`DiscoveryError::NotFound`] naming every location tried when none has one.
+pub(super) async fn fetch_first(
+    endpoint: &TokenEndpoint,
+    urls: impl IntoIterator<Item = Url>,
+) -> Result<(Value, Url), DiscoveryError> {
+    let mut tried = Vec::new();
+    let mut last_status = http::StatusCode::NOT_FOUND;
+    for url in urls {
+        tried.push(url.to_string());
+        match fetch_json(endpoint, url).await? {
+            Fetched::Document(document, at) => return Ok((document, at)),
+            Fetched::Nothing(status) => last_status = status,
+        }
+    }
+    Err(DiscoveryError::NotFound { tried, status: last_status })
+}
+
+/// The bounds of a metadata fetch, as builder methods of a type that holds its
+/// [`TokenEndpoint`] in `self.endpoint`: [`Discovery`] and
+/// [`ProtectedResource`](crate::ProtectedResource).
+macro_rules! fetch_bounds {
+    () => {
+        /// Sets how long each fetch may take, connection to last byte. Default: 30 seconds
+        /// ([`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT)), as for a token call.
+        #[must_use = "returns the changed discovery; on its own the call changes nothing"]
+        pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.endpoint.timeout = timeout;
+            self
+        }
+
+        /// Sets the largest document read, of each fetch. Default: 64 KiB
+        /// ([`DEFAULT_MAX_RESPONSE_BYTES`](crate::DEFAULT_MAX_RESPONSE_BYTES)); real ones are a
+        /// few KiB.
+        #[must_use = "returns the changed discovery; on its own the call changes nothing"]
+        pub fn max_response_bytes(mut self, limit: usize) -> Self {
+            self.endpoint.max_response_bytes = limit;
+            self
+        }
+
+        /// Fetches through this client instead of the crate's own (which follows no redirects by
+        /// itself; give yours the same policy, or the redirect rule cannot hold).
+        #[must_use = "returns the changed discovery; on its own the call changes nothing"]
+        pub fn http_client(mut self, client: reqwest::Client) -> Self {
+            self.endpoint.http = Some(client);
+            self
+        }
+    };
+}
+pub(super) use fetch_bounds;
 
 /// What one metadata location had.
 pub(super) enum Fetched {
@@ -302,7 +320,7 @@ pub(super) async fn fetch_json(endpoint: &TokenEndpoint, url: Url) -> Result<Fet
 }
 
 /// Whether a transport failure is reqwest's timeout.
-fn is_timeout(cause: &(dyn StdError + Send + Sync + 'static)) -> bool {
+pub(super) fn is_timeout(cause: &(dyn StdError + Send + Sync + 'static)) -> bool {
     let mut next: Option<&(dyn StdError + 'static)> = Some(cause);
     while let Some(error) = next {
         if error.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_timeout) {
@@ -323,6 +341,7 @@ pub struct ServerMetadata {
     token_endpoint: String,
     authorization_endpoint: Option<String>,
     revocation_endpoint: Option<String>,
+    registration_endpoint: Option<String>,
     token_endpoint_auth_methods_supported: Vec<String>,
     dpop_signing_alg_values_supported: Vec<String>,
     document: Value,
@@ -382,6 +401,7 @@ impl ServerMetadata {
             token_endpoint,
             authorization_endpoint: endpoint("authorization_endpoint")?,
             revocation_endpoint: endpoint("revocation_endpoint")?,
+            registration_endpoint: endpoint("registration_endpoint")?,
             // RFC 8414 §2: "If omitted, the default is client_secret_basic".
             token_endpoint_auth_methods_supported: strings("token_endpoint_auth_methods_supported")?
                 .unwrap_or_else(|| vec!["client_secret_basic".to_owned()]),
@@ -413,6 +433,13 @@ impl ServerMetadata {
     /// The token revocation endpoint (RFC 7009), if the server has one.
     pub fn revocation_endpoint(&self) -> Option<&str> {
         self.revocation_endpoint.as_deref()
+    }
+
+    /// The dynamic client registration endpoint (RFC 7591 §3), if the server has one: where
+    /// [`DynamicRegistration::from_metadata`](crate::DynamicRegistration::from_metadata)
+    /// registers. Checked like the other endpoints (`https`, or `http` to loopback).
+    pub fn registration_endpoint(&self) -> Option<&str> {
+        self.registration_endpoint.as_deref()
     }
 
     /// The client authentication methods the token endpoint takes (`client_secret_basic`,
@@ -460,7 +487,7 @@ impl ServerMetadata {
         }
     }
 
-    fn secret_auth(&self) -> ClientAuth {
+    pub(super) fn secret_auth(&self) -> ClientAuth {
         let supports = |method: &str| self.token_endpoint_auth_methods_supported.iter().any(|m| m == method);
         if !supports("client_secret_basic") && supports("client_secret_post") {
             ClientAuth::RequestBody
@@ -580,6 +607,7 @@ mod tests {
         assert_eq!(metadata.token_endpoint_auth_methods_supported(), ["client_secret_basic"]);
         assert!(metadata.dpop_signing_alg_values_supported().is_empty());
         assert_eq!((metadata.authorization_endpoint(), metadata.revocation_endpoint()), (None, None));
+        assert_eq!(metadata.registration_endpoint(), None);
         assert_eq!(metadata.secret_auth(), ClientAuth::Basic);
     }
 
@@ -609,6 +637,14 @@ mod tests {
         assert!(matches!(read(json!({"issuer": "https://idp.example"})), Err(DiscoveryError::Invalid { .. })));
         let insecure = read(json!({"issuer": "https://idp.example", "token_endpoint": "http://idp.example/t"}));
         assert!(matches!(&insecure, Err(DiscoveryError::InsecureEndpoint { name, .. }) if name == "token_endpoint"));
+        let insecure = read(json!({
+            "issuer": "https://idp.example",
+            "token_endpoint": "https://idp.example/t",
+            "registration_endpoint": "http://idp.example/register",
+        }));
+        assert!(
+            matches!(&insecure, Err(DiscoveryError::InsecureEndpoint { name, .. }) if name == "registration_endpoint")
+        );
         let wrong_type = read(json!({
             "issuer": "https://idp.example",
             "token_endpoint": "https://idp.example/t",

@@ -1,6 +1,7 @@
 //! The token endpoint call shared by every grant: client authentication, body encoding, its own
 //! HTTP client, a capped read of the answer.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use super::response::{self, ResponseMapper};
 use super::withings_signature::WithingsSignature;
 use crate::clock::{self, Clock};
 use crate::error::RefreshError;
+use crate::registered_client::RegisteredClient;
 use crate::token::{ClientSecret, TokenSet};
 
 /// How long a token call may take, connection to last byte, unless set otherwise: 30 seconds.
@@ -107,6 +109,10 @@ pub(crate) struct TokenEndpoint {
     pub(crate) client_id: Option<String>,
     pub(crate) client_secret: Option<ClientSecret>,
     pub(crate) client_auth: ClientAuth,
+    /// A dynamically registered client (RFC 7591) that replaces the id, secret and method
+    /// above; a token set's own registered client replaces it in turn (see
+    /// [`for_client`](Self::for_client)).
+    pub(crate) registered: Option<RegisteredClient>,
     pub(crate) scopes: Vec<String>,
     /// What joins several scopes: a space (RFC 6749 §3.3), a comma at Withings.
     pub(crate) scope_delimiter: String,
@@ -139,6 +145,7 @@ impl fmt::Debug for TokenEndpoint {
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
             .field("client_auth", &self.client_auth)
+            .field("registered", &self.registered)
             .field("scopes", &self.scopes)
             .field("authorize_url", &self.authorize_url)
             .field("revocation_url", &self.revocation_url)
@@ -161,6 +168,7 @@ impl TokenEndpoint {
             client_id: None,
             client_secret: None,
             client_auth: ClientAuth::default(),
+            registered: None,
             scopes: Vec::new(),
             scope_delimiter: " ".to_owned(),
             authorize_url: None,
@@ -206,10 +214,61 @@ impl TokenEndpoint {
             .map_err(RefreshError::Config)
     }
 
-    /// Posts a grant and reads the answer. `grant` holds the grant's own fields, in order;
-    /// `current` is the token set being replaced. An error has every secret either holds
-    /// redacted (contract point 20).
+    /// The endpoint as it authenticates for `current`, the one mechanism by which a client other
+    /// than the grant's configured one is used: `current`'s registered client if it has one, else
+    /// the grant's [registered client](crate::RefreshTokenGrant::registered_client), else the
+    /// grant itself (borrowed, unchanged). A registered client brings its id, its secret (or
+    /// none, for a public client) and, when it names one this crate speaks, its method.
+    ///
+    /// # Errors
+    ///
+    /// [`RefreshError::RegistrationExpired`] when that client's secret has expired by the
+    /// endpoint's clock: it is not sent, since the server would refuse it.
+    pub(super) fn for_client(&self, current: Option<&TokenSet>) -> Result<Cow<'_, TokenEndpoint>, RefreshError> {
+        let Some(client) = current.and_then(TokenSet::client).or(self.registered.as_ref()) else {
+            return Ok(Cow::Borrowed(self));
+        };
+        if client.secret_expired_at(self.now()) {
+            return Err(RefreshError::RegistrationExpired {
+                client_id: client.client_id().to_owned(),
+                expired_at: client.client_secret_expires_at().unwrap_or(std::time::UNIX_EPOCH),
+            });
+        }
+        let mut endpoint = self.clone();
+        endpoint.client_id = Some(client.client_id().to_owned());
+        endpoint.client_secret = client.client_secret().cloned();
+        if let Some(auth) = registered_auth(client.token_endpoint_auth_method()) {
+            endpoint.client_auth = auth;
+        }
+        endpoint.registered = Some(client.clone());
+        Ok(Cow::Owned(endpoint))
+    }
+
+    /// The client id a request names: the registered client's, else the grant's.
+    pub(super) fn effective_client_id(&self) -> Option<&str> {
+        self.registered.as_ref().map(RegisteredClient::client_id).or(self.client_id.as_deref())
+    }
+
+    /// Posts a grant and reads the answer, authenticated as the client
+    /// [`for_client`](Self::for_client) picks for `current`, the token set being replaced; the
+    /// tokens it gets carry that client when it is a registered one. `grant` holds the grant's
+    /// own fields, in order. An error has every secret either holds redacted (contract point 20).
     pub(crate) async fn exchange(
+        &self,
+        grant: &[(&str, &str)],
+        current: Option<&TokenSet>,
+        scoped: Scoped,
+    ) -> Result<TokenSet, RefreshError> {
+        let endpoint = self.for_client(current)?;
+        let tokens = endpoint.exchange_as_configured(grant, current, scoped).await?;
+        Ok(match &endpoint.registered {
+            Some(client) => tokens.with_client(client.clone()),
+            None => tokens,
+        })
+    }
+
+    /// [`exchange`](Self::exchange) with this endpoint's own client authentication.
+    async fn exchange_as_configured(
         &self,
         grant: &[(&str, &str)],
         current: Option<&TokenSet>,
@@ -539,6 +598,18 @@ pub(crate) fn check_resource(resource: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The client authentication a registered `token_endpoint_auth_method` (RFC 7591 §2) means, when
+/// it is one of the secret-or-nothing methods; `None` for any other (`private_key_jwt`, ...),
+/// which leaves the grant's own [`ClientAuth`] in force.
+fn registered_auth(method: &str) -> Option<ClientAuth> {
+    match method {
+        "client_secret_basic" => Some(ClientAuth::Basic),
+        // A public client names itself in the body, as `client_secret_post` does with a secret.
+        "client_secret_post" | "none" => Some(ClientAuth::RequestBody),
+        _ => None,
+    }
+}
+
 /// `Basic base64(urlencode(id) ":" urlencode(secret))`, RFC 6749 §2.3.1; marked sensitive.
 fn basic_auth(id: &str, secret: &ClientSecret) -> Result<HeaderValue, RefreshError> {
     let mut value = HeaderValue::try_from(format!("Basic {}", basic_credentials(id, secret)))
@@ -587,6 +658,22 @@ macro_rules! endpoint_options {
         #[must_use = "returns the changed grant; on its own the call changes nothing"]
         pub fn client_secret(mut self, client_secret: impl Into<$crate::ClientSecret>) -> Self {
             self.endpoint.client_secret = Some(client_secret.into());
+            self
+        }
+
+        /// Authenticates as a dynamically registered client (RFC 7591; from
+        /// [`DynamicRegistration::register`](crate::DynamicRegistration::register)): its id,
+        /// secret and `token_endpoint_auth_method` replace the grant's
+        /// [`client_id`](Self::client_id), [`client_secret`](Self::client_secret) and
+        /// [`client_auth`](Self::client_auth) (a method other than `client_secret_basic`,
+        /// `client_secret_post` or `none` keeps the grant's `client_auth`). The tokens the grant
+        /// gets, from a [login](crate::Login)'s code exchange or a token call, carry the
+        /// registration ([`TokenSet::client`](crate::TokenSet::client)), so that the store keeps
+        /// it with them and a later process, whose grant need not know it, refreshes as this
+        /// client. A token set's own registered client wins over this one.
+        #[must_use = "returns the changed grant; on its own the call changes nothing"]
+        pub fn registered_client(mut self, client: $crate::RegisteredClient) -> Self {
+            self.endpoint.registered = Some(client);
             self
         }
 
@@ -748,6 +835,58 @@ mod tests {
         for bad in ["/relative", "mcp.example", "", "https://mcp.example/mcp#tools"] {
             assert!(check_resource(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_sets_registered_client_wins_over_the_grants_and_an_expired_one_is_not_used() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut grant = TokenEndpoint::new("https://as.example/token");
+        grant.client_id = Some("configured".into());
+        grant.client_secret = Some(ClientSecret::new("configured-secret"));
+        grant.clock = Some(Arc::new(crate::ManualClock::new(now)));
+        let used = |endpoint: &TokenEndpoint, current: Option<&TokenSet>| {
+            let chosen = endpoint.for_client(current).unwrap();
+            let secret = chosen.client_secret.as_ref().map(|s| s.secret().to_owned());
+            (chosen.client_id.clone().unwrap_or_default(), secret, chosen.client_auth.clone())
+        };
+        assert_eq!(
+            used(&grant, Some(&TokenSet::new("a"))),
+            ("configured".into(), Some("configured-secret".into()), ClientAuth::Basic),
+            "no registration: the grant's own credentials"
+        );
+        let posted = RegisteredClient::new("on-the-grant")
+            .with_client_secret("grant-secret")
+            .with_token_endpoint_auth_method("client_secret_post");
+        let mut registered = grant.clone();
+        registered.registered = Some(posted);
+        assert_eq!(
+            used(&registered, None),
+            ("on-the-grant".into(), Some("grant-secret".into()), ClientAuth::RequestBody)
+        );
+        assert_eq!(registered.effective_client_id(), Some("on-the-grant"));
+        let public =
+            TokenSet::new("a").with_client(RegisteredClient::new("on-the-set").with_token_endpoint_auth_method("none"));
+        assert_eq!(used(&registered, Some(&public)), ("on-the-set".into(), None, ClientAuth::RequestBody));
+        let jwt = TokenSet::new("a")
+            .with_client(RegisteredClient::new("jwt").with_token_endpoint_auth_method("private_key_jwt"));
+        assert_eq!(used(&grant, Some(&jwt)).2, ClientAuth::Basic, "a method this crate does not map keeps the grant's");
+
+        let expired = RegisteredClient::new("old").with_client_secret("old-secret").with_secret_expires_at(now);
+        let err = grant.for_client(Some(&TokenSet::new("a").with_client(expired))).unwrap_err();
+        assert!(
+            matches!(&err, RefreshError::RegistrationExpired { client_id, expired_at } if client_id == "old" && *expired_at == now),
+            "{err:?}"
+        );
+        assert!(!format!("{err} {err:?}").contains("old-secret"));
+    }
+
+    #[test]
+    fn registered_methods_map_to_client_auth() {
+        assert_eq!(registered_auth("client_secret_basic"), Some(ClientAuth::Basic));
+        assert_eq!(registered_auth("client_secret_post"), Some(ClientAuth::RequestBody));
+        assert_eq!(registered_auth("none"), Some(ClientAuth::RequestBody));
+        assert_eq!(registered_auth("private_key_jwt"), None);
+        assert_eq!(registered_auth("tls_client_auth"), None);
     }
 
     #[test]

@@ -190,7 +190,7 @@ impl Login {
         {
             let mut query = url.query_pairs_mut();
             query.append_pair("response_type", "code");
-            if let Some(client_id) = &self.endpoint.client_id {
+            if let Some(client_id) = self.endpoint.effective_client_id() {
                 query.append_pair("client_id", client_id);
             }
             query.append_pair("redirect_uri", &self.redirect_uri);
@@ -213,6 +213,10 @@ impl Login {
     /// Completes a login from its callback: the whole URL the user's browser came back with, or
     /// just its query (`code=...&state=...`). Checks `state`, then exchanges the code with the PKCE
     /// verifier at the token endpoint, as the grant would refresh.
+    ///
+    /// With a [registered client](crate::RefreshTokenGrant::registered_client) the code is
+    /// exchanged as that client, and the tokens carry its registration
+    /// ([`TokenSet::client`]), for the store to keep and every refresh to use.
     ///
     /// A code works once; so does a `PendingLogin`: start a new login to try again.
     ///

@@ -11,6 +11,7 @@ mod login;
 mod protected_resource;
 pub mod providers;
 mod refresh_token;
+mod registration;
 mod resource_server;
 pub(crate) mod response;
 mod revocation;
@@ -33,6 +34,7 @@ pub use endpoint::{BodyEncoding, ClientAuth, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT
 pub use login::{Login, LoginError, PendingLogin};
 pub use protected_resource::{ProtectedResource, ResourceMetadata};
 pub use refresh_token::RefreshTokenGrant;
+pub use registration::{DynamicRegistration, RegistrationError};
 pub use resource_server::ResourceServer;
 pub(crate) use resource_server::{HeaderRule, RejectionRule};
 

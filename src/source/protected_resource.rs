@@ -18,7 +18,7 @@ use http::header::WWW_AUTHENTICATE;
 use serde_json::Value;
 use url::Url;
 
-use super::discovery::{Fetched, fetch_json, secure};
+use super::discovery::{fetch_bounds, fetch_first, secure};
 use super::endpoint::TokenEndpoint;
 use super::{ClientCredentials, Discovery, DiscoveryError, RefreshTokenGrant, ServerMetadata};
 use crate::challenge::parse_challenges;
@@ -129,29 +129,7 @@ impl ProtectedResource {
         self
     }
 
-    /// Sets how long each fetch may take, connection to last byte. Default: 30 seconds
-    /// ([`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT)), as [`Discovery::timeout`].
-    #[must_use = "returns the changed discovery; on its own the call changes nothing"]
-    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.endpoint.timeout = timeout;
-        self
-    }
-
-    /// Sets the largest document read, of each fetch. Default: 64 KiB
-    /// ([`DEFAULT_MAX_RESPONSE_BYTES`](crate::DEFAULT_MAX_RESPONSE_BYTES)).
-    #[must_use = "returns the changed discovery; on its own the call changes nothing"]
-    pub fn max_response_bytes(mut self, limit: usize) -> Self {
-        self.endpoint.max_response_bytes = limit;
-        self
-    }
-
-    /// Fetches through this client instead of the crate's own (which follows no redirects by
-    /// itself; give yours the same policy, or the redirect rule cannot hold).
-    #[must_use = "returns the changed discovery; on its own the call changes nothing"]
-    pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.endpoint.http = Some(client);
-        self
-    }
+    fetch_bounds!();
 
     /// Fetches and checks the protected resource's metadata, then its first authorization
     /// server's.
@@ -185,16 +163,8 @@ impl ProtectedResource {
             Some(url) => vec![parse_metadata_url(url)?],
             None => well_known_urls(&resource),
         };
-        let mut tried = Vec::new();
-        let mut last_status = http::StatusCode::NOT_FOUND;
-        for url in urls {
-            tried.push(url.to_string());
-            match fetch_json(&self.endpoint, url).await? {
-                Fetched::Document(document, at) => return self.read(&resource, at, document).await,
-                Fetched::Nothing(status) => last_status = status,
-            }
-        }
-        Err(DiscoveryError::NotFound { tried, status: last_status })
+        let (document, at) = fetch_first(&self.endpoint, urls).await?;
+        self.read(&resource, at, document).await
     }
 
     /// The document found at `at`, checked, and its first authorization server discovered.

@@ -27,6 +27,12 @@ impl TokenEndpoint {
     /// The call is bounded like a token call (the grant's timeout, the answer capped), and an
     /// error has every secret either holds redacted.
     pub(crate) async fn revoke(&self, tokens: &TokenSet) -> Result<(), RefreshError> {
+        // Authenticated like the set's refreshes: as its registered client, when it has one.
+        self.for_client(Some(tokens))?.revoke_as_configured(tokens).await
+    }
+
+    /// [`revoke`](Self::revoke) with this endpoint's own client authentication.
+    async fn revoke_as_configured(&self, tokens: &TokenSet) -> Result<(), RefreshError> {
         let Some(revocation_url) = &self.revocation_url else {
             return Err(RefreshError::Config(
                 "the grant has no revocation endpoint: set `revocation_url`, or build the grant from the server's metadata"

@@ -14,6 +14,7 @@ use wiremock::{Request, ResponseTemplate};
 
 use super::Shared;
 use super::grants::{Minted, OneTime};
+use super::registration::Presented;
 use super::wire::{OAuthError, Reply, basic_credentials, ordered_json};
 #[cfg(doc)]
 use super::{MockProvider, MockProviderBuilder};
@@ -298,9 +299,10 @@ impl Shared {
             (Some(id), Some(secret)) => Ok((id.clone(), secret.clone())),
             _ => Err(OAuthError::invalid_client("client_id and client_secret are required in the body")),
         };
+        let mut presented = Presented::DialectsWay;
         let (id, secret) = match self.config.dialect {
             Dialect::Standard => {
-                if self.config.client.is_none() && !self.has_client_keys() {
+                if self.config.client.is_none() && !self.has_client_keys() && !self.registers_clients() {
                     return Ok(None);
                 }
                 match basic_credentials(headers).map_err(OAuthError::invalid_client)? {
@@ -308,8 +310,24 @@ impl Shared {
                         let description = "HTTP Basic and client_secret: RFC 6749 §2.3 allows one method";
                         return Err(OAuthError::invalid_request(description));
                     }
-                    Some(basic) => basic,
-                    None => in_body().map_err(|_| OAuthError::invalid_client("client authentication is required"))?,
+                    Some(basic) => {
+                        presented = Presented::Basic;
+                        basic
+                    }
+                    // A public client registered with `none` names itself and proves nothing.
+                    None if self.registers_clients() && !params.contains_key("client_secret") => {
+                        let Some(id) = params.get("client_id") else {
+                            return Err(OAuthError::invalid_client("client authentication is required"));
+                        };
+                        return match self.check_registered(id, None, Presented::IdOnly) {
+                            Some(verdict) => verdict.map(|()| None),
+                            None => Err(OAuthError::invalid_client("unknown client or wrong client secret")),
+                        };
+                    }
+                    None => {
+                        presented = Presented::Body;
+                        in_body().map_err(|_| OAuthError::invalid_client("client authentication is required"))?
+                    }
                 }
             }
             Dialect::Whoop | Dialect::WhoopPartner => {
@@ -329,12 +347,19 @@ impl Shared {
                 basic.ok_or_else(|| OAuthError::invalid_client("HTTP Basic client authentication is required"))?
             }
         };
+        // A registered client first: one check, whichever way the client came to exist.
+        if let Some(verdict) = self.check_registered(&id, Some(&secret), presented) {
+            return verdict.map(|()| None);
+        }
         match &self.config.client {
             Some((expected_id, expected_secret)) if id != *expected_id || secret != expected_secret.secret() => {
                 Err(OAuthError::invalid_client("unknown client or wrong client secret"))
             }
             None if self.has_client_keys() => {
                 Err(OAuthError::invalid_client("this client authenticates with private_key_jwt, not a secret"))
+            }
+            None if self.registers_clients() => {
+                Err(OAuthError::invalid_client("unknown client or wrong client secret"))
             }
             _ => Ok(None),
         }

@@ -42,6 +42,8 @@ pub(super) struct State {
     pub(super) nonces: HashMap<String, SystemTime>,
     /// Authorization codes the authorize endpoint issued, by code.
     codes: HashMap<String, CodeRecord>,
+    /// The clients the registration endpoint registered.
+    pub(super) registrations: super::registration::Registrations,
     serial: u64,
     /// DPoP's `jti`s and nonce.
     #[cfg(feature = "dpop")]
@@ -50,6 +52,8 @@ pub(super) struct State {
 
 /// An authorization code, from the authorize endpoint to its one exchange.
 struct CodeRecord {
+    /// The client it was issued to: only that client may exchange it (RFC 6749 §4.1.3).
+    client_id: Option<String>,
     redirect_uri: String,
     /// The PKCE `S256` challenge it was issued for.
     code_challenge: String,
@@ -61,6 +65,8 @@ struct CodeRecord {
 
 /// What the authorize endpoint was asked, checked; see [`Shared::authorize`].
 pub(super) struct Authorization {
+    /// The `client_id` the request named, if any.
+    pub(super) client_id: Option<String>,
     pub(super) redirect_uri: String,
     pub(super) code_challenge: String,
     pub(super) scope: Option<String>,
@@ -321,6 +327,9 @@ impl Shared {
 
         let mut state = self.state.lock();
         state.stats.token_calls += 1;
+        if matches!(&checked, Err(error) if error.code == "invalid_client") {
+            state.stats.invalid_clients += 1;
+        }
         Shared::count_resources(&mut state, &resources);
         state.token_requests.push(request.clone());
         let lost = match state.faults.pop_front() {
@@ -352,7 +361,12 @@ impl Shared {
         let bound = |_: &mut State| Ok::<Option<String>, Reply>(None);
         let reply = match spent {
             Ok(params) => match bound(&mut state) {
-                Ok(jkt) => self.grant(&mut state, &params, now, jkt.as_deref()),
+                Ok(jkt) => {
+                    // Who the call says it is: HTTP Basic's id, else `client_id` in the body.
+                    let basic = super::wire::basic_credentials(&request.headers).ok().flatten();
+                    let client = basic.map(|(id, _)| id).or_else(|| params.get("client_id").cloned());
+                    self.grant(&mut state, &params, now, jkt.as_deref(), client.as_deref())
+                }
                 Err(reply) => reply,
             },
             Err(error) => self.error_reply(error),
@@ -364,8 +378,16 @@ impl Shared {
         (reply, lost, nonce)
     }
 
-    /// Decides a grant; `jkt` is the DPoP key the request proved, to bind the tokens to.
-    fn grant(&self, state: &mut State, params: &HashMap<String, String>, now: SystemTime, jkt: Option<&str>) -> Reply {
+    /// Decides a grant; `jkt` is the DPoP key the request proved, to bind the tokens to, and
+    /// `client` the client id it named.
+    fn grant(
+        &self,
+        state: &mut State,
+        params: &HashMap<String, String>,
+        now: SystemTime,
+        jkt: Option<&str>,
+        client: Option<&str>,
+    ) -> Reply {
         let supported = self.config.dialect.grant_types();
         match params.get("grant_type").map(String::as_str) {
             None => self.error_reply(OAuthError::invalid_request("grant_type is missing")),
@@ -374,7 +396,7 @@ impl Shared {
                 self.error_reply(OAuthError::new(400, "unsupported_grant_type", description))
             }
             Some("refresh_token") => self.refresh_grant(state, params, now, jkt),
-            Some("authorization_code") => self.code_grant(state, params, now, jkt),
+            Some("authorization_code") => self.code_grant(state, params, now, jkt, client),
             Some(_) => self.client_credentials_grant(state, params, now, jkt),
         }
     }
@@ -431,6 +453,7 @@ impl Shared {
         let code = format!("code-{}-{}", self.config.token_prefix, state.serial);
         state.stats.authorizations += 1;
         let record = CodeRecord {
+            client_id: authorization.client_id,
             redirect_uri: authorization.redirect_uri,
             code_challenge: authorization.code_challenge,
             scope: authorization.scope.or_else(|| self.config.dialect.granted_scope().map(str::to_owned)),
@@ -443,13 +466,14 @@ impl Shared {
 
     /// The authorization-code grant with PKCE (RFC 6749 §4.1.3, RFC 7636 §4.6): the code once,
     /// for the redirect URI it was issued to, with the verifier of its challenge, within its
-    /// lifetime.
+    /// lifetime, by the client it was issued to when both name one.
     fn code_grant(
         &self,
         state: &mut State,
         params: &HashMap<String, String>,
         now: SystemTime,
         jkt: Option<&str>,
+        client: Option<&str>,
     ) -> Reply {
         let refuse = |state: &mut State, description: &str| {
             state.stats.invalid_grants += 1;
@@ -470,6 +494,11 @@ impl Shared {
         let lifetime = self.config.dialect.code_lifetime();
         if record.issued_at.checked_add(lifetime).is_some_and(|end| now >= end) {
             return refuse(state, "The authorization code has expired");
+        }
+        if let (Some(issued_to), Some(client)) = (record.client_id.as_deref(), client)
+            && issued_to != client
+        {
+            return refuse(state, "The authorization code was issued to another client");
         }
         if params.get("redirect_uri") != Some(&record.redirect_uri) {
             return refuse(state, "redirect_uri is not the one the code was issued to");

@@ -26,7 +26,7 @@ impl Shared {
         if dialect == Dialect::Standard && !config.client_keys.is_empty() {
             methods.push("private_key_jwt");
         }
-        if dialect == Dialect::Standard && config.client.is_none() {
+        if dialect == Dialect::Standard && (config.client.is_none() || config.registration.is_some()) {
             methods.push("none");
         }
         let mut document = json!({
@@ -40,6 +40,10 @@ impl Shared {
         });
         if dialect == Dialect::Standard {
             document["revocation_endpoint"] = format!("{}{}", config.issuer, super::revocation::REVOCATION_PATH).into();
+        }
+        if config.registration.is_some() {
+            document["registration_endpoint"] =
+                format!("{}{}", config.issuer, super::registration::REGISTRATION_PATH).into();
         }
         #[cfg(feature = "dpop")]
         if config.dpop.is_some() {

@@ -29,13 +29,18 @@
 //! ([`ProviderStats`]) and the token requests as sent ([`MockProvider::token_requests`]).
 //! Logins work too: an authorization endpoint ([`MockProvider::authorize_url`]) that approves at
 //! once (PKCE `S256` required) and the `authorization_code` grant, each code usable once, for
-//! its redirect URI and verifier, within its lifetime (10 minutes; Withings' 30 seconds), a
-//! second use revoking what the first granted; [`MockProvider::approve`] plays the browser, and
+//! its redirect URI and verifier (and by the client it was issued to, when both name one),
+//! within its lifetime (10 minutes; Withings' 30 seconds), a second use revoking what the first
+//! granted; [`MockProvider::approve`] plays the browser, and
 //! [`MockProvider::issue_tokens`] skips the login. The API can be a protected resource (RFC 9728,
 //! [`MockProviderBuilder::protected_resource`]): its metadata at the well-known paths and its
 //! 401 naming them, as an MCP server answers; and resource indicators (RFC 8707) can be required
 //! ([`MockProviderBuilder::require_resource_indicator`]). A revocation endpoint (RFC 7009,
-//! [`MockProvider::revocation_url`]) revokes a refresh token's family or an access token. Not reproduced: refresh-token expiry. The mock's routes are mounted at priority 10, so a [`Mock`] a test mounts
+//! [`MockProvider::revocation_url`]) revokes a refresh token's family or an access token.
+//! Clients can register themselves (RFC 7591, [`MockProviderBuilder::dynamic_registration`]):
+//! the token, revocation and authorization endpoints then know them by the id and secret the
+//! registration endpoint issued, until their secret expires or
+//! [`MockProvider::revoke_registration`] ends them. Not reproduced: refresh-token expiry. The mock's routes are mounted at priority 10, so a [`Mock`] a test mounts
 //! on [`MockProvider::server`] at the default priority wins.
 //!
 //! ```
@@ -108,6 +113,7 @@ mod dpop;
 mod dpop_tests;
 mod grants;
 mod metadata;
+mod registration;
 mod resource;
 mod revocation;
 mod signature;
@@ -215,6 +221,12 @@ pub struct ProviderStats {
     /// Token calls and authorization requests refused with `invalid_target` (see
     /// [`MockProviderBuilder::require_resource_indicator`]).
     pub invalid_targets: u64,
+    /// Clients the registration endpoint registered (see
+    /// [`MockProviderBuilder::dynamic_registration`]).
+    pub registrations: u64,
+    /// Token and revocation calls refused with `invalid_client`: an unknown client, a wrong
+    /// secret, an expired secret or a revoked registration, a failed client assertion.
+    pub invalid_clients: u64,
 }
 
 /// An answer the token endpoint gives instead of handling a call; see
@@ -302,6 +314,7 @@ pub struct MockProviderBuilder {
     client_keys: Vec<assertion::ClientKey>,
     metadata_fields: Vec<(String, serde_json::Value)>,
     resource: resource::ResourceConfig,
+    registration: Option<registration::RegistrationConfig>,
     token_latency: Duration,
     api_latency: Duration,
     #[cfg(feature = "dpop")]
@@ -322,6 +335,7 @@ impl Default for MockProviderBuilder {
             client_keys: Vec::new(),
             metadata_fields: Vec::new(),
             resource: resource::ResourceConfig::default(),
+            registration: None,
             token_latency: Duration::ZERO,
             api_latency: Duration::ZERO,
             #[cfg(feature = "dpop")]
@@ -543,6 +557,41 @@ impl MockProviderBuilder {
         self
     }
 
+    /// Serves dynamic client registration (RFC 7591; default off): `POST` JSON client metadata
+    /// to [`MockProvider::registration_url`], named `registration_endpoint` in the metadata
+    /// document. A registration needs `redirect_uris`, absolute URLs without fragments, when its
+    /// `grant_types` (default `authorization_code`) include `authorization_code`, and otherwise
+    /// gets `400 invalid_redirect_uri`; grant types the dialect does not serve, a response type
+    /// other than `code`, or a `token_endpoint_auth_method` other than `client_secret_basic`
+    /// (the default), `client_secret_post` or `none` get `400 invalid_client_metadata`. Else it
+    /// is answered `201` with the metadata as registered and `client_id`, `client_secret` (none
+    /// for `none`), `client_id_issued_at` and `client_secret_expires_at` (`0`, unless
+    /// [`registration_secret_lifetime`](Self::registration_secret_lifetime) is set).
+    ///
+    /// From then on a registered client authenticates at the token and revocation endpoints
+    /// with its secret, the way it registered (`client_secret_basic`: HTTP Basic only), and a
+    /// public one with its `client_id` in the body; an unknown client, a wrong secret, another
+    /// method, an expired secret or a [revoked](MockProvider::revoke_registration) registration
+    /// gets `401 invalid_client`, as a client the builder names
+    /// ([`client_credentials`](Self::client_credentials), still accepted) would. The
+    /// authorization endpoint takes a registered `client_id` only with a `redirect_uri` it
+    /// registered. Counted in [`ProviderStats::registrations`] and
+    /// [`invalid_clients`](ProviderStats::invalid_clients).
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn dynamic_registration(mut self) -> Self {
+        self.registration.get_or_insert_default();
+        self
+    }
+
+    /// Turns on [`dynamic_registration`](Self::dynamic_registration) with secrets that expire
+    /// `lifetime` after registration, by the provider's clock (`client_secret_expires_at`, in
+    /// whole seconds); from then on the token endpoint refuses them with `401 invalid_client`.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn registration_secret_lifetime(mut self, lifetime: Duration) -> Self {
+        self.registration.get_or_insert_default().secret_lifetime = Some(lifetime);
+        self
+    }
+
     /// Starts the server on a free port of `127.0.0.1`.
     pub async fn start(self) -> MockProvider {
         let server = MockServer::start().await;
@@ -562,6 +611,7 @@ impl MockProviderBuilder {
             issuer: server.uri(),
             metadata_fields: self.metadata_fields,
             resource: self.resource,
+            registration: self.registration,
             #[cfg(feature = "dpop")]
             dpop: self.dpop,
         };
@@ -599,6 +649,16 @@ impl MockProviderBuilder {
                 .respond_with(revocation::RevocationEndpoint(revocation))
                 .with_priority(MOUNT_PRIORITY)
                 .named("mock provider: revocation endpoint")
+                .mount(&server)
+                .await;
+        }
+        if shared.config.registration.is_some() {
+            let registration = Endpoint { shared: Arc::clone(&shared), latency: self.token_latency };
+            Mock::given(method("POST"))
+                .and(path(registration::REGISTRATION_PATH))
+                .respond_with(registration::RegistrationEndpoint(registration))
+                .with_priority(MOUNT_PRIORITY)
+                .named("mock provider: registration endpoint")
                 .mount(&server)
                 .await;
         }
@@ -794,6 +854,26 @@ impl MockProvider {
     /// [`RefreshTokenGrant::revocation_url`](crate::RefreshTokenGrant::revocation_url).
     pub fn revocation_url(&self) -> String {
         format!("{}{}", self.uri(), revocation::REVOCATION_PATH)
+    }
+
+    /// The dynamic client registration endpoint (RFC 7591), `{uri}/register`, served once
+    /// [`MockProviderBuilder::dynamic_registration`] turns it on (and named
+    /// `registration_endpoint` in the metadata document then).
+    pub fn registration_url(&self) -> String {
+        format!("{}{}", self.uri(), registration::REGISTRATION_PATH)
+    }
+
+    /// Revokes the registration of `client_id`, as if an administrator deleted the client: its
+    /// token calls and revocations get `401 invalid_client` from now on, and the authorization
+    /// endpoint no longer knows it. Tokens issued to it stay as they are. Whether it was a live
+    /// registered client.
+    pub fn revoke_registration(&self, client_id: &str) -> bool {
+        self.shared.state.lock().registrations.revoke(client_id)
+    }
+
+    /// The ids of the clients registered so far, live or revoked, in no particular order.
+    pub fn registered_clients(&self) -> Vec<String> {
+        self.shared.state.lock().registrations.clients.keys().cloned().collect()
     }
 
     /// The authorization endpoint, where a login sends the user: `{uri}/oauth/authorize`, or the
@@ -1009,6 +1089,8 @@ struct Config {
     metadata_fields: Vec<(String, serde_json::Value)>,
     /// The API as a protected resource, and the resource-indicator checks.
     resource: resource::ResourceConfig,
+    /// Dynamic client registration, when served.
+    registration: Option<registration::RegistrationConfig>,
     /// DPoP mode, and where nonces are demanded.
     #[cfg(feature = "dpop")]
     dpop: Option<dpop::DpopConfig>,

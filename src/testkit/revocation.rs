@@ -25,6 +25,9 @@ impl Shared {
 
         let mut state = self.state.lock();
         state.stats.revocation_calls += 1;
+        if matches!(&checked, Err(error) if error.code == "invalid_client") {
+            state.stats.invalid_clients += 1;
+        }
         state.revocation_requests.push(request.clone());
         let lost = match state.revocation_faults.pop_front() {
             None => false,

@@ -283,10 +283,19 @@ impl Respond for AuthorizeEndpoint {
         let Some(redirect_uri) = params.get("redirect_uri").filter(|uri| url::Url::parse(uri).is_ok()) else {
             return authorize_page("redirect_uri is missing or not an absolute URL");
         };
-        if let Some((id, _)) = &config.client
-            && params.get("client_id") != Some(id)
-        {
-            return authorize_page("unknown client_id");
+        let client_id = params.get("client_id");
+        match client_id.and_then(|id| self.0.shared.registered_redirect_uris(id)) {
+            // A registered client comes back only to a redirect URI it registered (RFC 7591 §2).
+            Some(uris) if !uris.contains(redirect_uri) => {
+                return authorize_page("redirect_uri is not registered for this client");
+            }
+            Some(_) => {}
+            None => {
+                let known = config.client.as_ref().is_some_and(|(id, _)| client_id == Some(id));
+                if (config.client.is_some() || self.0.shared.registers_clients()) && !known {
+                    return authorize_page("unknown client_id");
+                }
+            }
         }
         let state = params.get("state").cloned();
         let back = |answer: &[(&str, &str)]| {
@@ -314,8 +323,12 @@ impl Respond for AuthorizeEndpoint {
                 return back(&[("error", "invalid_request"), ("error_description", "code_challenge is required")]);
             }
         };
-        let authorization =
-            Authorization { redirect_uri: redirect_uri.clone(), code_challenge, scope: params.get("scope").cloned() };
+        let authorization = Authorization {
+            client_id: client_id.cloned(),
+            redirect_uri: redirect_uri.clone(),
+            code_challenge,
+            scope: params.get("scope").cloned(),
+        };
         let code = self.0.shared.authorize(authorization);
         back(&[("code", &code)])
     }

@@ -42,6 +42,7 @@ mod races;
 mod redis_server;
 mod redis_store;
 mod refresh_ahead;
+mod registration;
 mod reuse;
 mod revocation;
 mod secrets;
