@@ -263,6 +263,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## The session: rmcp
+//!
+//! With the feature `rmcp`, `McpHttpClient` runs the MCP session itself on the official Rust
+//! SDK: it is rmcp's streamable-HTTP client over a `ClientWithMiddleware`, so every request of
+//! the session carries the layer's token, and a token that expires mid-session is refreshed
+//! once without ending the session.
+//!
 //! # Beyond reqwest
 //!
 //! With the feature `tower`, [`TokenRefresh::layer`] wraps any tower service that sends
@@ -329,6 +336,8 @@ mod exchange;
 mod jws;
 mod kept;
 mod key;
+#[cfg(feature = "rmcp")]
+mod mcp;
 mod middleware;
 mod origin;
 mod peek;
@@ -368,6 +377,9 @@ pub use error::{Error, OAuthError, RefreshError, Result, StoreError};
 pub use event::TokenEvent;
 pub use exchange::SkipAuth;
 pub use key::TokenKey;
+#[cfg(feature = "rmcp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rmcp")))]
+pub use mcp::McpHttpClient;
 pub use policy::{
     DEFAULT_FLIGHT_DEADLINE, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_RETRY_AFTER, DEFAULT_MIN_BACKOFF,
     DEFAULT_MIN_REFRESH_INTERVAL, DEFAULT_REFRESH_SKEW, DEFAULT_TERMINAL_RECHECK,

@@ -20,6 +20,7 @@ mod hostile;
 mod login;
 mod many_users;
 mod mcp_discovery;
+mod mcp_sdk;
 mod nothing_lost;
 mod observability;
 mod origins;
