@@ -313,3 +313,58 @@ async fn a_nonce_demanded_of_the_retry_after_a_refresh_is_met_with_the_new_token
         assert_eq!((ours.refreshes, ours.retries, ours.nonce_retries), (1, 1, 1), "{front:?}: {ours:?}");
     }
 }
+
+/// An API that demands a nonce, refuses the token, then demands a nonce again, then accepts.
+struct DemandRefuseDemand(Arc<AtomicU64>);
+
+impl Respond for DemandRefuseDemand {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let n = self.0.fetch_add(1, Ordering::SeqCst);
+        let demand = |nonce: &str| {
+            ResponseTemplate::new(401)
+                .insert_header("www-authenticate", r#"DPoP error="use_dpop_nonce""#)
+                .insert_header("dpop-nonce", nonce)
+        };
+        match n {
+            0 => demand("n-1"),
+            1 => ResponseTemplate::new(401).insert_header("www-authenticate", r#"DPoP error="invalid_token""#),
+            2 => demand("n-2"),
+            _ => ResponseTemplate::new(200),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_meets_one_nonce_demand_only_even_across_a_refresh() {
+    for front in Front::ALL {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v1/me"))
+            .respond_with(DemandRefuseDemand(Arc::default()))
+            .mount(&server)
+            .await;
+        let issued = serde_json::json!({"access_token": "at-2", "token_type": "DPoP", "expires_in": 3600});
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(issued))
+            .mount(&server)
+            .await;
+        let key = DpopKey::generate().unwrap();
+        let tokens = TokenSet::new("at-1").with_token_type("DPoP").with_dpop_key(key.clone()).with_refresh_token("rt");
+        let grant = RefreshTokenGrant::new(format!("{}/token", server.uri())).api_origin(server.uri()).dpop(key);
+        let auth = TokenRefresh::builder(grant).initial_tokens(tokens).build().unwrap();
+        let client = Client::new(front, &auth);
+
+        let answer = client.get(format!("{}/v1/me", server.uri())).send().await.unwrap();
+
+        assert_eq!(answer.status, 401, "{front:?}: the second demand goes back to the caller");
+        assert_eq!(answer.headers["dpop-nonce"], "n-2", "with its nonce, remembered for the caller's own retry");
+        let api = server.received_requests().await.unwrap().into_iter().filter(|r| r.url.path() == "/v1/me").count();
+        assert_eq!(api, 3, "{front:?}: the first send, its nonce retry, the retry after the refresh");
+        let ours = auth.stats();
+        assert_eq!((ours.refreshes, ours.retries, ours.nonce_retries), (1, 1, 1), "{front:?}: {ours:?}");
+        // The caller's own retry carries the remembered nonce and gets through.
+        let again = client.get(format!("{}/v1/me", server.uri())).send().await.unwrap();
+        assert_eq!(again.status, 200, "{front:?}");
+    }
+}
