@@ -161,6 +161,12 @@
 //! restart refreshes with the same key; a DPoP-bound token set whose key is lost is terminal
 //! (`DpopError::KeyLost`).
 //!
+//! A proof is signed for one request to one URL. Give a DPoP client's `reqwest::Client` a
+//! redirect policy that does not follow redirects (`reqwest::redirect::Policy::none()`):
+//! reqwest drops `Authorization` on a redirect to another host but not the `DPoP` header, and a
+//! proof for the first URL is refused by the second. For the same reason a retrying middleware
+//! belongs outside this layer, never inside it, where it would send one proof twice.
+//!
 //! ```
 //! # #[cfg(all(feature = "testkit", feature = "dpop"))]
 //! # #[tokio::main(flavor = "current_thread")]

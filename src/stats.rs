@@ -84,7 +84,9 @@ pub struct Stats {
     /// 401 answers seen on those requests (before and after retries), and answers that
     /// [`token_rejected_when`](crate::TokenRefreshBuilder::token_rejected_when)'s rule found
     /// rejecting the token. A DPoP nonce demand (a 401 that asks for a new proof, not a new
-    /// token) is counted in [`nonce_retries`](Self::nonce_retries) instead.
+    /// token) that the layer meets is counted in [`nonce_retries`](Self::nonce_retries) instead;
+    /// one it hands back (a second demand, or a request whose body was sent once) is counted
+    /// here.
     pub unauthorized: u64,
     /// Calls to the token source (token endpoint calls).
     pub refreshes: u64,

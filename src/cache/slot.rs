@@ -414,8 +414,10 @@ pub(super) fn apply(
                 stats.count(Event::Adopted);
                 tracing::info!(key = %key, generation = lease.generation, "adopted tokens another process saved");
             }
-            // A garbled access token is the token call's failure; a lost DPoP key is the refresh's
-            // to find (terminal, before anything is sent): the token is only unusable until then.
+            // A garbled access token is the token call's failure. So is a DPoP-bound set without
+            // its key that the token call itself returned (a source that bound tokens it cannot
+            // prove): refreshing again at once would get the same. A loaded or installed set whose
+            // key was lost is the next refresh's to find (terminal, before anything is sent).
             let failure = failure.or_else(|| match &lease.credential {
                 Err(Unsendable::Header(problem)) => Some(RefreshError::InvalidResponse {
                     status: http::StatusCode::OK,
@@ -423,6 +425,10 @@ pub(super) fn apply(
                     body: String::new(),
                     rotated_refresh_token: None,
                 }),
+                #[cfg(feature = "dpop")]
+                Err(Unsendable::KeyLost) if origin == Origin::Fetched => {
+                    Some(RefreshError::Dpop(crate::dpop::DpopError::KeyLost))
+                }
                 _ => None,
             });
             if let Some(failure) = failure {

@@ -149,15 +149,24 @@ impl TokenRefreshLayer {
         }
     }
 
-    /// The whole URL a request to `uri` goes to, which a DPoP proof is signed for: `uri` itself
-    /// when it has an origin, else the layer's [`origin`](Self::origin) with `uri`'s path.
+    /// The whole URL a request to `uri` goes to, which a DPoP proof is signed for; see
+    /// [`target`].
     fn target(&self, uri: &Uri) -> Option<Url> {
-        if uri.scheme().is_some() && uri.authority().is_some() {
-            return Url::parse(&uri.to_string()).ok();
-        }
-        let path = uri.path_and_query().map_or("/", |path| path.as_str());
-        self.origin.as_ref()?.origin.join(path).ok()
+        target(uri, self.origin.as_deref())
     }
+}
+
+/// The whole URL a request to `uri` goes to, which a DPoP proof is signed for: `uri` itself when
+/// it has an origin, else `path_only`'s origin with `uri`'s path and query. The path is set, not
+/// joined: a path such as `//other.example/x` stays a path of this origin.
+fn target(uri: &Uri, path_only: Option<&PathOnly>) -> Option<Url> {
+    if uri.scheme().is_some() && uri.authority().is_some() {
+        return Url::parse(&uri.to_string()).ok();
+    }
+    let mut url = path_only?.origin.clone();
+    url.set_path(uri.path());
+    url.set_query(uri.query());
+    Some(url)
 }
 
 impl<S> Layer<S> for TokenRefreshLayer {
@@ -256,7 +265,8 @@ impl TokenRefreshLayer {
             auth.inner.cache.accepted(&sent, sent.generation());
             return Ok(answer);
         }
-        let retry = retry_parts.zip(kept).map(|(parts, kept)| Again { auth, inner, parts, kept, target, key });
+        let path_only = self.origin.clone();
+        let retry = retry_parts.zip(kept).map(|(parts, kept)| Again { auth, inner, parts, kept, path_only, key });
         // A tower stack shows no redirects: an answer is from the origin the request was sent to.
         auth.after_rejection(answer, true, retry, sent, with).await
     }
@@ -269,7 +279,9 @@ struct Again<'a, S> {
     inner: S,
     parts: http::request::Parts,
     kept: body::Kept,
-    target: Option<Url>,
+    /// The layer's origin for path-only URIs: a retry's proof (its token may be DPoP-bound when
+    /// the first one was not) is signed for the URL the request goes to.
+    path_only: Option<Arc<PathOnly>>,
     key: TokenKey,
 }
 
@@ -286,10 +298,11 @@ where
 
     async fn resend(&mut self, credential: &Credential) -> Result<(Self::Answer, bool), BoxError> {
         let mut parts = self.parts.clone();
-        let proof = self.auth.proof(credential, &self.key, &parts.method, || self.target.clone())?;
+        let target = if credential.proves() { target(&parts.uri, self.path_only.as_deref()) } else { None };
+        let proof = self.auth.proof(credential, &self.key, &parts.method, || target.clone())?;
         let with = credential.clone().attach(&mut parts.headers, proof);
         let answer = call(&mut self.inner, Request::from_parts(parts, self.kept.body())).await?;
-        self.auth.observe(&with, self.target.as_ref(), answer.headers());
+        self.auth.observe(&with, target.as_ref(), answer.headers());
         Ok((answer, true))
     }
 }
@@ -346,6 +359,22 @@ mod tests {
         fn check<T: Send + Sync + Clone + 'static>() {}
         check::<TokenRefreshLayer>();
         check::<TokenRefreshService<()>>();
+    }
+
+    #[test]
+    fn a_proofs_url_is_the_uri_or_the_layers_origin_with_the_path_set_not_joined() {
+        let origin = PathOnly { origin: Url::parse("https://grpc.example:8443").unwrap(), refused: None };
+        let uri = |text: &str| text.parse::<Uri>().unwrap();
+        let at = |text: &str, path_only: Option<&PathOnly>| target(&uri(text), path_only).map(String::from);
+        assert_eq!(at("https://api.example/v1/me?x=1", None).as_deref(), Some("https://api.example/v1/me?x=1"));
+        assert_eq!(at("/pkg.Svc/Call", Some(&origin)).as_deref(), Some("https://grpc.example:8443/pkg.Svc/Call"));
+        assert_eq!(at("/a?b=c", Some(&origin)).as_deref(), Some("https://grpc.example:8443/a?b=c"));
+        assert_eq!(
+            at("//other.example/x", Some(&origin)).as_deref(),
+            Some("https://grpc.example:8443//other.example/x"),
+            "a path, not another origin"
+        );
+        assert_eq!(at("/a", None), None, "no origin to go to");
     }
 
     #[test]

@@ -368,3 +368,78 @@ async fn a_request_meets_one_nonce_demand_only_even_across_a_refresh() {
         assert_eq!(again.status, 200, "{front:?}");
     }
 }
+
+/// A token source that says its tokens are DPoP-bound but gives no key to prove them with.
+#[derive(Debug)]
+struct BindsWithoutAKey {
+    calls: Arc<AtomicU64>,
+    api: String,
+}
+
+#[async_trait::async_trait]
+impl reqwest_token_refresh::TokenSource for BindsWithoutAKey {
+    async fn fetch(&self, _: Option<&TokenSet>) -> Result<TokenSet, reqwest_token_refresh::RefreshError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(TokenSet::new("at-unprovable").with_token_type("DPoP").with_expires_in(Duration::from_secs(3600)))
+    }
+
+    fn resource_server(&self) -> reqwest_token_refresh::ResourceServer {
+        reqwest_token_refresh::ResourceServer::new().origin(self.api.clone())
+    }
+}
+
+#[tokio::test]
+async fn a_fetched_set_bound_to_a_key_it_does_not_carry_fails_and_is_not_fetched_again_at_once() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+    let calls = Arc::new(AtomicU64::new(0));
+    let auth = TokenRefresh::builder(BindsWithoutAKey { calls: calls.clone(), api: server.uri() }).build().unwrap();
+    for front in Front::ALL {
+        let client = Client::new(front, &auth);
+        let failed = client.get(format!("{}/v1/me", server.uri())).send().await.unwrap_err();
+        assert!(failed.ours, "{front:?}: {failed:?}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one token call, then a cool-down: not one a request");
+    assert!(server.received_requests().await.unwrap().is_empty(), "nothing was sent without its proof");
+}
+
+#[tokio::test]
+async fn a_bearer_token_refreshed_into_a_dpop_bound_one_is_retried_with_a_proof() {
+    for front in Front::ALL {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(wiremock::matchers::header("authorization", "Bearer at-1"))
+            .respond_with(
+                ResponseTemplate::new(401).insert_header("www-authenticate", r#"Bearer error="invalid_token""#),
+            )
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(wiremock::matchers::header("authorization", "DPoP at-2"))
+            .and(wiremock::matchers::header_exists("dpop"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&server)
+            .await;
+        let issued = serde_json::json!({"access_token": "at-2", "token_type": "DPoP", "expires_in": 3600});
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(issued))
+            .mount(&server)
+            .await;
+        // Tokens from before the client moved to DPoP, refreshed by a DPoP grant.
+        let grant = RefreshTokenGrant::new(format!("{}/token", server.uri()))
+            .api_origin(server.uri())
+            .dpop(DpopKey::generate().unwrap());
+        let tokens = TokenSet::new("at-1").with_refresh_token("rt");
+        let auth = TokenRefresh::builder(grant).initial_tokens(tokens).build().unwrap();
+        let client = Client::new(front, &auth);
+
+        let answer = client.get(format!("{}/v1/me", server.uri())).send().await.unwrap();
+
+        assert_eq!(answer.status, 200, "{front:?}");
+        let retried = server.received_requests().await.unwrap().into_iter().filter(|r| r.url.path() == "/v1/me").nth(1);
+        let retried = retried.expect("a retry");
+        assert_eq!(claims_of(&retried)["ath"], ath("at-2"), "{front:?}");
+        assert_eq!(claims_of(&retried)["htu"], format!("{}/v1/me", server.uri()));
+    }
+}
