@@ -258,52 +258,65 @@ async fn four_processes_sharing_a_file_store_with_dpop_bound_rotating_tokens_mak
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// An API that refuses the first token, then demands a nonce from the next request, then accepts.
-struct RefuseThenDemandANonce(Arc<AtomicU64>);
+/// Answers the n-th request with the n-th of its answers, and with the last from then on.
+struct Script {
+    answers: Vec<ResponseTemplate>,
+    next: AtomicU64,
+}
 
-impl Respond for RefuseThenDemandANonce {
+impl Respond for Script {
     fn respond(&self, _: &Request) -> ResponseTemplate {
-        match self.0.fetch_add(1, Ordering::SeqCst) {
-            0 => ResponseTemplate::new(401).insert_header("www-authenticate", r#"DPoP error="invalid_token""#),
-            1 => ResponseTemplate::new(401)
-                .insert_header("www-authenticate", r#"DPoP error="use_dpop_nonce""#)
-                .insert_header("dpop-nonce", "n-after"),
-            _ => ResponseTemplate::new(200),
-        }
+        let n = self.next.fetch_add(1, Ordering::SeqCst) as usize;
+        self.answers[n.min(self.answers.len() - 1)].clone()
     }
+}
+
+/// A 401 demanding a DPoP nonce, giving `nonce`.
+fn demand(nonce: &str) -> ResponseTemplate {
+    ResponseTemplate::new(401)
+        .insert_header("www-authenticate", r#"DPoP error="use_dpop_nonce""#)
+        .insert_header("dpop-nonce", nonce)
+}
+
+/// A 401 saying the DPoP-bound token is dead.
+fn refuse() -> ResponseTemplate {
+    ResponseTemplate::new(401).insert_header("www-authenticate", r#"DPoP error="invalid_token""#)
+}
+
+/// A server whose `/v1/me` answers `script` and whose `/token` issues the DPoP-bound `at-2`, and
+/// a layer on it holding the DPoP-bound `at-1` (with a refresh token), both bound to one key.
+async fn scripted(script: Vec<ResponseTemplate>) -> (MockServer, TokenRefresh) {
+    let server = MockServer::start().await;
+    let api = Script { answers: script, next: AtomicU64::new(0) };
+    Mock::given(method("GET")).and(path("/v1/me")).respond_with(api).mount(&server).await;
+    let issued = serde_json::json!({"access_token": "at-2", "token_type": "DPoP", "expires_in": 3600});
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(issued))
+        .mount(&server)
+        .await;
+    let key = DpopKey::generate().unwrap();
+    let tokens = TokenSet::new("at-1").with_token_type("DPoP").with_dpop_key(key.clone()).with_refresh_token("rt");
+    let grant = RefreshTokenGrant::new(format!("{}/token", server.uri())).api_origin(server.uri()).dpop(key);
+    let auth = TokenRefresh::builder(grant).initial_tokens(tokens).build().unwrap();
+    (server, auth)
+}
+
+/// The requests `server` got at `/v1/me`.
+async fn api_requests(server: &MockServer) -> Vec<Request> {
+    server.received_requests().await.unwrap().into_iter().filter(|request| request.url.path() == "/v1/me").collect()
 }
 
 #[tokio::test]
 async fn a_nonce_demanded_of_the_retry_after_a_refresh_is_met_with_the_new_token() {
     for front in Front::ALL {
-        let server = MockServer::start().await;
-        Mock::given(method("GET"))
-            .and(path("/v1/me"))
-            .respond_with(RefuseThenDemandANonce(Arc::default()))
-            .mount(&server)
-            .await;
-        let issued = serde_json::json!({"access_token": "at-2", "token_type": "DPoP", "expires_in": 3600});
-        Mock::given(method("POST"))
-            .and(path("/token"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(issued))
-            .mount(&server)
-            .await;
-        let key = DpopKey::generate().unwrap();
-        let tokens = TokenSet::new("at-1").with_token_type("DPoP").with_dpop_key(key.clone()).with_refresh_token("rt");
-        let grant = RefreshTokenGrant::new(format!("{}/token", server.uri())).api_origin(server.uri()).dpop(key);
-        let auth = TokenRefresh::builder(grant).initial_tokens(tokens).build().unwrap();
+        let (server, auth) = scripted(vec![refuse(), demand("n-after"), ResponseTemplate::new(200)]).await;
         let client = Client::new(front, &auth);
 
         let answer = client.get(format!("{}/v1/me", server.uri())).send().await.unwrap();
 
         assert_eq!(answer.status, 200, "{front:?}");
-        let api: Vec<Request> = server
-            .received_requests()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|request| request.url.path() == "/v1/me")
-            .collect();
+        let api = api_requests(&server).await;
         assert_eq!(api.len(), 3, "{front:?}: the dead token, the retry, the retry with the nonce");
         let tokens_sent: Vec<&str> = api.iter().map(|r| r.headers["authorization"].to_str().unwrap()).collect();
         assert_eq!(tokens_sent, ["DPoP at-1", "DPoP at-2", "DPoP at-2"], "{front:?}");
@@ -314,52 +327,18 @@ async fn a_nonce_demanded_of_the_retry_after_a_refresh_is_met_with_the_new_token
     }
 }
 
-/// An API that demands a nonce, refuses the token, then demands a nonce again, then accepts.
-struct DemandRefuseDemand(Arc<AtomicU64>);
-
-impl Respond for DemandRefuseDemand {
-    fn respond(&self, _: &Request) -> ResponseTemplate {
-        let n = self.0.fetch_add(1, Ordering::SeqCst);
-        let demand = |nonce: &str| {
-            ResponseTemplate::new(401)
-                .insert_header("www-authenticate", r#"DPoP error="use_dpop_nonce""#)
-                .insert_header("dpop-nonce", nonce)
-        };
-        match n {
-            0 => demand("n-1"),
-            1 => ResponseTemplate::new(401).insert_header("www-authenticate", r#"DPoP error="invalid_token""#),
-            2 => demand("n-2"),
-            _ => ResponseTemplate::new(200),
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_request_meets_one_nonce_demand_only_even_across_a_refresh() {
     for front in Front::ALL {
-        let server = MockServer::start().await;
-        Mock::given(method("GET"))
-            .and(path("/v1/me"))
-            .respond_with(DemandRefuseDemand(Arc::default()))
-            .mount(&server)
-            .await;
-        let issued = serde_json::json!({"access_token": "at-2", "token_type": "DPoP", "expires_in": 3600});
-        Mock::given(method("POST"))
-            .and(path("/token"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(issued))
-            .mount(&server)
-            .await;
-        let key = DpopKey::generate().unwrap();
-        let tokens = TokenSet::new("at-1").with_token_type("DPoP").with_dpop_key(key.clone()).with_refresh_token("rt");
-        let grant = RefreshTokenGrant::new(format!("{}/token", server.uri())).api_origin(server.uri()).dpop(key);
-        let auth = TokenRefresh::builder(grant).initial_tokens(tokens).build().unwrap();
+        let script = vec![demand("n-1"), refuse(), demand("n-2"), ResponseTemplate::new(200)];
+        let (server, auth) = scripted(script).await;
         let client = Client::new(front, &auth);
 
         let answer = client.get(format!("{}/v1/me", server.uri())).send().await.unwrap();
 
         assert_eq!(answer.status, 401, "{front:?}: the second demand goes back to the caller");
         assert_eq!(answer.headers["dpop-nonce"], "n-2", "with its nonce, remembered for the caller's own retry");
-        let api = server.received_requests().await.unwrap().into_iter().filter(|r| r.url.path() == "/v1/me").count();
+        let api = api_requests(&server).await.len();
         assert_eq!(api, 3, "{front:?}: the first send, its nonce retry, the retry after the refresh");
         let ours = auth.stats();
         assert_eq!((ours.refreshes, ours.retries, ours.nonce_retries), (1, 1, 1), "{front:?}: {ours:?}");
@@ -437,8 +416,7 @@ async fn a_bearer_token_refreshed_into_a_dpop_bound_one_is_retried_with_a_proof(
         let answer = client.get(format!("{}/v1/me", server.uri())).send().await.unwrap();
 
         assert_eq!(answer.status, 200, "{front:?}");
-        let retried = server.received_requests().await.unwrap().into_iter().filter(|r| r.url.path() == "/v1/me").nth(1);
-        let retried = retried.expect("a retry");
+        let retried = api_requests(&server).await.into_iter().nth(1).expect("a retry");
         assert_eq!(claims_of(&retried)["ath"], ath("at-2"), "{front:?}");
         assert_eq!(claims_of(&retried)["htu"], format!("{}/v1/me", server.uri()));
     }
