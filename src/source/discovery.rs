@@ -234,31 +234,32 @@ pub(super) async fn fetch_first(
     Err(DiscoveryError::NotFound { tried, status: last_status })
 }
 
-/// The bounds of a metadata fetch, as builder methods of a type that holds its
-/// [`TokenEndpoint`] in `self.endpoint`: [`Discovery`] and
-/// [`ProtectedResource`](crate::ProtectedResource).
+/// The bounds of a metadata fetch or a registration call, as builder methods of a type that holds
+/// its [`TokenEndpoint`] in `self.endpoint`: [`Discovery`],
+/// [`ProtectedResource`](crate::ProtectedResource) and
+/// [`DynamicRegistration`](crate::DynamicRegistration).
 macro_rules! fetch_bounds {
     () => {
-        /// Sets how long each fetch may take, connection to last byte. Default: 30 seconds
+        /// Sets how long each call may take, connection to last byte. Default: 30 seconds
         /// ([`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT)), as for a token call.
-        #[must_use = "returns the changed discovery; on its own the call changes nothing"]
+        #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
         pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
             self.endpoint.timeout = timeout;
             self
         }
 
-        /// Sets the largest document read, of each fetch. Default: 64 KiB
+        /// Sets the largest answer read, of each call. Default: 64 KiB
         /// ([`DEFAULT_MAX_RESPONSE_BYTES`](crate::DEFAULT_MAX_RESPONSE_BYTES)); real ones are a
         /// few KiB.
-        #[must_use = "returns the changed discovery; on its own the call changes nothing"]
+        #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
         pub fn max_response_bytes(mut self, limit: usize) -> Self {
             self.endpoint.max_response_bytes = limit;
             self
         }
 
-        /// Fetches through this client instead of the crate's own (which follows no redirects by
+        /// Calls through this client instead of the crate's own (which follows no redirects by
         /// itself; give yours the same policy, or the redirect rule cannot hold).
-        #[must_use = "returns the changed discovery; on its own the call changes nothing"]
+        #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
         pub fn http_client(mut self, client: reqwest::Client) -> Self {
             self.endpoint.http = Some(client);
             self

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use super::ServerMetadata;
-use super::discovery::{is_timeout, secure};
+use super::discovery::{fetch_bounds, is_timeout, secure};
 use super::endpoint::{CappedAnswer, TokenEndpoint};
 use crate::error::{Error, RefreshError};
 use crate::registered_client::RegisteredClient;
@@ -291,30 +291,7 @@ impl DynamicRegistration {
         self
     }
 
-    /// Sets how long the registration call may take, connection to last byte. Default: 30
-    /// seconds ([`DEFAULT_TOKEN_TIMEOUT`](crate::DEFAULT_TOKEN_TIMEOUT)).
-    #[must_use = "returns the changed registration; on its own the call changes nothing"]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.endpoint.timeout = timeout;
-        self
-    }
-
-    /// Sets the largest answer read. Default: 64 KiB
-    /// ([`DEFAULT_MAX_RESPONSE_BYTES`](crate::DEFAULT_MAX_RESPONSE_BYTES)); real ones are well
-    /// under one.
-    #[must_use = "returns the changed registration; on its own the call changes nothing"]
-    pub fn max_response_bytes(mut self, limit: usize) -> Self {
-        self.endpoint.max_response_bytes = limit;
-        self
-    }
-
-    /// Registers through this client instead of the crate's own (which follows no redirects;
-    /// give yours the same policy).
-    #[must_use = "returns the changed registration; on its own the call changes nothing"]
-    pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.endpoint.http = Some(client);
-        self
-    }
+    fetch_bounds!();
 
     /// The client metadata as posted.
     fn body(&self) -> Value {

@@ -283,18 +283,23 @@ fn refuse() -> ResponseTemplate {
     ResponseTemplate::new(401).insert_header("www-authenticate", r#"DPoP error="invalid_token""#)
 }
 
+/// Makes `server`'s `/token` issue the DPoP-bound access token `at-2`.
+async fn issue_at_2(server: &MockServer) {
+    let issued = serde_json::json!({"access_token": "at-2", "token_type": "DPoP", "expires_in": 3600});
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(issued))
+        .mount(server)
+        .await;
+}
+
 /// A server whose `/v1/me` answers `script` and whose `/token` issues the DPoP-bound `at-2`, and
 /// a layer on it holding the DPoP-bound `at-1` (with a refresh token), both bound to one key.
 async fn scripted(script: Vec<ResponseTemplate>) -> (MockServer, TokenRefresh) {
     let server = MockServer::start().await;
     let api = Script { answers: script, next: AtomicU64::new(0) };
     Mock::given(method("GET")).and(path("/v1/me")).respond_with(api).mount(&server).await;
-    let issued = serde_json::json!({"access_token": "at-2", "token_type": "DPoP", "expires_in": 3600});
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(issued))
-        .mount(&server)
-        .await;
+    issue_at_2(&server).await;
     let key = DpopKey::generate().unwrap();
     let tokens = TokenSet::new("at-1").with_token_type("DPoP").with_dpop_key(key.clone()).with_refresh_token("rt");
     let grant = RefreshTokenGrant::new(format!("{}/token", server.uri())).api_origin(server.uri()).dpop(key);
@@ -399,12 +404,7 @@ async fn a_bearer_token_refreshed_into_a_dpop_bound_one_is_retried_with_a_proof(
             .respond_with(ResponseTemplate::new(200))
             .mount(&server)
             .await;
-        let issued = serde_json::json!({"access_token": "at-2", "token_type": "DPoP", "expires_in": 3600});
-        Mock::given(method("POST"))
-            .and(path("/token"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(issued))
-            .mount(&server)
-            .await;
+        issue_at_2(&server).await;
         // Tokens from before the client moved to DPoP, refreshed by a DPoP grant.
         let grant = RefreshTokenGrant::new(format!("{}/token", server.uri()))
             .api_origin(server.uri())
