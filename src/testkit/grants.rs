@@ -44,6 +44,8 @@ pub(super) struct State {
     codes: HashMap<String, CodeRecord>,
     /// The clients the registration endpoint registered.
     pub(super) registrations: super::registration::Registrations,
+    /// The MCP server's sessions.
+    pub(super) mcp: super::mcp::McpState,
     serial: u64,
     /// DPoP's `jti`s and nonce.
     #[cfg(feature = "dpop")]

@@ -112,6 +112,7 @@ mod dpop;
 #[cfg(all(test, feature = "dpop"))]
 mod dpop_tests;
 mod grants;
+mod mcp;
 mod metadata;
 mod registration;
 mod resource;
@@ -136,6 +137,7 @@ use grants::State;
 use wire::{ApiEndpoint, AuthorizeEndpoint, Endpoint, TokenEndpoint};
 
 pub use dialect::Dialect;
+pub use mcp::MCP_TOOL;
 
 /// The client id that [`MockProvider::whoop`], [`MockProvider::whoop_partner`],
 /// [`MockProvider::kroger`] and [`MockProvider::withings`] register.
@@ -227,6 +229,12 @@ pub struct ProviderStats {
     /// Token and revocation calls refused with `invalid_client`: an unknown client, a wrong
     /// secret, an expired secret or a revoked registration, a failed client assertion.
     pub invalid_clients: u64,
+    /// MCP sessions the mock's MCP server opened (`initialize`; see
+    /// [`MockProviderBuilder::mcp_server`]).
+    pub mcp_sessions: u64,
+    /// JSON-RPC messages the MCP server took within a session, `initialize` included: requests,
+    /// notifications and responses, each admitted by the token check first.
+    pub mcp_messages: u64,
 }
 
 /// An answer the token endpoint gives instead of handling a call; see
@@ -315,6 +323,7 @@ pub struct MockProviderBuilder {
     metadata_fields: Vec<(String, serde_json::Value)>,
     resource: resource::ResourceConfig,
     registration: Option<registration::RegistrationConfig>,
+    mcp: bool,
     token_latency: Duration,
     api_latency: Duration,
     #[cfg(feature = "dpop")]
@@ -336,6 +345,7 @@ impl Default for MockProviderBuilder {
             metadata_fields: Vec::new(),
             resource: resource::ResourceConfig::default(),
             registration: None,
+            mcp: false,
             token_latency: Duration::ZERO,
             api_latency: Duration::ZERO,
             #[cfg(feature = "dpop")]
@@ -557,6 +567,56 @@ impl MockProviderBuilder {
         self
     }
 
+    /// Serves an MCP server (default off) at `{uri}/api/mcp` ([`MockProvider::mcp_url`]): the
+    /// protected resource (as [`protected_resource("/api/mcp")`](Self::protected_resource) makes
+    /// it, its metadata served and named by every `401`), speaking the Model Context Protocol's
+    /// streamable HTTP transport behind the API's token check.
+    ///
+    /// `initialize` opens a session (`Mcp-Session-Id` in the answer, required on every later
+    /// message: `400` without it, `404` for an unknown or deleted one); a request gets its answer
+    /// as one server-sent event, a notification `202`; `GET` gets `405`, `DELETE` ends the
+    /// session; a `POST` that does not accept both `application/json` and `text/event-stream`
+    /// gets `406`. Methods: `ping`, `tools/list` and `tools/call` of the one tool [`MCP_TOOL`],
+    /// which answers with its `text` argument. Counted in [`ProviderStats::mcp_sessions`] and
+    /// [`mcp_messages`](ProviderStats::mcp_messages).
+    ///
+    /// ```
+    /// use reqwest_token_refresh::testkit::MockProvider;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), reqwest::Error> {
+    /// let provider = MockProvider::builder().mcp_server().start().await;
+    /// let initialize = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    ///     "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "doc", "version": "1"}}});
+    /// let post = || {
+    ///     reqwest::Client::new()
+    ///         .post(provider.mcp_url())
+    ///         .header("accept", "application/json, text/event-stream")
+    ///         .header("content-type", "application/json")
+    ///         .body(initialize.to_string())
+    /// };
+    ///
+    /// // Without a token: the 401 names where to start (RFC 9728).
+    /// let answer = post().send().await?;
+    /// assert_eq!(answer.status(), 401);
+    /// let challenge = answer.headers()["www-authenticate"].to_str().unwrap();
+    /// assert!(challenge.contains(&format!("resource_metadata=\"{}\"", provider.resource_metadata_url())));
+    ///
+    /// // With one: a session, and the answer as a server-sent event.
+    /// let tokens = provider.issue_tokens();
+    /// let answer = post().bearer_auth(tokens.access_token().secret()).send().await?;
+    /// assert!(answer.headers().contains_key("mcp-session-id"));
+    /// assert!(answer.text().await?.starts_with("event: message\ndata: {"));
+    /// assert_eq!(provider.stats().mcp_sessions, 1);
+    /// # Ok(()) }
+    /// ```
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn mcp_server(self) -> Self {
+        let mut builder = self.protected_resource(mcp::MCP_PATH);
+        builder.mcp = true;
+        builder
+    }
+
     /// Serves dynamic client registration (RFC 7591; default off): `POST` JSON client metadata
     /// to [`MockProvider::registration_url`], named `registration_endpoint` in the metadata
     /// document. A registration needs `redirect_uris`, absolute URLs without fragments, when its
@@ -612,6 +672,7 @@ impl MockProviderBuilder {
             metadata_fields: self.metadata_fields,
             resource: self.resource,
             registration: self.registration,
+            mcp: self.mcp,
             #[cfg(feature = "dpop")]
             dpop: self.dpop,
         };
@@ -905,6 +966,12 @@ impl MockProvider {
         }
     }
 
+    /// The MCP server's endpoint, `{uri}/api/mcp`, when [`MockProviderBuilder::mcp_server`]
+    /// turned it on (else a path of the API like any other): the URL an MCP client is given.
+    pub fn mcp_url(&self) -> String {
+        format!("{}{}", self.uri(), mcp::MCP_PATH)
+    }
+
     /// The URL of `path` on the protected API, `{uri}/api/{path}` (a leading `/` is dropped).
     pub fn api_url(&self, path: &str) -> String {
         format!("{}/api/{}", self.uri(), path.trim_start_matches('/'))
@@ -1091,6 +1158,8 @@ struct Config {
     resource: resource::ResourceConfig,
     /// Dynamic client registration, when served.
     registration: Option<registration::RegistrationConfig>,
+    /// Whether the resource's path serves MCP.
+    mcp: bool,
     /// DPoP mode, and where nonces are demanded.
     #[cfg(feature = "dpop")]
     dpop: Option<dpop::DpopConfig>,

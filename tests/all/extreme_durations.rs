@@ -123,11 +123,14 @@ async fn every_duration_option_at_zero_builds_and_serves_without_panicking() {
     // A token call that may take no time at all fails as a transient error. The token has
     // expired by its own expiry (not just "now", which within the clock's resolution may still
     // count as valid and go out while its refresh fails), so the request must wait for the call.
-    let auth = TokenRefresh::builder(grant(&provider).timeout(Duration::ZERO))
-        .initial_tokens(provider.issue_expired_tokens())
+    // The token endpoint takes a moment to answer: a zero timeout fires at the timer's next tick
+    // (about a millisecond), and a loopback token call without latency can beat that.
+    let slow = MockProvider::builder().token_latency(Duration::from_millis(500)).start().await;
+    let auth = TokenRefresh::builder(grant(&slow).timeout(Duration::ZERO))
+        .initial_tokens(slow.issue_expired_tokens())
         .build()
         .unwrap();
-    let err = ours(get(&client_with(&auth), &url).await);
+    let err = ours(get(&client_with(&auth), &slow.api_url("me")).await);
     assert!(matches!(&err, Error::Refresh { source: RefreshError::Transport(_), .. }), "{err:?}");
 }
 
