@@ -21,6 +21,7 @@ mod login;
 mod many_users;
 mod mcp_discovery;
 mod mcp_sdk;
+mod mcp_session;
 mod nothing_lost;
 mod observability;
 mod origins;

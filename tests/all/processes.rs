@@ -12,13 +12,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest_token_refresh::testkit::MockProvider;
 use reqwest_token_refresh::{
-    FileStore, ManualClock, RefreshTokenGrant, TokenKey, TokenRefresh, TokenSet, TokenSource, TokenStore,
+    DynamicRegistration, FileStore, ManualClock, RefreshTokenGrant, ResourceMetadata, TokenKey, TokenRefresh, TokenSet,
+    TokenSource, TokenStore,
 };
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 
 use crate::helpers::StoreExt;
 use crate::helpers::{client_with, count, storm};
+use crate::mcp_session::{echo, echoed, open_session, rpc};
 
 /// Where the children keep their tokens.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,6 +58,11 @@ pub enum Job {
     /// Refreshes and uses the token in a loop, with a driven clock that expires it each time,
     /// until it is killed.
     RotateForever,
+    /// An MCP client process: finds the authorization server from `api_url` (an MCP endpoint) by
+    /// its protected resource metadata, its grant naming no client (the stored set's registered
+    /// client is used), opens a session, waits until `start_at_ms`, makes `calls` concurrent
+    /// tool calls in that session, and prints `RESULT <ok> <failed>`.
+    McpSession { calls: usize, start_at_ms: u128 },
 }
 
 /// Whether a child's grant does DPoP.
@@ -217,6 +224,9 @@ fn child_process() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async move {
         let store = spec.store.open().await;
+        if let Job::McpSession { calls, start_at_ms } = spec.job {
+            return mcp_child(store, &spec.api_url, calls, start_at_ms).await;
+        }
         let clock = ManualClock::starting_now();
         let api_origin = url::Url::parse(&spec.api_url).unwrap().origin().ascii_serialization();
         let grant =
@@ -230,7 +240,7 @@ fn child_process() {
         };
         let (grant, builder_clock) = match spec.job {
             Job::RotateForever => (grant.clock(clock.clone()), Some(clock.clone())),
-            Job::Storm { .. } => (grant, None),
+            Job::Storm { .. } | Job::McpSession { .. } => (grant, None),
         };
         let mut builder = TokenRefresh::builder(grant).store_arc(store);
         if let Some(clock) = builder_clock {
@@ -246,6 +256,7 @@ fn child_process() {
                 let ok = count(&statuses, 200);
                 println!("RESULT {ok} {}", requests - ok);
             }
+            Job::McpSession { .. } => unreachable!("run by mcp_child"),
             Job::RotateForever => loop {
                 // Past the token's expiry on the layer's clock: the next request refreshes first
                 // (saving the rotated token), then uses the new token at the API.
@@ -255,6 +266,27 @@ fn child_process() {
             },
         }
     });
+}
+
+/// The [`Job::McpSession`] child.
+async fn mcp_child(store: std::sync::Arc<dyn TokenStore>, url: &str, calls: usize, start_at_ms: u128) {
+    let resource = ResourceMetadata::discover(url).await.expect("the MCP server's metadata");
+    let auth = TokenRefresh::builder(resource.refresh_token_grant()).store_arc(store).build().unwrap();
+    let client = client_with(&auth);
+    let session = open_session(&client, url).await;
+    let wait = start_at_ms.saturating_sub(unix_ms());
+    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+    let calls = (0..calls).map(|i| {
+        let (client, session) = (&client, &session);
+        async move {
+            let text = format!("call {i} of {}", std::process::id());
+            let answer = rpc(client, url, Some(session), &echo(i as u64, &text)).await;
+            answer.is_ok_and(|answer| answer.status == 200 && echoed(&answer) == Some(text.as_str()))
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let ok = answers.iter().filter(|ok| **ok).count();
+    println!("RESULT {ok} {}", answers.len() - ok);
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -285,6 +317,56 @@ pub async fn four_process_storm_with(provider: &MockProvider, store: StoreSpec, 
     let results: Vec<_> =
         tokio::task::spawn_blocking(move || children.into_iter().map(storm_result).collect()).await.unwrap();
     results.iter().fold((0, 0), |(ok, failed), (o, f)| (ok + o, failed + f))
+}
+
+/// Four MCP client processes on one machine (one a workspace), one `FileStore`, one registered
+/// client and its login in it: the token expires while their sessions are open, and 50 tool
+/// calls each then go at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_mcp_client_processes_sharing_a_file_store_refresh_once_between_them_in_their_sessions() {
+    const REDIRECT: &str = "http://127.0.0.1:33418/callback";
+    let provider =
+        MockProvider::builder().mcp_server().dynamic_registration().require_resource_indicator(true).start().await;
+    let resource = ResourceMetadata::discover(provider.mcp_url()).await.unwrap();
+    let registration = DynamicRegistration::from_metadata(resource.authorization_server()).unwrap();
+    let client = registration.redirect_uri(REDIRECT).register().await.unwrap();
+    let login = resource.refresh_token_grant().registered_client(client.clone()).login(REDIRECT).unwrap();
+    let (authorize, pending) = login.start().unwrap();
+    let tokens = login.exchange(&pending, &provider.approve(&authorize).await).await.unwrap();
+    let dir = temp_dir("mcp-sessions");
+    let path = dir.join("tokens.json");
+    FileStore::new(&path).put(&TokenKey::default(), &tokens).await.unwrap();
+    let before = provider.stats();
+
+    let start_at_ms = unix_ms() + 4000;
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            spawn_child(&ChildSpec {
+                store: StoreSpec::File(path.clone()),
+                token_url: provider.token_url(),
+                api_url: provider.mcp_url(),
+                job: Job::McpSession { calls: 50, start_at_ms },
+                dpop: Dpop::Off,
+            })
+        })
+        .collect();
+    let results = tokio::task::spawn_blocking(move || children.into_iter().map(storm_result).collect::<Vec<_>>());
+    // Expired before the calls, after most sessions opened; a child that opens its session
+    // later meets the 401 at `initialize` instead, which changes nothing of what is counted.
+    tokio::time::sleep(Duration::from_millis((start_at_ms - 1000).saturating_sub(unix_ms()) as u64)).await;
+    provider.expire_access_tokens();
+    let results = results.await.unwrap();
+
+    let (ok, failed) = results.iter().fold((0, 0), |(ok, failed), (o, f)| (ok + o, failed + f));
+    assert_eq!((ok, failed), (200, 0));
+    let stats = provider.stats();
+    assert_eq!(stats.token_calls - before.token_calls, 1, "one refresh between the four: {stats:?}");
+    assert_eq!(stats.mcp_sessions, 4, "one session a process, none dropped");
+    assert_eq!((stats.registrations, stats.invalid_clients, stats.invalid_targets), (1, 0, 0));
+    assert!(stats.api_unauthorized >= 1, "the expiry was met mid-session");
+    let stored = FileStore::new(&path).get(&TokenKey::default()).await.unwrap().unwrap();
+    assert_eq!(stored.client().map(|c| c.client_id()), Some(client.client_id()), "the registration stays stored");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
