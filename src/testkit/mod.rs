@@ -40,7 +40,10 @@
 //! Clients can register themselves (RFC 7591, [`MockProviderBuilder::dynamic_registration`]):
 //! the token, revocation and authorization endpoints then know them by the id and secret the
 //! registration endpoint issued, until their secret expires or
-//! [`MockProvider::revoke_registration`] ends them. Not reproduced: refresh-token expiry. The mock's routes are mounted at priority 10, so a [`Mock`] a test mounts
+//! [`MockProvider::revoke_registration`] ends them. An MCP server can sit at the protected
+//! resource ([`MockProviderBuilder::mcp_server`]): the streamable HTTP transport, sessions and
+//! server-sent-event answers as the MCP specification's examples show them, behind the token
+//! check. Not reproduced: refresh-token expiry. The mock's routes are mounted at priority 10, so a [`Mock`] a test mounts
 //! on [`MockProvider::server`] at the default priority wins.
 //!
 //! ```
