@@ -393,9 +393,10 @@ pub use policy::{
 pub use registered_client::{DEFAULT_TOKEN_ENDPOINT_AUTH_METHOD, RegisteredClient};
 pub use source::providers;
 pub use source::{
-    BodyEncoding, ClientAuth, ClientCredentials, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, Discovery,
-    DiscoveryError, DynamicRegistration, Login, LoginError, PendingLogin, ProtectedResource, RefreshTokenGrant,
-    RegistrationError, ResourceMetadata, ResourceServer, ServerMetadata, TokenSource,
+    BodyEncoding, ClientAuth, ClientCredentials, ClientMetadataDocument, ClientMetadataError,
+    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, Discovery, DiscoveryError, DynamicRegistration, Login,
+    LoginError, PendingLogin, ProtectedResource, RefreshTokenGrant, RegistrationError, ResourceMetadata,
+    ResourceServer, ServerMetadata, TokenSource,
 };
 #[cfg(feature = "private-key-jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]

@@ -44,6 +44,8 @@ pub(super) struct State {
     codes: HashMap<String, CodeRecord>,
     /// The clients the registration endpoint registered.
     pub(super) registrations: super::registration::Registrations,
+    /// The client metadata documents fetched and found valid.
+    pub(super) client_documents: super::client_metadata::Documents,
     serial: u64,
     /// DPoP's `jti`s and nonce.
     #[cfg(feature = "dpop")]
