@@ -841,7 +841,10 @@ impl MockProvider {
     /// one), `token_endpoint_auth_methods_supported` (the dialect's: Basic
     /// and the body in the standard one, plus `private_key_jwt` once a
     /// [client key](MockProviderBuilder::client_key) is registered), `grant_types_supported`,
-    /// `response_types_supported` and `code_challenge_methods_supported`, and whatever
+    /// `response_types_supported` and `code_challenge_methods_supported`,
+    /// `client_id_metadata_document_supported` once
+    /// [`client_id_metadata_documents`](MockProviderBuilder::client_id_metadata_documents) is on,
+    /// and whatever
     /// [`metadata_field`](MockProviderBuilder::metadata_field) set. Read it with
     /// [`Discovery`](crate::Discovery).
     pub fn issuer(&self) -> String {

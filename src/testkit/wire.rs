@@ -284,28 +284,26 @@ impl Respond for AuthorizeEndpoint {
             return authorize_page("redirect_uri is missing or not an absolute URL");
         };
         let client_id = params.get("client_id");
-        // A client named by its metadata document's URL is registered by the document, fetched
-        // now if it is not known yet (its own redirect URIs, as a registered client has).
-        if let Some(id) = client_id.filter(|id| self.0.shared.is_document_client(id)) {
-            match self.0.shared.document_redirect_uris(id) {
+        // A client registered by its metadata document (fetched now if not known yet) or at the
+        // registration endpoint: one redirect URI check, whichever way the client came to exist.
+        let registered = match client_id {
+            Some(id) if self.0.shared.is_document_client(id) => match self.0.shared.document_redirect_uris(id) {
+                Ok(uris) => Some(uris),
                 Err(why) => return authorize_page(&why),
-                Ok(uris) if !uris.contains(redirect_uri) => {
-                    return authorize_page("redirect_uri is not listed in the client's metadata document");
-                }
-                Ok(_) => {}
+            },
+            Some(id) => self.0.shared.registered_redirect_uris(id),
+            None => None,
+        };
+        match registered {
+            // A registered client comes back only to a redirect URI it registered (RFC 7591 §2).
+            Some(uris) if !uris.contains(redirect_uri) => {
+                return authorize_page("redirect_uri is not registered for this client");
             }
-        } else {
-            match client_id.and_then(|id| self.0.shared.registered_redirect_uris(id)) {
-                // A registered client comes back only to a redirect URI it registered (RFC 7591 §2).
-                Some(uris) if !uris.contains(redirect_uri) => {
-                    return authorize_page("redirect_uri is not registered for this client");
-                }
-                Some(_) => {}
-                None => {
-                    let known = config.client.as_ref().is_some_and(|(id, _)| client_id == Some(id));
-                    if (config.client.is_some() || self.0.shared.registers_clients()) && !known {
-                        return authorize_page("unknown client_id");
-                    }
+            Some(_) => {}
+            None => {
+                let known = config.client.as_ref().is_some_and(|(id, _)| client_id == Some(id));
+                if (config.client.is_some() || self.0.shared.registers_clients()) && !known {
+                    return authorize_page("unknown client_id");
                 }
             }
         }

@@ -152,7 +152,7 @@ async fn a_redirect_uri_the_document_does_not_list_is_refused() {
     let (status, body) = authorize(&login).await;
 
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains("redirect_uri is not listed in the client's metadata document"), "{body}");
+    assert!(body.contains("redirect_uri is not registered for this client"), "{body}");
     assert_eq!((provider.stats().client_metadata_fetches, provider.stats().authorizations), (1, 0));
 }
 
