@@ -1,8 +1,8 @@
 //! OAuth Client ID Metadata Documents against the mock: a client named by the URL of its own
 //! metadata document (hosted by a wiremock server here) logs in and refreshes as a public client;
 //! the mock fetches the document once and refuses one that names another client, does not list
-//! the redirect URI, is not JSON or is too big; URLs the draft refuses are refused before anything
-//! is sent.
+//! the redirect URI, is not JSON, is too big or never ends; URLs the draft refuses are refused
+//! before anything is sent.
 
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use tokio::time::timeout;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
+use crate::discovery::never_ending_server;
 use crate::helpers::client_with;
 
 const BOUND: Duration = Duration::from_secs(10);
@@ -189,6 +190,19 @@ async fn a_document_that_is_not_json_too_big_missing_or_confidential_is_refused(
         assert!(page.contains(expected), "{expected}: {page}");
     }
     assert_eq!((provider.stats().client_metadata_fetches, provider.stats().authorizations), (4, 0));
+}
+
+#[tokio::test]
+async fn a_document_that_never_ends_is_given_up_on() {
+    let provider = MockProvider::builder().client_id_metadata_documents().start().await;
+    let url = format!("{}{DOCUMENT_PATH}", never_ending_server().await);
+    let login = grant_for(&provider, &document_for(&url)).await.login(REDIRECT).unwrap();
+
+    let (status, body) = authorize(&login).await;
+
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("could not be fetched"), "{body}");
+    assert_eq!((provider.stats().client_metadata_fetches, provider.stats().authorizations), (1, 0));
 }
 
 #[tokio::test]
