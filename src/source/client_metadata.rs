@@ -175,6 +175,11 @@ impl ClientMetadataDocument {
     /// [`ClientMetadataError::InvalidClientId`] for a URL the draft's rules refuse;
     /// [`ClientMetadataError::InvalidMetadata`] for metadata that cannot describe this client.
     pub fn document(&self) -> Result<Value, ClientMetadataError> {
+        self.members().map(Value::Object)
+    }
+
+    /// The document's members, checked.
+    fn members(&self) -> Result<Map<String, Value>, ClientMetadataError> {
         check_client_id(&self.client_id)
             .map_err(|reason| ClientMetadataError::InvalidClientId { client_id: self.client_id.clone(), reason })?;
         let invalid = |reason: String| ClientMetadataError::InvalidMetadata { reason };
@@ -196,8 +201,7 @@ impl ClientMetadataDocument {
         for (name, value) in &self.fields {
             document.insert(name.clone(), value.clone());
         }
-        let document = Value::Object(document);
-        check_document(&document, &self.client_id).map_err(invalid)?;
+        check_members(&document, &self.client_id).map_err(invalid)?;
         Ok(document)
     }
 
@@ -212,9 +216,7 @@ impl ClientMetadataDocument {
     ///
     /// As [`document`](Self::document).
     pub fn client(&self) -> Result<RegisteredClient, ClientMetadataError> {
-        let Value::Object(mut metadata) = self.document()? else {
-            unreachable!("a document is built as a JSON object")
-        };
+        let mut metadata = self.members()?;
         metadata.remove("client_id");
         let method = match metadata.remove("token_endpoint_auth_method") {
             Some(Value::String(method)) => method,
@@ -226,9 +228,9 @@ impl ClientMetadataDocument {
 
 /// Whether `client_id` may be a client identifier URL (§3 of the draft): `https` (plain `http`
 /// to loopback only, as everywhere in this crate), a path other than `/`, no `.` or `..`
-/// segment, no fragment, no user name or password. The reason when not; it quotes no value
-/// but the URL's own parts. The mock provider checks the `client_id`s it is sent with this too.
-pub(crate) fn check_client_id(client_id: &str) -> Result<Url, String> {
+/// segment, no fragment, no user name or password; the rule it breaks when not. The mock
+/// provider checks the `client_id`s it is sent with this too.
+pub(crate) fn check_client_id(client_id: &str) -> Result<(), String> {
     let url = Url::parse(client_id).map_err(|e| format!("not an absolute URL ({e})"))?;
     if !secure(&url) {
         return Err("not https (plain http is allowed to loopback only)".into());
@@ -251,7 +253,7 @@ pub(crate) fn check_client_id(client_id: &str) -> Result<Url, String> {
     if url.path() == "/" || url.path().is_empty() {
         return Err("a client identifier URL has a path (the document's own)".into());
     }
-    Ok(url)
+    Ok(())
 }
 
 /// The path of `url` as written: after the authority, up to a query or fragment.
@@ -268,9 +270,14 @@ fn raw_path(url: &str) -> &str {
 /// `client_secret` or `client_secret_expires_at`; no secret-based `token_endpoint_auth_method`.
 /// The reason when not. The mock provider checks the documents it fetches with this too.
 pub(crate) fn check_document(document: &Value, client_id: &str) -> Result<Vec<String>, String> {
-    let Value::Object(document) = document else {
-        return Err("the document is not a JSON object".into());
-    };
+    match document {
+        Value::Object(members) => check_members(members, client_id),
+        _ => Err("the document is not a JSON object".into()),
+    }
+}
+
+/// [`check_document`] for a document known to be an object: its redirect URIs when it passes.
+fn check_members(document: &Map<String, Value>, client_id: &str) -> Result<Vec<String>, String> {
     match document.get("client_id") {
         Some(Value::String(found)) if found == client_id => {}
         Some(Value::String(_)) => return Err("the document's client_id is not its URL".into()),
