@@ -221,7 +221,10 @@
 //! that names another issuer, plain `http` to anything but loopback, and a redirect to another
 //! origin, each fetch bounded in time and size. Its grants carry the resource as an RFC 8707
 //! resource indicator ([`RefreshTokenGrant::resource`]) on the login's authorize URL, the code
-//! exchange and every refresh, and send the tokens to the resource's origin only.
+//! exchange and every refresh, and send the tokens to the resource's origin only. As the MCP
+//! specification requires, their logins are refused ([`LoginError::PkceUnsupported`]) when the
+//! authorization server's metadata does not list PKCE with `S256`
+//! (`code_challenge_methods_supported`).
 //!
 //! ```no_run
 //! use reqwest_token_refresh::{ResourceMetadata, TokenRefresh};
@@ -266,6 +269,28 @@
 //! let tokens = login.exchange(&pending, &callback).await?; // tokens.client() is the registration
 //! let auth = TokenRefresh::builder(grant).build()?;
 //! auth.set_tokens(tokens).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Client ID Metadata Documents
+//!
+//! Where the server says so ([`ServerMetadata::client_id_metadata_document_supported`]), a
+//! client needs no registration at all: its `client_id` is the `https` URL of a JSON document
+//! describing it, which the server fetches when the user logs in.
+//! [`ClientMetadataDocument`] checks the URL against the draft's rules, gives the document to
+//! host there and the public [`RegisteredClient`] to log in as, with PKCE proving the login.
+//!
+//! ```no_run
+//! use reqwest_token_refresh::{ClientMetadataDocument, ResourceMetadata};
+//!
+//! # async fn run(metadata: ResourceMetadata) -> Result<(), Box<dyn std::error::Error>> {
+//! let me = ClientMetadataDocument::new("https://agent.example/oauth/client.json")
+//!     .client_name("my agent")
+//!     .redirect_uri("http://127.0.0.1:8976/callback");
+//! let hosted = me.document()?; // serve at https://agent.example/oauth/client.json
+//! assert!(metadata.authorization_server().client_id_metadata_document_supported());
+//! let grant = metadata.refresh_token_grant().registered_client(me.client()?);
+//! let (authorize_url, pending) = grant.login("http://127.0.0.1:8976/callback")?.start()?;
 //! # Ok(()) }
 //! ```
 //!
@@ -393,9 +418,10 @@ pub use policy::{
 pub use registered_client::{DEFAULT_TOKEN_ENDPOINT_AUTH_METHOD, RegisteredClient};
 pub use source::providers;
 pub use source::{
-    BodyEncoding, ClientAuth, ClientCredentials, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, Discovery,
-    DiscoveryError, DynamicRegistration, Login, LoginError, PendingLogin, ProtectedResource, RefreshTokenGrant,
-    RegistrationError, ResourceMetadata, ResourceServer, ServerMetadata, TokenSource,
+    BodyEncoding, ClientAuth, ClientCredentials, ClientMetadataDocument, ClientMetadataError,
+    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT, Discovery, DiscoveryError, DynamicRegistration, Login,
+    LoginError, PendingLogin, ProtectedResource, RefreshTokenGrant, RegistrationError, ResourceMetadata,
+    ResourceServer, ServerMetadata, TokenSource,
 };
 #[cfg(feature = "private-key-jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "private-key-jwt")))]

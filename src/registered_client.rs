@@ -102,6 +102,13 @@ impl RegisteredClient {
         self
     }
 
+    /// Sets the client metadata kept beside the registration (a client metadata document's
+    /// members, say).
+    pub(crate) fn with_metadata(mut self, metadata: Map<String, Value>) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
     /// Reads a registration's answer (RFC 7591 §3.2.1) from `document`, registered at
     /// `registration_endpoint`; `asked` is the authentication method the request asked for, the
     /// default when the answer names none. The error says which member is wrong, never its value.

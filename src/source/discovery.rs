@@ -19,7 +19,7 @@ use http::header::{ACCEPT, LOCATION};
 use serde_json::Value;
 use url::Url;
 
-use super::endpoint::{CappedAnswer, TokenEndpoint};
+use super::endpoint::{CappedAnswer, PkceAdvertised, TokenEndpoint};
 use super::{ClientAuth, ClientCredentials, RefreshTokenGrant};
 use crate::error::RefreshError;
 
@@ -345,6 +345,9 @@ pub struct ServerMetadata {
     registration_endpoint: Option<String>,
     token_endpoint_auth_methods_supported: Vec<String>,
     dpop_signing_alg_values_supported: Vec<String>,
+    /// `None`: the document does not list them.
+    code_challenge_methods_supported: Option<Vec<String>>,
+    client_id_metadata_document_supported: bool,
     document: Value,
 }
 
@@ -394,6 +397,11 @@ impl ServerMetadata {
                 Some(_) => Err(invalid(format!("`{name}` is not an array of strings"))),
             }
         };
+        let client_id_metadata_document_supported = match document.get("client_id_metadata_document_supported") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(supported)) => *supported,
+            Some(_) => return Err(invalid("`client_id_metadata_document_supported` is not a boolean".into())),
+        };
         let token_endpoint =
             endpoint("token_endpoint")?.ok_or_else(|| invalid("the document has no `token_endpoint`".into()))?;
         Ok(Self {
@@ -407,6 +415,8 @@ impl ServerMetadata {
             token_endpoint_auth_methods_supported: strings("token_endpoint_auth_methods_supported")?
                 .unwrap_or_else(|| vec!["client_secret_basic".to_owned()]),
             dpop_signing_alg_values_supported: strings("dpop_signing_alg_values_supported")?.unwrap_or_default(),
+            code_challenge_methods_supported: strings("code_challenge_methods_supported")?,
+            client_id_metadata_document_supported,
             document,
         })
     }
@@ -456,6 +466,20 @@ impl ServerMetadata {
         &self.dpop_signing_alg_values_supported
     }
 
+    /// The PKCE code challenge methods the server supports (`code_challenge_methods_supported`,
+    /// RFC 8414 §2: `S256`, `plain`); `None` when the document does not list them, which RFC
+    /// 8414 reads as no PKCE support.
+    pub fn code_challenge_methods_supported(&self) -> Option<&[String]> {
+        self.code_challenge_methods_supported.as_deref()
+    }
+
+    /// Whether the server takes clients identified by the URL of their metadata document
+    /// (`client_id_metadata_document_supported`; see
+    /// [`ClientMetadataDocument`](crate::ClientMetadataDocument)); `false` when it does not say.
+    pub fn client_id_metadata_document_supported(&self) -> bool {
+        self.client_id_metadata_document_supported
+    }
+
     /// The whole document, for members this type does not name.
     pub fn document(&self) -> &Value {
         &self.document
@@ -467,8 +491,19 @@ impl ServerMetadata {
     /// prefers: HTTP Basic if it takes `client_secret_basic`, else in the body if it takes
     /// `client_secret_post`, else HTTP Basic (set [`client_auth`](RefreshTokenGrant::client_auth)
     /// yourself for `private_key_jwt`). Add the client id and secret, and where the tokens go.
+    ///
+    /// When the document lists [`code_challenge_methods_supported`](Self::code_challenge_methods_supported),
+    /// the grant remembers them: a list without `S256`, the one method this crate uses, makes
+    /// [`login`](RefreshTokenGrant::login) fail with [`LoginError::PkceUnsupported`](crate::LoginError::PkceUnsupported)
+    /// rather than send the user to a login the server cannot complete. A document that lists
+    /// none leaves the login alone here (many servers support PKCE without saying so); the MCP
+    /// path, [`ResourceMetadata::refresh_token_grant`](crate::ResourceMetadata::refresh_token_grant),
+    /// refuses it, as the MCP authorization specification requires.
     pub fn refresh_token_grant(&self) -> RefreshTokenGrant {
         let mut grant = RefreshTokenGrant::new(&self.token_endpoint).client_auth(self.secret_auth());
+        if let Some(methods) = &self.code_challenge_methods_supported {
+            grant = grant.pkce_advertised(PkceAdvertised::Listed(methods.clone()));
+        }
         if let Some(authorize_url) = &self.authorization_endpoint {
             grant = grant.authorize_url(authorize_url);
         }
@@ -610,6 +645,40 @@ mod tests {
         assert_eq!((metadata.authorization_endpoint(), metadata.revocation_endpoint()), (None, None));
         assert_eq!(metadata.registration_endpoint(), None);
         assert_eq!(metadata.secret_auth(), ClientAuth::Basic);
+    }
+
+    #[test]
+    fn pkce_methods_and_client_metadata_document_support_are_read_as_listed() {
+        let read = |extra: Value| {
+            let mut document = json!({"issuer": "https://i", "token_endpoint": "https://i/t", "authorization_endpoint": "https://i/a"});
+            document.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            ServerMetadata::from_document("https://i", "u", document)
+        };
+        let absent = read(json!({})).unwrap();
+        assert_eq!(absent.code_challenge_methods_supported(), None, "absent is not an empty list");
+        assert!(!absent.client_id_metadata_document_supported());
+        assert_eq!(absent.refresh_token_grant().login("https://app.example/cb").err().map(|e| e.to_string()), None);
+        let listed = read(json!({
+            "code_challenge_methods_supported": ["plain", "S256"],
+            "client_id_metadata_document_supported": true,
+        }))
+        .unwrap();
+        assert_eq!(listed.code_challenge_methods_supported(), Some(&["plain".to_owned(), "S256".to_owned()][..]));
+        assert!(listed.client_id_metadata_document_supported());
+        assert!(listed.refresh_token_grant().login("https://app.example/cb").is_ok());
+        let without_s256 = read(json!({"code_challenge_methods_supported": ["plain"]})).unwrap();
+        assert!(matches!(
+            without_s256.refresh_token_grant().login("https://app.example/cb"),
+            Err(crate::LoginError::PkceUnsupported { methods: Some(_) })
+        ));
+        assert!(matches!(
+            read(json!({"client_id_metadata_document_supported": "yes"})),
+            Err(DiscoveryError::Invalid { .. })
+        ));
+        assert!(matches!(
+            read(json!({"code_challenge_methods_supported": "S256"})),
+            Err(DiscoveryError::Invalid { .. })
+        ));
     }
 
     #[test]

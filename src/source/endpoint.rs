@@ -102,6 +102,29 @@ pub(crate) enum Scoped {
     No,
 }
 
+/// What an authorization server's metadata says about PKCE (RFC 8414 §2's
+/// `code_challenge_methods_supported`), kept by a grant made from it so that its logins can be
+/// refused before the user is sent to a server that cannot complete them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PkceAdvertised {
+    /// The methods, as listed.
+    Listed(Vec<String>),
+    /// No list, where its absence means no PKCE (the MCP path).
+    Absent,
+}
+
+impl PkceAdvertised {
+    /// Whether a login with `S256`, the only method this crate uses, may go ahead; the methods
+    /// listed, if any, when not.
+    pub(crate) fn check_s256(&self) -> Result<(), Option<Vec<String>>> {
+        match self {
+            PkceAdvertised::Listed(methods) if methods.iter().any(|m| m == "S256") => Ok(()),
+            PkceAdvertised::Listed(methods) => Err(Some(methods.clone())),
+            PkceAdvertised::Absent => Err(None),
+        }
+    }
+}
+
 /// Everything about calling one token endpoint, whatever the grant.
 #[derive(Clone)]
 pub(crate) struct TokenEndpoint {
@@ -118,6 +141,9 @@ pub(crate) struct TokenEndpoint {
     pub(crate) scope_delimiter: String,
     /// Where users authorize the client, for [`Login`](crate::Login); a refresh never uses it.
     pub(crate) authorize_url: Option<String>,
+    /// What the authorization server's metadata said about PKCE, for a grant made from it;
+    /// `None` for a grant configured by hand, whose logins are not checked.
+    pub(crate) pkce: Option<PkceAdvertised>,
     /// Where tokens are revoked (RFC 7009), for [`TokenRefresh::revoke`](crate::TokenRefresh::revoke).
     pub(crate) revocation_url: Option<String>,
     pub(crate) params: Vec<(String, String)>,
@@ -148,6 +174,7 @@ impl fmt::Debug for TokenEndpoint {
             .field("registered", &self.registered)
             .field("scopes", &self.scopes)
             .field("authorize_url", &self.authorize_url)
+            .field("pkce", &self.pkce)
             .field("revocation_url", &self.revocation_url)
             .field("params", &self.params.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
             .field("resources", &self.resources)
@@ -172,6 +199,7 @@ impl TokenEndpoint {
             scopes: Vec::new(),
             scope_delimiter: " ".to_owned(),
             authorize_url: None,
+            pkce: None,
             revocation_url: None,
             params: Vec::new(),
             resources: Vec::new(),
@@ -824,6 +852,21 @@ mod tests {
             json,
             serde_json::json!({"grant_type": "client_credentials", "resource": ["https://a.example", "https://b.example/x"]})
         );
+    }
+
+    #[test]
+    fn only_a_list_with_s256_lets_a_login_go_ahead() {
+        let listed = |methods: &[&str]| PkceAdvertised::Listed(methods.iter().map(|&m| m.to_owned()).collect());
+        assert_eq!(listed(&["S256"]).check_s256(), Ok(()));
+        assert_eq!(listed(&["plain", "S256"]).check_s256(), Ok(()));
+        assert_eq!(listed(&["plain"]).check_s256(), Err(Some(vec!["plain".to_owned()])));
+        assert_eq!(listed(&[]).check_s256(), Err(Some(Vec::new())));
+        assert_eq!(
+            listed(&["s256"]).check_s256(),
+            Err(Some(vec!["s256".to_owned()])),
+            "method names are case-sensitive"
+        );
+        assert_eq!(PkceAdvertised::Absent.check_s256(), Err(None));
     }
 
     #[test]

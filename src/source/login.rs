@@ -34,6 +34,22 @@ pub enum LoginError {
     /// The system's random number generator failed, so no `state` or verifier could be made.
     #[error("no random bytes for the login: {0}")]
     Random(String),
+    /// The authorization server's metadata does not say it supports PKCE with `S256`, the one
+    /// method this crate uses: it lists `code_challenge_methods_supported` without it, or (on the
+    /// MCP path, [`ResourceMetadata::refresh_token_grant`](crate::ResourceMetadata::refresh_token_grant))
+    /// does not list them at all, and the MCP authorization specification then requires the
+    /// client to refuse to proceed. Nothing was sent.
+    #[error(
+        "the authorization server's metadata {}: refused, since a login needs PKCE with S256",
+        match .methods {
+            Some(methods) => format!("lists code_challenge_methods_supported {methods:?} without S256"),
+            None => "has no code_challenge_methods_supported, so PKCE support is not known".to_owned(),
+        }
+    )]
+    PkceUnsupported {
+        /// `code_challenge_methods_supported` as listed; `None` when the metadata has none.
+        methods: Option<Vec<String>>,
+    },
     /// The callback's `state` is not the one this login was started with: a forged or replayed
     /// callback (RFC 6749 §10.12), or the answer to another login.
     #[error("the callback's state does not match the login's: refused")]
@@ -134,6 +150,9 @@ pub struct Login {
 
 impl Login {
     pub(super) fn new(endpoint: &TokenEndpoint, redirect_uri: String) -> Result<Self, LoginError> {
+        if let Some(pkce) = &endpoint.pkce {
+            pkce.check_s256().map_err(|methods| LoginError::PkceUnsupported { methods })?;
+        }
         let Some(authorize_url) = &endpoint.authorize_url else {
             return Err(LoginError::Config(
                 "the grant has no authorize URL: set one with `RefreshTokenGrant::authorize_url`".into(),

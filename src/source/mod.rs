@@ -3,6 +3,7 @@
 #[cfg(feature = "private-key-jwt")]
 mod client_assertion;
 mod client_credentials;
+pub(crate) mod client_metadata;
 mod discovery;
 #[cfg(feature = "dpop")]
 pub(crate) mod dpop;
@@ -29,6 +30,7 @@ pub use client_assertion::{
     CLIENT_ASSERTION_TYPE, ClientAssertionKey, ClientKeyError, DEFAULT_CLIENT_ASSERTION_LIFETIME, SigningAlgorithm,
 };
 pub use client_credentials::ClientCredentials;
+pub use client_metadata::{ClientMetadataDocument, ClientMetadataError};
 pub use discovery::{Discovery, DiscoveryError, ServerMetadata};
 pub use endpoint::{BodyEncoding, ClientAuth, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOKEN_TIMEOUT};
 pub use login::{Login, LoginError, PendingLogin};

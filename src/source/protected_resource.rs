@@ -19,7 +19,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::discovery::{fetch_bounds, fetch_first, secure};
-use super::endpoint::TokenEndpoint;
+use super::endpoint::{PkceAdvertised, TokenEndpoint};
 use super::{ClientCredentials, Discovery, DiscoveryError, RefreshTokenGrant, ServerMetadata};
 use crate::challenge::parse_challenges;
 
@@ -319,9 +319,18 @@ impl ResourceMetadata {
     /// resource's origin as where the tokens go, and the scopes the MCP specification's scope
     /// selection picks: the challenge's `scope` if it had one, else every scope in
     /// `scopes_supported`, else none. Add the client id (and secret).
+    ///
+    /// The MCP authorization specification requires a client to check the authorization
+    /// server's PKCE support in its metadata and to refuse to proceed without it: a
+    /// [`login`](RefreshTokenGrant::login) from this grant fails with
+    /// [`LoginError::PkceUnsupported`](crate::LoginError::PkceUnsupported) when the metadata has
+    /// no `code_challenge_methods_supported`, or one without `S256`. Refreshes are not affected.
     pub fn refresh_token_grant(&self) -> RefreshTokenGrant {
         let mut grant =
             self.authorization_server.refresh_token_grant().resource(&self.resource).api_origin(self.origin());
+        if self.authorization_server.code_challenge_methods_supported().is_none() {
+            grant = grant.pkce_advertised(PkceAdvertised::Absent);
+        }
         for scope in self.scopes() {
             grant = grant.scope(scope);
         }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::TokenSource;
-use super::endpoint::{Scoped, TokenEndpoint, endpoint_options};
+use super::endpoint::{PkceAdvertised, Scoped, TokenEndpoint, endpoint_options};
 use super::login::{Login, LoginError};
 use super::resource_server::{ResourceServer, resource_server_options};
 use crate::error::RefreshError;
@@ -53,6 +53,13 @@ impl RefreshTokenGrant {
         self
     }
 
+    /// Records what the authorization server's metadata said about PKCE, which
+    /// [`login`](Self::login) checks.
+    pub(super) fn pkce_advertised(mut self, pkce: PkceAdvertised) -> Self {
+        self.endpoint.pkce = Some(pkce);
+        self
+    }
+
     /// An authorization-code login (with PKCE and `state`) that sends users back to
     /// `redirect_uri` and exchanges their code the way this grant refreshes: same token URL,
     /// client authentication, encoding, extra fields and response mapping. Its scopes start as
@@ -61,7 +68,10 @@ impl RefreshTokenGrant {
     /// # Errors
     ///
     /// [`LoginError::Config`] when no [`authorize_url`](Self::authorize_url) is set, or it or
-    /// `redirect_uri` does not parse as a URL.
+    /// `redirect_uri` does not parse as a URL; [`LoginError::PkceUnsupported`] for a grant made
+    /// from metadata that does not list PKCE with `S256` (see
+    /// [`ServerMetadata::refresh_token_grant`](crate::ServerMetadata::refresh_token_grant) and
+    /// [`ResourceMetadata::refresh_token_grant`](crate::ResourceMetadata::refresh_token_grant)).
     pub fn login(&self, redirect_uri: impl Into<String>) -> Result<Login, LoginError> {
         Login::new(&self.endpoint, redirect_uri.into())
     }

@@ -299,6 +299,11 @@ impl Shared {
             (Some(id), Some(secret)) => Ok((id.clone(), secret.clone())),
             _ => Err(OAuthError::invalid_client("client_id and client_secret are required in the body")),
         };
+        // A client named by its metadata document's URL is public whatever the dialect.
+        if let Some(id) = params.get("client_id").filter(|id| self.is_document_client(id)) {
+            let sent_a_secret = params.contains_key("client_secret") || !matches!(basic_credentials(headers), Ok(None));
+            return self.check_document_client(id, sent_a_secret).map(|()| None);
+        }
         let mut presented = Presented::DialectsWay;
         let (id, secret) = match self.config.dialect {
             Dialect::Standard => {

@@ -46,6 +46,8 @@ pub(super) struct State {
     pub(super) registrations: super::registration::Registrations,
     /// The MCP server's sessions.
     pub(super) mcp: super::mcp::McpState,
+    /// The client metadata documents fetched and found valid.
+    pub(super) client_documents: super::client_metadata::Documents,
     serial: u64,
     /// DPoP's `jti`s and nonce.
     #[cfg(feature = "dpop")]

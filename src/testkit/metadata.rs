@@ -49,8 +49,16 @@ impl Shared {
         if config.dpop.is_some() {
             document["dpop_signing_alg_values_supported"] = json!(["ES256"]);
         }
+        if config.client_id_metadata_documents {
+            document["client_id_metadata_document_supported"] = true.into();
+        }
         for (name, value) in &config.metadata_fields {
-            document[name.as_str()] = value.clone();
+            match (value, document.as_object_mut()) {
+                (Value::Null, Some(members)) => {
+                    members.remove(name);
+                }
+                _ => document[name.as_str()] = value.clone(),
+            }
         }
         document
     }

@@ -40,11 +40,13 @@
 //! Clients can register themselves (RFC 7591, [`MockProviderBuilder::dynamic_registration`]):
 //! the token, revocation and authorization endpoints then know them by the id and secret the
 //! registration endpoint issued, until their secret expires or
-//! [`MockProvider::revoke_registration`] ends them. An MCP server can sit at the protected
-//! resource ([`MockProviderBuilder::mcp_server`]): the streamable HTTP transport, sessions and
+//! [`MockProvider::revoke_registration`] ends them; or name themselves by the URL of their own
+//! metadata document ([`MockProviderBuilder::client_id_metadata_documents`]), which the mock
+//! fetches and checks. An MCP server can sit at the protected resource
+//! ([`MockProviderBuilder::mcp_server`]): the streamable HTTP transport, sessions and
 //! server-sent-event answers as the MCP specification's examples show them, behind the token
-//! check. Not reproduced: refresh-token expiry. The mock's routes are mounted at priority 10, so a [`Mock`] a test mounts
-//! on [`MockProvider::server`] at the default priority wins.
+//! check. Not reproduced: refresh-token expiry. The mock's routes are mounted at priority 10, so
+//! a [`Mock`] a test mounts on [`MockProvider::server`] at the default priority wins.
 //!
 //! ```
 //! use reqwest_token_refresh::testkit::MockProvider;
@@ -109,6 +111,7 @@
 // wiremock responders; `tests.rs` has the unit tests.
 #[cfg(feature = "private-key-jwt")]
 mod assertion;
+mod client_metadata;
 mod dialect;
 #[cfg(feature = "dpop")]
 mod dpop;
@@ -238,6 +241,10 @@ pub struct ProviderStats {
     /// JSON-RPC messages the MCP server took within a session, `initialize` included: requests,
     /// notifications and responses, each admitted by the token check first.
     pub mcp_messages: u64,
+    /// Client metadata documents fetched (see
+    /// [`MockProviderBuilder::client_id_metadata_documents`]), those refused included; a
+    /// document already fetched and valid is not fetched again.
+    pub client_metadata_fetches: u64,
 }
 
 /// An answer the token endpoint gives instead of handling a call; see
@@ -327,6 +334,7 @@ pub struct MockProviderBuilder {
     resource: resource::ResourceConfig,
     registration: Option<registration::RegistrationConfig>,
     mcp: bool,
+    client_id_metadata_documents: bool,
     token_latency: Duration,
     api_latency: Duration,
     #[cfg(feature = "dpop")]
@@ -349,6 +357,7 @@ impl Default for MockProviderBuilder {
             resource: resource::ResourceConfig::default(),
             registration: None,
             mcp: false,
+            client_id_metadata_documents: false,
             token_latency: Duration::ZERO,
             api_latency: Duration::ZERO,
             #[cfg(feature = "dpop")]
@@ -518,6 +527,8 @@ impl MockProviderBuilder {
     /// Sets a member of the metadata document (see [`MockProvider::issuer`]), replacing the
     /// mock's own value or adding one it does not have: a `revocation_endpoint`,
     /// `dpop_signing_alg_values_supported`, or a wrong `issuer` to see a client refuse it.
+    /// `Value::Null` removes the member: `code_challenge_methods_supported`, say, to see an MCP
+    /// client refuse a server that does not list PKCE.
     #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
     pub fn metadata_field(mut self, name: &str, value: serde_json::Value) -> Self {
         self.metadata_fields.push((name.to_owned(), value));
@@ -655,6 +666,30 @@ impl MockProviderBuilder {
         self
     }
 
+    /// Takes clients identified by the URL of their metadata document (OAuth Client ID Metadata
+    /// Documents, as the MCP authorization specification uses them; default off; see
+    /// [`ClientMetadataDocument`](crate::ClientMetadataDocument)), and says so in the metadata
+    /// document (`client_id_metadata_document_supported: true`).
+    ///
+    /// An authorization request whose `client_id` is an `http` or `https` URL has that URL
+    /// checked by the draft's rules (`https` or loopback `http`, a path, no dot segment,
+    /// fragment or credentials) and the document fetched over HTTP, without following
+    /// redirects, within 5 seconds and 5 KiB. The document must be a JSON object whose
+    /// `client_id` is the URL (compared as strings), with `redirect_uris` listing the request's
+    /// redirect URI, `token_endpoint_auth_method` `none` and no `client_secret`; anything else is
+    /// refused with the authorization endpoint's error page (`400`, never a redirect). A valid
+    /// document is kept, and not fetched again; a refused one is fetched again next time. The
+    /// token and revocation endpoints take such a client, with its `client_id` in the body and
+    /// no secret, only once its document was fetched; else `401 invalid_client`. Fetches are
+    /// counted in [`ProviderStats::client_metadata_fetches`]. Serve the documents from another
+    /// server than the provider (a [`MockServer`] of the test's): the provider answers nothing
+    /// while it fetches.
+    #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+    pub fn client_id_metadata_documents(mut self) -> Self {
+        self.client_id_metadata_documents = true;
+        self
+    }
+
     /// Starts the server on a free port of `127.0.0.1`.
     pub async fn start(self) -> MockProvider {
         let server = MockServer::start().await;
@@ -676,6 +711,7 @@ impl MockProviderBuilder {
             resource: self.resource,
             registration: self.registration,
             mcp: self.mcp,
+            client_id_metadata_documents: self.client_id_metadata_documents,
             #[cfg(feature = "dpop")]
             dpop: self.dpop,
         };
@@ -869,7 +905,10 @@ impl MockProvider {
     /// one), `token_endpoint_auth_methods_supported` (the dialect's: Basic
     /// and the body in the standard one, plus `private_key_jwt` once a
     /// [client key](MockProviderBuilder::client_key) is registered), `grant_types_supported`,
-    /// `response_types_supported` and `code_challenge_methods_supported`, and whatever
+    /// `response_types_supported` and `code_challenge_methods_supported`,
+    /// `client_id_metadata_document_supported` once
+    /// [`client_id_metadata_documents`](MockProviderBuilder::client_id_metadata_documents) is on,
+    /// and whatever
     /// [`metadata_field`](MockProviderBuilder::metadata_field) set. Read it with
     /// [`Discovery`](crate::Discovery).
     pub fn issuer(&self) -> String {
@@ -1163,6 +1202,8 @@ struct Config {
     registration: Option<registration::RegistrationConfig>,
     /// Whether the resource's path serves MCP.
     mcp: bool,
+    /// Whether clients may be named by the URL of their metadata document.
+    client_id_metadata_documents: bool,
     /// DPoP mode, and where nonces are demanded.
     #[cfg(feature = "dpop")]
     dpop: Option<dpop::DpopConfig>,

@@ -288,7 +288,17 @@ impl Respond for AuthorizeEndpoint {
             return authorize_page("redirect_uri is missing or not an absolute URL");
         };
         let client_id = params.get("client_id");
-        match client_id.and_then(|id| self.0.shared.registered_redirect_uris(id)) {
+        // A client registered by its metadata document (fetched now if not known yet) or at the
+        // registration endpoint: one redirect URI check, whichever way the client came to exist.
+        let registered = match client_id {
+            Some(id) if self.0.shared.is_document_client(id) => match self.0.shared.document_redirect_uris(id) {
+                Ok(uris) => Some(uris),
+                Err(why) => return authorize_page(&why),
+            },
+            Some(id) => self.0.shared.registered_redirect_uris(id),
+            None => None,
+        };
+        match registered {
             // A registered client comes back only to a redirect URI it registered (RFC 7591 §2).
             Some(uris) if !uris.contains(redirect_uri) => {
                 return authorize_page("redirect_uri is not registered for this client");

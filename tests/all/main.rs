@@ -4,6 +4,7 @@
 mod bad_input;
 mod cancellation;
 mod chain;
+mod client_metadata;
 mod compat;
 mod discovery;
 mod dpop;

@@ -458,3 +458,56 @@ async fn a_redirect_loop_within_the_origin_or_a_body_that_is_not_json_is_no_docu
     assert_eq!(fetched.iter().filter(|p| *p == inserted).count(), 4, "the first fetch and 3 redirects: {fetched:?}");
     assert_eq!(fetched.len(), 5, "{fetched:?}");
 }
+
+/// A login from `grant`: whether it may start, and if not the methods the refusal names.
+fn pkce_verdict(grant: &RefreshTokenGrant) -> Result<(), Option<Vec<String>>> {
+    match grant.login(REDIRECT) {
+        Ok(_) => Ok(()),
+        Err(LoginError::PkceUnsupported { methods }) => Err(methods),
+        Err(other) => panic!("{other:?}"),
+    }
+}
+
+/// A mock MCP server whose authorization server lists `methods` as its
+/// `code_challenge_methods_supported` (`Value::Null`: not at all); its grants from RFC 8414
+/// discovery alone and from the MCP path.
+async fn grants_with_pkce_methods(methods: serde_json::Value) -> (RefreshTokenGrant, RefreshTokenGrant) {
+    let provider = MockProvider::builder()
+        .protected_resource("/api/mcp")
+        .metadata_field("code_challenge_methods_supported", methods)
+        .start()
+        .await;
+    let plain = timeout(BOUND, Discovery::new(provider.issuer()).fetch()).await.unwrap().unwrap();
+    let mcp = timeout(BOUND, ResourceMetadata::discover(provider.api_url("mcp"))).await.unwrap().unwrap();
+    assert_eq!(plain.code_challenge_methods_supported(), mcp.authorization_server().code_challenge_methods_supported());
+    (plain.refresh_token_grant().client_id("c"), mcp.refresh_token_grant().client_id("c"))
+}
+
+#[tokio::test]
+async fn an_mcp_login_is_refused_when_the_authorization_server_does_not_list_pkce() {
+    let (plain, mcp) = grants_with_pkce_methods(serde_json::Value::Null).await;
+
+    assert_eq!(pkce_verdict(&mcp), Err(None), "the MCP specification: absent means refuse to proceed");
+    assert_eq!(pkce_verdict(&plain), Ok(()), "plain RFC 8414 discovery does not require the list");
+    let refused = mcp.login(REDIRECT).unwrap_err().to_string();
+    assert!(refused.contains("has no code_challenge_methods_supported"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_login_is_refused_on_both_paths_when_the_listed_pkce_methods_lack_s256() {
+    let (plain, mcp) = grants_with_pkce_methods(json!(["plain"])).await;
+
+    assert_eq!(pkce_verdict(&mcp), Err(Some(vec!["plain".to_owned()])));
+    assert_eq!(pkce_verdict(&plain), Err(Some(vec!["plain".to_owned()])));
+    let refused = plain.login(REDIRECT).unwrap_err().to_string();
+    assert!(refused.contains(r#"["plain"] without S256"#), "{refused}");
+
+    let (plain, mcp) = grants_with_pkce_methods(json!(["plain", "S256"])).await;
+    assert_eq!((pkce_verdict(&plain), pkce_verdict(&mcp)), (Ok(()), Ok(())));
+}
+
+#[tokio::test]
+async fn a_hand_configured_grant_is_not_checked_for_pkce() {
+    let grant = RefreshTokenGrant::new("https://as.example/token").authorize_url("https://as.example/authorize");
+    assert_eq!(pkce_verdict(&grant), Ok(()));
+}
