@@ -72,12 +72,18 @@ async fn first_process() -> Result<(), Failure> {
     let issuer = resource.authorization_server().issuer().to_owned();
     println!("discovery: resource {} -> authorization server {issuer}", resource.resource());
 
-    // 2. Registration and login.
+    // 2. Registration and login. The MCP specification prefers a client metadata document
+    // (`ClientMetadataDocument`) where the server takes one; this one registers clients instead.
+    let documents = resource.authorization_server().client_id_metadata_document_supported();
+    check(!documents, "a server that registers clients")?;
     let client = DynamicRegistration::from_metadata(resource.authorization_server())?
         .client_name("reqwest-token-refresh MCP example")
         .redirect_uri(REDIRECT_URI);
     let client = bounded(client.register()).await??;
-    println!("registered: client_id {} (its secret kept beside the tokens)", client.client_id());
+    println!(
+        "registered (RFC 7591; no client metadata documents here): client_id {} (its secret kept beside the tokens)",
+        client.client_id()
+    );
     let grant = resource.refresh_token_grant().registered_client(client);
     let login = grant.login(REDIRECT_URI)?;
     let (authorize, pending) = login.start()?;
