@@ -299,7 +299,10 @@
 //! With the feature `rmcp`, `McpHttpClient` runs the MCP session itself on the official Rust
 //! SDK: it is rmcp's streamable-HTTP client over a `ClientWithMiddleware`, so every request of
 //! the session carries the layer's token, and a token that expires mid-session is refreshed
-//! once without ending the session.
+//! once without ending the session. `cargo run --example mcp` walks the whole path against the
+//! mock provider's own MCP server (`testkit::MockProviderBuilder::mcp_server`, feature
+//! `testkit`), which your tests can use too: from the bare URL's 401 to a second process that
+//! shares the `FileStore` and makes no token call.
 //!
 //! # Beyond reqwest
 //!

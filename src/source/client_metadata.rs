@@ -334,6 +334,7 @@ mod tests {
 
     #[test]
     fn the_document_is_rfc_7591_metadata_whose_client_id_is_its_url_and_fields_win() {
+        assert_eq!(ClientMetadataDocument::new(URL).client_id(), URL);
         let document = ClientMetadataDocument::new(URL)
             .client_name("agent")
             .redirect_uri("http://127.0.0.1:8976/callback")

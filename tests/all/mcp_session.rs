@@ -120,6 +120,9 @@ async fn the_mock_mcp_server_answers_as_the_streamable_http_transport_specifies(
     let other = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "other"}});
     let answer = rpc(&client, &url, Some(&session), &other).await.unwrap();
     assert_eq!(answer.message.unwrap()["error"]["code"], -32602);
+    let no_text = json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": MCP_TOOL}});
+    let answer = rpc(&client, &url, Some(&session), &no_text).await.unwrap();
+    assert_eq!(answer.message.unwrap()["error"]["code"], -32602, "the echo tool needs its text");
     let unknown = json!({"jsonrpc": "2.0", "id": 6, "method": "resources/list"});
     let answer = rpc(&client, &url, Some(&session), &unknown).await.unwrap();
     assert_eq!(answer.message.unwrap()["error"]["code"], -32601);
@@ -133,7 +136,10 @@ async fn the_mock_mcp_server_answers_as_the_streamable_http_transport_specifies(
     let answer = rpc(&client, &url, Some(&session), &batch).await.unwrap();
     assert_eq!((answer.status, answer.message.unwrap()["error"]["code"].clone()), (400, json!(-32600)));
     let not_json = client.post(&url).header("accept", "application/json, text/event-stream").body("{").send();
-    assert_eq!(not_json.await.unwrap().status(), 400);
+    let not_json = not_json.await.unwrap();
+    assert_eq!(not_json.status(), 400);
+    let error: Value = serde_json::from_str(&not_json.text().await.unwrap()).unwrap();
+    assert_eq!((error["id"].clone(), error["error"]["code"].clone()), (Value::Null, json!(-32700)));
     let json_only = client.post(&url).header("accept", "application/json").body(initialize().to_string()).send();
     assert_eq!(json_only.await.unwrap().status(), 406);
     let version = client
@@ -154,7 +160,7 @@ async fn the_mock_mcp_server_answers_as_the_streamable_http_transport_specifies(
 
     let stats = provider.stats();
     assert_eq!(stats.mcp_sessions, 2);
-    assert_eq!(stats.mcp_messages, 8, "two initializes and the six messages the open session took: {stats:?}");
+    assert_eq!(stats.mcp_messages, 9, "two initializes and the seven messages the open session took: {stats:?}");
 }
 
 #[tokio::test]
