@@ -18,7 +18,6 @@
 //! Exits non-zero when any step does not turn out as printed.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use reqwest_token_refresh::testkit::{MCP_TOOL, MockProvider};
@@ -28,6 +27,7 @@ use rmcp::model::{CallToolRequestParams, ClientConfig};
 use rmcp::service::{RoleClient, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use tokio::process::Command;
 
 /// Where the user's browser comes back: a loopback port of the client, as native MCP clients do.
 const REDIRECT_URI: &str = "http://127.0.0.1:33418/callback";
@@ -121,15 +121,12 @@ async fn first_process() -> Result<(), Failure> {
 
     // 5. A second process on the same store.
     let calls = provider.stats().token_calls;
-    let child = tokio::task::spawn_blocking({
-        let (store, server) = (store_path.clone(), server.clone());
-        move || {
-            Command::new(std::env::current_exe()?)
-                .args([SECOND_PROCESS.as_ref(), store.as_os_str(), server.as_ref()])
-                .output()
-        }
-    });
-    let output = tokio::time::timeout(BOUND * 2, child).await???;
+    // Killed if it outlives its bound: `output` is dropped with the timeout.
+    let child = Command::new(std::env::current_exe()?)
+        .args([SECOND_PROCESS.as_ref(), store_path.as_os_str(), server.as_ref()])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(BOUND * 2, child).await??;
     print!("{}", String::from_utf8_lossy(&output.stdout));
     eprint!("{}", String::from_utf8_lossy(&output.stderr));
     let child_calls = provider.stats().token_calls - calls;

@@ -12,11 +12,8 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use super::discovery::secure;
+use super::registration::{ClientMetadata, client_metadata_setters};
 use crate::registered_client::RegisteredClient;
-
-/// The grant types a document names unless [`grant_types`](ClientMetadataDocument::grant_types)
-/// says otherwise: `authorization_code` and `refresh_token`.
-const DEFAULT_GRANT_TYPES: [&str; 2] = ["authorization_code", "refresh_token"];
 
 /// The `token_endpoint_auth_methods` a document must not name (§4.1 of the draft): every method
 /// built on a shared secret, since the client and the server never shared one.
@@ -94,72 +91,22 @@ pub enum ClientMetadataError {
 #[derive(Debug, Clone)]
 pub struct ClientMetadataDocument {
     client_id: String,
-    redirect_uris: Vec<String>,
-    client_name: Option<String>,
-    grant_types: Vec<String>,
-    scopes: Vec<String>,
-    fields: Vec<(String, Value)>,
+    metadata: ClientMetadata,
 }
 
 impl ClientMetadataDocument {
     /// The document of the client identified by `client_id`, the URL it is served at.
     pub fn new(client_id: impl Into<String>) -> Self {
-        Self {
-            client_id: client_id.into(),
-            redirect_uris: Vec::new(),
-            client_name: None,
-            grant_types: DEFAULT_GRANT_TYPES.iter().map(|&g| g.to_owned()).collect(),
-            scopes: Vec::new(),
-            fields: Vec::new(),
-        }
+        Self { client_id: client_id.into(), metadata: ClientMetadata::new(Some("none")) }
     }
 
-    /// Adds a redirect URI (`redirect_uris`, at least one): where a login sends the user back,
-    /// an absolute URL without a fragment (a loopback one, `http://127.0.0.1:PORT/callback`, for
-    /// a native app). The server takes a login only to a redirect URI listed here.
-    #[must_use = "returns the changed document; on its own the call changes nothing"]
-    pub fn redirect_uri(mut self, uri: impl Into<String>) -> Self {
-        self.redirect_uris.push(uri.into());
-        self
-    }
-
-    /// Sets the name shown to users when they log in (`client_name`).
-    #[must_use = "returns the changed document; on its own the call changes nothing"]
-    pub fn client_name(mut self, name: impl Into<String>) -> Self {
-        self.client_name = Some(name.into());
-        self
-    }
-
-    /// Replaces the grant types named (`grant_types`; default `authorization_code` and
-    /// `refresh_token`).
-    #[must_use = "returns the changed document; on its own the call changes nothing"]
-    pub fn grant_types<I, S>(mut self, grant_types: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.grant_types = grant_types.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// Adds a scope the client may ask for (`scope`, space-separated).
-    #[must_use = "returns the changed document; on its own the call changes nothing"]
-    pub fn scope(mut self, scope: impl Into<String>) -> Self {
-        self.scopes.push(scope.into());
-        self
-    }
-
-    /// Sets any other member of the client metadata (RFC 7591 §2 names: `client_uri`,
-    /// `logo_uri`, `contacts`, `software_id`, ...; or `token_endpoint_auth_method`
-    /// `private_key_jwt` with a `jwks_uri`, for a client that proves itself with a key), or
-    /// replaces one of those above. A secret (`client_secret`, `client_secret_expires_at`), a
-    /// secret-based `token_endpoint_auth_method` or another `client_id` makes the document
-    /// invalid.
-    #[must_use = "returns the changed document; on its own the call changes nothing"]
-    pub fn field(mut self, name: impl Into<String>, value: Value) -> Self {
-        self.fields.push((name.into(), value));
-        self
-    }
+    client_metadata_setters!(
+        ""
+        "Here `private_key_jwt` with a `jwks_uri` is a `token_endpoint_auth_method` for a client"
+        "that proves itself with a key. A secret (`client_secret`, `client_secret_expires_at`), a"
+        "secret-based `token_endpoint_auth_method` or another `client_id` makes the document"
+        "invalid; so does having no redirect URI at all."
+    );
 
     /// The client id: the document's URL, as given.
     pub fn client_id(&self) -> &str {
@@ -183,24 +130,13 @@ impl ClientMetadataDocument {
         check_client_id(&self.client_id)
             .map_err(|reason| ClientMetadataError::InvalidClientId { client_id: self.client_id.clone(), reason })?;
         let invalid = |reason: String| ClientMetadataError::InvalidMetadata { reason };
-        if self.redirect_uris.is_empty() {
+        if self.metadata.redirect_uris.is_empty() {
             return Err(invalid("a client that logs users in needs a redirect URI".into()));
         }
+        // The fields come last, over the URL too: one naming another `client_id` is refused below.
         let mut document = Map::new();
         document.insert("client_id".into(), self.client_id.clone().into());
-        if let Some(name) = &self.client_name {
-            document.insert("client_name".into(), name.clone().into());
-        }
-        document.insert("redirect_uris".into(), self.redirect_uris.clone().into());
-        document.insert("grant_types".into(), self.grant_types.clone().into());
-        document.insert("response_types".into(), vec!["code".to_owned()].into());
-        document.insert("token_endpoint_auth_method".into(), "none".into());
-        if !self.scopes.is_empty() {
-            document.insert("scope".into(), self.scopes.join(" ").into());
-        }
-        for (name, value) in &self.fields {
-            document.insert(name.clone(), value.clone());
-        }
+        document.extend(self.metadata.members());
         check_members(&document, &self.client_id).map_err(invalid)?;
         Ok(document)
     }
@@ -228,7 +164,8 @@ impl ClientMetadataDocument {
 
 /// Whether `client_id` may be a client identifier URL (§3 of the draft): `https` (plain `http`
 /// to loopback only, as everywhere in this crate), a path other than `/`, no `.` or `..`
-/// segment, no fragment, no user name or password; the rule it breaks when not. The mock
+/// segment, no fragment, no user name or password, written as it parses; the rule it breaks
+/// when not. The mock
 /// provider checks the `client_id`s it is sent with this too.
 pub(crate) fn check_client_id(client_id: &str) -> Result<(), String> {
     let url = Url::parse(client_id).map_err(|e| format!("not an absolute URL ({e})"))?;
@@ -252,6 +189,14 @@ pub(crate) fn check_client_id(client_id: &str) -> Result<(), String> {
     }
     if url.path() == "/" || url.path().is_empty() {
         return Err("a client identifier URL has a path (the document's own)".into());
+    }
+    // What the parser rewrites (a `\` read as `/`, tabs and newlines dropped, a host's case) the
+    // server would fetch rewritten, and compare the document's `client_id` with the string as
+    // sent: only a URL written as it parses names one document.
+    if url.as_str() != client_id {
+        return Err(format!(
+            "a client identifier URL is written as it parses ({url}): no `\\`, tab, newline or upper-case host"
+        ));
     }
     Ok(())
 }
@@ -328,7 +273,7 @@ mod tests {
 
     #[test]
     fn the_constants_are_what_their_docs_say() {
-        assert_eq!(DEFAULT_GRANT_TYPES, ["authorization_code", "refresh_token"]);
+        assert_eq!(super::super::registration::DEFAULT_GRANT_TYPES, ["authorization_code", "refresh_token"]);
         assert_eq!(SHARED_SECRET_METHODS, ["client_secret_basic", "client_secret_post", "client_secret_jwt"]);
     }
 
@@ -398,6 +343,10 @@ mod tests {
             ("https://agent.example/./client.json", "path segment"),
             ("https://agent.example/oauth/%2E%2e/client.json", "path segment"),
             ("https://agent.example/oauth/..", "path segment"),
+            ("https://agent.example/oauth\\..\\client.json", "written as it parses"),
+            ("https://agent.example/oauth/.\t./client.json", "written as it parses"),
+            ("https://agent.example/oauth/client\n.json", "written as it parses"),
+            ("https://Agent.Example/client.json", "written as it parses"),
         ] {
             let refused = ClientMetadataDocument::new(bad).redirect_uri("https://agent.example/cb").client();
             match refused {

@@ -16,12 +16,115 @@ use crate::error::{Error, RefreshError};
 use crate::registered_client::RegisteredClient;
 use crate::token::TokenSet;
 
-/// The grant types a registration asks for unless told otherwise: `authorization_code` and
+/// The grant types client metadata names unless told otherwise: `authorization_code` and
 /// `refresh_token`, a client that logs users in and keeps their tokens fresh.
-const DEFAULT_GRANT_TYPES: &[&str] = &["authorization_code", "refresh_token"];
+pub(super) const DEFAULT_GRANT_TYPES: &[&str] = &["authorization_code", "refresh_token"];
 
-/// The response types a registration asks for: `code`, the authorization-code flow's.
+/// The response types client metadata names: `code`, the authorization-code flow's.
 const RESPONSE_TYPES: &[&str] = &["code"];
+
+/// Client metadata (RFC 7591 §2) as a client describes itself: what a registration posts
+/// ([`DynamicRegistration`]) and what a client metadata document serves
+/// ([`ClientMetadataDocument`](crate::ClientMetadataDocument)), set through
+/// [`client_metadata_setters!`].
+#[derive(Debug, Clone)]
+pub(super) struct ClientMetadata {
+    pub(super) redirect_uris: Vec<String>,
+    pub(super) client_name: Option<String>,
+    pub(super) grant_types: Vec<String>,
+    pub(super) token_endpoint_auth_method: Option<String>,
+    pub(super) scopes: Vec<String>,
+    pub(super) fields: Vec<(String, Value)>,
+}
+
+impl ClientMetadata {
+    /// The default grant types, no redirect URI yet, and `token_endpoint_auth_method` if given.
+    pub(super) fn new(token_endpoint_auth_method: Option<&str>) -> Self {
+        Self {
+            redirect_uris: Vec::new(),
+            client_name: None,
+            grant_types: DEFAULT_GRANT_TYPES.iter().map(|&g| g.to_owned()).collect(),
+            token_endpoint_auth_method: token_endpoint_auth_method.map(str::to_owned),
+            scopes: Vec::new(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// The members: those set, `response_types` `code`, then the [fields](Self::fields) over them.
+    pub(super) fn members(&self) -> Map<String, Value> {
+        let mut members = Map::new();
+        members.insert("redirect_uris".into(), self.redirect_uris.clone().into());
+        if let Some(name) = &self.client_name {
+            members.insert("client_name".into(), name.clone().into());
+        }
+        members.insert("grant_types".into(), self.grant_types.clone().into());
+        members
+            .insert("response_types".into(), RESPONSE_TYPES.iter().map(|&r| r.to_owned()).collect::<Vec<_>>().into());
+        if let Some(method) = &self.token_endpoint_auth_method {
+            members.insert("token_endpoint_auth_method".into(), method.clone().into());
+        }
+        if !self.scopes.is_empty() {
+            members.insert("scope".into(), self.scopes.join(" ").into());
+        }
+        for (name, value) in &self.fields {
+            members.insert(name.clone(), value.clone());
+        }
+        members
+    }
+}
+
+/// The setters of [`ClientMetadata`], for a builder that keeps it in `self.metadata`:
+/// [`DynamicRegistration`] and [`ClientMetadataDocument`](crate::ClientMetadataDocument). The
+/// literals given are more documentation for `field`: what it may not set there.
+macro_rules! client_metadata_setters {
+    ($($field_doc:literal)*) => {
+        /// Adds a redirect URI (`redirect_uris`): where a login sends the user back, an absolute
+        /// URL without a fragment (a loopback one, `http://127.0.0.1:PORT/callback`, for a native
+        /// app). The server takes a login only to a redirect URI listed.
+        #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+        pub fn redirect_uri(mut self, uri: impl Into<String>) -> Self {
+            self.metadata.redirect_uris.push(uri.into());
+            self
+        }
+
+        /// Sets the name shown to users when they log in (`client_name`).
+        #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+        pub fn client_name(mut self, name: impl Into<String>) -> Self {
+            self.metadata.client_name = Some(name.into());
+            self
+        }
+
+        /// Replaces the grant types named (`grant_types`; default `authorization_code` and
+        /// `refresh_token`).
+        #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+        pub fn grant_types<I, S>(mut self, grant_types: I) -> Self
+        where
+            I: IntoIterator<Item = S>,
+            S: Into<String>,
+        {
+            self.metadata.grant_types = grant_types.into_iter().map(Into::into).collect();
+            self
+        }
+
+        /// Adds a scope the client may ask for (`scope`, space-separated).
+        #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+        pub fn scope(mut self, scope: impl Into<String>) -> Self {
+            self.metadata.scopes.push(scope.into());
+            self
+        }
+
+        /// Sets any other member of the client metadata (RFC 7591 §2 names: `client_uri`,
+        /// `logo_uri`, `contacts`, `software_id`, `software_version`, ...), or replaces one of
+        /// those above.
+        $(#[doc = $field_doc])*
+        #[must_use = "a builder method returns the changed builder; on its own the call changes nothing"]
+        pub fn field(mut self, name: impl Into<String>, value: serde_json::Value) -> Self {
+            self.metadata.fields.push((name.into(), value));
+            self
+        }
+    };
+}
+pub(super) use client_metadata_setters;
 
 /// The most of a server's `error_description` an error keeps: 256 characters.
 const MAX_DESCRIPTION_CHARS: usize = 256;
@@ -192,12 +295,7 @@ pub struct DynamicRegistration {
     url: String,
     /// Only its client, timeout, answer cap and clock are used: the bounded call of token calls.
     endpoint: TokenEndpoint,
-    redirect_uris: Vec<String>,
-    client_name: Option<String>,
-    grant_types: Vec<String>,
-    token_endpoint_auth_method: Option<String>,
-    scopes: Vec<String>,
-    fields: Vec<(String, Value)>,
+    metadata: ClientMetadata,
 }
 
 impl DynamicRegistration {
@@ -205,16 +303,7 @@ impl DynamicRegistration {
     /// redirect URIs yet and with the server's default authentication method.
     pub fn new(registration_endpoint: impl Into<String>) -> Self {
         let url = registration_endpoint.into();
-        Self {
-            endpoint: TokenEndpoint::new(url.clone()),
-            url,
-            redirect_uris: Vec::new(),
-            client_name: None,
-            grant_types: DEFAULT_GRANT_TYPES.iter().map(|&g| g.to_owned()).collect(),
-            token_endpoint_auth_method: None,
-            scopes: Vec::new(),
-            fields: Vec::new(),
-        }
+        Self { endpoint: TokenEndpoint::new(url.clone()), url, metadata: ClientMetadata::new(None) }
     }
 
     /// A registration at the server's `registration_endpoint`, asking for the authentication
@@ -240,54 +329,14 @@ impl DynamicRegistration {
         })
     }
 
-    /// Adds a redirect URI (`redirect_uris`): where a login sends the user back, an absolute URL
-    /// without a fragment (a loopback one, `http://127.0.0.1:PORT/callback`, for a native app).
-    #[must_use = "returns the changed registration; on its own the call changes nothing"]
-    pub fn redirect_uri(mut self, uri: impl Into<String>) -> Self {
-        self.redirect_uris.push(uri.into());
-        self
-    }
-
-    /// Sets the name shown to users when they log in (`client_name`).
-    #[must_use = "returns the changed registration; on its own the call changes nothing"]
-    pub fn client_name(mut self, name: impl Into<String>) -> Self {
-        self.client_name = Some(name.into());
-        self
-    }
-
-    /// Replaces the grant types asked for (`grant_types`; default `authorization_code` and
-    /// `refresh_token`).
-    #[must_use = "returns the changed registration; on its own the call changes nothing"]
-    pub fn grant_types<I, S>(mut self, grant_types: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.grant_types = grant_types.into_iter().map(Into::into).collect();
-        self
-    }
+    client_metadata_setters!();
 
     /// Sets how the client will authenticate at the token endpoint
     /// (`token_endpoint_auth_method`: `client_secret_basic`, `client_secret_post`, `none`);
     /// default: the server's (RFC 7591 §2: `client_secret_basic`).
     #[must_use = "returns the changed registration; on its own the call changes nothing"]
     pub fn token_endpoint_auth_method(mut self, method: impl Into<String>) -> Self {
-        self.token_endpoint_auth_method = Some(method.into());
-        self
-    }
-
-    /// Adds a scope the client may ask for (`scope`, space-separated).
-    #[must_use = "returns the changed registration; on its own the call changes nothing"]
-    pub fn scope(mut self, scope: impl Into<String>) -> Self {
-        self.scopes.push(scope.into());
-        self
-    }
-
-    /// Sets any other member of the client metadata (`client_uri`, `logo_uri`, `contacts`,
-    /// `software_id`, `software_version`, ...), or replaces one of those above.
-    #[must_use = "returns the changed registration; on its own the call changes nothing"]
-    pub fn field(mut self, name: impl Into<String>, value: Value) -> Self {
-        self.fields.push((name.into(), value));
+        self.metadata.token_endpoint_auth_method = Some(method.into());
         self
     }
 
@@ -295,23 +344,7 @@ impl DynamicRegistration {
 
     /// The client metadata as posted.
     fn body(&self) -> Value {
-        let mut body = Map::new();
-        body.insert("redirect_uris".into(), self.redirect_uris.clone().into());
-        if let Some(name) = &self.client_name {
-            body.insert("client_name".into(), name.clone().into());
-        }
-        body.insert("grant_types".into(), self.grant_types.clone().into());
-        body.insert("response_types".into(), RESPONSE_TYPES.iter().map(|&r| r.to_owned()).collect::<Vec<_>>().into());
-        if let Some(method) = &self.token_endpoint_auth_method {
-            body.insert("token_endpoint_auth_method".into(), method.clone().into());
-        }
-        if !self.scopes.is_empty() {
-            body.insert("scope".into(), self.scopes.join(" ").into());
-        }
-        for (name, value) in &self.fields {
-            body.insert(name.clone(), value.clone());
-        }
-        Value::Object(body)
+        Value::Object(self.metadata.members())
     }
 
     /// The endpoint, if it may be one, and the metadata, if it can be right.
@@ -322,14 +355,15 @@ impl DynamicRegistration {
             return Err(refuse("not https (plain http is allowed to loopback only)"));
         }
         let invalid = |reason: String| RegistrationError::InvalidRequest { reason };
-        for uri in &self.redirect_uris {
+        for uri in &self.metadata.redirect_uris {
             let parsed = Url::parse(uri)
                 .map_err(|e| invalid(format!("the redirect URI {uri:?} is not an absolute URL ({e})")))?;
             if parsed.fragment().is_some() {
                 return Err(invalid(format!("the redirect URI {uri:?} has a fragment (RFC 6749 §3.1.2)")));
             }
         }
-        if self.redirect_uris.is_empty() && self.grant_types.iter().any(|g| g == "authorization_code") {
+        if self.metadata.redirect_uris.is_empty() && self.metadata.grant_types.iter().any(|g| g == "authorization_code")
+        {
             return Err(invalid("a client that logs users in needs a redirect URI".into()));
         }
         Ok(url)
@@ -372,8 +406,12 @@ impl DynamicRegistration {
         if status.is_success() {
             let document = serde_json::from_slice::<Value>(&body)
                 .map_err(|_| RegistrationError::InvalidResponse { status, reason: "the answer is not JSON".into() })?;
-            return RegisteredClient::from_response(document, &self.url, self.token_endpoint_auth_method.as_deref())
-                .map_err(|reason| RegistrationError::InvalidResponse { status, reason });
+            return RegisteredClient::from_response(
+                document,
+                &self.url,
+                self.metadata.token_endpoint_auth_method.as_deref(),
+            )
+            .map_err(|reason| RegistrationError::InvalidResponse { status, reason });
         }
         Err(refusal(status, &body))
     }

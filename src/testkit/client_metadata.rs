@@ -86,7 +86,7 @@ fn fetch(url: String) -> Result<Value, String> {
             .enable_all()
             .build()
             .map_err(|e| format!("no runtime to fetch the client metadata document: {e}"))?;
-        runtime.block_on(async move {
+        let fetched = runtime.block_on(async move {
             let client = reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(FETCH_TIMEOUT)
@@ -105,7 +105,11 @@ fn fetch(url: String) -> Result<Value, String> {
                 body.extend_from_slice(&chunk);
             }
             serde_json::from_slice(&body).map_err(|_| "the client metadata document is not JSON".to_owned())
-        })
+        });
+        // A name lookup still running (a resolver that hangs past the timeout) is a blocking
+        // task, which dropping the runtime would wait for: it is left behind instead.
+        runtime.shutdown_background();
+        fetched
     });
     fetching.join().unwrap_or_else(|_| Err("fetching the client metadata document failed".into()))
 }

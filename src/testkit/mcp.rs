@@ -1,5 +1,5 @@
 //! The mock's MCP server: the streamable HTTP transport of the Model Context Protocol
-//! (specification 2025-06-18 and 2025-11-25, "Transports"), at the protected resource's path,
+//! (specification 2025-06-18 and 2025-11-25, "Transports"), at [`MCP_PATH`],
 //! behind the same token check as the rest of the API.
 //!
 //! What it answers is what the specification's examples show and what clients must cope with:
@@ -28,8 +28,9 @@ pub(super) const MCP_PATH: &str = "/api/mcp";
 pub const MCP_TOOL: &str = "echo";
 
 /// The protocol versions the mock speaks, newest first; `initialize` settles on the client's if
-/// it is one of these, else on the newest (the specification's version negotiation).
-const PROTOCOL_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
+/// it is one of these, else on the newest (the specification's version negotiation). Both
+/// without JSON-RPC batches, which 2025-06-18 removed: an older version would need them.
+const PROTOCOL_VERSIONS: [&str; 2] = ["2025-11-25", "2025-06-18"];
 
 /// The session header (MCP "Transports", "Session Management").
 const SESSION_HEADER: &str = "mcp-session-id";

@@ -257,11 +257,11 @@ impl Respond for ApiEndpoint {
         });
         let verdict = self.0.shared.admit(bearer.as_deref());
         let shared = &self.0.shared;
-        if verdict.is_ok() && shared.config.mcp && request.url.path() == shared.config.resource.path {
+        if verdict.is_ok() && shared.config.mcp && request.url.path() == super::mcp::MCP_PATH {
             return shared.mcp_answer(request).set_delay(self.0.latency);
         }
-        let resource_metadata = self.0.shared.challenge_metadata_url();
-        let template = self.0.shared.config.dialect.api_answer(verdict, resource_metadata.as_deref());
+        let resource_metadata = shared.challenge_metadata_url();
+        let template = shared.config.dialect.api_answer(verdict, resource_metadata.as_deref());
         template.set_delay(self.0.latency)
     }
 }

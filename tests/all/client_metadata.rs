@@ -19,7 +19,8 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 use crate::discovery::never_ending_server;
 use crate::helpers::client_with;
 
-const BOUND: Duration = Duration::from_secs(10);
+/// Far above a loopback round trip, and above the mock's 5-second fetch of a document.
+const BOUND: Duration = Duration::from_secs(20);
 const REDIRECT: &str = "http://127.0.0.1:33418/callback";
 const DOCUMENT_PATH: &str = "/oauth/client.json";
 
@@ -27,12 +28,23 @@ async fn metadata(provider: &MockProvider) -> ServerMetadata {
     timeout(BOUND, Discovery::new(provider.issuer()).fetch()).await.unwrap().expect("the mock's metadata")
 }
 
-/// A server of the client's own, hosting `body` at [`DOCUMENT_PATH`]; and the document's URL.
-async fn host(body: ResponseTemplate) -> (MockServer, String) {
+/// The document's URL on `server`.
+fn document_url(server: &MockServer) -> String {
+    format!("{}{DOCUMENT_PATH}", server.uri())
+}
+
+/// A server of the client's own, hosting at [`DOCUMENT_PATH`] what `body` makes of the
+/// document's URL; and that URL.
+async fn host(body: impl FnOnce(&str) -> ResponseTemplate) -> (MockServer, String) {
     let server = MockServer::start().await;
-    Mock::given(method("GET")).and(path(DOCUMENT_PATH)).respond_with(body).mount(&server).await;
-    let url = format!("{}{DOCUMENT_PATH}", server.uri());
+    let url = document_url(&server);
+    Mock::given(method("GET")).and(path(DOCUMENT_PATH)).respond_with(body(&url)).mount(&server).await;
     (server, url)
+}
+
+/// [`host`] serving the valid document of [`document_for`] the URL.
+async fn host_valid() -> (MockServer, String) {
+    host(|url| json_body(&document_for(url).document().unwrap())).await
 }
 
 /// What a client's server answers, made from its document's URL.
@@ -50,13 +62,15 @@ async fn grant_for(provider: &MockProvider, me: &ClientMetadataDocument) -> Refr
     metadata(provider).await.refresh_token_grant().registered_client(me.client().unwrap()).api_origin(provider.uri())
 }
 
-/// What the authorization endpoint answers `login`'s authorize URL, redirects not followed:
-/// its status and body.
-async fn authorize(login: &Login) -> (u16, String) {
+/// Asserts that the authorization endpoint refuses `login` to the user's face (400, never a
+/// redirect) with a page that says `reason`.
+async fn assert_refused(login: &Login, reason: &str) {
     let (url, _) = login.start().unwrap();
     let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let answer = timeout(BOUND, browser.get(url).send()).await.expect("the authorize endpoint hung").unwrap();
-    (answer.status().as_u16(), answer.text().await.unwrap())
+    let (status, page) = (answer.status().as_u16(), answer.text().await.unwrap());
+    assert_eq!(status, 400, "{reason}: {page}");
+    assert!(page.contains(reason), "{reason}: {page}");
 }
 
 async fn log_in(provider: &MockProvider, login: &Login) -> TokenSet {
@@ -76,14 +90,8 @@ async fn fetches_of(server: &MockServer) -> usize {
 #[tokio::test]
 async fn a_client_named_by_its_metadata_document_logs_in_and_refreshes_as_a_public_client() {
     let provider = MockProvider::builder().client_id_metadata_documents().start().await;
-    let server = MockServer::start().await;
-    let url = format!("{}{DOCUMENT_PATH}", server.uri());
+    let (server, url) = host_valid().await;
     let me = document_for(&url);
-    Mock::given(method("GET"))
-        .and(path(DOCUMENT_PATH))
-        .respond_with(json_body(&me.document().unwrap()))
-        .mount(&server)
-        .await;
     assert!(metadata(&provider).await.client_id_metadata_document_supported());
 
     let grant = grant_for(&provider, &me).await;
@@ -117,7 +125,7 @@ async fn a_client_named_by_its_metadata_document_logs_in_and_refreshes_as_a_publ
 async fn a_document_naming_another_client_is_refused_and_not_kept() {
     let provider = MockProvider::builder().client_id_metadata_documents().start().await;
     let server = MockServer::start().await;
-    let url = format!("{}{DOCUMENT_PATH}", server.uri());
+    let url = document_url(&server);
     let impostor = document_for("https://well-known-client.example/client.json").document().unwrap();
     Mock::given(method("GET"))
         .and(path(DOCUMENT_PATH))
@@ -127,9 +135,7 @@ async fn a_document_naming_another_client_is_refused_and_not_kept() {
         .await;
     let login = grant_for(&provider, &document_for(&url)).await.login(REDIRECT).unwrap();
 
-    let (status, body) = authorize(&login).await;
-    assert_eq!(status, 400, "told to the user, never redirected: {body}");
-    assert!(body.contains("client_id is not its URL"), "{body}");
+    assert_refused(&login, "client_id is not its URL").await;
     assert_eq!(provider.stats().authorizations, 0);
 
     // A refused document is not kept: once the right one is served, the next login fetches it.
@@ -143,24 +149,18 @@ async fn a_document_naming_another_client_is_refused_and_not_kept() {
 #[tokio::test]
 async fn a_redirect_uri_the_document_does_not_list_is_refused() {
     let provider = MockProvider::builder().client_id_metadata_documents().start().await;
-    let server = MockServer::start().await;
-    let url = format!("{}{DOCUMENT_PATH}", server.uri());
-    let hosted = document_for(&url).document().unwrap();
-    Mock::given(method("GET")).and(path(DOCUMENT_PATH)).respond_with(json_body(&hosted)).mount(&server).await;
+    let (_server, url) = host_valid().await;
     let elsewhere = "http://127.0.0.1:1/somewhere-else";
     let login = grant_for(&provider, &document_for(&url)).await.login(elsewhere).unwrap();
 
-    let (status, body) = authorize(&login).await;
+    assert_refused(&login, "redirect_uri is not registered for this client").await;
 
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("redirect_uri is not registered for this client"), "{body}");
     assert_eq!((provider.stats().client_metadata_fetches, provider.stats().authorizations), (1, 0));
 }
 
 #[tokio::test]
 async fn a_document_that_is_not_json_too_big_missing_or_confidential_is_refused() {
     let provider = MockProvider::builder().client_id_metadata_documents().start().await;
-    let url_of = |server: &MockServer| format!("{}{DOCUMENT_PATH}", server.uri());
     let too_big = |url: &str| {
         let padding = "x".repeat(6 * 1024);
         json_body(
@@ -179,15 +179,10 @@ async fn a_document_that_is_not_json_too_big_missing_or_confidential_is_refused(
         ("no client_secret", with_secret),
     ];
     for (expected, body) in cases {
-        let server = MockServer::start().await;
-        let url = url_of(&server);
-        Mock::given(method("GET")).and(path(DOCUMENT_PATH)).respond_with(body(&url)).mount(&server).await;
+        let (_server, url) = host(body).await;
         let login = grant_for(&provider, &document_for(&url)).await.login(REDIRECT).unwrap();
 
-        let (status, page) = authorize(&login).await;
-
-        assert_eq!(status, 400, "{expected}: {page}");
-        assert!(page.contains(expected), "{expected}: {page}");
+        assert_refused(&login, expected).await;
     }
     assert_eq!((provider.stats().client_metadata_fetches, provider.stats().authorizations), (4, 0));
 }
@@ -198,10 +193,8 @@ async fn a_document_that_never_ends_is_given_up_on() {
     let url = format!("{}{DOCUMENT_PATH}", never_ending_server().await);
     let login = grant_for(&provider, &document_for(&url)).await.login(REDIRECT).unwrap();
 
-    let (status, body) = authorize(&login).await;
+    assert_refused(&login, "could not be fetched").await;
 
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("could not be fetched"), "{body}");
     assert_eq!((provider.stats().client_metadata_fetches, provider.stats().authorizations), (1, 0));
 }
 
@@ -228,16 +221,14 @@ async fn client_id_urls_the_draft_refuses_are_refused_before_anything_is_sent() 
         .client_id("http://client.example/client.json")
         .login(REDIRECT)
         .unwrap();
-    let (status, body) = authorize(&login).await;
-    assert_eq!(status, 400);
-    assert!(body.contains("not https"), "{body}");
+    assert_refused(&login, "not https").await;
     assert_eq!(provider.stats().client_metadata_fetches, 0);
 }
 
 #[tokio::test]
 async fn a_document_client_the_provider_never_fetched_cannot_refresh() {
     let provider = MockProvider::builder().client_id_metadata_documents().start().await;
-    let (server, url) = host(ResponseTemplate::new(500)).await;
+    let (server, url) = host(|_| ResponseTemplate::new(500)).await;
     let grant = grant_for(&provider, &document_for(&url)).await;
     let auth = TokenRefresh::builder(grant).initial_tokens(provider.issue_expired_tokens()).build().unwrap();
 

@@ -106,6 +106,10 @@ async fn the_mock_mcp_server_answers_as_the_streamable_http_transport_specifies(
     let answer = rpc(&client, &url, None, &older).await.unwrap();
     assert_eq!(answer.message.unwrap()["result"]["protocolVersion"], "2025-06-18", "the client's version if known");
     assert_ne!(answer.session.as_deref(), Some(session.as_str()), "each initialize opens its own session");
+    let batches =
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-03-26"}});
+    let answer = rpc(&client, &url, None, &batches).await.unwrap();
+    assert_eq!(answer.message.unwrap()["result"]["protocolVersion"], "2025-11-25", "not a version with batches");
 
     let ping = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"});
     let answer = rpc(&client, &url, Some(&session), &ping).await.unwrap();
@@ -159,8 +163,8 @@ async fn the_mock_mcp_server_answers_as_the_streamable_http_transport_specifies(
     assert_eq!(client.delete(&url).header("mcp-session-id", &session).send().await.unwrap().status(), 404);
 
     let stats = provider.stats();
-    assert_eq!(stats.mcp_sessions, 2);
-    assert_eq!(stats.mcp_messages, 9, "two initializes and the seven messages the open session took: {stats:?}");
+    assert_eq!(stats.mcp_sessions, 3);
+    assert_eq!(stats.mcp_messages, 10, "three initializes and the seven messages the open session took: {stats:?}");
 }
 
 #[tokio::test]

@@ -60,9 +60,10 @@ pub enum Job {
     RotateForever,
     /// An MCP client process: finds the authorization server from `api_url` (an MCP endpoint) by
     /// its protected resource metadata, its grant naming no client (the stored set's registered
-    /// client is used), opens a session, waits until `start_at_ms`, makes `calls` concurrent
-    /// tool calls in that session, and prints `RESULT <ok> <failed>`.
-    McpSession { calls: usize, start_at_ms: u128 },
+    /// client is used), and opens a session. Then it creates a file named by its process id in
+    /// `barrier`, waits (at most [`BARRIER_TIMEOUT`]) for the parent's file `go` there, makes
+    /// `calls` concurrent tool calls in that session, and prints `RESULT <ok> <failed>`.
+    McpSession { calls: usize, barrier: PathBuf },
 }
 
 /// Whether a child's grant does DPoP.
@@ -224,8 +225,8 @@ fn child_process() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async move {
         let store = spec.store.open().await;
-        if let Job::McpSession { calls, start_at_ms } = spec.job {
-            return mcp_child(store, &spec.api_url, calls, start_at_ms).await;
+        if let Job::McpSession { calls, barrier } = &spec.job {
+            return mcp_child(store, &spec.api_url, *calls, barrier).await;
         }
         let clock = ManualClock::starting_now();
         let api_origin = url::Url::parse(&spec.api_url).unwrap().origin().ascii_serialization();
@@ -268,14 +269,26 @@ fn child_process() {
     });
 }
 
+/// The longest either side of the [`Job::McpSession`] barrier waits for the other.
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Waits, polling, until `ready` holds; panics after [`BARRIER_TIMEOUT`] naming `what`.
+async fn barrier_wait(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BARRIER_TIMEOUT;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} did not happen within {BARRIER_TIMEOUT:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The [`Job::McpSession`] child.
-async fn mcp_child(store: std::sync::Arc<dyn TokenStore>, url: &str, calls: usize, start_at_ms: u128) {
+async fn mcp_child(store: std::sync::Arc<dyn TokenStore>, url: &str, calls: usize, barrier: &std::path::Path) {
     let resource = ResourceMetadata::discover(url).await.expect("the MCP server's metadata");
     let auth = TokenRefresh::builder(resource.refresh_token_grant()).store_arc(store).build().unwrap();
     let client = client_with(&auth);
     let session = open_session(&client, url).await;
-    let wait = start_at_ms.saturating_sub(unix_ms());
-    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+    std::fs::write(barrier.join(std::process::id().to_string()), session.as_bytes()).unwrap();
+    barrier_wait("the parent's go", || barrier.join("go").exists()).await;
     let calls = (0..calls).map(|i| {
         let (client, session) = (&client, &session);
         async move {
@@ -338,23 +351,26 @@ async fn four_mcp_client_processes_sharing_a_file_store_refresh_once_between_the
     FileStore::new(&path).put(&TokenKey::default(), &tokens).await.unwrap();
     let before = provider.stats();
 
-    let start_at_ms = unix_ms() + 4000;
+    let barrier = dir.join("barrier");
+    std::fs::create_dir_all(&barrier).unwrap();
     let children: Vec<_> = (0..4)
         .map(|_| {
             spawn_child(&ChildSpec {
                 store: StoreSpec::File(path.clone()),
                 token_url: provider.token_url(),
                 api_url: provider.mcp_url(),
-                job: Job::McpSession { calls: 50, start_at_ms },
+                job: Job::McpSession { calls: 50, barrier: barrier.clone() },
                 dpop: Dpop::Off,
             })
         })
         .collect();
     let results = tokio::task::spawn_blocking(move || children.into_iter().map(storm_result).collect::<Vec<_>>());
-    // Expired before the calls, after most sessions opened; a child that opens its session
-    // later meets the 401 at `initialize` instead, which changes nothing of what is counted.
-    tokio::time::sleep(Duration::from_millis((start_at_ms - 1000).saturating_sub(unix_ms()) as u64)).await;
+    // Every session open with the token it started with, then the token expires, then the calls.
+    let sessions = || std::fs::read_dir(&barrier).map_or(0, |entries| entries.count());
+    barrier_wait("four open sessions", || sessions() == 4).await;
+    assert_eq!(provider.stats().token_calls, before.token_calls, "the sessions opened on the stored token");
     provider.expire_access_tokens();
+    std::fs::write(barrier.join("go"), b"").unwrap();
     let results = results.await.unwrap();
 
     let (ok, failed) = results.iter().fold((0, 0), |(ok, failed), (o, f)| (ok + o, failed + f));
@@ -363,7 +379,7 @@ async fn four_mcp_client_processes_sharing_a_file_store_refresh_once_between_the
     assert_eq!(stats.token_calls - before.token_calls, 1, "one refresh between the four: {stats:?}");
     assert_eq!(stats.mcp_sessions, 4, "one session a process, none dropped");
     assert_eq!((stats.registrations, stats.invalid_clients, stats.invalid_targets), (1, 0, 0));
-    assert!(stats.api_unauthorized >= 1, "the expiry was met mid-session");
+    assert!(stats.api_unauthorized >= 4, "each process met the expiry mid-session: {stats:?}");
     let stored = FileStore::new(&path).get(&TokenKey::default()).await.unwrap().unwrap();
     assert_eq!(stored.client().map(|c| c.client_id()), Some(client.client_id()), "the registration stays stored");
     let _ = std::fs::remove_dir_all(&dir);
