@@ -198,7 +198,12 @@ fn main() {
         timeline.spread.as_secs_f64(),
         TOKEN_LATENCY.as_millis(),
     );
-    for (design, runs) in &mut outcomes {
+    let mut headline = format!(
+        "Latency across an expiry ({USERS} users × {WORKERS_PER_USER} workers, a {} ms token endpoint), p99.9 / max of the \
+         requests sent around the window's opening, medians:",
+        TOKEN_LATENCY.as_millis()
+    );
+    for (index, (design, runs)) in outcomes.iter_mut().enumerate() {
         let mut stat = |q: Option<f64>| {
             let per_run: Vec<f64> = runs
                 .iter_mut()
@@ -216,6 +221,10 @@ fn main() {
         let waited = common::count_summary(&runs.iter().map(|run| run.waited).collect::<Vec<_>>());
         let calls = common::count_summary(&runs.iter().map(|run| run.token_calls).collect::<Vec<_>>());
         table.push_str(&format!("| {} | {p50} | {p99} | {p999} | {max} | {waited} | {calls} |\n", design.name()));
+        let separator = if index == 0 { " " } else { "; " };
+        headline.push_str(&format!("{separator}{} {p999} / {max}", design.name()));
     }
+    headline.push_str(".\n");
     common::write_tables("latency", &table);
+    common::write_tables("latency.headline", &headline);
 }

@@ -16,7 +16,7 @@ rm -rf "$out"
 mkdir -p "$out"
 export RTR_BENCH_OUT="$out"
 
-benches=(happy_path instructions storm many_users_storm proactive memory many_keys)
+benches=(happy_path instructions storm many_users_storm proactive latency memory many_keys)
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 started="$(date -u +%Y-%m-%dT%H:%MZ)"
 for bench in "${benches[@]}"; do
@@ -51,6 +51,8 @@ EOF
     cat "$out/many_users_storm.headline.md"
     echo
     cat "$out/proactive.headline.md"
+    echo
+    cat "$out/latency.headline.md"
     echo
     cat "$out/happy_path.headline.md"
     echo
@@ -141,6 +143,7 @@ cargo bench --bench instructions          # instruction counts (valgrind); CI ru
 | `benches/storm.rs` | N = 100, 1,000, 10,000 requests holding a token the provider rejects, over HTTP/2 (one connection) and HTTP/1.1 (a pool): token calls, failed requests, connections opened, wall time, p50/p99, ratio to the lower bound |
 | `benches/many_users_storm.rs` | 1,000 users with 5 concurrent requests each, every user's token rejected, through one layer, over both transports: token calls (one per user), OK responses, failures, wall time, p50/p99, ratio to its own lower bound |
 | `benches/proactive.rs` | the same storm with the token inside the skew window, over HTTP/2: token calls, requests that ever see a 401 |
+| `benches/latency.rs` | latency of requests across an expiry, 10 users × 4 workers, 20 ms token endpoint: p50/p99/p99.9/max with the refresh on demand, with refresh ahead, and with no expiry; requests that waited, token calls |
 | `benches/memory.rs` | peak heap of a 10,000-request storm with every request waiting for the refresh at once, against the same requests through bare reqwest (a counting global allocator) |
 | `benches/many_keys.rs` | 100,000 distinct keys through `max_cached_keys(1,000)`, 1,000 requests a batch: the first and the last batch's time (flat, or growing with the keys seen) and the keys held at the end |
 | `benches/instructions.rs` | instructions per request on the happy path (callgrind, client side only): bare reqwest, reqwest-middleware with no layer, with a layer that does nothing, this layer; and the functions the layer adds. Needs valgrind |
